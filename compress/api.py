@@ -1,0 +1,62 @@
+"""The one contract: ``compress(model, config, context=None) -> model``.
+
+``functools.partial(compress, config=cfg)`` gives the ``compress(model) -> model``
+form. The handler registered for ``type(config)`` does the work; this function
+checks that it returned a model and that nothing was left hanging on it (pruning
+masks, parametrizations, forward hooks).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn as nn
+
+from compress.config import RecipeConfig
+from compress.context import Context
+from compress.registry import recipe_for_config
+
+log = logging.getLogger(__name__)
+
+
+def leftover_attachments(model: nn.Module) -> list[str]:
+    """Names of modules that still carry masks, parametrizations or hooks."""
+    found = []
+    for name, module in model.named_modules():
+        if hasattr(module, "parametrizations"):
+            found.append(f"{name or '<root>'}: parametrizations")
+        if any(k.endswith("_mask") for k in module._buffers) and any(
+            k.endswith("_orig") for k in module._parameters
+        ):
+            found.append(f"{name or '<root>'}: torch.nn.utils.prune mask")
+        if module._forward_pre_hooks or module._forward_hooks:
+            hooks = list(module._forward_pre_hooks.values()) + list(module._forward_hooks.values())
+            # accelerate's dispatch hooks (device_map) are legitimate and stay.
+            foreign = [h for h in hooks if "accelerate" not in type(h).__module__]
+            if foreign:
+                found.append(f"{name or '<root>'}: forward hooks")
+    return found
+
+
+def compress(model: nn.Module, config: RecipeConfig, context: Context | None = None) -> nn.Module:
+    """Apply the recipe configured by ``config`` to ``model`` and return the model.
+
+    Example::
+
+        from compress import compress, make_config
+        model = compress(model, make_config("identity"))
+    """
+    recipe = recipe_for_config(config)
+    context = context or Context()
+    torch.manual_seed(config.seed)
+    log.info("applying recipe %s", recipe.name)
+    out = recipe.handler(model, config, context)
+    if not isinstance(out, nn.Module):
+        raise TypeError(f"recipe {recipe.name!r} returned {type(out).__name__}, not a model")
+    leftovers = leftover_attachments(out)
+    if leftovers:
+        raise RuntimeError(
+            f"recipe {recipe.name!r} left attachments on the model: {'; '.join(leftovers[:5])}"
+        )
+    return out

@@ -1,0 +1,158 @@
+"""Command-line plumbing shared by every ``python -m compress.recipes.<name>``.
+
+Flags are generated from the recipe's config dataclass (name, type, default and help
+text), so a new config field is a new flag with no CLI code. Every entry point runs
+through :func:`run_main`, which turns :class:`UserError` into one line on stderr and
+exit status 2 instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from compress.config import RecipeConfig, _base_type
+from compress.errors import UserError
+
+
+def run_main(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
+    """Run ``main``; bad input becomes ``error: <one line>`` and exit status 2."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(main(argv) or 0)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; nothing half-written was left behind", file=sys.stderr)
+        return 130
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _parse_dict(text: str) -> str:
+    return text
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type[RecipeConfig]) -> None:
+    """One ``--flag`` per config field, with its type, default and help text."""
+    group = parser.add_argument_group(f"{config_cls.RECIPE} options")
+    for name, tp, default, help_text in config_cls.describe():
+        base, optional = _base_type(tp)
+        flag = "--" + name.replace("_", "-")
+        kwargs: dict[str, Any] = {"dest": name, "default": None}
+        choices = next(
+            (f.metadata.get("choices") for f in config_cls.__dataclass_fields__.values()
+             if f.name == name), None
+        )
+        if base is bool:
+            kwargs["type"] = _parse_bool
+            kwargs["metavar"] = "BOOL"
+        elif base in (int, float, str):
+            kwargs["type"] = base
+        elif typing.get_origin(base) is tuple:
+            inner = (typing.get_args(base) or (str,))[0]
+            inner = inner if inner in (int, float, str) else str
+            kwargs["type"] = inner
+            kwargs["nargs"] = "+"
+        else:
+            kwargs["type"] = str
+        if choices:
+            kwargs["choices"] = choices
+        shown = "none" if default is None else default
+        group.add_argument(flag, help=f"{help_text} (default: {shown})", **kwargs)
+
+
+def config_from_args(config_cls: type[RecipeConfig], args: argparse.Namespace) -> RecipeConfig:
+    values = {
+        name: getattr(args, name)
+        for name, *_ in config_cls.describe()
+        if getattr(args, name, None) is not None
+    }
+    return config_cls(**values)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True,
+                        help="zoo name (smollm2-135m, minilm-l6, minilm-l6-sentiment, "
+                        "bert2bert-punct), a local folder, or a hub id")
+    parser.add_argument("--task", default=None,
+                        help="causal-lm, classification, embedding or seq2seq (default: from config)")
+    parser.add_argument("--device-map", default=None,
+                        help="passed to from_pretrained (e.g. auto) for models bigger than one device")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="allow pickle (.bin/.pt) weights, loaded with weights_only=True")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="run the model repository's own Python code (off by default)")
+    parser.add_argument("--calibration-samples", type=int, default=128,
+                        help="number of calibration texts handed to the recipe (default: 128)")
+
+
+def build_context(loaded, calibration_samples: int, seed: int = 0):
+    """Context with tokenizer and calibration/training data for the model's task."""
+    from compress import data
+    from compress.context import Context
+
+    if calibration_samples < 0:
+        raise UserError("--calibration-samples must be at least 0")
+    return Context(
+        tokenizer=loaded.tokenizer,
+        calibration=data.calibration_for(loaded.task, calibration_samples),
+        train=data.train_for(loaded.task),
+        task=loaded.task,
+        model_name=loaded.source,
+    )
+
+
+def recipe_main(name: str, argv: list[str] | None = None) -> int:
+    """``python -m compress.recipes.<name> --model M --out DIR [flags]``."""
+    from compress.registry import get_recipe
+
+    recipe = get_recipe(name)
+
+    def main(argv: list[str] | None) -> int:
+        parser = argparse.ArgumentParser(
+            prog=f"python -m compress.recipes.{name}",
+            description=f"{recipe.summary} Saves the result with save_pretrained (and tokenizer).",
+        )
+        add_model_arguments(parser)
+        parser.add_argument("--out", required=True, type=Path, help="folder to save the result in")
+        add_config_arguments(parser, recipe.config_cls)
+        args = parser.parse_args(argv)
+        config = config_from_args(recipe.config_cls, args)
+
+        from compress.api import compress
+        from compress.models import load_model
+        from compress.saving import save_model
+        from compress.stats import parameter_counts
+
+        t0 = time.perf_counter()
+        loaded = load_model(args.model, args.task, device_map=args.device_map,
+                            allow_pickle=args.allow_pickle,
+                            trust_remote_code=args.trust_remote_code)
+        before = parameter_counts(loaded.model)
+        context = build_context(loaded, args.calibration_samples, config.seed)
+        model = compress(loaded.model, config, context)
+        after = parameter_counts(model)
+        save_model(model, loaded.tokenizer, args.out)
+        print(
+            f"{name}: {args.model} -> {args.out}  parameters {before['total']:,} -> "
+            f"{after['total']:,}, nonzero {before['nonzero']:,} -> {after['nonzero']:,}  "
+            f"({time.perf_counter() - t0:.1f} s)"
+        )
+        return 0
+
+    return run_main(main, argv)

@@ -1,0 +1,134 @@
+"""Resolve a model name to a loaded model and tokenizer.
+
+A name is a zoo name (``smollm2-135m``, ``minilm-l6``, ``minilm-l6-sentiment``,
+``bert2bert-punct``: built once into the cache, see :mod:`compress.zoo`), a local
+folder, or a Hugging Face hub id. Weights load from safetensors only unless
+``allow_pickle`` is set (then ``torch.load(weights_only=True)`` through
+transformers); ``trust_remote_code`` stays off unless asked.
+
+>>> model, tokenizer, task = load_model("minilm-l6-sentiment")   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from compress.errors import UserError
+
+log = logging.getLogger(__name__)
+
+#: model task names; the benchmark picks its suite by task.
+TASKS = ("causal-lm", "classification", "embedding", "seq2seq")
+
+
+@dataclass
+class Loaded:
+    model: nn.Module
+    tokenizer: Any
+    task: str
+    source: str  # "zoo:<name>", "local:<path>" or "hub:<id>"
+    path: str | None
+
+
+def task_of(config: Any) -> str:
+    """Guess the task from a config's ``architectures`` / ``model_type``."""
+    if getattr(config, "model_type", None) == "encoder-decoder" or getattr(
+        config, "is_encoder_decoder", False
+    ):
+        return "seq2seq"
+    archs = getattr(config, "architectures", None) or []
+    for arch in archs:
+        if arch.endswith("ForCausalLM") or arch.endswith("LMHeadModel"):
+            return "causal-lm"
+        if arch.endswith("ForSequenceClassification"):
+            return "classification"
+        if arch.endswith("ForConditionalGeneration"):
+            return "seq2seq"
+    from compress.arch import arch_for
+
+    kind = arch_for(config).kind
+    return {"decoder": "causal-lm", "encoder": "embedding"}.get(kind, "seq2seq")
+
+
+def _auto_class(task: str):
+    import transformers as tf
+
+    return {
+        "causal-lm": tf.AutoModelForCausalLM,
+        "classification": tf.AutoModelForSequenceClassification,
+        "embedding": tf.AutoModel,
+        "seq2seq": tf.AutoModelForSeq2SeqLM,
+    }[task]
+
+
+def resolve_path(name: str) -> tuple[str, str]:
+    """(source, path-or-id) for a model name; zoo names are built on first use."""
+    from compress import zoo
+
+    if name in zoo.ZOO:
+        return f"zoo:{name}", str(zoo.ensure(name))
+    if os.path.isdir(name):
+        return f"local:{os.path.abspath(name)}", name
+    looks_like_path = name.startswith((".", "/", "~")) or os.sep in name and name.count("/") > 1
+    if looks_like_path:
+        raise UserError(f"model folder {name!r} does not exist")
+    if "/" not in name and name not in zoo.HUB_ALIASES:
+        close = zoo.closest_names(name)
+        if close:
+            raise UserError(
+                f"unknown model {name!r}; did you mean {', '.join(map(repr, close))}? "
+                f"Zoo models: {', '.join(sorted(zoo.ZOO))}; or give a local folder or a hub id"
+            )
+    return f"hub:{name}", zoo.HUB_ALIASES.get(name, name)
+
+
+def load_model(
+    name: str,
+    task: str | None = None,
+    *,
+    dtype: torch.dtype | None = torch.float32,
+    device_map: str | dict | None = None,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+) -> Loaded:
+    """Load ``name`` (zoo name, folder or hub id) with its tokenizer and task."""
+    import transformers as tf
+
+    from compress.safety import check_weights_safe
+
+    source, path = resolve_path(name)
+    if source.startswith("local:") or source.startswith("zoo:"):
+        check_weights_safe(Path(path), allow_pickle=allow_pickle)
+    try:
+        config = tf.AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        if source.startswith("hub:"):
+            raise UserError(
+                f"cannot load model {name!r} from the hub ({str(exc).splitlines()[0]}); "
+                "offline, use a zoo model (smollm2-135m, minilm-l6, minilm-l6-sentiment, "
+                "bert2bert-punct) or a local folder"
+            ) from None
+        raise UserError(f"cannot load model {name!r}: {str(exc).splitlines()[0]}") from None
+    task = task or task_of(config)
+    if task not in TASKS:
+        from compress.errors import did_you_mean
+
+        raise did_you_mean("task", task, TASKS)
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if not allow_pickle:
+        kwargs["use_safetensors"] = True
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    model = _auto_class(task).from_pretrained(path, **kwargs)
+    model.eval()
+    tokenizer = tf.AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    return Loaded(model, tokenizer, task, source, path)
