@@ -1,38 +1,103 @@
-"""Saving a compressed model: ``save_pretrained`` into a temporary folder, then rename.
+"""Saving and reloading compressed models, always atomically.
 
-Recipes whose result needs its own on-disk format (sparse, quantized, MoE) register a
-saver with :func:`register_saver`; the default is plain ``save_pretrained`` in
-safetensors. Either way the folder appears whole or not at all.
+Most results are plain models: ``save_pretrained`` (safetensors) and
+``from_pretrained`` round-trip them. Results that need their own on-disk format
+(unstructured-sparse weights stored as bitmask + values, int8 modules, ONNX graphs,
+MoE layers) register a :class:`Format`: a saver that writes the folder and a loader
+that restores the model. The folder then carries ``compress_format.json`` naming the
+format, and :func:`load_compressed` (the documented loader) dispatches on it; a folder
+without that file is an ordinary Hugging Face folder.
+
+Formats are safetensors plus JSON, never pickle.
+
+>>> save_model(model, tokenizer, "out/m")          # doctest: +SKIP
+>>> model = load_compressed("out/m")               # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch.nn as nn
 
-from compress.fileio import atomic_dir
+from compress.errors import UserError, did_you_mean
+from compress.fileio import atomic_dir, atomic_write_json
 
-Saver = Callable[[nn.Module, Path], None]
-_SAVERS: list[tuple[Callable[[nn.Module], bool], Saver]] = []
-
-
-def register_saver(applies: Callable[[nn.Module], bool], saver: Saver) -> None:
-    """Use ``saver(model, folder)`` for models where ``applies(model)`` is true."""
-    _SAVERS.append((applies, saver))
+FORMAT_FILE = "compress_format.json"
 
 
-def save_model(model: nn.Module, tokenizer: Any, out: str | Path) -> Path:
+@dataclass(frozen=True)
+class Format:
+    name: str
+    #: True when this format should save ``model`` (checked in registration order).
+    applies: Callable[[nn.Module], bool]
+    #: write the model into an (empty, temporary) folder.
+    save: Callable[[nn.Module, Path], None]
+    #: rebuild the model from a folder written by ``save``.
+    load: Callable[[Path], nn.Module]
+
+
+_FORMATS: dict[str, Format] = {}
+
+
+def register_format(fmt: Format) -> Format:
+    _FORMATS[fmt.name] = fmt
+    return fmt
+
+
+def format_for(model: nn.Module, preferred: str | None = None) -> Format | None:
+    if preferred is not None:
+        if preferred not in _FORMATS:
+            raise did_you_mean("save format", preferred, _FORMATS)
+        return _FORMATS[preferred]
+    for fmt in _FORMATS.values():
+        if fmt.applies(model):
+            return fmt
+    return None
+
+
+def save_model(
+    model: nn.Module, tokenizer: Any, out: str | Path, fmt: str | None = None
+) -> Path:
+    """Save ``model`` (+ tokenizer) to ``out`` atomically, in its registered format if any."""
     out = Path(out)
+    chosen = format_for(model, fmt)
     with atomic_dir(out) as tmp:
-        for applies, saver in _SAVERS:
-            if applies(model):
-                saver(model, tmp)
-                break
-        else:
+        if chosen is None:
             model.save_pretrained(tmp, safe_serialization=True)
+        else:
+            chosen.save(model, tmp)
+            atomic_write_json(tmp / FORMAT_FILE, {"format": chosen.name, "version": 1})
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
     return out
+
+
+def load_compressed(folder: str | Path, **from_pretrained_kwargs: Any) -> nn.Module:
+    """Load a folder written by :func:`save_model` (any format) back into a model."""
+    folder = Path(folder)
+    marker = folder / FORMAT_FILE
+    if marker.exists():
+        try:
+            name = json.loads(marker.read_text())["format"]
+        except (ValueError, KeyError) as exc:
+            raise UserError(f"{marker} is unreadable ({exc}); re-save the model") from None
+        if name not in _FORMATS:
+            _import_format_modules()
+        if name not in _FORMATS:
+            raise did_you_mean("save format", name, _FORMATS)
+        return _FORMATS[name].load(folder)
+    from compress.models import load_model
+
+    return load_model(str(folder), **from_pretrained_kwargs).model
+
+
+def _import_format_modules() -> None:
+    """Formats are registered by recipe modules; importing them registers all formats."""
+    from compress.registry import recipe_names
+
+    recipe_names()
