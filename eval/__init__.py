@@ -1,0 +1,1 @@
+"""Benchmark, profiler, reports and the comparison table."""
