@@ -1,0 +1,245 @@
+"""``python -m eval.compare reports/``: the side-by-side table of every run.
+
+One ``rich`` table per model: one row per run, a column per metric and per profile
+figure (size on disk, nonzeros, latency, memory), each with its change against
+that model's ``identity`` run, green when better and red when worse by the
+metric's direction. ``--markdown`` renders the same tables as markdown.
+
+:func:`build_tables` is a pure function from reports to tables; :func:`render`
+turns them into a string.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+
+@dataclass(frozen=True)
+class Column:
+    label: str
+    get: Callable[[dict[str, Any]], float | None]
+    higher_is_better: bool
+    fmt: Callable[[float], str]
+
+
+def _dig(data: Any, *path: str) -> Any:
+    for key in path:
+        if not isinstance(data, dict) or key not in data:
+            return None
+        data = data[key]
+    return data
+
+
+def _first(*paths: tuple[str, ...]) -> Callable[[dict[str, Any]], float | None]:
+    def get(report: dict[str, Any]) -> float | None:
+        for path in paths:
+            value = _dig(report.get("profile", {}), *path)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return float(value)
+        return None
+
+    return get
+
+
+def _mb(v: float) -> str:
+    return f"{v / 1e6:,.1f} MB"
+
+
+def _count(v: float) -> str:
+    return f"{v / 1e6:,.2f} M" if v >= 1e5 else f"{v:,.0f}"
+
+
+def _ms(v: float) -> str:
+    return f"{v:,.1f} ms" if v >= 1 else f"{v:.3f} ms"
+
+
+PROFILE_COLUMNS = (
+    Column("disk", _first(("bytes_on_disk",)), False, _mb),
+    Column("nonzero", _first(("params_nonzero",)), False, _count),
+    Column("lat 1x128", _first(("latency", "1x128", "median_ms")), False, _ms),
+    Column("lat 8x128", _first(("latency", "8x128", "median_ms")), False, _ms),
+    Column("ms/token", _first(("generate", "ms_per_token"), ("ms_per_token",)), False, _ms),
+    Column("peak RSS", _first(("peak_rss_bytes",)), False, _mb),
+)
+
+
+def _metric_value(report: dict[str, Any], name: str) -> float | None:
+    for metric in report.get("metrics", []):
+        if metric["name"] == name:
+            return float(metric["value"])
+    return None
+
+
+def _fmt_metric(v: float) -> str:
+    if abs(v) >= 1000:
+        return f"{v:,.0f}"
+    if abs(v) >= 100:
+        return f"{v:.1f}"
+    return f"{v:.4g}"
+
+
+def _is_baseline(report: dict[str, Any]) -> bool:
+    return [s.get("recipe") for s in report.get("pipeline", [])] in (["identity"], [])
+
+
+def delta_text(value: float | None, base: float | None, higher_is_better: bool) -> Text:
+    """``+12.3%`` coloured green when the change is an improvement, red when worse."""
+    if value is None or base is None or base == 0:
+        return Text("")
+    change = (value - base) / abs(base)
+    if abs(change) < 5e-4:
+        return Text("±0%", style="dim")
+    better = (change > 0) == higher_is_better
+    pct = f"{change * 100:+.1f}%" if abs(change) < 10 else f"{value / base:.3g}x"
+    return Text(pct, style="green" if better else "red")
+
+
+def _cell(value: float | None, base: float | None, hib: bool, fmt: Callable[[float], str],
+          is_base: bool) -> Text:
+    if value is None:
+        return Text("–", style="dim")
+    text = Text(fmt(value))
+    if not is_base:
+        delta = delta_text(value, base, hib)
+        if delta.plain:
+            text.append(" ")
+            text.append_text(delta)
+    return text
+
+
+def group_by_model(reports: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for report in reports:
+        groups[report["model"]["name"]].append(report)
+    return dict(sorted(groups.items()))
+
+
+def baseline_of(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The newest successful ``identity`` run (full runs preferred over ``--quick``)."""
+    candidates = [r for r in runs if _is_baseline(r) and r["status"] == "ok"]
+    candidates.sort(key=lambda r: (not r.get("quick", False), r.get("created", "")))
+    return candidates[-1] if candidates else None
+
+
+def build_tables(reports: list[dict[str, Any]]) -> list[Table]:
+    """One table per model; rows sorted baseline first, then by label."""
+    tables = []
+    for model, runs in group_by_model(reports).items():
+        base = baseline_of(runs)
+        metric_names: list[str] = []
+        directions: dict[str, bool] = {}
+        for run in runs:
+            for metric in run.get("metrics", []):
+                if metric["name"] not in directions:
+                    metric_names.append(metric["name"])
+                    directions[metric["name"]] = metric["higher_is_better"]
+        task = next((r["model"].get("task") for r in runs if r["model"].get("task")), None)
+        title = f"{model}" + (f" ({task})" if task else "")
+        caption = (
+            "change against the identity run; green better, red worse "
+            "(↑ higher is better, ↓ lower is better)"
+            if base else "no successful identity run: no baseline to compare against"
+        )
+        table = Table(title=title, caption=caption, box=box.SIMPLE_HEAVY, title_justify="left")
+        table.add_column("run", no_wrap=True)
+        table.add_column("status")
+        for name in metric_names:
+            table.add_column(f"{name} {'↑' if directions[name] else '↓'}", justify="right")
+        profile_cols = [c for c in PROFILE_COLUMNS if any(c.get(r) is not None for r in runs)]
+        for col in profile_cols:
+            table.add_column(col.label, justify="right")
+        ordered = sorted(runs, key=lambda r: (r is not base, r.get("label", ""), r.get("created", "")))
+        for run in ordered:
+            is_base = run is base
+            label = run.get("label") or "+".join(s["recipe"] for s in run["pipeline"])
+            if run.get("quick"):
+                label += " [quick]"
+            status = Text("ok", style="green") if run["status"] == "ok" else Text(
+                run["status"], style="red")
+            cells: list[Text] = [Text(label, style="bold" if is_base else ""), status]
+            for name in metric_names:
+                cells.append(_cell(_metric_value(run, name),
+                                   _metric_value(base, name) if base else None,
+                                   directions[name], _fmt_metric, is_base))
+            for col in profile_cols:
+                cells.append(_cell(col.get(run), col.get(base) if base else None,
+                                   col.higher_is_better, col.fmt, is_base))
+            table.add_row(*cells)
+            if run["status"] != "ok" and run.get("error"):
+                table.add_row(Text(f"  ↳ {run['error'][:120]}", style="dim red"),
+                              *[""] * (len(cells) - 1))
+        tables.append(table)
+    return tables
+
+
+def render(reports: list[dict[str, Any]], markdown: bool = False, width: int = 220) -> str:
+    """The comparison as text (rich) or markdown."""
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=width, force_terminal=False, color_system=None,
+                      record=False)
+    for table in build_tables(reports):
+        if markdown:
+            table.box = box.MARKDOWN
+            title, caption = table.title, table.caption
+            table.title = table.caption = None
+            console.print(f"### {title}\n")
+            console.print(table)
+            console.print(f"\n_{caption}_\n")
+        else:
+            console.print(table)
+    return buffer.getvalue()
+
+
+def main(argv: list[str] | None = None) -> int:
+    from eval.report import read_reports
+
+    parser = argparse.ArgumentParser(prog="python -m eval.compare", description=__doc__.split("\n\n")[0])
+    parser.add_argument("reports", type=Path, nargs="?", default=Path("reports"),
+                        help="folder of JSON reports (default: reports/)")
+    parser.add_argument("--markdown", action="store_true", help="print markdown tables")
+    parser.add_argument("--model", action="append", default=None,
+                        help="only these models (repeatable)")
+    parser.add_argument("--include-quick", action="store_true",
+                        help="also show --quick smoke runs (hidden by default when full runs exist)")
+    args = parser.parse_args(argv)
+    warnings: list[str] = []
+    reports = read_reports(args.reports, warn=warnings.append)
+    for line in warnings:
+        print(f"warning: {line}", file=sys.stderr)
+    if args.model:
+        known = {r["model"]["name"] for r in reports}
+        for name in args.model:
+            if name not in known:
+                from compress.errors import did_you_mean
+
+                raise did_you_mean("model", name, known)
+        reports = [r for r in reports if r["model"]["name"] in args.model]
+    if not args.include_quick:
+        full = {r["model"]["name"] for r in reports if not r.get("quick")}
+        reports = [r for r in reports if not (r.get("quick") and r["model"]["name"] in full)]
+    if not reports:
+        print(f"no reports in {args.reports}", file=sys.stderr)
+        return 1
+    if args.markdown:
+        print(render(reports, markdown=True))
+    else:
+        Console().print(*build_tables(reports))
+    return 0
+
+
+if __name__ == "__main__":
+    from compress.cli import run_main
+
+    sys.exit(run_main(main))
