@@ -68,24 +68,40 @@ def _auto_class(task: str):
     }[task]
 
 
-def resolve_path(name: str) -> tuple[str, str]:
-    """(source, path-or-id) for a model name; zoo names are built on first use."""
+def check_model_name(name: str) -> str:
+    """Classify ``name`` as "zoo", "local" or "hub" without building or downloading.
+
+    Unknown bare names (no "/", not a zoo name, alias or folder) and missing folders
+    are errors with the closest names.
+    """
     from compress import zoo
 
     if name in zoo.ZOO:
-        return f"zoo:{name}", str(zoo.ensure(name))
+        return "zoo"
     if os.path.isdir(name):
-        return f"local:{os.path.abspath(name)}", name
-    looks_like_path = name.startswith((".", "/", "~")) or os.sep in name and name.count("/") > 1
+        return "local"
+    looks_like_path = name.startswith((".", "/", "~")) or name.count("/") > 1
     if looks_like_path:
         raise UserError(f"model folder {name!r} does not exist")
     if "/" not in name and name not in zoo.HUB_ALIASES:
         close = zoo.closest_names(name)
-        if close:
-            raise UserError(
-                f"unknown model {name!r}; did you mean {', '.join(map(repr, close))}? "
-                f"Zoo models: {', '.join(sorted(zoo.ZOO))}; or give a local folder or a hub id"
-            )
+        hint = f"did you mean {', '.join(map(repr, close))}? " if close else ""
+        raise UserError(
+            f"unknown model {name!r}; {hint}Zoo models: {', '.join(sorted(zoo.ZOO))}; "
+            "or give a local folder or a hub id (owner/name)"
+        )
+    return "hub"
+
+
+def resolve_path(name: str) -> tuple[str, str]:
+    """(source, path-or-id) for a model name; zoo names are built on first use."""
+    from compress import zoo
+
+    kind = check_model_name(name)
+    if kind == "zoo":
+        return f"zoo:{name}", str(zoo.ensure(name))
+    if kind == "local":
+        return f"local:{os.path.abspath(name)}", name
     return f"hub:{name}", zoo.HUB_ALIASES.get(name, name)
 
 

@@ -225,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads is not None and args.threads < 1:
         raise UserError("--threads must be at least 1")
     configs = [config_from_args(recipe.config_cls, args)] + [parse_step(s) for s in args.then]
+    from compress.models import check_model_name
+
+    check_model_name(args.model)
 
     from rich.console import Console
 
