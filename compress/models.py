@@ -122,6 +122,16 @@ def load_model(
     source, path = resolve_path(name)
     if source.startswith("local:") or source.startswith("zoo:"):
         check_weights_safe(Path(path), allow_pickle=allow_pickle)
+        if device_map is None:
+            from compress.memory import estimate_load_bytes, require_memory
+
+            per_param = torch.tensor([], dtype=dtype or torch.float32).element_size()
+            require_memory(
+                estimate_load_bytes(path, per_param),
+                f"loading {name}",
+                "pass --device-map auto to spread it over devices and disk, or load it in a "
+                "smaller dtype",
+            )
     try:
         config = tf.AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except OSError as exc:

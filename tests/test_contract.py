@@ -206,3 +206,52 @@ def test_pickle_only_folder_is_refused(tmp_path):
     loaded = load_model(str(tmp_path), allow_pickle=True)
     assert torch.equal(loaded.model.embeddings.word_embeddings.weight,
                        model.embeddings.word_embeddings.weight)
+
+
+def test_memory_check_refuses_before_loading(tmp_path, monkeypatch):
+    from compress.memory import checkpoint_numel
+    from compress.models import load_model
+
+    model, tok = tiny_model("gpt2")
+    model.config.architectures = ["GPT2LMHeadModel"]
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    numel, _ = checkpoint_numel(tmp_path)
+    # tied lm_head is stored once; every stored tensor is counted
+    assert numel == sum(p.numel() for p in model.parameters())
+    monkeypatch.setenv("COMPRESS_AVAILABLE_MEMORY", str(numel))  # less than numel * 4 bytes
+    with pytest.raises(UserError, match=r"loading .* needs about .* GiB.*--device-map auto"):
+        load_model(str(tmp_path))
+    monkeypatch.setenv("COMPRESS_AVAILABLE_MEMORY", str(numel * 8))
+    assert load_model(str(tmp_path)).task == "causal-lm"
+
+
+def test_atomic_dir_survives_sigkill_mid_save(tmp_path):
+    import textwrap
+
+    out = tmp_path / "model"
+    model, tok = tiny_model("bert")
+    save_model(model, tok, out)
+    before = sorted(p.name for p in out.iterdir())
+    script = textwrap.dedent(f"""
+        import os, signal
+        import compress.saving as s
+        from compress.tiny import tiny_model
+        model, tok = tiny_model("bert", seed=1)
+        real = tok.save_pretrained
+        def die(*a, **k):
+            real(*a, **k)
+            os.kill(os.getpid(), signal.SIGKILL)   # weights written, folder not yet renamed
+        tok.save_pretrained = die
+        s.save_model(model, tok, {str(out)!r})
+    """)
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True)
+    assert res.returncode == -9
+    assert sorted(p.name for p in out.iterdir()) == before
+    reloaded = load_compressed(out)
+    assert torch.equal(reloaded.embeddings.word_embeddings.weight,
+                       model.embeddings.word_embeddings.weight)
+    from compress.fileio import clean_stale_tmp
+
+    assert clean_stale_tmp(tmp_path) >= 1
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
