@@ -106,8 +106,9 @@ def delta_text(value: float | None, base: float | None, higher_is_better: bool) 
     return Text(pct, style="green" if better else "red")
 
 
-def _cell(value: float | None, base: float | None, hib: bool, fmt: Callable[[float], str],
-          is_base: bool) -> Text:
+def _cell(
+    value: float | None, base: float | None, hib: bool, fmt: Callable[[float], str], is_base: bool
+) -> Text:
     if value is None:
         return Text("–", style="dim")
     text = Text(fmt(value))
@@ -150,7 +151,8 @@ def build_tables(reports: list[dict[str, Any]]) -> list[Table]:
         caption = (
             "change against the identity run; green better, red worse "
             "(↑ higher is better, ↓ lower is better)"
-            if base else "no successful identity run: no baseline to compare against"
+            if base
+            else "no successful identity run: no baseline to compare against"
         )
         table = Table(title=title, caption=caption, box=box.SIMPLE_HEAVY, title_justify="left")
         table.add_column("run", no_wrap=True)
@@ -160,26 +162,45 @@ def build_tables(reports: list[dict[str, Any]]) -> list[Table]:
         profile_cols = [c for c in PROFILE_COLUMNS if any(c.get(r) is not None for r in runs)]
         for col in profile_cols:
             table.add_column(col.label, justify="right")
-        ordered = sorted(runs, key=lambda r: (r is not base, r.get("label", ""), r.get("created", "")))
+        ordered = sorted(
+            runs, key=lambda r: (r is not base, r.get("label", ""), r.get("created", ""))
+        )
         for run in ordered:
             is_base = run is base
             label = run.get("label") or "+".join(s["recipe"] for s in run["pipeline"])
             if run.get("quick"):
                 label += " [quick]"
-            status = Text("ok", style="green") if run["status"] == "ok" else Text(
-                run["status"], style="red")
+            status = (
+                Text("ok", style="green")
+                if run["status"] == "ok"
+                else Text(run["status"], style="red")
+            )
             cells: list[Text] = [Text(label, style="bold" if is_base else ""), status]
             for name in metric_names:
-                cells.append(_cell(_metric_value(run, name),
-                                   _metric_value(base, name) if base else None,
-                                   directions[name], _fmt_metric, is_base))
+                cells.append(
+                    _cell(
+                        _metric_value(run, name),
+                        _metric_value(base, name) if base else None,
+                        directions[name],
+                        _fmt_metric,
+                        is_base,
+                    )
+                )
             for col in profile_cols:
-                cells.append(_cell(col.get(run), col.get(base) if base else None,
-                                   col.higher_is_better, col.fmt, is_base))
+                cells.append(
+                    _cell(
+                        col.get(run),
+                        col.get(base) if base else None,
+                        col.higher_is_better,
+                        col.fmt,
+                        is_base,
+                    )
+                )
             table.add_row(*cells)
             if run["status"] != "ok" and run.get("error"):
-                table.add_row(Text(f"  ↳ {run['error'][:120]}", style="dim red"),
-                              *[""] * (len(cells) - 1))
+                table.add_row(
+                    Text(f"  ↳ {run['error'][:120]}", style="dim red"), *[""] * (len(cells) - 1)
+                )
         tables.append(table)
     return tables
 
@@ -187,8 +208,9 @@ def build_tables(reports: list[dict[str, Any]]) -> list[Table]:
 def render(reports: list[dict[str, Any]], markdown: bool = False, width: int = 220) -> str:
     """The comparison as text (rich) or markdown."""
     buffer = io.StringIO()
-    console = Console(file=buffer, width=width, force_terminal=False, color_system=None,
-                      record=False)
+    console = Console(
+        file=buffer, width=width, force_terminal=False, color_system=None, record=False
+    )
     for table in build_tables(reports):
         if markdown:
             table.box = box.MARKDOWN
@@ -205,14 +227,25 @@ def render(reports: list[dict[str, Any]], markdown: bool = False, width: int = 2
 def main(argv: list[str] | None = None) -> int:
     from eval.report import read_reports
 
-    parser = argparse.ArgumentParser(prog="python -m eval.compare", description=__doc__.split("\n\n")[0])
-    parser.add_argument("reports", type=Path, nargs="?", default=Path("reports"),
-                        help="folder of JSON reports (default: reports/)")
+    parser = argparse.ArgumentParser(
+        prog="python -m eval.compare", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "reports",
+        type=Path,
+        nargs="?",
+        default=Path("reports"),
+        help="folder of JSON reports (default: reports/)",
+    )
     parser.add_argument("--markdown", action="store_true", help="print markdown tables")
-    parser.add_argument("--model", action="append", default=None,
-                        help="only these models (repeatable)")
-    parser.add_argument("--include-quick", action="store_true",
-                        help="also show --quick smoke runs (hidden by default when full runs exist)")
+    parser.add_argument(
+        "--model", action="append", default=None, help="only these models (repeatable)"
+    )
+    parser.add_argument(
+        "--include-quick",
+        action="store_true",
+        help="also show --quick smoke runs (hidden by default when full runs exist)",
+    )
     args = parser.parse_args(argv)
     warnings: list[str] = []
     reports = read_reports(args.reports, warn=warnings.append)

@@ -34,8 +34,18 @@ log = logging.getLogger(__name__)
 SCHEMA = "compress-suite/report"
 SCHEMA_VERSION = 1
 LIBRARIES = (
-    "torch", "transformers", "accelerate", "safetensors", "datasets", "peft",
-    "bitsandbytes", "optimum-quanto", "onnxruntime", "sacrebleu", "scikit-learn", "numpy",
+    "torch",
+    "transformers",
+    "accelerate",
+    "safetensors",
+    "datasets",
+    "peft",
+    "bitsandbytes",
+    "optimum-quanto",
+    "onnxruntime",
+    "sacrebleu",
+    "scikit-learn",
+    "numpy",
 )
 
 
@@ -83,7 +93,10 @@ def report_filename(model: str, pipeline: list[dict[str, Any]], key: str) -> str
 def git_commit() -> str | None:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
             cwd=Path(__file__).resolve().parent,
         )
         return out.stdout.strip() or None
@@ -192,9 +205,12 @@ def validate_report(data: Any) -> dict[str, Any]:
     if not isinstance(data["model"].get("name"), str):
         raise ReportError("report has no model name")
     for m in data["metrics"]:
-        if not (isinstance(m, dict) and isinstance(m.get("name"), str)
-                and isinstance(m.get("value"), (int, float))
-                and isinstance(m.get("higher_is_better"), bool)):
+        if not (
+            isinstance(m, dict)
+            and isinstance(m.get("name"), str)
+            and isinstance(m.get("value"), (int, float))
+            and isinstance(m.get("higher_is_better"), bool)
+        ):
             raise ReportError("report has a malformed metric")
     if not isinstance(data.get("profile", {}), dict):
         raise ReportError("report profile is not an object")

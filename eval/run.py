@@ -116,9 +116,16 @@ def run_pipeline(
         from eval.benchmark import run_benchmarks
         from eval.profiler import profile
 
-        loaded = timed("load", lambda: load_model(
-            model_name, task, device_map=device_map, allow_pickle=allow_pickle,
-            trust_remote_code=trust_remote_code))
+        loaded = timed(
+            "load",
+            lambda: load_model(
+                model_name,
+                task,
+                device_map=device_map,
+                allow_pickle=allow_pickle,
+                trust_remote_code=trust_remote_code,
+            ),
+        )
         report.model.update({"source": loaded.source, "path": loaded.path, "task": loaded.task})
         try:
             report.model["arch"] = describe(loaded.model)
@@ -128,7 +135,9 @@ def run_pipeline(
         context = build_context(loaded, calibration_samples, seed)
         model = loaded.model
         for i, config in enumerate(configs):
-            model = timed(f"compress:{i}:{config.RECIPE}", lambda m=model, c=config: compress(m, c, context))
+            model = timed(
+                f"compress:{i}:{config.RECIPE}", lambda m=model, c=config: compress(m, c, context)
+            )
         report.info = _jsonable(context.info)
         if save_dir is not None:
             out_dir = Path(save_dir)
@@ -136,10 +145,21 @@ def run_pipeline(
             tmp_save = Path(tempfile.mkdtemp(prefix="compress-run-"))
             out_dir = tmp_save / "model"
         timed("save", lambda: save_model(model, loaded.tokenizer, out_dir))
-        metrics = timed("benchmark", lambda: run_benchmarks(model, loaded.tokenizer, loaded.task, quick=quick))
+        metrics = timed(
+            "benchmark", lambda: run_benchmarks(model, loaded.tokenizer, loaded.task, quick=quick)
+        )
         report.metrics = [_metric_dict(m) for m in metrics]
-        report.profile = timed("profile", lambda: profile(
-            model, loaded.tokenizer, loaded.task, threads=threads, quick=quick, saved_dir=out_dir))
+        report.profile = timed(
+            "profile",
+            lambda: profile(
+                model,
+                loaded.tokenizer,
+                loaded.task,
+                threads=threads,
+                quick=quick,
+                saved_dir=out_dir,
+            ),
+        )
         report.status = "ok"
     except UserError as exc:
         report.status, report.error = "failed", str(exc)
@@ -198,16 +218,33 @@ def build_parser(recipe_name: str | None) -> argparse.ArgumentParser:
     )
     add_model_arguments(parser)
     parser.add_argument("--recipe", default="identity", help="recipe name (default: identity)")
-    parser.add_argument("--then", action="append", default=[], metavar="'RECIPE k=v ...'",
-                        help="chain another recipe after the first (repeatable)")
-    parser.add_argument("--quick", action="store_true",
-                        help="small benchmark and profile (smoke runs, not for comparisons)")
-    parser.add_argument("--reports", type=Path, default=DEFAULT_REPORTS,
-                        help="folder for the JSON report (default: reports/)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads, pinned and recorded (default: torch's choice)")
-    parser.add_argument("--save", type=Path, default=None,
-                        help="also keep the compressed model in this folder")
+    parser.add_argument(
+        "--then",
+        action="append",
+        default=[],
+        metavar="'RECIPE k=v ...'",
+        help="chain another recipe after the first (repeatable)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="small benchmark and profile (smoke runs, not for comparisons)",
+    )
+    parser.add_argument(
+        "--reports",
+        type=Path,
+        default=DEFAULT_REPORTS,
+        help="folder for the JSON report (default: reports/)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads, pinned and recorded (default: torch's choice)",
+    )
+    parser.add_argument(
+        "--save", type=Path, default=None, help="also keep the compressed model in this folder"
+    )
     if recipe_name is not None:
         add_config_arguments(parser, get_recipe(recipe_name).config_cls)
     return parser
@@ -234,10 +271,17 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(stderr=True)
     with console.status(f"{args.model}: starting") as status:
         path, report = run_pipeline(
-            args.model, configs, quick=args.quick, reports_dir=args.reports, task=args.task,
-            threads=args.threads, device_map=args.device_map, allow_pickle=args.allow_pickle,
+            args.model,
+            configs,
+            quick=args.quick,
+            reports_dir=args.reports,
+            task=args.task,
+            threads=args.threads,
+            device_map=args.device_map,
+            allow_pickle=args.allow_pickle,
             trust_remote_code=args.trust_remote_code,
-            calibration_samples=args.calibration_samples, save_dir=args.save,
+            calibration_samples=args.calibration_samples,
+            save_dir=args.save,
             stage=lambda s: status.update(f"{args.model} · {report_label(configs)} · {s}"),
         )
     summary = ", ".join(f"{m['name']}={m['value']:.4g}" for m in report["metrics"])
