@@ -1,0 +1,225 @@
+"""GPTQ: error-compensating weight quantization with second-order updates.
+
+Frantar, Ashkboos, Hoefler, Alistarh (2022), "GPTQ: Accurate Post-Training Quantization
+for Generative Pre-trained Transformers". For a linear layer with calibration inputs
+``X`` (``[in, tokens]``) it quantizes the weight one input column at a time and spreads
+each column's rounding error over the not-yet-quantized columns, using the inverse of
+the Hessian of the layer's squared output error, ``H = 2 X X^T``:
+
+    err      = (w[:, j] - q(w[:, j])) / Hinv[j, j]
+    w[:, j:] -= err  Hinv[j, j:]                       # OBS update, upper Cholesky of H^-1
+
+Columns are processed in blocks of ``blocksize``; updates to columns past the block
+are applied once per block (lazy batch updates). ``act_order`` quantizes columns in
+order of decreasing ``diag(H)``. ``H`` is dampened by ``damp * mean(diag(H))``.
+
+:func:`gptq_model` runs this block by block over the model: the calibration inputs of
+block ``i`` are the outputs of block ``i - 1`` *after* it was quantized, collected with
+hooks on one block at a time (all removed at the end).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+import torch.nn as nn
+
+from compress.arch import arch_for, find_module_list
+from compress.quant import calib
+from compress.quant.packing import INDEX_BYTES, layer_bytes
+from compress.quant.rtn import (
+    QuantSpec,
+    dequantize_rows,
+    quantize_rows,
+    scale_zero,
+    set_weight_matrix,
+    weight_matrix,
+)
+
+log = logging.getLogger(__name__)
+
+
+class HessianAccumulator:
+    """Running ``H = 2/n sum x x^T`` over the rows of a layer's inputs."""
+
+    def __init__(self, in_features: int):
+        self.H = torch.zeros(in_features, in_features, dtype=torch.float64)
+        self.n = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.detach().reshape(-1, x.shape[-1]).to(torch.float64)  # (tokens, in)
+        m = x.shape[0]
+        self.H *= self.n / (self.n + m)
+        self.n += m
+        x = math.sqrt(2 / self.n) * x
+        self.H += x.t() @ x
+
+
+def gptq_quantize(
+    W: torch.Tensor,
+    H: torch.Tensor,
+    spec: QuantSpec,
+    *,
+    blocksize: int = 128,
+    damp: float = 0.01,
+    act_order: bool = False,
+) -> tuple[torch.Tensor, float]:
+    """Quantize ``W`` (``[out, in]``) given Hessian ``H`` (``[in, in]``).
+
+    Returns (dequantized weights ``[out, in]`` in float32, summed OBS loss).
+    """
+    W = W.detach().clone().float()
+    H = H.detach().clone().double()
+    out_f, in_f = W.shape
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+
+    perm = None
+    if act_order:
+        perm = torch.argsort(torch.diag(H), descending=True)
+        W = W[:, perm]
+        H = H[perm][:, perm]
+
+    # fixed parameters for per-tensor / per-channel grids (computed on the original W).
+    if spec.granularity == "tensor":
+        s, z = scale_zero(W.reshape(1, -1), spec)
+        scale, zero = s.expand(out_f, 1), z.expand(out_f, 1)
+    elif spec.granularity == "channel":
+        scale, zero = scale_zero(W, spec)  # (out, 1)
+    else:
+        scale = zero = None
+
+    H += damp * torch.mean(torch.diag(H)) * torch.eye(in_f, dtype=H.dtype)
+    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    Hinv = Hinv.float()
+
+    Q = torch.zeros_like(W)
+    loss = 0.0
+    g = spec.group_size
+    for i1 in range(0, in_f, blocksize):
+        i2 = min(i1 + blocksize, in_f)
+        W1 = W[:, i1:i2].clone()  # (out, count)
+        Q1 = torch.zeros_like(W1)
+        Err1 = torch.zeros_like(W1)
+        Hinv1 = Hinv[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            col = i1 + i
+            if spec.granularity == "group" and col % g == 0:
+                # the group's current (error-updated) values: the rest of this block,
+                # then columns past it, which carry all updates up to the last block.
+                group = torch.cat([W1[:, i:], W[:, i2:]], dim=1)[:, :g]
+                scale, zero = scale_zero(group, spec)
+            w = W1[:, i : i + 1]  # (out, 1)
+            d = Hinv1[i, i]
+            q = dequantize_rows(quantize_rows(w, scale, zero, spec), scale, zero)
+            Q1[:, i : i + 1] = q
+            err = (w - q) / d
+            loss += float((err.pow(2) * d * d).sum() / 2)
+            W1[:, i:] -= err @ Hinv1[i : i + 1, i:]
+            Err1[:, i : i + 1] = err
+        Q[:, i1:i2] = Q1
+        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+
+    if perm is not None:
+        Q = Q[:, torch.argsort(perm)]
+    return Q, loss
+
+
+class _Stop(Exception):
+    pass
+
+
+def _capture_stack(model, blocks, batches):
+    """Run the model on every batch, recording each block's call; stop after the stack.
+
+    Returns (hidden inputs of block 0 per batch, per-block per-batch (args, kwargs,
+    hidden_is_positional)). Other arguments (masks, position embeddings, T5's
+    position bias, a seq2seq decoder's encoder states) do not depend on this stack's
+    linear weights, so the recorded ones are reused while the stack is quantized.
+    """
+    calls: list[list] = [[] for _ in blocks]
+    hidden0: list[torch.Tensor] = []
+    last = len(blocks) - 1
+
+    def make(i):
+        def hook(_mod, args, kwargs):
+            positional = len(args) > 0
+            h = args[0] if positional else kwargs["hidden_states"]
+            rest_kwargs = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+            calls[i].append((tuple(args[1:]), rest_kwargs, positional))
+            if i == 0:
+                hidden0.append(h.detach())
+            if i == last:
+                raise _Stop
+
+        return hook
+
+    handles = [b.register_forward_pre_hook(make(i), with_kwargs=True) for i, b in enumerate(blocks)]
+    with calib.hooks(handles):
+        for batch in batches:
+            try:
+                calib.forward(model, batch)
+            except _Stop:
+                pass
+    return hidden0, calls
+
+
+def _run_block(block, hidden, call):
+    args, kwargs, positional = call
+    with torch.no_grad():
+        out = block(hidden, *args, **kwargs) if positional else block(*args, hidden_states=hidden, **kwargs)
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def gptq_model(
+    model: nn.Module,
+    targets: dict[str, nn.Module],
+    spec: QuantSpec,
+    batches: list[dict[str, torch.Tensor]],
+    *,
+    blocksize: int = 128,
+    damp: float = 0.01,
+    act_order: bool = False,
+) -> dict[str, dict[str, int]]:
+    """Quantize ``targets`` (full name -> module) block by block; returns packed bytes per module."""
+    arch = arch_for(model)
+    by_module = {id(m): n for n, m in targets.items()}
+    packed: dict[str, dict[str, int]] = {}
+    for stack in arch.stacks:
+        list_name, blocks = find_module_list(model, stack.layers)
+        hidden, calls = _capture_stack(model, blocks, batches)
+        if not hidden:
+            raise RuntimeError(f"gptq: calibration never reached {list_name}")
+        for i, block in enumerate(blocks):
+            layers = {by_module[id(m)]: m for m in block.modules() if id(m) in by_module}
+            acc = {name: HessianAccumulator(weight_matrix(m).shape[1]) for name, m in layers.items()}
+
+            def make(name):
+                return lambda _mod, args: acc[name].add(args[0])
+
+            handles = [m.register_forward_pre_hook(make(name)) for name, m in layers.items()]
+            with calib.hooks(handles):
+                for h, call in zip(hidden, calls[i]):
+                    _run_block(block, h, call)
+            for name, m in layers.items():
+                W = weight_matrix(m)
+                Q, loss = gptq_quantize(W, acc[name].H, spec, blocksize=blocksize, damp=damp,
+                                        act_order=act_order)
+                with torch.no_grad():
+                    set_weight_matrix(m, Q)
+                out_f, in_f = W.shape
+                packed[name] = layer_bytes(out_f, in_f, spec)
+                if act_order and spec.granularity == "group":
+                    # groups follow activation order: a packed format needs each column's group.
+                    packed[name]["g_idx"] = INDEX_BYTES * in_f
+                    packed[name]["total"] += INDEX_BYTES * in_f
+                log.debug("gptq %s loss %.4g", name, loss)
+            hidden = [_run_block(block, h, call) for h, call in zip(hidden, calls[i])]
+    missing = set(targets) - set(packed)
+    if missing:
+        raise RuntimeError(f"gptq: {len(missing)} targeted linears sit outside the blocks: "
+                           f"{sorted(missing)[:3]}")
+    return packed

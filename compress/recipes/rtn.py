@@ -1,0 +1,106 @@
+"""``rtn``: round-to-nearest weight quantization, simulated in float.
+
+Symmetric absmax or asymmetric min/max grids; per tensor, per output channel, or per
+group of input columns (32/64/128); 8, 4, 3 or 2 bits. An LLM.int8-style outlier
+option keeps the largest-magnitude input columns in full precision, chosen either as
+a fraction of columns (ranked by weight magnitude) or by an activation threshold
+measured on calibration data (Dettmers et al. 2022, "LLM.int8()").
+
+The rounded weights are stored back as fp32, so the result is a plain model that
+``save_pretrained`` round-trips; its quality is the format's quality, while its bytes
+and speed are still fp32's. The report's ``quant.packed_bytes`` is the real packed size
+(bits x weights + fp16 scales + zero points + kept outliers, see
+:mod:`compress.quant.packing`).
+
+    python -m compress.recipes.rtn --model smollm2-135m --bits 4 --granularity group \
+        --group-size 128 --out out/smollm2-rtn4
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import torch.nn as nn
+
+from compress.config import RecipeConfig, option
+from compress.context import Context
+from compress.errors import UserError
+from compress.quant import calib
+from compress.quant.layers import (
+    outlier_columns_by_activation,
+    outlier_columns_by_weight,
+    rtn_layer,
+    select_targets,
+)
+from compress.quant.packing import model_size_summary
+from compress.quant.report import device_of, record
+from compress.quant.rtn import GRANULARITIES, SCHEMES, QuantSpec, weight_matrix
+from compress.registry import register_recipe
+
+
+@dataclass(frozen=True)
+class RTNConfig(RecipeConfig):
+    """Round-to-nearest weight quantization (simulated in float)."""
+
+    bits: int = option(8, "bits per weight", low=2, high=8)
+    scheme: str = option("sym", "sym: absmax grid around 0; asym: min/max grid with a zero point",
+                         choices=SCHEMES)
+    granularity: str = option("channel", "weights sharing one scale: tensor, channel "
+                              "(per output row) or group (of input columns)", choices=GRANULARITIES)
+    group_size: int = option(128, "input columns per group (granularity=group)", low=1)
+    outlier_fraction: float = option(0.0, "fraction of input columns (largest max |w|) kept "
+                                     "in full precision", low=0.0, high=0.5)
+    outlier_threshold: float | None = option(None, "keep input columns whose calibration "
+                                             "activations exceed this |x| (LLM.int8 uses 6.0)",
+                                             low=0.0, low_inclusive=False)
+    calibration_samples: int = option(32, "calibration texts used for outlier_threshold", low=1)
+    seq_len: int = option(512, "max tokens per calibration text", low=8)
+    include_head: bool = option(False, "also quantize the LM head (tied embeddings change too)")
+
+    def validate(self) -> None:
+        if self.outlier_fraction > 0 and self.outlier_threshold is not None:
+            raise UserError("rtn: give outlier_fraction or outlier_threshold, not both")
+
+    def spec(self) -> QuantSpec:
+        return QuantSpec(self.bits, self.scheme, self.granularity, self.group_size)
+
+
+@register_recipe("rtn", RTNConfig)
+def rtn(model: nn.Module, config: RTNConfig, context: Context) -> nn.Module:
+    """Round-to-nearest weight quantization at 2-8 bits, simulated in float."""
+    spec = config.spec()
+    targets = select_targets(model, config.include_head)
+    absmax = {}
+    if config.outlier_threshold is not None:
+        batches = calib.calibration_batches(
+            model, context.tokenizer, context.calibration, n_samples=config.calibration_samples,
+            seq_len=config.seq_len, recipe="rtn with outlier_threshold",
+        )
+        absmax = calib.input_absmax(model, targets, batches)
+    packed, kept = {}, 0
+    for name, module in targets.items():
+        if config.outlier_threshold is not None:
+            keep = outlier_columns_by_activation(absmax[name], config.outlier_threshold)
+        else:
+            keep = outlier_columns_by_weight(weight_matrix(module), config.outlier_fraction)
+        kept += int(keep.numel())
+        packed[name] = rtn_layer(module, spec, keep)
+    size = model_size_summary(model, packed)
+    record(
+        context, method="rtn", simulated=True, runs_faster_here=False, device=device_of(model),
+        **spec.to_dict(), format=spec.describe(), layers=len(packed), outlier_columns=kept,
+        outlier_rule=("activation>%g" % config.outlier_threshold if config.outlier_threshold
+                      else f"weight top {config.outlier_fraction:g}" if config.outlier_fraction
+                      else None),
+        include_head=config.include_head, **size,
+        note="weights rounded to the grid and stored as fp32: quality of the format only; "
+        "packed_bytes is the real packed size, the saved checkpoint is still fp32",
+    )
+    return model
+
+
+if __name__ == "__main__":
+    from compress.cli import recipe_main
+
+    sys.exit(recipe_main("rtn"))
