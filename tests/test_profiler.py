@@ -1,0 +1,159 @@
+"""Profiler: counts and sizes against hand counts, timings present and sane, threads restored."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from compress.errors import UserError
+from compress.tiny import tiny_model
+from eval.profiler import dir_bytes, memory_bytes, profile
+
+FAST = dict(quick=True, warmup=0, repeats=2, gen_repeats=1, gen_tokens=4, shapes=((1, 16), (2, 16)))
+
+CASES = [
+    ("gpt2", {}, "causal-lm"),
+    ("llama", {}, "causal-lm"),
+    ("bert", {}, "embedding"),
+    ("bert", {"classifier": True}, "classification"),
+    ("t5", {}, "seq2seq"),
+    ("bert2bert", {}, "seq2seq"),
+]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _manual_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())  # parameters() skips tied duplicates
+
+
+@pytest.mark.parametrize("family,kw,task", CASES)
+def test_profile_keys_counts_sizes_and_timings(family, kw, task):
+    model, tok = tiny_model(family, **kw)
+    r = profile(model, tok, task, **FAST)
+    n = _manual_params(model)
+    assert r["task"] == task and r["device"] == "cpu" and r["dtype"] == "float32"
+    assert r["torch_version"] == torch.__version__ and r["threads"] == 1
+    assert r["params_total"] == n
+    assert 0 < r["params_nonzero"] <= n
+    buffers = sum(b.numel() * b.element_size() for b in model.buffers())
+    assert r["bytes_in_memory"] == 4 * n + buffers
+    # safetensors: 4 bytes a parameter plus a small JSON header; the folder adds tokenizer files
+    assert 4 * n <= r["bytes_on_disk_weights"] <= 4 * n * 1.10 + 16_384
+    assert r["bytes_on_disk"] > r["bytes_on_disk_weights"]
+    assert r["peak_rss_bytes"] > 0 and r["peak_rss_delta_bytes"] >= 0
+    assert set(r["latency"]) == {"1x16", "2x16"}
+    for shape, stats in r["latency"].items():
+        b, length = map(int, shape.split("x"))
+        assert 0 < stats["min_ms"] <= stats["median_ms"] <= stats["p90_ms"]
+        assert stats["tokens_per_second"] == pytest.approx(b * length / stats["median_ms"] * 1000)
+    if task in ("causal-lm", "seq2seq"):
+        gen = r["generate"]
+        assert gen["generated_tokens"] == gen["gen_tokens"] == 4
+        assert gen["ms_per_token"] > 0
+        assert gen["ms_per_token"] == pytest.approx(gen["total_median_ms"] / 4)
+    else:
+        assert "generate" not in r
+    assert not model.training
+
+
+def test_nonzero_drops_after_zeroing_a_weight():
+    model, tok = tiny_model("gpt2")
+    before = profile(model, tok, "causal-lm", **FAST)
+    weight = model.transformer.h[0].mlp.c_fc.weight
+    zeroed = int(torch.count_nonzero(weight))
+    with torch.no_grad():
+        weight.zero_()
+    after = profile(model, tok, "causal-lm", **FAST)
+    assert after["params_total"] == before["params_total"]
+    assert after["params_nonzero"] == before["params_nonzero"] - zeroed
+    # a dense tensor of zeros takes the same room: size does not move
+    assert after["bytes_in_memory"] == before["bytes_in_memory"]
+
+
+def test_threads_are_pinned_recorded_and_restored():
+    model, tok = tiny_model("bert")
+    torch.set_num_threads(2)
+    seen = []
+    original_forward = model.forward
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return original_forward(*args, **kwargs)
+
+    model.forward = spy
+    try:
+        r = profile(model, tok, "embedding", threads=1, **FAST)
+    finally:
+        del model.forward
+    assert r["threads"] == 1 and set(seen) == {1}
+    assert torch.get_num_threads() == 2
+    r = profile(model, tok, "embedding", **FAST)  # no pin: the current count is used and kept
+    assert r["threads"] == 2 and torch.get_num_threads() == 2
+
+
+def test_threads_restored_after_an_error():
+    model, tok = tiny_model("bert")
+    torch.set_num_threads(2)
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("forward failed")
+
+    model.forward = boom
+    with pytest.raises(RuntimeError, match="forward failed"):
+        profile(model, tok, "embedding", threads=1, **FAST)
+    assert torch.get_num_threads() == 2
+
+
+def test_saved_dir_is_measured_not_resaved(tmp_path):
+    model, tok = tiny_model("bert")
+    model.save_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "extra.bin").write_bytes(b"x" * 1000)
+    r = profile(model, tok, "embedding", saved_dir=tmp_path / "m", **FAST)
+    assert r["bytes_on_disk"] == dir_bytes(tmp_path / "m")
+    assert (
+        r["bytes_on_disk_weights"] == (tmp_path / "m" / "model.safetensors").stat().st_size + 1000
+    )
+    assert r["disk_source"] == str(tmp_path / "m")
+
+
+def test_unsaveable_model_still_profiles():
+    model, tok = tiny_model("bert")
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("no saving here")
+
+    model.save_pretrained = refuse
+    r = profile(model, tok, "embedding", **FAST)
+    assert r["bytes_on_disk"] is None and "no saving here" in r["disk_source"]
+    assert r["latency"]["1x16"]["median_ms"] > 0
+
+
+def test_dir_bytes_and_memory_bytes(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.bin").write_bytes(b"1" * 10)
+    (tmp_path / "y.json").write_bytes(b"2" * 20)
+    assert dir_bytes(tmp_path) == 30
+    assert dir_bytes(tmp_path / "y.json") == 20
+    with pytest.raises(UserError):
+        dir_bytes(tmp_path / "missing")
+    lin = torch.nn.Linear(4, 3).half()
+    assert memory_bytes(lin) == (12 + 3) * 2
+
+
+def test_bad_arguments_are_user_errors():
+    model, tok = tiny_model("gpt2")
+    with pytest.raises(UserError, match="did you mean 'causal-lm'"):
+        profile(model, tok, "causal_lm", **FAST)
+    with pytest.raises(UserError, match="positions"):
+        profile(model, tok, "causal-lm", **(FAST | {"shapes": ((1, 4096),)}))
+    with pytest.raises(UserError):
+        profile(model, tok, "causal-lm", threads=0, **FAST)
+    with pytest.raises(UserError):
+        profile(model, tok, "causal-lm", **(FAST | {"repeats": 0}))
