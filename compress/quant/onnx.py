@@ -1,0 +1,348 @@
+"""ONNX Runtime dynamic int8, wrapped as a model the shared benchmark can call.
+
+``export`` traces the Hugging Face model with ``torch.onnx.export`` (the TorchScript
+exporter, ``dynamo=False``: in this environment the dynamo exporter produced wrong
+logits for padded batches) through a thin adapter that fixes the inputs
+(``input_ids``, ``attention_mask`` [, ``token_type_ids``] [, ``decoder_input_ids``,
+``decoder_attention_mask``]) and the one output (``logits``, or ``last_hidden_state``
+for an embedding model). The trace example contains padding so the mask path is
+traced. ``onnxruntime.quantization.quantize_dynamic`` then turns every MatMul with a
+constant weight into int8 weights with dynamically quantized int8 activations
+(``MatMulConstBOnly``: attention's activation-activation MatMuls stay fp32).
+
+:class:`OnnxModel` is an ``nn.Module`` whose ``forward`` takes the usual keyword
+inputs and returns a transformers ``ModelOutput`` with ``.logits`` (and ``.loss`` when
+``labels`` are given), so perplexity / classification / generation code runs on it.
+``generate`` is a plain greedy loop **without a KV cache** (each step re-runs the whole
+prefix); it is correct but slower per token than a cached decoder at long lengths.
+
+Size for the profiler: ONNX initializers are not ``nn.Parameter`` s; the wrapper
+exposes ``compress_parameter_counts`` (``total`` elements, ``bytes``), ``nbytes`` and
+``num_parameters()``; it holds one zero-size parameter so ``next(model.parameters())``
+still names the device (cpu).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from compress.errors import UserError
+from compress.quant.modules import config_record, read_json, write_json
+from compress.saving import Format, register_format
+
+log = logging.getLogger(__name__)
+
+ONNX_FILE = "model.onnx"
+MANIFEST = "onnx_int8.json"
+OUTPUT_OF_TASK = {"causal-lm": "logits", "classification": "logits", "seq2seq": "logits",
+                  "embedding": "last_hidden_state"}
+
+
+class _Adapter(nn.Module):
+    """Fixed positional inputs -> one tensor, for tracing."""
+
+    def __init__(self, model: nn.Module, names: list[str], output: str):
+        super().__init__()
+        self.model, self.names, self.output = model, names, output
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        kwargs = dict(zip(self.names, tensors))
+        if getattr(self.model.config, "use_cache", None) is not None:
+            kwargs["use_cache"] = False
+        return getattr(self.model(**kwargs), self.output)
+
+
+def task_of_model(model: nn.Module, given: str | None = None) -> str:
+    """The task: as given, else from the model class, else from its config."""
+    if given:
+        return given
+    name = type(model).__name__
+    for suffix, task in (("ForSequenceClassification", "classification"),
+                         ("ForCausalLM", "causal-lm"), ("LMHeadModel", "causal-lm"),
+                         ("ForConditionalGeneration", "seq2seq"), ("EncoderDecoderModel", "seq2seq")):
+        if name.endswith(suffix):
+            return task
+    from compress.models import task_of
+
+    return task_of(model.config)
+
+
+def input_names(model: nn.Module, task: str) -> list[str]:
+    names = ["input_ids", "attention_mask"]
+    cfg = model.config
+    if task != "seq2seq" and getattr(cfg, "type_vocab_size", 0) and getattr(cfg, "type_vocab_size", 0) > 1:
+        names.append("token_type_ids")
+    if task == "seq2seq":
+        names += ["decoder_input_ids", "decoder_attention_mask"]
+    return names
+
+
+def export(model: nn.Module, task: str, path: Path) -> list[str]:
+    """Trace ``model`` to ONNX at ``path``; returns the input names."""
+    if task not in OUTPUT_OF_TASK:
+        raise UserError(f"onnx-int8: task {task!r} is not supported; "
+                        f"supported: {', '.join(OUTPUT_OF_TASK)}")
+    names = input_names(model, task)
+    vocab = getattr(model.config, "vocab_size", None) or model.config.decoder.vocab_size
+    g = torch.Generator().manual_seed(0)
+    batch, length = 2, 16
+    example = {
+        "input_ids": torch.randint(5, min(vocab, 1000), (batch, length), generator=g),
+        "attention_mask": torch.ones(batch, length, dtype=torch.long),
+        "token_type_ids": torch.zeros(batch, length, dtype=torch.long),
+        "decoder_input_ids": torch.randint(5, min(vocab, 1000), (batch, length // 2), generator=g),
+        "decoder_attention_mask": torch.ones(batch, length // 2, dtype=torch.long),
+    }
+    example["attention_mask"][0, :3] = 0  # trace the padded-mask path, not the all-ones shortcut
+    args = tuple(example[n] for n in names)
+    output = OUTPUT_OF_TASK[task]
+    dyn = {n: {0: "batch", 1: "dec_seq" if n.startswith("decoder") else "seq"} for n in names}
+    dyn[output] = {0: "batch", 1: "dec_seq" if task == "seq2seq" else "seq"}
+    adapter = _Adapter(model, names, output)
+    was_training = model.training
+    adapter.eval()  # the exporter restores the adapter's mode recursively: keep it eval
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(adapter, args, str(path), input_names=names, output_names=[output],
+                          dynamic_axes=dyn, dynamo=False, opset_version=17)
+    model.train(was_training)
+    return names
+
+
+def quantize_file(src: Path, dst: Path, per_channel: bool, reduce_range: bool) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # ORT logs a generic "consider pre-processing" warning
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul"],
+                             per_channel=per_channel, reduce_range=reduce_range,
+                             weight_type=QuantType.QInt8,
+                             extra_options={"MatMulConstBOnly": True})
+    finally:
+        root.setLevel(level)
+
+
+def initializer_counts(onnx_bytes: bytes) -> dict[str, int]:
+    """Elements and bytes of the graph's initializers, by storage type."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load_from_string(onnx_bytes)
+    total = nbytes = int8 = 0
+    for init in model.graph.initializer:
+        arr = numpy_helper.to_array(init)
+        total += arr.size
+        nbytes += arr.nbytes
+        if arr.dtype.itemsize == 1:
+            int8 += arr.size
+    return {"total": total, "nonzero": total, "bytes": nbytes, "int8_elements": int8}
+
+
+class OnnxModel(nn.Module):
+    """An ONNX Runtime session that behaves like the Hugging Face model it came from."""
+
+    def __init__(self, onnx_bytes: bytes, config: Any, task: str, names: list[str],
+                 meta: dict[str, Any] | None = None):
+        super().__init__()
+        import onnxruntime as ort
+
+        self.config = config
+        self.task = task
+        self.input_names = list(names)
+        self.meta = dict(meta or {})
+        self._onnx_bytes = onnx_bytes
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = max(1, torch.get_num_threads())
+        opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(onnx_bytes, opts, providers=["CPUExecutionProvider"])
+        self.output_name = self.session.get_outputs()[0].name
+        self._anchor = nn.Parameter(torch.empty(0), requires_grad=False)
+        self.compress_parameter_counts = initializer_counts(onnx_bytes)
+        self.nbytes = self.compress_parameter_counts["bytes"]
+        self.main_input_name = "input_ids"
+        self.eval()
+
+    # -- nn.Module / transformers look-alikes -------------------------------
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32
+
+    def num_parameters(self, *args: Any, **kwargs: Any) -> int:
+        return self.compress_parameter_counts["total"]
+
+    def to(self, *args: Any, **kwargs: Any) -> OnnxModel:
+        target = args[0] if args else kwargs.get("device")
+        if target is not None and not isinstance(target, torch.dtype):
+            if torch.device(target).type != "cpu":
+                raise UserError("onnx-int8 models run with ONNX Runtime on the CPU only")
+        return self
+
+    def can_generate(self) -> bool:
+        return self.task in ("causal-lm", "seq2seq")
+
+    def get_input_embeddings(self) -> None:
+        return None
+
+    # -- inference ----------------------------------------------------------
+    def _run(self, feeds: dict[str, torch.Tensor]) -> torch.Tensor:
+        arrays = {k: v.detach().cpu().to(torch.int64).numpy() for k, v in feeds.items()}
+        (out,) = self.session.run([self.output_name], arrays)
+        return torch.from_numpy(out)
+
+    def _decoder_start(self) -> int:
+        cfg = self.config
+        start = getattr(cfg, "decoder_start_token_id", None)
+        if start is None and hasattr(cfg, "decoder"):
+            start = getattr(cfg.decoder, "bos_token_id", None)
+        return int(start if start is not None else getattr(cfg, "bos_token_id", 0) or 0)
+
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None,
+                decoder_input_ids: torch.Tensor | None = None,
+                decoder_attention_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, **ignored: Any):
+        from transformers.modeling_outputs import (
+            BaseModelOutput,
+            CausalLMOutput,
+            Seq2SeqLMOutput,
+            SequenceClassifierOutput,
+        )
+
+        if input_ids is None:
+            raise UserError("the onnx-int8 model needs input_ids (inputs_embeds are not exported)")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if "token_type_ids" in self.input_names:
+            feeds["token_type_ids"] = (token_type_ids if token_type_ids is not None
+                                       else torch.zeros_like(input_ids))
+        if self.task == "seq2seq":
+            if decoder_input_ids is None:
+                if labels is None:
+                    raise UserError("the onnx-int8 seq2seq model needs decoder_input_ids or labels")
+                decoder_input_ids = _shift_right(labels, self._decoder_start(), _pad_id(self.config))
+            feeds["decoder_input_ids"] = decoder_input_ids
+            feeds["decoder_attention_mask"] = (decoder_attention_mask if decoder_attention_mask is not None
+                                               else torch.ones_like(decoder_input_ids))
+        out = self._run(feeds)
+        if self.task == "embedding":
+            return BaseModelOutput(last_hidden_state=out)
+        loss = None
+        if labels is not None:
+            if self.task == "causal-lm":
+                loss = F.cross_entropy(out[:, :-1].reshape(-1, out.shape[-1]).float(),
+                                       labels[:, 1:].reshape(-1), ignore_index=-100)
+            elif self.task == "seq2seq":
+                loss = F.cross_entropy(out.reshape(-1, out.shape[-1]).float(), labels.reshape(-1),
+                                       ignore_index=-100)
+            else:
+                loss = F.cross_entropy(out.float(), labels.reshape(-1))
+        if self.task == "causal-lm":
+            return CausalLMOutput(loss=loss, logits=out)
+        if self.task == "seq2seq":
+            return Seq2SeqLMOutput(loss=loss, logits=out)
+        return SequenceClassifierOutput(loss=loss, logits=out)
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 max_new_tokens: int = 20, eos_token_id: int | None = None,
+                 **ignored: Any) -> torch.Tensor:
+        """Greedy decoding without a KV cache (every step re-runs the whole prefix).
+
+        Causal LMs return prompt + new tokens (left-padded prompts are fine); seq2seq
+        models return the decoder sequence starting with the decoder start token.
+        """
+        if self.task not in ("causal-lm", "seq2seq"):
+            raise UserError(f"a {self.task} model does not generate text")
+        cfg = self.config
+        eos = eos_token_id if eos_token_id is not None else getattr(cfg, "eos_token_id", None)
+        if eos is None and hasattr(cfg, "decoder"):
+            eos = getattr(cfg.decoder, "eos_token_id", None)
+        eos_set = set(eos) if isinstance(eos, (list, tuple)) else ({eos} if eos is not None else set())
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool)
+        pad = _pad_id(cfg)
+        if self.task == "causal-lm":
+            seq, mask = input_ids, attention_mask
+            for _ in range(max_new_tokens):
+                logits = self.forward(input_ids=seq, attention_mask=mask).logits[:, -1]
+                nxt = torch.where(done, torch.full_like(done, pad, dtype=torch.long), logits.argmax(-1))
+                seq = torch.cat([seq, nxt[:, None]], dim=1)
+                mask = torch.cat([mask, (~done).long()[:, None]], dim=1)
+                done |= torch.tensor([int(t) in eos_set for t in nxt])
+                if done.all():
+                    break
+            return seq
+        dec = torch.full((input_ids.shape[0], 1), self._decoder_start(), dtype=torch.long)
+        for _ in range(max_new_tokens):
+            logits = self.forward(input_ids=input_ids, attention_mask=attention_mask,
+                                  decoder_input_ids=dec).logits[:, -1]
+            nxt = torch.where(done, torch.full_like(done, pad, dtype=torch.long), logits.argmax(-1))
+            dec = torch.cat([dec, nxt[:, None]], dim=1)
+            done |= torch.tensor([int(t) in eos_set for t in nxt])
+            if done.all():
+                break
+        return dec
+
+
+def _pad_id(cfg: Any) -> int:
+    pad = getattr(cfg, "pad_token_id", None)
+    if pad is None and hasattr(cfg, "decoder"):
+        pad = getattr(cfg.decoder, "pad_token_id", None)
+    return int(pad if pad is not None else 0)
+
+
+def _shift_right(labels: torch.Tensor, start: int, pad: int) -> torch.Tensor:
+    out = torch.full_like(labels, pad)
+    out[:, 1:] = labels[:, :-1]
+    out[:, 0] = start
+    return out.masked_fill(out == -100, pad)
+
+
+def build(model: nn.Module, task: str, *, per_channel: bool, reduce_range: bool) -> OnnxModel:
+    """Export ``model``, quantize the graph to dynamic int8, and wrap it."""
+    with tempfile.TemporaryDirectory(prefix="compress-onnx-") as tmp:
+        fp32, int8 = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        names = export(model, task, fp32)
+        fp32_bytes = os.path.getsize(fp32)
+        quantize_file(fp32, int8, per_channel, reduce_range)
+        data = int8.read_bytes()
+    meta = {**config_record(model), "task": task, "inputs": names, "per_channel": per_channel,
+            "reduce_range": reduce_range, "fp32_onnx_bytes": fp32_bytes}
+    return OnnxModel(data, model.config, task, names, meta)
+
+
+def save(model: OnnxModel, folder: Path) -> None:
+    (folder / ONNX_FILE).write_bytes(model._onnx_bytes)
+    write_json(folder, MANIFEST, model.meta)
+    model.config.save_pretrained(folder)
+
+
+def load(folder: Path) -> OnnxModel:
+    import transformers as tf
+
+    folder = Path(folder)
+    meta = read_json(folder, MANIFEST)
+    config = tf.AutoConfig.from_pretrained(folder)
+    return OnnxModel((folder / ONNX_FILE).read_bytes(), config, meta["task"], meta["inputs"], meta)
+
+
+FORMAT = register_format(Format("onnx-int8", lambda m: isinstance(m, OnnxModel), save, load))

@@ -1,0 +1,64 @@
+"""``onnx-int8``: export to ONNX and quantize with ONNX Runtime's dynamic int8 (CPU).
+
+The result is an :class:`compress.quant.onnx.OnnxModel`: an ``nn.Module`` around an
+ONNX Runtime session, taking ``input_ids`` / ``attention_mask`` (/ decoder inputs) and
+returning ``.logits`` like the original model, so the shared benchmark and profiler
+run it unchanged. ``optimum-onnx`` cannot share an environment with transformers 5,
+so this calls ``torch.onnx.export`` and ``onnxruntime.quantization`` directly.
+``generate`` is greedy without a KV cache. Reload with
+:func:`compress.saving.load_compressed` (format ``onnx-int8``: ``model.onnx`` + JSON).
+
+    python -m compress.recipes.onnx_int8 --model minilm-l6-sentiment --out out/minilm-onnx8
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import torch.nn as nn
+
+from compress.config import RecipeConfig, option
+from compress.context import Context
+from compress.errors import UserError
+from compress.quant import onnx as onnx_q
+from compress.quant.report import device_of, record
+from compress.registry import register_recipe
+from compress.stats import parameter_counts
+
+
+@dataclass(frozen=True)
+class OnnxInt8Config(RecipeConfig):
+    """ONNX Runtime dynamic int8 (all MatMuls with constant weights, LM head included)."""
+
+    per_channel: bool = option(False, "one int8 scale per output channel (else per tensor)")
+    reduce_range: bool = option(False, "7-bit weights (avoids overflow on old x86 without VNNI)")
+
+
+@register_recipe("onnx-int8", OnnxInt8Config)
+def onnx_int8(model: nn.Module, config: OnnxInt8Config, context: Context) -> nn.Module:
+    """Export to ONNX, quantize to dynamic int8 with ONNX Runtime, wrap as a model."""
+    if device_of(model) != "cpu":
+        raise UserError("onnx-int8 exports and runs on the CPU; load the model without --device-map")
+    task = onnx_q.task_of_model(model, context.task)
+    before = parameter_counts(model)
+    wrapped = onnx_q.build(model, task, per_channel=config.per_channel,
+                           reduce_range=config.reduce_range)
+    counts = wrapped.compress_parameter_counts
+    record(
+        context, method="onnx-int8", simulated=False, runs_faster_here=True, device="cpu",
+        bits=8, weights="int8 " + ("per-channel" if config.per_channel else "per-tensor"),
+        activations="int8 dynamic (per batch)", task=task,
+        int8_weights=counts["int8_elements"],
+        dense_bytes=before["bytes"], packed_bytes=counts["bytes"],
+        fp32_onnx_bytes=wrapped.meta["fp32_onnx_bytes"],
+        note="ONNX Runtime MatMulInteger on the CPU; generate() is greedy without KV cache; "
+        "reload with compress.saving.load_compressed",
+    )
+    return wrapped
+
+
+if __name__ == "__main__":
+    from compress.cli import recipe_main
+
+    sys.exit(recipe_main("onnx-int8"))
