@@ -1,0 +1,167 @@
+"""Unstructured and N:M pruning steps for the magnitude and Wanda recipes.
+
+A *plan* pairs each targeted matrix with its target sparsity and the pool it is
+ranked in (``scope=global``: one pool per group; ``layer``: one per matrix; ``row``:
+each output row). :func:`magnitude_step` prunes the plan by ``|W|``;
+:func:`wanda_step` by ``|W| * ||X||`` with activations gathered block by block
+(:func:`compress.pruning.calibration.sequential_blocks`). :func:`record_sparsity`
+writes the measured result into ``context.info``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from compress.arch import Block
+from compress.context import Context
+from compress.errors import UserError
+from compress.pruning import masks
+from compress.pruning.calibration import (
+    collect_input_sumsq,
+    make_batches,
+    sequential_blocks,
+)
+from compress.pruning.config import UnstructuredConfig
+from compress.pruning.scoring import magnitude_score, wanda_score
+from compress.pruning.targets import Target, lm_head_tied, select_targets
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Planned:
+    target: Target
+    sparsity: float
+    pool: str  # targets with the same pool share one threshold (scope=global)
+
+
+def plan(model: nn.Module, config: UnstructuredConfig, fraction: float = 1.0) -> list[Planned]:
+    """Targets with their sparsity (``fraction`` of the configured target) and pool."""
+    ratios = config.ratios()
+    targets = select_targets(model, tuple(ratios))
+    present = {t.group for t in targets}
+    if config.group_ratios:
+        missing = sorted(set(ratios) - present)
+        if missing:
+            raise UserError(
+                f"{config._where('group_ratios')}: this model has no {', '.join(missing)} "
+                f"matrices; it has {', '.join(sorted(present)) or 'none'}"
+            )
+    if not targets:
+        raise UserError(f"{config._where('groups')}: no matrices of {', '.join(ratios)} found")
+    return [Planned(t, ratios[t.group] * fraction,
+                    t.group if config.scope == "global" else t.name) for t in targets]
+
+
+def prune_planned(items: list[Planned], score: masks.ScoreFn, config: UnstructuredConfig) -> int:
+    """Prune ``items`` in place by ``score``; returns the number of weights set to zero."""
+    nm = config.nm()
+    done = 0
+    if nm is not None:
+        for it in items:
+            done += masks.prune_nm_(it.target, score, *nm)
+        return done
+    if config.scope == "row":
+        for it in items:
+            done += masks.prune_rows_(it.target, score, it.sparsity)
+        return done
+    pools: dict[str, list[Planned]] = {}
+    for it in items:
+        pools.setdefault(it.pool, []).append(it)
+    for pool, members in pools.items():
+        what = f"group {pool}" if config.scope == "global" else pool
+        done += masks.prune_pool_([m.target for m in members], score, members[0].sparsity, what)
+    return done
+
+
+def magnitude_step(model: nn.Module, config: UnstructuredConfig, fraction: float) -> dict:
+    items = plan(model, config, fraction)
+    return {"zeroed": prune_planned(items, magnitude_score, config)}
+
+
+def wanda_step(
+    model: nn.Module, config: Any, context: Context, task: str, fraction: float
+) -> dict[str, Any]:
+    """Wanda, calibrated sequentially: block by block on the pruned blocks' outputs."""
+    items = plan(model, config, fraction)
+    if any(it.target.group == "embeddings" for it in items):
+        raise UserError(f"{config._where('groups')}: Wanda cannot score embeddings (they have "
+                        "no input activations); prune them with magnitude")
+    batches = make_batches(context.tokenizer, context.calibration, task,
+                           nsamples=config.nsamples, seq_len=config.seq_len,
+                           batch_size=config.calib_batch_size, seed=config.seed)
+    by_name = {it.target.name: it for it in items}
+    zeroed = 0
+
+    def components(block: Block) -> dict[str, str]:
+        return {c: n for c, n in block.linear_names.items() if n in by_name}
+
+    def on_block(block: Block, sumsq: dict[str, torch.Tensor]) -> None:
+        nonlocal zeroed
+        mine = [by_name[n] for n in components(block).values()]
+        zeroed += prune_planned(mine, wanda_score(sumsq), config)
+
+    n_blocks = 0
+    for _ in sequential_blocks(model, batches, on_block, components):
+        n_blocks += 1
+    head = [it for it in items if it.target.block < 0]
+    if head:  # the LM head reads the final hidden states: one more forward of the pruned model
+        mods = {it.target.name: (it.target.module, "decoder") for it in head}
+        sumsq, _ = collect_input_sumsq(model, batches, mods)
+        zeroed += prune_planned(head, wanda_score(sumsq), config)
+    tokens = sum(int(m.sum()) for b in batches for r, m in b.token_masks.items()
+                 if r == ("decoder" if task == "causal-lm" else "encoder"))
+    return {"zeroed": zeroed, "calibration": {"sequences": sum(b.size for b in batches),
+                                              "tokens": tokens, "blocks": n_blocks}}
+
+
+@torch.no_grad()
+def record_sparsity(model: nn.Module, config: UnstructuredConfig, context: Context,
+                    recipe: str) -> dict[str, Any]:
+    """Measure the targeted matrices and write ``context.info["sparsity"]``."""
+    items = plan(model, config)
+    per_group: dict[str, dict[str, Any]] = {}
+    for it in items:
+        g = per_group.setdefault(it.target.group, {"target": it.sparsity, "weights": 0,
+                                                   "zeros": 0, "matrices": 0})
+        g["weights"] += it.target.numel()
+        g["zeros"] += masks.zeros_in(it.target)
+        g["matrices"] += 1
+    for g in per_group.values():
+        g["measured"] = round(g["zeros"] / g["weights"], 6)
+    weights = sum(g["weights"] for g in per_group.values())
+    zeros = sum(g["zeros"] for g in per_group.values())
+    overall_target = sum(v["target"] * v["weights"] for v in per_group.values()) / weights
+    info = {
+        "recipe": recipe,
+        # with per-group ratios: the weight-averaged target over the targeted matrices
+        "target": round(overall_target, 6) if config.group_ratios else config.sparsity,
+        "measured": round(zeros / weights, 6),
+        "pattern": config.pattern,
+        "scope": config.scope,
+        "per_group": per_group,
+        "targeted_params": weights,
+        "pruned_params": zeros,
+        "lm_head_tied_to_embeddings": "lm_head" in per_group and lm_head_tied(model),
+    }
+    if config.pattern != "unstructured":
+        info["nm_holds"] = all(nm_holds(it.target, *config.nm()) for it in items)
+    from compress.pruning.sparse_format import sparse_bytes
+
+    info["bytes"] = sparse_bytes(model)
+    context.info["sparsity"] = info
+    return info
+
+
+@torch.no_grad()
+def nm_holds(target: Target, n: int, m: int) -> bool:
+    """At most ``n`` nonzeros in every group of ``m`` consecutive inputs of each row."""
+    w = masks.out_in(target)
+    out, inp = w.shape
+    nz = (w != 0).reshape(out, inp // m, m).sum(-1)
+    return bool((nz <= n).all())

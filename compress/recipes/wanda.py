@@ -1,0 +1,69 @@
+"""``wanda``: prune by weight times input activation norm (Sun et al. 2023), block by block.
+
+Wanda ("A Simple and Effective Pruning Approach for Large Language Models",
+arXiv:2306.11695) scores each weight by ``|W_ij| * ||X_j||_2`` over calibration
+tokens and removes the lowest scores of every output row. Calibration is sequential:
+block by block, each block fed the outputs of the already-pruned blocks before it, so
+memory holds one stack's calibration activations rather than the whole model's
+(see :mod:`compress.pruning.calibration`). N:M patterns (``--pattern 2:4``) pick
+within each group of M inputs.
+
+    python -m compress.recipes.wanda --model smollm2-135m --sparsity 0.5 --out out/w50
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn as nn
+
+from compress.config import option
+from compress.context import Context
+from compress.errors import UserError
+from compress.pruning.config import UnstructuredConfig
+from compress.pruning.recovery import run_with_recovery, task_for
+from compress.pruning.targets import select_targets
+from compress.pruning.unstructured import plan, record_sparsity, wanda_step
+from compress.registry import register_recipe
+
+
+@dataclass(frozen=True)
+class WandaConfig(UnstructuredConfig):
+    """Wanda: weight magnitude times input activation norm, calibrated block by block."""
+
+    scope: str = option("row", "comparison group: row (each output row, as in the paper) or "
+                        "layer (each matrix)", choices=("row", "layer"))
+    nsamples: int = option(128, "calibration sequences", low=1, high=100_000)
+    seq_len: int = option(128, "tokens per calibration sequence", low=2, high=1_000_000)
+    calib_batch_size: int = option(8, "calibration sequences per forward", low=1, high=4096)
+
+    def validate(self) -> None:
+        super().validate()
+        if "embeddings" in self.ratios():
+            raise UserError(f"{self._where('groups')}: Wanda cannot score embeddings (no input "
+                            "activations); prune them with the magnitude recipe")
+
+
+@register_recipe("wanda", WandaConfig)
+def wanda(model: nn.Module, config: WandaConfig, context: Context) -> nn.Module:
+    """Set the weights with the smallest |weight| x input-norm scores to zero."""
+    plan(model, config)
+    task = task_for(model, context)
+
+    def rewind_weights(m: nn.Module) -> dict:
+        return {t.name: t.weight for t in select_targets(m, tuple(config.ratios()))}
+
+    model = run_with_recovery(
+        model, config, context, lambda m, f: wanda_step(m, config, context, task, f),
+        rewind_weights,
+    )
+    record_sparsity(model, config, context, "wanda")
+    return model
+
+
+if __name__ == "__main__":
+    import sys
+
+    from compress.cli import recipe_main
+
+    sys.exit(recipe_main("wanda"))
