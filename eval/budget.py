@@ -1,0 +1,484 @@
+"""Equal-budget comparison: for each family, the best run that fits a cost budget.
+
+A budget is a cost kind and a fraction of the dense model's cost, written
+``KIND=FRACTION``::
+
+    size=0.5        bytes on disk (the saved folder) at most half the dense model's
+    latency=0.5     median forward latency, batch 1 x 128 tokens, at most half
+    nonzeros=0.5    nonzero parameters at most half
+    packed=0.5      bytes the weights take in their packed format: the quantization
+                    recipes' ``info.quant.packed_bytes`` where recorded (simulated
+                    formats are stored as fp32 on disk), else the weight files on disk
+
+Every cost is the profiler's measurement in the run's report, divided by the same
+measurement of that model's dense ``identity`` run (same ``quick`` setting). For each
+family (pruning, quantization, distillation, MoEfication, and each composite such as
+``pruning + quantization``) :func:`pick` returns the run of best quality among those
+whose cost meets the budget, quality being the model's primary metric
+(:data:`PRIMARY_METRIC`). This answers "at the same cost, which technique keeps the
+most quality?".
+
+>>> b = parse_budget("size=0.5")
+>>> (b.kind, b.fraction)
+('size', 0.5)
+>>> family_of([{"recipe": "wanda"}, {"recipe": "rtn"}])
+'pruning + quantization'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from compress.errors import UserError, did_you_mean
+
+#: technique family of each recipe; composite pipelines join their families in order.
+RECIPE_FAMILY: dict[str, str] = {
+    "magnitude": "pruning",
+    "wanda": "pruning",
+    "structured": "pruning",
+    "rtn": "quantization",
+    "gptq": "quantization",
+    "bnb-int8": "quantization",
+    "bnb-4bit": "quantization",
+    "dynamic-int8": "quantization",
+    "onnx-int8": "quantization",
+    "quanto": "quantization",
+    "qlora": "quantization",
+    "distill": "distillation",
+    "moefy": "moefication",
+}
+FAMILIES = ("pruning", "quantization", "distillation", "moefication")
+BASELINE = "baseline"
+
+#: the metric that stands for "quality" per task, with the reason it was chosen.
+PRIMARY_METRIC: dict[str, tuple[str, str]] = {
+    "causal-lm": ("ppl_wiki", "token perplexity on held-out Wikipedia text (lower is better)"),
+    "classification": ("accuracy", "3-class tweet sentiment accuracy"),
+    "embedding": ("similarity_spearman", "Spearman correlation with human document similarity"),
+    "seq2seq": ("chrf", "chrF of restored punctuation and case against the reference"),
+}
+
+
+def _dig(data: Any, *path: str) -> Any:
+    for key in path:
+        if not isinstance(data, dict) or key not in data:
+            return None
+        data = data[key]
+    return data
+
+
+def _num(value: Any) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:
+        return float(value)
+    return None
+
+
+def _packed_bytes(report: dict[str, Any]) -> float | None:
+    packed = _num(_dig(report.get("info", {}), "quant", "packed_bytes"))
+    if packed is not None:
+        return packed
+    profile = report.get("profile", {})
+    return _num(profile.get("bytes_on_disk_weights")) or _num(profile.get("bytes_on_disk"))
+
+
+@dataclass(frozen=True)
+class CostKind:
+    name: str
+    description: str
+    get: Callable[[dict[str, Any]], float | None]
+
+
+COSTS: dict[str, CostKind] = {
+    "size": CostKind(
+        "size", "bytes on disk of the saved model folder",
+        lambda r: _num(_dig(r.get("profile", {}), "bytes_on_disk")),
+    ),
+    "latency": CostKind(
+        "latency", "median forward latency, batch 1 x 128 tokens",
+        lambda r: _num(_dig(r.get("profile", {}), "latency", "1x128", "median_ms")),
+    ),
+    "nonzeros": CostKind(
+        "nonzeros", "nonzero parameters",
+        lambda r: _num(_dig(r.get("profile", {}), "params_nonzero")),
+    ),
+    "packed": CostKind(
+        "packed", "bytes of the weights in their packed format (quantization's packed_bytes, "
+        "else the weight files on disk)",
+        _packed_bytes,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A cost kind and the fraction of the dense model's cost allowed."""
+
+    kind: str
+    fraction: float
+
+    def __str__(self) -> str:
+        return f"{self.kind}={self.fraction:g}"
+
+    @property
+    def cost(self) -> CostKind:
+        return COSTS[self.kind]
+
+
+def parse_budget(text: str) -> Budget:
+    """``"size=0.5"`` -> ``Budget("size", 0.5)``; bad input is a one-line UserError."""
+    if "=" not in text:
+        raise UserError(f"budget {text!r}: write it as KIND=FRACTION, e.g. size=0.5 "
+                        f"(kinds: {', '.join(COSTS)})")
+    kind, raw = (part.strip() for part in text.split("=", 1))
+    if kind not in COSTS:
+        raise did_you_mean("budget kind", kind, COSTS)
+    try:
+        fraction = float(raw)
+    except ValueError:
+        raise UserError(f"budget {text!r}: {raw!r} is not a number") from None
+    if not 0 < fraction <= 1:
+        raise UserError(f"budget {text!r}: the fraction must be in (0, 1] of the dense cost")
+    return Budget(kind, fraction)
+
+
+# --------------------------------------------------------------------------- reports
+
+
+def recipes_of(report_or_pipeline: dict[str, Any] | list[dict[str, Any]]) -> list[str]:
+    pipeline = (
+        report_or_pipeline.get("pipeline", [])
+        if isinstance(report_or_pipeline, dict)
+        else report_or_pipeline
+    )
+    return [s.get("recipe", "?") for s in pipeline]
+
+
+def family_of(report_or_pipeline: dict[str, Any] | list[dict[str, Any]]) -> str:
+    """``baseline``, one family, or ``a + b`` for a composite (in pipeline order)."""
+    families: list[str] = []
+    for recipe in recipes_of(report_or_pipeline):
+        if recipe == "identity":
+            continue
+        family = RECIPE_FAMILY.get(recipe, recipe)
+        if not families or families[-1] != family:
+            families.append(family)
+    return " + ".join(families) if families else BASELINE
+
+
+def metric(report: dict[str, Any], name: str) -> dict[str, Any] | None:
+    for m in report.get("metrics", []):
+        if m.get("name") == name:
+            return m
+    return None
+
+
+def primary_metric(report: dict[str, Any]) -> str | None:
+    """The primary metric's name for the report's task (or its first metric)."""
+    task = report.get("model", {}).get("task")
+    if task in PRIMARY_METRIC:
+        return PRIMARY_METRIC[task][0]
+    metrics = report.get("metrics", [])
+    return metrics[0]["name"] if metrics else None
+
+
+def is_baseline(report: dict[str, Any]) -> bool:
+    return family_of(report) == BASELINE
+
+
+def baseline_of(runs: Iterable[dict[str, Any]], quick: bool | None = None) -> dict[str, Any] | None:
+    """The newest ok identity run (full preferred unless ``quick`` is given)."""
+    candidates = [r for r in runs if is_baseline(r) and r.get("status") == "ok"]
+    if quick is not None:
+        candidates = [r for r in candidates if bool(r.get("quick")) == quick]
+    candidates.sort(key=lambda r: (not r.get("quick", False), r.get("created", "")))
+    return candidates[-1] if candidates else None
+
+
+def comparable_runs(runs: Iterable[dict[str, Any]]) -> tuple[dict[str, Any] | None, list[dict]]:
+    """(baseline, ok runs measured with the baseline's protocol, i.e. the same ``quick``)."""
+    runs = list(runs)
+    base = baseline_of(runs)
+    if base is None:
+        return None, []
+    quick = bool(base.get("quick"))
+    return base, [r for r in runs if r.get("status") == "ok" and bool(r.get("quick")) == quick]
+
+
+def cost_ratio(report: dict[str, Any], base: dict[str, Any], kind: str) -> float | None:
+    """The run's cost of ``kind`` divided by the baseline's (None where not measured)."""
+    get = COSTS[kind].get
+    value, ref = get(report), get(base)
+    if value is None or ref is None or ref <= 0:
+        return None
+    return value / ref
+
+
+# --------------------------------------------------------------------------- picking
+
+
+@dataclass
+class Pick:
+    """The outcome for one model, family and budget."""
+
+    model: str
+    family: str
+    budget: Budget
+    metric: str | None
+    higher_is_better: bool
+    baseline_value: float | None
+    chosen: dict[str, Any] | None  # the best run meeting the budget
+    value: float | None  # its primary metric
+    ratio: float | None  # its cost / dense cost
+    n_runs: int  # runs of the family with a measured cost and metric
+    n_meeting: int
+    cheapest: dict[str, Any] | None = None  # when none meets: the lowest-cost run
+    cheapest_ratio: float | None = None
+
+    @property
+    def label(self) -> str:
+        return self.chosen.get("label", "?") if self.chosen else ""
+
+    @property
+    def retained(self) -> float | None:
+        """Quality kept against dense: value/base (higher is better) or base/value."""
+        if self.value is None or not self.baseline_value:
+            return None
+        if self.higher_is_better:
+            return self.value / self.baseline_value
+        return self.baseline_value / self.value if self.value else None
+
+
+def _families_present(runs: list[dict[str, Any]]) -> list[str]:
+    present = {family_of(r) for r in runs} - {BASELINE}
+    singles = [f for f in FAMILIES if f in present]
+    return singles + sorted(present - set(FAMILIES))
+
+
+def pick_for_model(
+    runs: list[dict[str, Any]], budget: Budget, families: Iterable[str] | None = None
+) -> list[Pick]:
+    """One :class:`Pick` per family present in ``runs`` (one model's reports)."""
+    base, candidates = comparable_runs(runs)
+    if base is None:
+        return []
+    model = base["model"]["name"]
+    name = primary_metric(base)
+    base_metric = metric(base, name) if name else None
+    if base_metric is None:
+        return []
+    hib = bool(base_metric["higher_is_better"])
+    picks = []
+    for family in families or _families_present(candidates):
+        scored = []
+        for run in candidates:
+            if family_of(run) != family:
+                continue
+            m = metric(run, name)
+            ratio = cost_ratio(run, base, budget.kind)
+            if m is None or ratio is None:
+                continue
+            scored.append((run, float(m["value"]), ratio))
+        # a small tolerance: a run at exactly the budget meets it despite float noise
+        meeting = [s for s in scored if s[2] <= budget.fraction * (1 + 1e-9)]
+        pick = Pick(model, family, budget, name, hib, float(base_metric["value"]), None, None,
+                    None, len(scored), len(meeting))
+        if meeting:
+            # best quality; ties go to the cheaper run
+            best = max(meeting, key=lambda s: ((s[1] if hib else -s[1]), -s[2]))
+            pick.chosen, pick.value, pick.ratio = best
+        elif scored:
+            cheapest = min(scored, key=lambda s: s[2])
+            pick.cheapest, pick.cheapest_ratio = cheapest[0], cheapest[2]
+        picks.append(pick)
+    return picks
+
+
+def pick(reports: list[dict[str, Any]], budget: Budget) -> dict[str, list[Pick]]:
+    """Picks per model (models sorted by name)."""
+    by_model: dict[str, list[dict[str, Any]]] = {}
+    for r in reports:
+        by_model.setdefault(r["model"]["name"], []).append(r)
+    return {m: pick_for_model(runs, budget) for m, runs in sorted(by_model.items())}
+
+
+def _fmt(v: float | None) -> str:
+    if v is None:
+        return "–"
+    if abs(v) >= 1000:
+        return f"{v:,.0f}"
+    if abs(v) >= 100:
+        return f"{v:.1f}"
+    return f"{v:.4g}"
+
+
+def markdown_table(picks: dict[str, list[Pick]], budget: Budget) -> str:
+    """The equal-budget table as markdown (one row per model and family)."""
+    lines = [
+        f"| model | family | best run within {budget} | cost / dense | quality | dense | "
+        "kept | runs meeting |",
+        "|---|---|---|--:|--:|--:|--:|--:|",
+    ]
+    for model, rows in picks.items():
+        for p in rows:
+            arrow = "↑" if p.higher_is_better else "↓"
+            dense = f"{_fmt(p.baseline_value)}"
+            if p.chosen is not None:
+                kept = f"{p.retained * 100:.1f}%" if p.retained is not None else "–"
+                lines.append(
+                    f"| {model} | {p.family} | `{p.label}` | {p.ratio:.3f} | "
+                    f"{p.metric} {arrow} {_fmt(p.value)} | {dense} | {kept} | "
+                    f"{p.n_meeting} of {p.n_runs} |"
+                )
+            else:
+                why = (
+                    f"none (cheapest: `{p.cheapest.get('label')}` at {p.cheapest_ratio:.3f})"
+                    if p.cheapest is not None
+                    else "no run with this cost measured"
+                )
+                lines.append(
+                    f"| {model} | {p.family} | {why} | – | {p.metric} {arrow} – | {dense} | – | "
+                    f"0 of {p.n_runs} |"
+                )
+    return "\n".join(lines) + "\n"
+
+
+def rich_table(picks: dict[str, list[Pick]], budget: Budget):
+    """The same table for the terminal."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title=f"Equal budget: {budget} ({budget.cost.description})",
+                  box=box.SIMPLE_HEAVY, title_justify="left")
+    for col, just in (("model", "left"), ("family", "left"), ("best run within budget", "left"),
+                      ("cost/dense", "right"), ("quality", "right"), ("dense", "right"),
+                      ("kept", "right"), ("meeting", "right")):
+        table.add_column(col, justify=just)
+    for model, rows in picks.items():
+        for p in rows:
+            if p.chosen is not None:
+                kept = f"{p.retained * 100:.1f}%" if p.retained is not None else "–"
+                table.add_row(model, p.family, p.label, f"{p.ratio:.3f}",
+                              f"{p.metric} {_fmt(p.value)}", _fmt(p.baseline_value), kept,
+                              f"{p.n_meeting}/{p.n_runs}")
+            else:
+                table.add_row(model, p.family, "[red]none meets the budget[/]", "–", "–",
+                              _fmt(p.baseline_value), "–", f"0/{p.n_runs}")
+    return table
+
+
+# --------------------------------------------------------------------------- search
+
+
+@dataclass(frozen=True)
+class Knob:
+    """A recipe field that trades quality for cost monotonically.
+
+    ``more`` says which way compresses more: ``"up"`` (sparsity) or ``"down"`` (bits).
+    ``values`` lists the allowed settings of a discrete knob; a continuous knob lies
+    in ``[low, high]`` and is searched to a resolution of ``step``. ``fixed_by`` names
+    fields that, when set, pin the knob (an N:M pattern fixes the sparsity).
+    """
+
+    field: str
+    more: str
+    low: float = 0.0
+    high: float = 1.0
+    step: float = 0.01
+    values: tuple[float, ...] | None = None
+    fixed_by: tuple[str, ...] = ()
+
+    def order(self, value: float) -> float:
+        """Larger means more compressed."""
+        return value if self.more == "up" else -value
+
+    def least(self) -> float:
+        if self.values:
+            return min(self.values, key=self.order)
+        return self.low if self.more == "up" else self.high
+
+    def most(self) -> float:
+        if self.values:
+            return max(self.values, key=self.order)
+        return self.high if self.more == "up" else self.low
+
+
+#: knobs searched by ``eval.sweep --budget ... --search-runs N``.
+KNOBS: dict[str, Knob] = {
+    "magnitude": Knob("sparsity", "up", 0.01, 0.99, 0.01, fixed_by=("pattern",)),
+    "wanda": Knob("sparsity", "up", 0.01, 0.99, 0.01, fixed_by=("pattern",)),
+    "structured": Knob("sparsity", "up", 0.0, 0.95, 0.05),
+    "rtn": Knob("bits", "down", values=(8, 6, 5, 4, 3, 2)),
+    "gptq": Knob("bits", "down", values=(8, 6, 5, 4, 3, 2)),
+}
+
+
+def next_probe(knob: Knob, tried: list[tuple[float, bool]], fraction: float = 0.5) -> float | None:
+    """The next knob setting to try, given ``(setting, met the budget)`` pairs; None: done.
+
+    With no setting meeting the budget, try the most compressed one (if that fails
+    too, the budget is out of reach). Otherwise bisect between the most compressed
+    failing setting below the least compressed meeting one (the dense end if none)
+    and that meeting one: the boundary is where the best quality within budget lies.
+
+    >>> k = Knob("sparsity", "up", 0.0, 0.99, 0.01)
+    >>> next_probe(k, [(0.5, False)])
+    0.99
+    >>> next_probe(k, [(0.5, False), (0.99, True)])
+    0.74
+    """
+    tried_values = {round(v, 6) for v, _ in tried}
+    meets = [v for v, ok in tried if ok]
+    fails = [v for v, ok in tried if not ok]
+    if not meets:
+        most = knob.most()
+        if round(most, 6) in tried_values:
+            return None
+        return most
+    m = min(meets, key=knob.order)
+    below = [v for v in fails if knob.order(v) < knob.order(m)]
+    if below:
+        f = max(below, key=knob.order)
+    elif fraction < 1:
+        f = knob.least()  # the dense end costs the full price: it fails any budget < 1
+    else:
+        return None
+    if knob.values:
+        between = sorted(
+            (v for v in knob.values if knob.order(f) < knob.order(v) < knob.order(m)),
+            key=knob.order,
+        )
+        if not between:
+            return None
+        probe = between[(len(between) - 1) // 2]
+    else:
+        if abs(m - f) <= knob.step * 1.5:
+            return None
+        probe = round(round(((m + f) / 2) / knob.step) * knob.step, 6)
+        if probe in (round(m, 6), round(f, 6)):
+            return None
+    return None if round(probe, 6) in tried_values else probe
+
+
+def knob_groups(
+    runs: list[dict[str, Any]], family: str
+) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """Single-recipe runs of ``family`` with a free knob, grouped by recipe + other fields."""
+    import json
+
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for run in runs:
+        pipeline = run.get("pipeline", [])
+        if len(pipeline) != 1 or family_of(run) != family:
+            continue
+        recipe = pipeline[0]["recipe"]
+        knob = KNOBS.get(recipe)
+        config = dict(pipeline[0].get("config", {}))
+        if knob is None or knob.field not in config:
+            continue
+        if any(config.get(f) not in (None, "", False, "unstructured") for f in knob.fixed_by):
+            continue
+        rest = {k: v for k, v in config.items() if k not in (knob.field, "seed")}
+        groups.setdefault((recipe, json.dumps(rest, sort_keys=True)), []).append(run)
+    return groups
