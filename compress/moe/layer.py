@@ -1,0 +1,259 @@
+"""The MoE FFN module, its routers, and the bias-only stand-in for a block's ``ffn_out``.
+
+MoEfication (Zhang et al. 2022, "MoEfication: Transformer Feed-forward Layers are
+Mixtures of Experts") splits the ``ff`` intermediate neurons of a dense FFN into ``E``
+experts of ``ff / E`` neurons. Expert ``e`` owns rows ``e`` of the stacked tensors::
+
+    w_in   (E, d_e, d)    rows of W_in  (the up projection for gated FFNs)
+    w_gate (E, d_e, d)    rows of W_gate (gated FFNs only)
+    w_out  (E, d_e, d)    columns of W_out, stored transposed: expert output = h_e @ w_out[e]
+
+so an expert's weights are one contiguous slice. For tokens ``x`` (N, d) the router
+gives scores (N, E); a token runs through the experts it selects (top-k, or the
+fewest experts whose predicted share of activation energy reaches ``threshold``),
+and the outputs are summed with no reweighting, so with every expert selected the
+module computes exactly the dense FFN (up to summation order).
+
+Tokens are grouped by expert: one gather of the (token, expert) pairs sorted by
+expert, per expert two or three matmuls on a contiguous slice, one scatter-add back.
+A single token (decoding) instead gathers the chosen experts' weights and runs one
+matmul per projection.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ROUTINGS = ("topk", "threshold")
+
+
+class SimilarityRouter(nn.Module):
+    """No training: score of expert ``e`` = x . mean of its W_in rows (+ mean bias).
+
+    That is the expert's mean pre-activation; for ReLU FFNs a high mean pre-activation
+    means many active neurons (MoEfication's similarity / centroid routing).
+    """
+
+    kind = "similarity"
+
+    def __init__(self, hidden: int, n_experts: int):
+        super().__init__()
+        self.centroids = nn.Parameter(torch.zeros(n_experts, hidden), requires_grad=False)
+        self.offset = nn.Parameter(torch.zeros(n_experts), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, d) -> (N, E)
+        return F.linear(x, self.centroids, self.offset)
+
+    def flops_per_token(self) -> int:
+        return 2 * self.centroids.numel()
+
+    def spec(self) -> dict[str, Any]:
+        return {"kind": self.kind}
+
+
+class MLPRouter(nn.Module):
+    """Learned: a two-layer MLP on standardized hidden states -> one logit per expert.
+
+    Trained so that ``softmax(logits)`` matches each token's share of activation
+    energy across experts (:mod:`compress.moe.routers`).
+    """
+
+    kind = "learned"
+
+    def __init__(self, hidden: int, n_experts: int, width: int):
+        super().__init__()
+        self.register_buffer("x_mean", torch.zeros(hidden))
+        self.register_buffer("x_inv_std", torch.ones(hidden))
+        self.fc1 = nn.Linear(hidden, width)
+        self.fc2 = nn.Linear(width, n_experts)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, d) -> (N, E)
+        z = (x - self.x_mean) * self.x_inv_std
+        return self.fc2(F.relu(self.fc1(z)))
+
+    def flops_per_token(self) -> int:
+        return 2 * (self.fc1.weight.numel() + self.fc2.weight.numel())
+
+    def spec(self) -> dict[str, Any]:
+        return {"kind": self.kind, "width": self.fc1.out_features}
+
+
+def make_router(spec: dict[str, Any], hidden: int, n_experts: int) -> nn.Module:
+    if spec["kind"] == "similarity":
+        return SimilarityRouter(hidden, n_experts)
+    if spec["kind"] == "learned":
+        return MLPRouter(hidden, n_experts, int(spec["width"]))
+    raise ValueError(f"unknown router kind {spec['kind']!r}")
+
+
+class AddBias(nn.Module):
+    """Stands in for a block's ``ffn_out`` linear when the MoE FFN already did the matmul.
+
+    BERT's ``output.dense`` and OPT/BART's ``fc2`` are called by the block on the FFN
+    output; after MoEfication they only add the output bias (or nothing).
+    """
+
+    def __init__(self, bias: torch.Tensor | None):
+        super().__init__()
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.bias is None else x + self.bias
+
+    def extra_repr(self) -> str:
+        return f"bias={None if self.bias is None else tuple(self.bias.shape)}"
+
+
+class MoEFFN(nn.Module):
+    """A feed-forward layer split into ``n_experts`` experts; only routed experts run.
+
+    >>> moe = MoEFFN(hidden=576, expert_size=96, n_experts=16, act=nn.SiLU(), gated=True,
+    ...              top_k=8)                                         # doctest: +SKIP
+    >>> y = moe(x)   # (B, T, 576) -> (B, T, 576), half the FFN computed  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        *,
+        hidden: int,
+        expert_size: int,
+        n_experts: int,
+        act: nn.Module,
+        gated: bool,
+        in_bias: bool = False,
+        out_bias: bool = False,
+        router: dict[str, Any] | None = None,
+        routing: str = "topk",
+        top_k: int = 1,
+        threshold: float = 0.9,
+        dtype: torch.dtype | None = None,
+    ):
+        super().__init__()
+        if routing not in ROUTINGS:
+            raise ValueError(f"routing must be one of {ROUTINGS}, got {routing!r}")
+        if not 1 <= top_k <= n_experts:
+            raise ValueError(f"top_k={top_k} must be between 1 and n_experts={n_experts}")
+        E, de, d = n_experts, expert_size, hidden
+        kw = {"dtype": dtype}
+        self.hidden, self.expert_size, self.n_experts = d, de, E
+        self.gated = gated
+        self.routing, self.top_k, self.threshold = routing, int(top_k), float(threshold)
+        self.act = act
+        self.w_in = nn.Parameter(torch.empty(E, de, d, **kw))
+        self.b_in = nn.Parameter(torch.zeros(E, de, **kw)) if in_bias else None
+        self.w_gate = nn.Parameter(torch.empty(E, de, d, **kw)) if gated else None
+        self.b_gate = nn.Parameter(torch.zeros(E, de, **kw)) if gated and in_bias else None
+        self.w_out = nn.Parameter(torch.empty(E, de, d, **kw))
+        self.b_out = nn.Parameter(torch.zeros(d, **kw)) if out_bias else None
+        self.router = make_router(router or {"kind": "similarity"}, d, E)
+        #: when True, ``usage`` accumulates per-expert token counts (plain attribute,
+        #: not saved, no hooks); used to measure the active fraction under threshold routing.
+        self.track_usage = False
+        self.usage: torch.Tensor | None = None
+        self.tokens_seen = 0
+
+    # -- description ---------------------------------------------------------
+    def spec(self) -> dict[str, Any]:
+        """Everything needed to rebuild this module empty (saved as JSON)."""
+        return {
+            "hidden": self.hidden,
+            "expert_size": self.expert_size,
+            "n_experts": self.n_experts,
+            "gated": self.gated,
+            "in_bias": self.b_in is not None,
+            "out_bias": self.b_out is not None,
+            "router": self.router.spec(),
+            "routing": self.routing,
+            "top_k": self.top_k,
+            "threshold": self.threshold,
+        }
+
+    def extra_repr(self) -> str:
+        rule = f"top_k={self.top_k}" if self.routing == "topk" else f"threshold={self.threshold}"
+        return (f"hidden={self.hidden}, experts={self.n_experts}x{self.expert_size}, "
+                f"gated={self.gated}, {rule}")
+
+    def expert_flops_per_token(self) -> int:
+        """FLOPs (2 x multiply-adds) of one expert for one token."""
+        return 2 * self.hidden * self.expert_size * (3 if self.gated else 2)
+
+    # -- routing -------------------------------------------------------------
+    def select(self, scores: torch.Tensor) -> torch.Tensor:
+        """(N, E) scores -> (N, E) bool mask of the experts each token runs."""
+        N, E = scores.shape
+        if self.routing == "topk":
+            if self.top_k == E:
+                return torch.ones(N, E, dtype=torch.bool, device=scores.device)
+            idx = scores.topk(self.top_k, dim=-1).indices  # (N, k)
+            return torch.zeros(N, E, dtype=torch.bool, device=scores.device).scatter_(1, idx, True)
+        # threshold: fewest experts whose predicted energy share reaches the threshold
+        probs = scores.float().softmax(dim=-1)
+        sorted_p, order = probs.sort(dim=-1, descending=True)  # (N, E)
+        before = sorted_p.cumsum(dim=-1) - sorted_p  # share covered before this expert
+        keep_sorted = before < self.threshold  # the first expert always has before=0
+        return torch.zeros(N, E, dtype=torch.bool, device=scores.device).scatter_(
+            1, order, keep_sorted
+        )
+
+    def route(self, x2: torch.Tensor) -> torch.Tensor:
+        return self.select(self.router(x2))
+
+    # -- compute -------------------------------------------------------------
+    def _expert(self, e: int, xe: torch.Tensor) -> torch.Tensor:
+        """act(xe W_in[e]^T + b) [* gate] @ w_out[e]: (n, d) -> (n, d)."""
+        h = F.linear(xe, self.w_in[e], None if self.b_in is None else self.b_in[e])  # (n, d_e)
+        if self.gated:
+            g = F.linear(xe, self.w_gate[e], None if self.b_gate is None else self.b_gate[e])
+            h = self.act(g) * h
+        else:
+            h = self.act(h)
+        return h @ self.w_out[e]  # (n, d_e) @ (d_e, d) -> (n, d)
+
+    def _single_token(self, x2: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
+        """One token: gather the chosen experts' weights, one matmul per projection."""
+        k = experts.numel()
+        de, d = self.expert_size, self.hidden
+        w_in = self.w_in.index_select(0, experts).reshape(k * de, d)  # (k*d_e, d)
+        b_in = None if self.b_in is None else self.b_in.index_select(0, experts).reshape(-1)
+        h = F.linear(x2, w_in, b_in)  # (1, k*d_e)
+        if self.gated:
+            w_g = self.w_gate.index_select(0, experts).reshape(k * de, d)
+            b_g = None if self.b_gate is None else self.b_gate.index_select(0, experts).reshape(-1)
+            h = self.act(F.linear(x2, w_g, b_g)) * h
+        else:
+            h = self.act(h)
+        return h @ self.w_out.index_select(0, experts).reshape(k * de, d)  # (1, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, self.hidden)  # (N, d)
+        mask = self.route(x2)  # (N, E) bool
+        if self.track_usage:
+            counts = mask.sum(0).to("cpu", torch.long)
+            self.usage = counts if self.usage is None else self.usage + counts
+            self.tokens_seen += x2.shape[0]
+        if x2.shape[0] == 1:
+            y = self._single_token(x2, mask[0].nonzero().squeeze(1))
+        else:
+            pairs = mask.t().nonzero()  # (P, 2) rows (expert, token), sorted by expert
+            tokens = pairs[:, 1]
+            counts = mask.sum(0).tolist()
+            xs = x2.index_select(0, tokens)  # (P, d) tokens grouped by expert
+            outs, start = [], 0
+            for e, c in enumerate(counts):
+                if c:
+                    outs.append(self._expert(e, xs[start : start + c]))
+                    start += c
+            y = torch.zeros_like(x2)
+            if outs:
+                y.index_add_(0, tokens, torch.cat(outs))
+        if self.b_out is not None:
+            y = y + self.b_out
+        return y.reshape(shape)
+
+    def reset_usage(self) -> None:
+        self.usage, self.tokens_seen = None, 0
