@@ -7,7 +7,14 @@ import torch.nn as nn
 
 
 def parameter_counts(model: nn.Module) -> dict[str, int]:
-    """Total and nonzero parameter counts (shared tensors counted once)."""
+    """Total and nonzero parameter counts (shared tensors counted once).
+
+    Models whose weights are not ``nn.Parameter`` s (int8 packed params, an ONNX
+    Runtime session) carry their own counts in ``model.compress_parameter_counts``.
+    """
+    override = getattr(model, "compress_parameter_counts", None)
+    if isinstance(override, dict):
+        return {k: int(override[k]) for k in ("total", "nonzero", "bytes")}
     seen: set[int] = set()
     total = nonzero = nbytes = 0
     for tensor in list(model.parameters()) + list(model.buffers()):

@@ -1,0 +1,105 @@
+"""bitsandbytes through transformers' ``BitsAndBytesConfig``: LLM.int8 and 4-bit NF4/FP4.
+
+A recipe receives an already-loaded fp32 model; bitsandbytes quantizes while loading,
+so :func:`requantize` saves the model to a temporary folder and reloads it with a
+``quantization_config`` (``device_map`` = the model's device). The result is an
+ordinary transformers model with ``Linear8bitLt`` / ``Linear4bit`` layers that
+``save_pretrained`` / ``from_pretrained`` round-trip (the quantization config is
+written into ``config.json``).
+
+Only the linears the architecture table targets are converted: every other linear
+(LM head, classifier, pooler) is passed in ``llm_int8_skip_modules``.
+
+On the CPU these layers save memory but are slower than fp32 (weights are
+dequantized for every matmul; LLM.int8's CPU path also casts activations to fp16).
+On CUDA they use bitsandbytes' kernels. The report records which.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import warnings
+from typing import Any
+
+import torch
+import torch.nn as nn
+from transformers.pytorch_utils import Conv1D
+
+from compress.errors import UserError
+
+
+def bnb_layer_types() -> tuple[type, ...]:
+    import bitsandbytes as bnb
+
+    return (bnb.nn.Linear8bitLt, bnb.nn.Linear4bit)
+
+
+def requantize(model: nn.Module, quantization_config: Any, targets: set[str]) -> nn.Module:
+    """Reload ``model`` through ``from_pretrained`` with ``quantization_config``."""
+    device = next(model.parameters()).device
+    skip = sorted(
+        name for name, mod in model.named_modules()
+        if isinstance(mod, (nn.Linear, Conv1D)) and name not in targets
+    )
+    quantization_config.llm_int8_skip_modules = skip or None
+    device_map = {"": device.index if device.type == "cuda" else device.type}
+    with tempfile.TemporaryDirectory(prefix="compress-bnb-") as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from transformers.utils import logging as hf_logging
+
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+        try:
+            model.save_pretrained(tmp, safe_serialization=True)
+            out = type(model).from_pretrained(
+                tmp, quantization_config=quantization_config, device_map=device_map,
+                dtype=torch.float32,
+            )
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
+    out.eval()
+    converted = {n for n, m in out.named_modules() if isinstance(m, bnb_layer_types())}
+    extra = sorted(converted - targets)
+    if extra:
+        raise RuntimeError(f"bitsandbytes converted linears that were not targeted: {extra[:3]}")
+    # transformers keeps some modules in fp32 on purpose (T5's FFN output ``wo``).
+    out._compress_kept_fp32 = sorted(targets - converted)
+    return out
+
+
+class _DropCastNotice(logging.Filter):
+    """bitsandbytes logs "inputs will be cast ... to float16" on *every* CPU int8 matmul."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "will be cast from" not in record.getMessage()
+
+
+def quiet_cast_notice() -> None:
+    target = logging.getLogger("bitsandbytes.autograd._functions")
+    if not any(isinstance(f, _DropCastNotice) for f in target.filters):
+        target.addFilter(_DropCastNotice())
+
+
+def storage_counts(model: nn.Module, logical: dict[str, int]) -> dict[str, int]:
+    """Counts for the profiler: the fp32 model's logical parameter counts, and the bytes
+    of the quantized state (packed weights + quantization statistics), tied once."""
+    seen: set[tuple[int, int]] = set()
+    nbytes = 0
+    for value in model.state_dict().values():
+        if not isinstance(value, torch.Tensor):
+            continue
+        key = (value.data_ptr(), value.numel())
+        if key in seen:
+            continue
+        seen.add(key)
+        nbytes += value.numel() * value.element_size()
+    return {"total": logical["total"], "nonzero": logical["nonzero"], "bytes": nbytes}
+
+
+def check_device(model: nn.Module, recipe: str) -> str:
+    device = next(model.parameters()).device.type
+    if device not in ("cpu", "cuda"):
+        raise UserError(f"{recipe}: bitsandbytes runs on cpu or cuda, not {device}")
+    return device
