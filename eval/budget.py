@@ -408,7 +408,7 @@ class Knob:
 KNOBS: dict[str, Knob] = {
     "magnitude": Knob("sparsity", "up", 0.01, 0.99, 0.01, fixed_by=("pattern",)),
     "wanda": Knob("sparsity", "up", 0.01, 0.99, 0.01, fixed_by=("pattern",)),
-    "structured": Knob("sparsity", "up", 0.0, 0.95, 0.05),
+    "structured": Knob("ffn_ratio", "up", 0.05, 0.95, 0.05),
     "rtn": Knob("bits", "down", values=(8, 6, 5, 4, 3, 2)),
     "gptq": Knob("bits", "down", values=(8, 6, 5, 4, 3, 2)),
 }

@@ -93,13 +93,21 @@ def sparsity_point(report: dict[str, Any]) -> tuple[str, float] | None:
     """(line name, sparsity) of a single-step pruning run, or None.
 
     The line is the recipe, plus the pattern for N:M runs (``wanda 2:4``, at
-    sparsity 1 - N/M); the sparsity is the configured one.
+    sparsity 1 - N/M); the sparsity is the configured one (for ``structured``, the
+    fraction of FFN neurons, or of heads, removed).
     """
     pipeline = report.get("pipeline", [])
     if len(pipeline) != 1 or pipeline[0].get("recipe") not in PRUNING_RECIPES:
         return None
     recipe = pipeline[0]["recipe"]
     config = pipeline[0].get("config", {})
+    if recipe == "structured":
+        ffn, heads = config.get("ffn_ratio") or 0.0, config.get("heads_ratio") or 0.0
+        if ffn and not heads:
+            return "structured (FFN neurons)", float(ffn)
+        if heads and not ffn:
+            return "structured (heads)", float(heads)
+        return None
     pattern = config.get("pattern")
     if isinstance(pattern, str) and ":" in pattern:
         try:
@@ -184,7 +192,7 @@ def plot_sparsity(reports: list[dict[str, Any]], out_dir: str | Path) -> list[Pa
                     ys.append(m["value"] if m else float("nan"))
                 values += [y for y in ys if y == y]
                 colour = f"C{i}"
-                if " " in line:  # an N:M pattern: one point, a marker, no line
+                if ":" in line:  # an N:M pattern: one point, a marker, no line
                     ax.plot(xs[1:], ys[1:], linestyle="none", marker="X", markersize=9,
                             color=colour, label=line)
                 else:

@@ -7,7 +7,7 @@ An experiment ("sweep") file is TOML (``tomllib``, standard library). Example::
     models = ["smollm2-135m", "minilm-l6-sentiment"]   # zoo names, folders or hub ids
     imports = []                           # optional: modules that register extra recipes
     budgets = ["size=0.5"]                 # optional: equal-budget tables (see eval.budget)
-    search_runs = 0                        # optional: extra runs per family to meet a budget
+    search_runs = 0                        # optional: extra runs per model/family/budget
 
     [defaults]                             # passed to eval.run for every run
     quick = false                          # small benchmark/profile (smoke runs)
@@ -135,7 +135,8 @@ def _nm_divides(config: RecipeConfig) -> list[tuple[str, int, tuple[str, ...]]]:
     pattern = getattr(config, "pattern", None)
     if isinstance(pattern, str) and ":" in pattern:
         try:
-            return [(f"the {pattern} pattern", int(pattern.split(":")[1]), ("hidden", "ffn"))]
+            m = int(pattern.split(":")[1])
+            return [(f"the {pattern} pattern", m, ("hidden", "ffn", "attn"))]
         except ValueError:
             return []
     return []
@@ -146,11 +147,33 @@ def _experts_divide(config: RecipeConfig) -> list[tuple[str, int, tuple[str, ...
     return [(f"num_experts={experts}", experts, ("ffn",))] if isinstance(experts, int) else []
 
 
+def _structured_widths(config: RecipeConfig, widths: dict[str, int]) -> dict[str, int]:
+    """Widths after ``structured``: the same neuron and head counts as its surgery removes."""
+    out = dict(widths)
+    ffn_ratio = getattr(config, "ffn_ratio", 0.0)
+    if "ffn" in out and ffn_ratio:
+        out["ffn"] -= int(round(ffn_ratio * out["ffn"]))
+    heads_ratio = getattr(config, "heads_ratio", 0.0)
+    if "attn" in out and heads_ratio and widths.get("_heads"):
+        heads, kv, dim = widths["_heads"], widths.get("_kv_heads") or widths["_heads"], \
+            widths["_head_dim"]
+        if kv != heads and getattr(config, "gqa", "query") == "query":
+            per_group = heads // kv
+            left = kv * (per_group - int(round(heads_ratio * per_group)))
+        elif kv != heads:
+            left = (kv - int(round(heads_ratio * kv))) * (heads // kv)
+        else:
+            left = heads - int(round(heads_ratio * heads))
+        out["attn"] = left * dim
+        out["_heads"] = left
+    return out
+
+
 TRAITS: dict[str, Traits] = {
     "identity": Traits(),
     "magnitude": Traits(sparsity=_pattern_sparsity, divides=_nm_divides),
     "wanda": Traits(sparsity=_pattern_sparsity, divides=_nm_divides),
-    "structured": Traits(),
+    "structured": Traits(widths=lambda c, w: _structured_widths(c, w)),
     # symmetric and asymmetric grids both represent 0.0 exactly (the zero point is an
     # integer, compress.quant.rtn), so rounding keeps every zero a zero.
     "rtn": Traits(),
@@ -197,6 +220,15 @@ def model_widths(model_config: Any) -> dict[str, int]:
             break
     if "ffn" not in widths and "hidden" in widths:
         widths["ffn"] = 4 * widths["hidden"]  # GPT-2's n_inner=None means 4 x hidden
+    heads = next((getattr(cfg, k) for k in ("num_attention_heads", "n_head",
+                                              "encoder_attention_heads", "num_heads")
+                  if isinstance(getattr(cfg, k, None), int)), None)
+    if heads and "hidden" in widths:
+        dim = getattr(cfg, "head_dim", None) or getattr(cfg, "d_kv", None) \
+            or widths["hidden"] // heads
+        widths["attn"] = heads * dim  # input width of the attention output projection
+        widths["_heads"], widths["_head_dim"] = heads, dim
+        widths["_kv_heads"] = getattr(cfg, "num_key_value_heads", None) or heads
     return widths
 
 
@@ -259,6 +291,7 @@ def check_pipeline(
             for what, group, kinds in needs:
                 for kind, width in sorted(widths.items()):
                     if kind in kinds and width % group:
+                        kind = {"attn": "attention output", "ffn": "FFN"}.get(kind, kind)
                         raise UserError(
                             f"pipeline {where}: {what} of {name} needs widths divisible by "
                             f"{group}, but the {kind} width is {width}"
@@ -385,7 +418,8 @@ def _apply_grid(
             else:
                 matches = [i for i, (r, _) in enumerate(steps) if r == head]
                 if not matches:
-                    raise did_you_mean(f"recipe in {where}", head, [r for r, _ in steps])
+                    err = did_you_mean("recipe of the pipeline", head, [r for r, _ in steps])
+                    raise UserError(f"{where}.{key}: {err}")
                 if len(matches) > 1:
                     raise UserError(f"{where}.{key}: {head} appears twice; use STEP.FIELD "
                                     "with the step's index")
@@ -468,11 +502,17 @@ def load_sweep(path: str | Path, *, quick: bool | None = None,
     if models:
         unknown = [m for m in models if m not in top_models]
         if unknown:
-            raise did_you_mean("model of this sweep", unknown[0], top_models)
+            err = did_you_mean("model of this sweep", unknown[0], top_models)
+            raise UserError(f"{path.name}: {err}")
     runs = data.get("runs")
     if not isinstance(runs, list) or not runs:
         raise UserError(f"{path.name}: no [[runs]]; add at least one (see recipes/README.md)")
-    budgets = [parse_budget(b) for b in _as_list(data.get("budgets", []), _where(path, "budgets"))]
+    budgets = []
+    for b in _as_list(data.get("budgets", []), _where(path, "budgets")):
+        try:
+            budgets.append(parse_budget(b))
+        except UserError as exc:
+            raise UserError(f"{_where(path, 'budgets')}: {exc}") from None
     search_runs = data.get("search_runs", 0)
     if not isinstance(search_runs, int) or search_runs < 0:
         raise UserError(f"{_where(path, 'search_runs')}: expected a whole number >= 0")
@@ -484,10 +524,16 @@ def load_sweep(path: str | Path, *, quick: bool | None = None,
         raise UserError(f"{_where(path, 'defaults', 'calibration_samples')}: expected a whole "
                         "number >= 0")
 
-    from compress.models import check_model_name
+    def check_model(name: str, where: str) -> None:
+        from compress.models import check_model_name
+
+        try:
+            check_model_name(name)
+        except UserError as exc:
+            raise UserError(f"{where}: {exc}") from None
 
     for m in top_models:
-        check_model_name(m)
+        check_model(m, _where(path, "models"))
     jobs: list[Job] = []
     seen: set[str] = set()
     loaders: dict[str, Callable[[], Any]] = {}
@@ -516,7 +562,7 @@ def load_sweep(path: str | Path, *, quick: bool | None = None,
             raise UserError(f"{where}: no models (set models at the top or in the run)")
         for m in run_models:
             if m not in top_models:
-                check_model_name(m)
+                check_model(m, f"{where}.models")
         orders = [steps]
         if run.get("both_orders", False):
             if len(steps) < 2:
@@ -871,16 +917,23 @@ def run_sweep(
     t0 = time.perf_counter()
     runner.run_jobs(sweep.jobs, f"sweep {sweep.name}")
     if sweep.budgets and sweep.search_runs > 0:
+        # Each search replays from the grid's reports alone, adding its own probes one
+        # by one: a rerun takes the same steps, finds them done, and runs nothing new.
+        grid_keys = {j.key for j in sweep.jobs}
         for budget in sweep.budgets:
-            for model in sweep.models:
+            for model in dict.fromkeys(j.model for j in sweep.jobs):
                 for family in FAMILIES:
+                    probes: set[str] = set()
                     for _ in range(sweep.search_runs):
-                        reports = [r for r in runner.done.values()
-                                   if bool(r.get("quick")) == sweep.quick]
+                        reports = [r for k, r in runner.done.items()
+                                   if (k in grid_keys or k in probes)
+                                   and bool(r.get("quick")) == sweep.quick]
                         job = search_jobs(sweep, reports, budget, model, family)
-                        if job is None or job.key in runner.outcome.status:
-                            break
-                        runner.jobs.append(job)
+                        if job is None or job.key in probes:
+                            break  # done, or the probe failed and would repeat
+                        probes.add(job.key)
+                        if job.key not in {j.key for j in runner.jobs}:
+                            runner.jobs.append(job)
                         runner.run_jobs([job], f"search {budget} · {family}")
     runner.outcome.seconds = time.perf_counter() - t0
     write_manifest(sweep, runner.outcome, runner.jobs)
