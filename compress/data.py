@@ -577,14 +577,14 @@ def _build_punct_split(split: str) -> list[tuple[str, str, str]]:
 # --------------------------------------------------------------------------- splits
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _wiki_split(split: str) -> list[tuple[str, str]]:
     arts = _wiki_articles()
     splits = assign_splits([t for t, _ in arts], [x for _, x in arts])
     return [a for a, s in zip(arts, splits, strict=True) if s == split]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _news_split(split: str) -> list[tuple[int, str]]:
     arts = _news_articles()
     splits = assign_splits([x for _, x in arts], [x for _, x in arts])
@@ -601,7 +601,7 @@ def _check(corpus: str, split: str) -> None:
         raise did_you_mean("split", split, SPLITS)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _columns(corpus: str, split: str) -> dict[str, list]:
     if corpus == "wiki":
         rows = _wiki_split(split)
@@ -628,7 +628,7 @@ def _columns(corpus: str, split: str) -> dict[str, list]:
     return cols
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_split(corpus: str, split: str):
     """The rows of ``corpus``/``split`` as a :class:`datasets.Dataset` (cached per process).
 
@@ -705,7 +705,7 @@ def _interleave(a: list, b: list) -> list:
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _task_rows(task: str, split: str) -> tuple:
     if task not in TASKS:
         raise did_you_mean("task", task, TASKS)

@@ -55,7 +55,7 @@ from typing import Any
 from compress.errors import UserError
 from compress.fileio import TMP_PREFIX, atomic_dir, atomic_write_json
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("compress.zoo")  # not __name__: "__main__" under -m
 
 CACHE_ENV = "COMPRESS_CACHE"
 ZOO_FILE = "zoo.json"
@@ -171,7 +171,7 @@ def _train_loop(model, batches: Callable[[int], dict], steps: int, lr: float, la
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
-            losses.append(float(out.loss))
+            losses.append(float(out.loss.detach()))
             recent = sum(losses[-20:]) / len(losses[-20:])
             progress.update(task, advance=1, info=f"loss {recent:.3f}")
             if (step + 1) % log_every == 0 or step + 1 == steps:
