@@ -103,9 +103,9 @@ def _dense_rows(site) -> torch.Tensor:
 
 def _expert_rows(moe: MoEFFN) -> torch.Tensor:
     E, de = moe.n_experts, moe.expert_size
-    parts = [moe.w_in.reshape(E * de, -1), moe.w_out.reshape(E * de, -1)]
+    parts = [moe.w_in.transpose(1, 2).reshape(E * de, -1), moe.w_out.reshape(E * de, -1)]
     if moe.gated:
-        parts.append(moe.w_gate.reshape(E * de, -1))
+        parts.append(moe.w_gate.transpose(1, 2).reshape(E * de, -1))
     parts += [b.reshape(-1, 1) for b in (moe.b_in, moe.b_gate) if b is not None]
     return torch.cat(parts, dim=1)
 
@@ -217,7 +217,7 @@ def test_exactly_k_experts_touched_per_token(gated):
 
 def moe_perm_slice(moe: MoEFFN, dense: DenseFFN, e: int) -> torch.Tensor:
     """Dense neuron indices held by expert ``e`` (found by matching weight rows)."""
-    rows = moe.w_in[e]  # (d_e, d)
+    rows = moe.w_in[e].t()  # (d_e, d)
     match = (rows[:, None, :] == dense.w_in[None, :, :]).all(-1)  # (d_e, ff)
     return match.float().argmax(1)
 

@@ -194,12 +194,13 @@ def build_moe(
         dtype=w.dtype,
     ).to(w.device)
     with torch.no_grad():
-        moe.w_in.copy_(dense.w_in[perm].reshape(n_experts, de, d))
+        # (ff, d) neuron rows -> (E, d, d_e) input-major slices / (E, d_e, d) output rows
+        moe.w_in.copy_(dense.w_in[perm].reshape(n_experts, de, d).transpose(1, 2))
         moe.w_out.copy_(dense.w_out[perm].reshape(n_experts, de, d))
         if dense.b_in is not None:
             moe.b_in.copy_(dense.b_in[perm].reshape(n_experts, de))
         if dense.gated:
-            moe.w_gate.copy_(dense.w_gate[perm].reshape(n_experts, de, d))
+            moe.w_gate.copy_(dense.w_gate[perm].reshape(n_experts, de, d).transpose(1, 2))
             if dense.b_gate is not None:
                 moe.b_gate.copy_(dense.b_gate[perm].reshape(n_experts, de))
         if moe.b_out is not None:
