@@ -32,8 +32,10 @@ def leftover_attachments(model: nn.Module) -> list[str]:
             found.append(f"{name or '<root>'}: torch.nn.utils.prune mask")
         if module._forward_pre_hooks or module._forward_hooks:
             hooks = list(module._forward_pre_hooks.values()) + list(module._forward_hooks.values())
-            # accelerate's dispatch hooks (device_map) are legitimate and stay.
-            foreign = [h for h in hooks if "accelerate" not in type(h).__module__]
+            # accelerate's dispatch hooks (device_map) are legitimate and stay, and so
+            # are a module's own methods (optimum-quanto's activation quantizers).
+            foreign = [h for h in hooks if "accelerate" not in type(h).__module__
+                       and getattr(h, "__self__", None) is not module]
             if foreign:
                 found.append(f"{name or '<root>'}: forward hooks")
     return found

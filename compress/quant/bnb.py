@@ -83,19 +83,9 @@ def quiet_cast_notice() -> None:
 
 
 def storage_counts(model: nn.Module, logical: dict[str, int]) -> dict[str, int]:
-    """Counts for the profiler: the fp32 model's logical parameter counts, and the bytes
-    of the quantized state (packed weights + quantization statistics), tied once."""
-    seen: set[tuple[int, int]] = set()
-    nbytes = 0
-    for value in model.state_dict().values():
-        if not isinstance(value, torch.Tensor):
-            continue
-        key = (value.data_ptr(), value.numel())
-        if key in seen:
-            continue
-        seen.add(key)
-        nbytes += value.numel() * value.element_size()
-    return {"total": logical["total"], "nonzero": logical["nonzero"], "bytes": nbytes}
+    from compress.quant.modules import state_counts
+
+    return state_counts(model, logical)
 
 
 def check_device(model: nn.Module, recipe: str) -> str:

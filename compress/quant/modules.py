@@ -106,3 +106,20 @@ def check_missing(
     bad = [k for k in missing if not k.startswith(skip) and state[k].data_ptr() not in loaded_ptrs]
     if bad:
         raise UserError(f"{folder}: weights missing from the checkpoint: {', '.join(bad[:3])}")
+
+
+def state_counts(model: nn.Module, logical: dict[str, int]) -> dict[str, int]:
+    """Counts for the profiler of a model whose parameters are packed (bitsandbytes,
+    quanto): the logical parameter counts of the fp32 model it came from, and the bytes
+    of its state dict (packed weights + quantization statistics), tied tensors once."""
+    seen: set[tuple[int, int]] = set()
+    nbytes = 0
+    for value in model.state_dict().values():
+        if not isinstance(value, torch.Tensor) or value.is_quantized:
+            continue
+        key = (value.data_ptr(), value.numel())
+        if key in seen:
+            continue
+        seen.add(key)
+        nbytes += value.numel() * value.element_size()
+    return {"total": logical["total"], "nonzero": logical["nonzero"], "bytes": nbytes}
