@@ -88,6 +88,29 @@ def storage_counts(model: nn.Module, logical: dict[str, int]) -> dict[str, int]:
     return state_counts(model, logical)
 
 
+def copy_dequantized(quantized: nn.Module, target: nn.Module) -> int:
+    """Write each bitsandbytes layer's dequantized weight into the same-named module of
+    ``target`` (an fp32 model of the same architecture); returns how many."""
+    import bitsandbytes.functional as bf
+
+    from compress.quant.rtn import set_weight_matrix
+
+    bnb8, bnb4 = bnb_layer_types()
+    n = 0
+    for name, mod in quantized.named_modules():
+        if isinstance(mod, bnb4):
+            w = bf.dequantize_4bit(mod.weight.data, mod.weight.quant_state)  # (out, in)
+        elif isinstance(mod, bnb8):
+            scb = mod.weight.SCB if getattr(mod.weight, "SCB", None) is not None else mod.state.SCB
+            w = mod.weight.data.float() * scb.float()[:, None] / 127.0
+        else:
+            continue
+        with torch.no_grad():
+            set_weight_matrix(target.get_submodule(name), w.float())
+        n += 1
+    return n
+
+
 def check_device(model: nn.Module, recipe: str) -> str:
     device = next(model.parameters()).device.type
     if device not in ("cpu", "cuda"):
