@@ -67,7 +67,7 @@ class UnstructuredConfig(RecoveryConfig):
     """Unstructured or N:M pruning of the targeted weight matrices."""
 
     sparsity: float = option(
-        0.5, "fraction of the targeted weights set to zero (0.5 = 50%); fixed by --pattern N:M",
+        0.5, "fraction of the targeted weights set to zero (0.5 removes half); fixed by --pattern N:M",
         low=0.0, high=1.0, low_inclusive=False, high_inclusive=False)
     pattern: str = option("unstructured", "unstructured, or N:M (keep N of every M "
                           "consecutive inputs of each row)", choices=PATTERNS)

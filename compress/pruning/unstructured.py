@@ -28,7 +28,7 @@ from compress.pruning.calibration import (
 )
 from compress.pruning.config import UnstructuredConfig
 from compress.pruning.scoring import magnitude_score, wanda_score
-from compress.pruning.targets import Target, lm_head_tied, select_targets
+from compress.pruning.targets import GROUPS, Target, lm_head_tied, select_targets
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +54,33 @@ def plan(model: nn.Module, config: UnstructuredConfig, fraction: float = 1.0) ->
             )
     if not targets:
         raise UserError(f"{config._where('groups')}: no matrices of {', '.join(ratios)} found")
-    return [Planned(t, ratios[t.group] * fraction,
-                    t.group if config.scope == "global" else t.name) for t in targets]
+    # global: one threshold over every targeted matrix, or one per group with group ratios
+    def pool(t: Target) -> str:
+        if config.scope != "global":
+            return t.name
+        return t.group if config.group_ratios else "all targeted matrices"
+
+    return [Planned(t, ratios[t.group] * fraction, pool(t)) for t in targets]
+
+
+def check_planned(items: list[Planned], config: UnstructuredConfig) -> None:
+    """Raise the error a target would hit, before any weight changes."""
+    nm = config.nm()
+    pools: dict[str, list[Planned]] = {}
+    for it in items:
+        t = it.target
+        if nm is not None:
+            if t.in_features % nm[1]:
+                raise UserError(f"{config.pattern} needs the input size to be a multiple of "
+                                f"{nm[1]}; {t.name} has {t.in_features}")
+        elif config.scope == "row":
+            masks.count_to_prune(it.sparsity, t.in_features, f"each row of {t.name}")
+        pools.setdefault(it.pool, []).append(it)
+    if nm is None and config.scope != "row":
+        for pool, members in pools.items():
+            total = sum(m.target.numel() for m in members)
+            what = f"group {pool}" if pool in GROUPS else pool
+            masks.count_to_prune(members[0].sparsity, total, what)
 
 
 def prune_planned(items: list[Planned], score: masks.ScoreFn, config: UnstructuredConfig) -> int:
@@ -74,13 +99,14 @@ def prune_planned(items: list[Planned], score: masks.ScoreFn, config: Unstructur
     for it in items:
         pools.setdefault(it.pool, []).append(it)
     for pool, members in pools.items():
-        what = f"group {pool}" if config.scope == "global" else pool
+        what = f"group {pool}" if pool in GROUPS else pool
         done += masks.prune_pool_([m.target for m in members], score, members[0].sparsity, what)
     return done
 
 
 def magnitude_step(model: nn.Module, config: UnstructuredConfig, fraction: float) -> dict:
     items = plan(model, config, fraction)
+    check_planned(items, config)
     return {"zeroed": prune_planned(items, magnitude_score, config)}
 
 
@@ -92,6 +118,7 @@ def wanda_step(
     if any(it.target.group == "embeddings" for it in items):
         raise UserError(f"{config._where('groups')}: Wanda cannot score embeddings (they have "
                         "no input activations); prune them with magnitude")
+    check_planned(items, config)
     batches = make_batches(context.tokenizer, context.calibration, task,
                            nsamples=config.nsamples, seq_len=config.seq_len,
                            batch_size=config.calib_batch_size, seed=config.seed)
