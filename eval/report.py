@@ -245,3 +245,12 @@ def read_reports(
         except ReportError as exc:
             warn(f"skipping {path}: {exc}")
     return out
+
+
+if __name__ == "__main__":
+    # ``python -m eval.report reports/ -o report.md``: the report generator lives in
+    # eval.reportmd; this module is the schema it reads.
+    from compress.cli import run_main
+    from eval.reportmd import main
+
+    sys.exit(run_main(main))
