@@ -165,7 +165,8 @@ def perplexity(
     previous window's end (all of them when ``stride == seq_len``, except the window's
     first token, which has no context). Every token is scored at most once; with
     ``stride < seq_len`` every token but the very first is scored. ``max_windows`` keeps
-    the first windows only. The model is called as ``model(input_ids=..,
+    that many windows spread evenly over the stream (window ``i * W // max_windows`` of
+    ``W``), each scoring the same tokens as in the uncapped run. The model is called as ``model(input_ids=..,
     attention_mask=..)`` and only its logits are used; the NLL is summed in float64 over
     all scored tokens and divided by their count (not a mean of window means).
 
@@ -195,8 +196,13 @@ def perplexity(
         if first < end:
             windows.append((begin, end, first))
         prev_end = end
-        if end == n or (max_windows is not None and len(windows) >= max_windows):
+        if end == n:
             break
+    if max_windows is not None and max_windows < len(windows):
+        # spread the kept windows over the whole stream (every article gets a say); each
+        # keeps its own scored span, so no token is scored twice or without its context
+        total = len(windows)
+        windows = [windows[i * total // max_windows] for i in range(max_windows)]
 
     device = input_device(model)
     kwargs = _no_cache_kwargs(model)
@@ -617,6 +623,7 @@ def _run_causal_lm(model, tokenizer, s: dict[str, Any], quick: bool) -> list[Met
                     stride=s["stride"],
                     batch_size=s["batch_size"],
                     max_windows=s["max_windows"],
+                    window_selection="evenly spaced over the joined split",
                     separator="\n\n",
                     level="token",
                     truncation=None,

@@ -54,7 +54,7 @@ __all__ = ["dir_bytes", "memory_bytes", "profile", "weight_bytes"]
 TASKS = ("causal-lm", "classification", "embedding", "seq2seq")
 DECODER_TOKENS = 8
 PROMPT_TOKENS = 16
-RSS_SAMPLE_S = 0.002
+RSS_SAMPLE_S = 0.01
 #: suffixes of weight files (everything else in a model folder is config/tokenizer)
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".onnx", ".gguf", ".npz", ".npy", ".data")
 

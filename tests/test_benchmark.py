@@ -144,9 +144,30 @@ def test_token_counts_for_strides():
     assert perplexity(model, tok, texts, 16, 15)[1] == 99
     # non-overlapping windows lose each window's first token: windows of 16 -> 7 windows
     assert perplexity(model, tok, texts, 16, 16)[1] == 100 - 7
-    # the cap keeps the first windows only
+    # the cap keeps windows spread over the stream, each scoring what it scores uncapped:
+    # 7 windows -> windows 0, 2, 4; 22 windows (stride 4) -> window 0 (15 tokens) and 11 (4)
     assert perplexity(model, tok, texts, 16, 16, max_windows=3)[1] == 3 * 15
     assert perplexity(model, tok, texts, 16, 4, max_windows=2)[1] == 15 + 4
+    assert perplexity(model, tok, texts, 16, 16, max_windows=7)[1] == 100 - 7
+
+
+def test_capped_windows_cover_the_whole_stream():
+    """A model that is right only on the last text: a capped run must still see it."""
+
+    class LateLM(NextTokenLM):
+        def forward(self, input_ids, attention_mask=None):
+            out = super().forward(input_ids)
+            late = (input_ids >= 1000).unsqueeze(-1)  # (B, T, 1)
+            out.logits = torch.where(late, out.logits, torch.zeros_like(out.logits))
+            return out
+
+    model, tok = LateLM(2000, 0.5), IntTokenizer()
+    texts = [" ".join(str(i) for i in range(0, 1000)), " ".join(str(i) for i in range(1000, 1400))]
+    uncapped = perplexity(model, tok, texts, 100, 100)
+    capped = perplexity(model, tok, texts, 100, 100, max_windows=7)
+    # only the first windows would give exactly 2000 (uniform); the late text pulls it down
+    assert 2 < capped[0] < 1000 and 2 < uncapped[0] < 1000
+    assert capped[1] == 7 * 99
 
 
 def test_bad_windows_are_user_errors():
