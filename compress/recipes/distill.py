@@ -1,0 +1,393 @@
+"""``distill``: DistilBERT-style distillation into a shallower copy of the teacher.
+
+Sanh et al. 2019 (arXiv:1910.01108). The student is the teacher with fewer blocks
+(by default half of every stack, spread so the first and last are kept: DistilBERT's
+``0,2,4,7,9,11`` for 12 -> 6), initialised from the teacher's corresponding blocks,
+embeddings and head, and trained on
+
+    alpha_kd * T^2 * KL(softmax(teacher/T) || softmax(student/T))
+  + alpha_task * cross-entropy on the hard labels
+  + alpha_cos * (1 - cos) between the hidden states of mapped blocks
+
+over the vocabulary for language models (causal, masked, sequence-to-sequence) and
+over the classes for classifiers. Encoders without a head (sentence embedders such as
+``minilm-l6``) have neither logits nor labels: their soft target is the teacher's
+mean-pooled embedding (mean squared error, weighted by ``alpha_kd``) plus the cosine
+term on every mapped block.
+
+``hard_labels_only`` trains the same student with the task loss alone and no teacher:
+the baseline that shows what distillation itself buys for the same budget.
+
+    python -m compress.recipes.distill --teacher minilm-l6-sentiment --student-layers 3 \\
+        --steps 400 --out out/minilm-l3
+    python -m compress.recipes.distill --teacher bert2bert-punct --decoder-layers 3 --out out/b2b
+    python -m compress.recipes.distill --teacher smollm2-135m --student-layers 15 \\
+        --max-minutes 12 --checkpoint-dir ckpt/smol --out out/smol-15   # then --resume true
+
+``--teacher`` takes a zoo name, a local folder or a hub id; short names such as
+``bert-large``, ``bert-base``, ``gpt2-xl``, ``t5-3b`` resolve to their hub ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from compress.config import RecipeConfig, option
+from compress.context import Context
+from compress.errors import UserError
+from compress.registry import register_recipe
+
+log = logging.getLogger(__name__)
+
+#: config fields that may change between an interrupted run and its resumption.
+RESUME_FREE = ("resume", "max_minutes", "checkpoint_dir", "cache_teacher")
+
+
+@dataclass(frozen=True)
+class DistillConfig(RecipeConfig):
+    """Distil the model into a student with fewer blocks (DistilBERT-style)."""
+
+    student_layers: int | None = option(
+        None, "blocks per stack of the student (default: half the teacher's)", low=1
+    )
+    layer_map: str | None = option(
+        None,
+        "teacher blocks kept, e.g. 0,2,4 (every stack) or encoder=0,2,4;decoder=0,2 "
+        "(instead of the block counts)",
+    )
+    encoder_layers: int | None = option(
+        None, "encoder-decoder: blocks of the student's encoder (others: use student_layers)", low=1
+    )
+    decoder_layers: int | None = option(
+        None, "encoder-decoder: blocks of the student's decoder", low=1
+    )
+    temperature: float = option(
+        2.0, "softmax temperature of the soft-target loss", low=0.1, high=100.0
+    )
+    alpha_kd: float = option(1.0, "weight of the soft-target (KL) loss", low=0.0)
+    alpha_task: float = option(1.0, "weight of the task loss on hard labels", low=0.0)
+    alpha_cos: float = option(1.0, "weight of the hidden-state cosine loss", low=0.0)
+    steps: int = option(300, "optimizer steps (0: return the initialised student untrained)",
+                        low=0)
+    max_minutes: float | None = option(
+        None, "stop cleanly after this many minutes of training (checkpoint, best student)",
+        low=0.0, low_inclusive=False,
+    )
+    batch_size: int = option(16, "examples per micro-batch", low=1)
+    grad_accum: int = option(1, "micro-batches per optimizer step (gradient accumulation)", low=1)
+    lr: float = option(5e-5, "peak learning rate (AdamW)", low=0.0, low_inclusive=False, high=1.0)
+    warmup: float = option(0.05, "fraction of the steps with linear warmup (then linear decay)",
+                           low=0.0, high=1.0, high_inclusive=False)
+    weight_decay: float = option(0.01, "AdamW weight decay on weight matrices", low=0.0, high=1.0)
+    max_grad_norm: float = option(1.0, "gradient clipping norm (0: off)", low=0.0)
+    seq_len: int = option(128, "tokens per example (language models: window length)",
+                          low=8, high=65536)
+    eval_every: int = option(50, "evaluate on the held-out split (and checkpoint) every N steps",
+                             low=1)
+    eval_samples: int = option(256, "held-out examples per evaluation", low=1)
+    keep_best: bool = option(True, "return the best student by held-out loss, not the last")
+    checkpoint_dir: str | None = option(
+        None, "folder for checkpoints (last + best); needed for resume"
+    )
+    resume: bool = option(False, "continue from the last checkpoint in checkpoint_dir")
+    cache_teacher: bool = option(
+        False, "store the teacher's outputs on disk and reuse them in later runs"
+    )
+    hard_labels_only: bool = option(
+        False, "baseline: train the same student on the task loss alone, no teacher"
+    )
+    data_file: str | None = option(
+        None, "local .txt/.csv/.json training file instead of the zoo's training split "
+        "(the last 5 percent held out for evaluation)"
+    )
+
+    def validate(self) -> None:
+        for name in ("alpha_kd", "alpha_task", "alpha_cos", "max_minutes", "max_grad_norm"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise UserError(f"distill: {name} must be a finite number, got {value}")
+        counts = [n for n in ("student_layers", "encoder_layers", "decoder_layers")
+                  if getattr(self, n) is not None]
+        if self.layer_map is not None:
+            if counts:
+                raise UserError(
+                    f"distill: give either layer_map or {counts[0]}, not both"
+                )
+            from compress.distill.student import parse_layer_map
+
+            parse_layer_map(self.layer_map)
+        if self.resume and not self.checkpoint_dir:
+            raise UserError("distill: resume needs checkpoint_dir (where the first run saved)")
+        if self.hard_labels_only:
+            if self.alpha_task == 0:
+                raise UserError("distill: hard_labels_only trains on the task loss; alpha_task "
+                                "must be above 0")
+            if self.cache_teacher:
+                raise UserError("distill: hard_labels_only uses no teacher; drop cache_teacher")
+        elif self.alpha_kd == 0 and self.alpha_task == 0 and self.alpha_cos == 0:
+            raise UserError("distill: alpha_kd, alpha_task and alpha_cos are all 0; "
+                            "nothing to train on")
+
+
+def _task(model: nn.Module, context: Context) -> str:
+    """The distillation task: masked-lm for encoders with an MLM head, else the model's task."""
+    from compress.models import task_of
+
+    if type(model).__name__.endswith("ForMaskedLM"):
+        return "masked-lm"
+    task = context.task or task_of(model.config)
+    if task == "embedding" and hasattr(model, "get_output_embeddings"):
+        if model.get_output_embeddings() is not None:
+            return "masked-lm"
+    return task
+
+
+def _decoder_start(model: nn.Module) -> int | None:
+    for cfg in (getattr(model, "generation_config", None), getattr(model, "config", None)):
+        start = getattr(cfg, "decoder_start_token_id", None)
+        if start is not None:
+            return int(start)
+    return None
+
+
+def _rows(config: DistillConfig, context: Context, task: str) -> tuple[list, list, str]:
+    """(train rows, held-out rows, where they came from)."""
+    from compress.distill.data import held_out_rows, rows_from_file, split_file_rows
+
+    data_task = "causal-lm" if task == "masked-lm" else task
+    if config.data_file is not None:
+        rows = rows_from_file(config.data_file, task)
+        train, held = split_file_rows(rows)
+        return train, held, f"file:{config.data_file} (last 5% held out)"
+    if context.train:
+        train, source = list(context.train), "context.train"
+    else:
+        from compress import data
+
+        train, source = data.train_for(data_task), f"compress.data.train_for({data_task!r})"
+    return train, held_out_rows(data_task), f"{source}; held out: validation split"
+
+
+def _fingerprint(*parts: Any) -> str:
+    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@register_recipe("distill", DistillConfig)
+def distill(model: nn.Module, config: DistillConfig, context: Context) -> nn.Module:
+    """Distil the model into a shallower student (DistilBERT-style KD + task + cosine losses)."""
+    from compress.arch import arch_for
+    from compress.distill.data import Collator, fingerprint, tokenize_rows
+    from compress.distill.step import Weights
+    from compress.distill.student import make_student, resolve_layer_maps, teacher_layer_counts
+    from compress.distill.teacher import (
+        CachedTeacher,
+        Teacher,
+        check_cache_size,
+        estimate_cache_bytes,
+        weights_fingerprint,
+    )
+    from compress.distill.trainer import Evaluator, TrainSettings, train
+
+    t0 = time.perf_counter()
+    device_map = getattr(model, "hf_device_map", None)
+    if device_map and len(set(map(str, device_map.values()))) > 1:
+        raise UserError("distill needs the teacher on one device; load it without a multi-device "
+                        "device_map")
+    task = _task(model, context)
+    if task == "embedding" and config.hard_labels_only:
+        raise UserError("distill: an embedding model has no hard labels, so there is no "
+                        "hard_labels_only baseline; distil it with the teacher")
+    kind = arch_for(model).kind
+    counts = teacher_layer_counts(model)
+    maps = resolve_layer_maps(
+        model,
+        student_layers=config.student_layers,
+        per_stack={"encoder": config.encoder_layers, "decoder": config.decoder_layers},
+        layer_map=config.layer_map,
+    )
+    if all(maps[r] == list(range(n)) for r, n in counts.items()):
+        shown = ", ".join(f"{r} {n}" for r, n in counts.items())
+        raise UserError(
+            f"the student would keep every block of the teacher ({shown}); ask for fewer"
+        )
+    student, maps = make_student(model, maps)
+    tokenizer = context.tokenizer
+    train_rows, held_rows, data_source = _rows(config, context, task)
+    examples = tokenize_rows(train_rows, task, tokenizer, config.seq_len)
+    eval_examples = tokenize_rows(held_rows, task, tokenizer, config.seq_len,
+                                  max_examples=config.eval_samples)
+    pad = tokenizer.pad_token_id
+    if pad is None:
+        pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+    start = _decoder_start(model)
+    if task == "seq2seq" and start is None:
+        raise UserError(f"{type(model).__name__} has no decoder_start_token_id in its config")
+    collator = Collator(task, pad, start, getattr(tokenizer, "mask_token_id", None),
+                        getattr(model.config, "vocab_size", None))
+    data_fp = fingerprint(examples)
+
+    weights = Weights(config.alpha_kd, config.alpha_task, config.alpha_cos, config.temperature)
+    teacher = None
+    cache_dir = None
+    if not config.hard_labels_only:
+        wanted = maps if config.alpha_cos > 0 else {}
+        if config.cache_teacher:
+            used = min(len(examples), config.steps * config.batch_size * config.grad_accum)
+            n_hidden = sum(len(v) for v in wanted.values())
+            check_cache_size(estimate_cache_bytes(model, task, used, config.seq_len, n_hidden))
+            fp = _fingerprint(weights_fingerprint(model), data_fp, wanted, task, config.seq_len)
+            base = (Path(config.checkpoint_dir) if config.checkpoint_dir else _default_cache())
+            cache_dir = base / "teacher-cache" / fp
+            teacher = CachedTeacher(model, task, kind, wanted, cache_dir)
+        else:
+            teacher = Teacher(model, task, kind, wanted)
+    dtype = next(student.parameters()).dtype
+    if dtype in (torch.float16, torch.bfloat16):
+        student.float()  # AdamW in half precision is unstable; train in fp32, cast back after
+    for p in student.parameters():
+        p.requires_grad_(True)
+    identity = {k: v for k, v in config.to_dict().items() if k not in RESUME_FREE}
+    identity |= {"data": data_fp, "maps": maps, "task": task}
+    settings = TrainSettings(
+        steps=config.steps,
+        batch_size=config.batch_size,
+        grad_accum=config.grad_accum,
+        lr=config.lr,
+        warmup=config.warmup,
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        eval_every=config.eval_every,
+        max_minutes=config.max_minutes,
+        seed=config.seed,
+        weights=weights,
+        checkpoint_dir=Path(config.checkpoint_dir) if config.checkpoint_dir else None,
+        resume=config.resume,
+        keep_best=config.keep_best,
+        identity=json.loads(json.dumps(identity)),
+    )
+    device = next(student.parameters()).device
+    evaluator = Evaluator(eval_examples, collator, task, config.batch_size,
+                          teacher if task == "embedding" else None, device)
+    result = train(student, teacher, examples, evaluator, collator, task, kind, maps, settings)
+    if dtype != next(student.parameters()).dtype:
+        student.to(dtype)
+    student.eval()
+    info = {
+        "task": task,
+        "teacher_blocks": counts,
+        "student_blocks": {r: len(m) for r, m in maps.items()},
+        "layer_maps": maps,
+        "hard_labels_only": config.hard_labels_only,
+        "loss_weights": {"kd": 0.0 if config.hard_labels_only else config.alpha_kd,
+                         "task": config.alpha_task,
+                         "cos": 0.0 if config.hard_labels_only else config.alpha_cos,
+                         "temperature": config.temperature},
+        "data": {"train": data_source, "train_examples": len(examples),
+                 "eval_examples": len(eval_examples), "seq_len": config.seq_len,
+                 "epochs": round(result.steps_done * config.batch_size * config.grad_accum
+                                 / max(len(examples), 1), 3)},
+        "steps_done": result.steps_done,
+        "steps_planned": config.steps,
+        "stopped_by": result.stopped_by,
+        "train_seconds": result.seconds,
+        "recipe_seconds": round(time.perf_counter() - t0, 2),
+        "train_tokens": result.tokens,
+        "returned": result.returned,
+        "best_step": result.best_step,
+        "best_eval": result.best_eval,
+        "final_eval": result.final_eval,
+        "initial_eval": result.curve[0]["eval"] if result.curve else {},
+        "resumed_from": result.resumed_from,
+        "curve": result.curve,
+        "eval_selection": "lowest held-out task cross-entropy" if task != "embedding"
+        else "lowest held-out pooled-embedding MSE to the teacher",
+    }
+    if isinstance(teacher, CachedTeacher):
+        info["teacher_cache"] = {"folder": str(cache_dir), "hits": teacher.hits,
+                                 "misses": teacher.misses}
+    context.info["distill"] = info
+    return student
+
+
+def _default_cache() -> Path:
+    from compress.zoo import cache_dir
+
+    return cache_dir() / "distill"
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m compress.recipes.distill --teacher M --out DIR [flags]``."""
+    import argparse
+
+    from compress.api import compress
+    from compress.cli import (
+        add_config_arguments,
+        add_model_arguments,
+        build_context,
+        config_from_args,
+    )
+    from compress.fileio import atomic_write_json
+    from compress.models import check_model_name, load_model
+    from compress.saving import save_model
+    from compress.stats import parameter_counts
+
+    parser = argparse.ArgumentParser(
+        prog="python -m compress.recipes.distill",
+        description="Distil a teacher into a student with fewer blocks (DistilBERT-style: "
+        "soft targets at temperature T, hard labels, hidden-state cosine). Saves the student "
+        "with save_pretrained (and tokenizer) plus distill.json (training record).",
+        conflict_handler="resolve",
+    )
+    add_model_arguments(parser)
+    parser.add_argument(
+        "--teacher", "--model", dest="model", required=True,
+        help="teacher: zoo name (smollm2-135m, minilm-l6, minilm-l6-sentiment, bert2bert-punct), "
+        "a local folder, a hub id, or a short hub name (bert-base, bert-large, gpt2-xl, t5-3b, ...)",
+    )
+    parser.add_argument("--out", required=True, type=Path, help="folder to save the student in")
+    add_config_arguments(parser, DistillConfig)
+    args = parser.parse_args(argv)
+    config = config_from_args(DistillConfig, args)
+    check_model_name(args.model)
+
+    t0 = time.perf_counter()
+    loaded = load_model(args.model, args.task, device_map=args.device_map,
+                        allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code)
+    before = parameter_counts(loaded.model)
+    context = build_context(loaded, args.calibration_samples, config.seed)
+    student = compress(loaded.model, config, context)
+    after = parameter_counts(student)
+    save_model(student, loaded.tokenizer, args.out)
+    info = context.info["distill"]
+    atomic_write_json(args.out / "distill.json",
+                      {"teacher": args.model, "config": config.to_dict(), "info": info})
+    best = ", ".join(f"{k} {v:.4g}" for k, v in info["best_eval"].items())
+    print(
+        f"distill: {args.model} -> {args.out}  blocks {info['teacher_blocks']} -> "
+        f"{info['student_blocks']}, parameters {before['total']:,} -> {after['total']:,}; "
+        f"{info['steps_done']} steps ({info['stopped_by']}) in {info['train_seconds']:.0f} s; "
+        f"best eval (step {info['best_step']}): {best}  ({time.perf_counter() - t0:.1f} s)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    from compress.cli import run_main
+    from compress.recipes import distill as registered  # the module the registry knows
+
+    sys.exit(run_main(registered.main))
