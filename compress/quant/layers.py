@@ -49,7 +49,8 @@ def rtn_layer(module: nn.Module, spec: QuantSpec, keep: torch.Tensor | None = No
             mask = torch.ones(w.shape[1], dtype=torch.bool)
             mask[keep] = False
             w_hat = w.clone()
-            w_hat[:, mask] = fake_quantize(w[:, mask], spec)
+            if bool(mask.any()):  # every column may be an outlier
+                w_hat[:, mask] = fake_quantize(w[:, mask], spec)
         else:
             w_hat = fake_quantize(w, spec)
         set_weight_matrix(module, w_hat)

@@ -88,6 +88,13 @@ def set_weight_matrix(module: nn.Module, w_out_in: torch.Tensor) -> None:
     target.copy_(value.to(target.dtype))
 
 
+def _fp16_up(x: torch.Tensor) -> torch.Tensor:
+    """The smallest fp16 value >= ``x`` (as float32)."""
+    h = x.to(torch.float16)
+    h = torch.where(h.float() < x, torch.nextafter(h, torch.full_like(h, float("inf"))), h)
+    return h.float()
+
+
 def scale_zero(w: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and zero point for the rows of ``w`` (``[rows, cols]``; one pair per row).
 
@@ -102,11 +109,12 @@ def scale_zero(w: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch.Te
     else:
         lo = w.amin(dim=1, keepdim=True).clamp(max=0.0)  # the grid must contain 0
         hi = w.amax(dim=1, keepdim=True).clamp(min=0.0)
-        scale = ((hi - lo) / spec.qmax).to(torch.float16).float()
+        scale = _fp16_up((hi - lo) / spec.qmax)
         zero = torch.round(-lo / torch.where(scale > 0, scale, torch.ones_like(scale)))
         zero = zero.clamp(0, spec.qmax)
-    # scales are stored as fp16 (see compress.quant.packing): simulate exactly that.
-    scale = scale.to(torch.float16).float()
+    # scales are stored as fp16 (see compress.quant.packing): simulate exactly that,
+    # rounding up so the grid still covers the unit's range (error stays <= step / 2).
+    scale = _fp16_up(scale)
     # an all-zero unit (or a scale below fp16's range): any positive scale represents it.
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     return scale, zero
