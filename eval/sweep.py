@@ -112,15 +112,18 @@ class Traits:
     ``divides``: (what, group, width kinds) a config needs to divide those widths
     (``hidden``, ``ffn``).
     ``widths``: how a config changes linear input widths (structured pruning).
+    ``hides_ffn``: the FFN is no longer made of linear layers (MoE experts stored as
+    stacked tensors), so later quantizers would quantize attention only.
     """
 
     keeps_zeros: bool | Callable[[RecipeConfig], bool] = True
     zeros_note: str = ""
-    runtime_format: bool = False
+    runtime_format: bool | Callable[[RecipeConfig], bool] = False
     trains: bool = False
     sparsity: Callable[[RecipeConfig], str | None] = lambda c: None
     divides: Callable[[RecipeConfig], list[tuple[str, int, tuple[str, ...]]]] = lambda c: []
     widths: Callable[[RecipeConfig, dict[str, int]], dict[str, int]] | None = None
+    hides_ffn: bool = False
 
 
 def _pattern_sparsity(config: RecipeConfig) -> str | None:
@@ -180,18 +183,21 @@ TRAITS: dict[str, Traits] = {
     "gptq": Traits(keeps_zeros=False,
                    zeros_note="GPTQ's error compensation updates every remaining weight, "
                    "pruned ones included"),
+    # the runtime formats below use symmetric int8 / NF4 / FP4 codes, all with an exact 0
     "dynamic-int8": Traits(runtime_format=True),
     "onnx-int8": Traits(runtime_format=True),
     "bnb-int8": Traits(runtime_format=True),
     "bnb-4bit": Traits(runtime_format=True),
     "quanto": Traits(runtime_format=True),
+    # merge=nf4 leaves bitsandbytes 4-bit layers (a runtime format); merge=fp32 plain fp32
     "qlora": Traits(keeps_zeros=False, trains=True,
+                    runtime_format=lambda c: getattr(c, "merge", "nf4") == "nf4",
                     zeros_note="the merged low-rank update is dense"),
     "distill": Traits(keeps_zeros=False, trains=True,
                       zeros_note="training updates every weight, pruned ones included"),
     "moefy": Traits(keeps_zeros=lambda c: getattr(c, "finetune_steps", 0) == 0,
                     zeros_note="its expert fine-tuning updates every FFN weight",
-                    divides=_experts_divide),
+                    divides=_experts_divide, hides_ffn=True),
 }
 
 
@@ -261,7 +267,8 @@ def check_pipeline(
         name, traits = names[i], traits_of(names[i])
         if i > 0:
             prev = names[i - 1]
-            if traits_of(prev).runtime_format:
+            fmt = traits_of(prev).runtime_format
+            if fmt(configs[i - 1]) if callable(fmt) else fmt:
                 raise UserError(
                     f"pipeline {where}: {prev} turns the model into a runtime format that "
                     f"{name} cannot change; put {prev} last"
@@ -274,6 +281,13 @@ def check_pipeline(
                 "or drop it"
             )
         family = RECIPE_FAMILY.get(name)
+        hider = next((n for n in names[:i] if traits_of(n).hides_ffn), None)
+        if hider is not None and family == "quantization":
+            raise UserError(
+                f"pipeline {where}: after {hider} the FFN experts are stacked tensors, not "
+                f"linear layers, so {name} would quantize attention only; put {name} before "
+                f"{hider}"
+            )
         if traits.trains and quantized_by is not None:
             raise UserError(
                 f"pipeline {where}: {name} would train the weights {quantized_by} rounded "
@@ -455,20 +469,37 @@ def _build_configs(
     return tuple(configs)
 
 
-def _model_config_loader(model: str) -> Callable[[], Any]:
+def _model_config_loader(model: str, build: bool = False) -> Callable[[], Any]:
+    """A lazy loader of ``model``'s transformers config, for the width checks.
+
+    Without ``build``, nothing is built or downloaded: a zoo model not built yet is
+    read from a built dependency with the same shapes (``minilm-l6`` for its
+    fine-tuned variants), else skipped (None) and checked again before it runs.
+    """
     cache: dict[str, Any] = {}
 
     def load() -> Any:
-        if "cfg" not in cache:
-            import transformers as tf
+        if "cfg" in cache:
+            return cache["cfg"]
+        import transformers as tf
 
-            from compress.models import resolve_path
+        from compress import zoo
+        from compress.models import resolve_path
 
-            _, path = resolve_path(model)
-            try:
-                cache["cfg"] = tf.AutoConfig.from_pretrained(path)
-            except OSError:
-                cache["cfg"] = None
+        folder: str | None = None
+        if build:
+            folder = resolve_path(model)[1]
+        elif model in zoo.ZOO:
+            for name in (model, *zoo.ZOO[model].depends):
+                if zoo.is_built(name):
+                    folder = str(zoo.path_of(name))
+                    break
+        elif os.path.isdir(model):
+            folder = model
+        try:
+            cache["cfg"] = tf.AutoConfig.from_pretrained(folder) if folder else None
+        except (OSError, ValueError):
+            cache["cfg"] = None
         return cache["cfg"]
 
     return load
@@ -618,13 +649,19 @@ def existing_reports(folder: Path) -> dict[str, dict[str, Any]]:
 
 
 class Estimator:
-    """Seconds a job will take, from the wall times of reports already written."""
+    """Seconds a job will take, from the wall times of reports already written.
 
-    def __init__(self, reports: Iterable[dict[str, Any]], default: float = 60.0):
+    The mean of earlier ok runs of the same model, pipeline recipes and quick flag;
+    else of the same model and quick flag; else a guess (``default`` full, ``default_quick``
+    quick). :meth:`measured` says whether the estimate rests on a measurement.
+    """
+
+    def __init__(self, reports: Iterable[dict[str, Any]], default: float = 180.0,
+                 default_quick: float = 30.0):
         self.by_pipe: dict[tuple, list[float]] = {}
         self.by_model: dict[tuple, list[float]] = {}
-        self.all: list[float] = []
         self.default = default
+        self.default_quick = default_quick
         for r in reports:
             self.add(r)
 
@@ -636,7 +673,9 @@ class Estimator:
         recipes = tuple(s.get("recipe") for s in report.get("pipeline", []))
         self.by_pipe.setdefault((model, quick, recipes), []).append(float(wall))
         self.by_model.setdefault((model, quick), []).append(float(wall))
-        self.all.append(float(wall))
+
+    def measured(self, job: Job) -> bool:
+        return (job.model, job.quick) in self.by_model
 
     def __call__(self, job: Job) -> float:
         for table, key in ((self.by_pipe, (job.model, job.quick, job.recipes)),
@@ -644,7 +683,7 @@ class Estimator:
             values = table.get(key)
             if values:
                 return sum(values) / len(values)
-        return sum(self.all) / len(self.all) if self.all else self.default
+        return self.default_quick if job.quick else self.default
 
 
 def _fmt_seconds(s: float) -> str:
@@ -787,6 +826,18 @@ class _Runner:
         write_manifest(self.sweep, self.outcome, self.jobs)
 
     def _run_one(self, job: Job, stage: Callable[[str], None]) -> tuple[Path, dict[str, Any]]:
+        if any(traits_of(r).divides(c) for r, c in zip(job.recipes, job.configs, strict=True)):
+            # the width checks again, now with the model's own config (built if needed)
+            try:
+                stage("check")
+                check_pipeline(job.configs, _model_config_loader(job.model, build=True))
+            except UserError as exc:
+                from eval.report import Report
+
+                report = Report(model={"name": job.model}, pipeline=job.pipeline,
+                                quick=job.quick, status="failed", error=str(exc),
+                                wall_time_s=0.0)
+                return report.write(self.sweep.reports), report.to_dict()
         run_fn = self.run_fn
         if run_fn is None:
             from eval.run import run_pipeline as run_fn
@@ -1015,6 +1066,7 @@ def _dry_run(sweep: Sweep, console, retry_failed: bool) -> int:
     for col in ("#", "model", "run", "family", "state", "estimate"):
         table.add_column(col, justify="right" if col in ("#", "estimate") else "left")
     total = 0.0
+    guessed = 0
     for i, job in enumerate(sweep.jobs, 1):
         prior = done.get(job.key)
         state = "to run" if prior is None else prior["status"]
@@ -1022,14 +1074,23 @@ def _dry_run(sweep: Sweep, console, retry_failed: bool) -> int:
         est = estimate(job) if will_run else 0.0
         total += est
         style = {"ok": "green", "failed": "red"}.get(state, "")
+        guessed += will_run and not estimate.measured(job)
         table.add_row(str(i), job.model, job.label, family_of(job.pipeline),
                       f"[{style}]{state}[/]" if style else state,
-                      _fmt_seconds(est) if will_run else "")
+                      (_fmt_seconds(est) + ("" if estimate.measured(job) else " ?"))
+                      if will_run else "")
     from rich.console import Console
 
-    Console().print(table)
-    console.print(f"{len(sweep.jobs)} runs; estimate for those to run: {_fmt_seconds(total)} "
-                  "(from the wall times of earlier reports; 60 s per run where none exist)")
+    out = Console()
+    if not out.is_terminal:
+        out = Console(width=200)
+    out.print(table)
+    console.print(
+        f"{len(sweep.jobs)} runs, {sum(1 for j in sweep.jobs if j.key not in done)} never run; "
+        f"estimate for those to run: {_fmt_seconds(total)} (mean wall time of earlier runs of "
+        f"the same model; '?': {guessed} runs with no earlier run of their model, guessed at "
+        f"{_fmt_seconds(estimate.default_quick if sweep.quick else estimate.default)})"
+    )
     return 0
 
 

@@ -193,6 +193,7 @@ def test_not_toml_and_missing_file(tmp_path):
     ([("structured", {"ffn_ratio": 0.3}), ("moefy", {"num_experts": 16})],
      "num_experts=16 of moefy needs widths divisible by 16, but the FFN width is 45"),
     ([("moefy", {"num_experts": 6})], "num_experts=6 of moefy needs widths divisible by 6"),
+    ([("moefy", {}), ("rtn", {"bits": 8})], "rtn would quantize attention only; put rtn before"),
 ])
 def test_incompatible_pipelines(steps, message):
     configs = [make_config(r, **p) for r, p in steps]
@@ -206,7 +207,7 @@ def test_incompatible_pipelines(steps, message):
     [("wanda", {"sparsity": 0.5}), ("dynamic-int8", {})],
     [("structured", {"ffn_ratio": 0.25}), ("wanda", {"pattern": "2:4"}), ("rtn", {"bits": 4})],
     [("distill", {}), ("rtn", {"bits": 4})],
-    [("moefy", {}), ("rtn", {"bits": 8})],
+    [("rtn", {"bits": 8}), ("moefy", {})],
     [("gptq", {"bits": 4}), ("magnitude", {"sparsity": 0.5})],
 ])
 def test_compatible_pipelines(steps):
