@@ -251,6 +251,9 @@ def plot_pareto(reports: list[dict[str, Any]], out_dir: str | Path) -> list[Path
                         transform=ax.transAxes)
                 continue
             any_points = True
+            order = ["baseline", "pruning", "quantization", "distillation", "moefication"]
+            pts.sort(key=lambda p: (order.index(family_of(p[2])) if family_of(p[2]) in order
+                                    else len(order), family_of(p[2])))
             seen: set[str] = set()
             for x, y, r in pts:
                 family = family_of(r)

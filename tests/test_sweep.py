@@ -21,7 +21,7 @@ import pytest
 from compress.errors import UserError
 from compress.registry import make_config
 from compress.tiny import tiny_config
-from eval.budget import parse_budget, pick_for_model
+from eval.budget import family_of, parse_budget, pick_for_model
 from eval.report import Report, read_reports
 from eval.run import step_record
 from eval.sweep import MANIFESTS, check_pipeline, load_sweep, run_sweep
@@ -396,3 +396,17 @@ def test_killed_sweep_resumes_without_repeating_or_losing_runs(tmp_path, tiny_mo
     assert all(p.stat().st_mtime_ns == t for p, t in kept.items())  # finished run untouched
     # every level finished exactly once; only the killed one (0.2) had started twice
     assert log_file.read_text().split() == ["0.1", "0.2", "0.2", "0.3"]
+
+
+@pytest.mark.parametrize("name, quick, n", [("default", False, 33), ("default", True, 25),
+                                            ("extended", False, None)])
+def test_committed_sweep_files_parse_and_check(name, quick, n):
+    root = TESTS.parent
+    sweep = load_sweep(root / "recipes" / f"{name}.toml", quick=quick)
+    assert len({j.key for j in sweep.jobs}) == len(sweep.jobs)
+    if n is not None:
+        assert len(sweep.jobs) == n
+    families = {(j.model, family_of(j.pipeline)) for j in sweep.jobs}
+    for model in ("smollm2-135m", "minilm-l6-sentiment", "bert2bert-punct"):
+        for family in ("pruning", "quantization", "distillation", "moefication"):
+            assert (model, family) in families, f"{name}: no {family} run on {model}"
