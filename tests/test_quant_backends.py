@@ -1,0 +1,179 @@
+"""Real quantized backends on tiny models: dynamic-int8, onnx-int8, bitsandbytes, quanto, qlora.
+
+Each: outputs close to fp32, save + reload through ``load_compressed`` gives the same
+outputs, sizes reported, clear errors for unsupported combinations.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from compress import Context, UserError, compress, make_config
+from compress.api import leftover_attachments
+from compress.saving import FORMAT_FILE, load_compressed, save_model
+from compress.stats import parameter_counts
+from compress.tiny import sample_inputs, tiny_model
+
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Compression makes models smaller and faster, if it is done right.",
+    "The capital of France is Paris, and the capital of Italy is Rome.",
+    "Numbers like 1, 2, 3, 10, 100 and 2026 appear in news text.",
+] * 6
+
+CASES = [("gpt2", {}), ("llama", {}), ("bert", {"classifier": True}), ("bert2bert", {})]
+
+
+def _model(family, kw):
+    model, tok = tiny_model(family, **kw)
+    return model, tok, sample_inputs(family)
+
+
+def _out(model, inputs, inference_mode=True):
+    # optimum-quanto 0.2.7's int4 weights fail under torch.inference_mode ("Cannot set
+    # version_counter for inference tensor"); they run under no_grad.
+    with torch.inference_mode() if inference_mode else torch.no_grad():
+        o = model(**inputs)
+    return o.logits if hasattr(o, "logits") else o.last_hidden_state
+
+
+def _close(after, before, rel):
+    return float((after - before).abs().max()) <= rel * float(before.abs().max()) + 1e-5
+
+
+def _round_trip(model, tok, inputs, tmp_path, fmt=None, inference_mode=True):
+    expected = _out(model, inputs, inference_mode)
+    save_model(model, tok, tmp_path / "m")
+    if fmt:
+        assert fmt in (tmp_path / "m" / FORMAT_FILE).read_text()
+    reloaded = load_compressed(tmp_path / "m")
+    torch.testing.assert_close(_out(reloaded, inputs, inference_mode), expected, rtol=0, atol=1e-6)
+    return reloaded
+
+
+@pytest.mark.parametrize("family,kw", CASES, ids=[c[0] for c in CASES])
+def test_dynamic_int8_close_to_fp32_and_round_trips(family, kw, tmp_path):
+    model, tok, inputs = _model(family, kw)
+    before = _out(model, inputs)
+    dense = parameter_counts(model)
+    ctx = Context(tokenizer=tok)
+    out = compress(model, make_config("dynamic-int8"), ctx)
+    from torch.ao.nn.quantized.dynamic import Linear as DQLinear
+
+    assert sum(isinstance(m, DQLinear) for m in out.modules()) == ctx.info["quant"]["layers"] > 0
+    assert _close(_out(out, inputs), before, 0.05)
+    counts = parameter_counts(out)  # honours compress_parameter_counts
+    assert counts["total"] == dense["total"] and counts["bytes"] < dense["bytes"]
+    if family == "gpt2":
+        assert ctx.info["quant"]["conv1d_converted"] == 8
+    reloaded = _round_trip(out, tok, inputs, tmp_path, "dynamic-int8")
+    assert parameter_counts(reloaded) == counts
+
+
+@pytest.mark.parametrize("family,kw", CASES + [("t5", {})], ids=[c[0] for c in CASES] + ["t5"])
+def test_onnx_int8_close_to_fp32_and_round_trips(family, kw, tmp_path):
+    model, tok, inputs = _model(family, kw)
+    inputs["attention_mask"][0, :3] = 0  # padded rows must match too
+    before = _out(model, inputs)
+    ctx = Context(tokenizer=tok)
+    out = compress(model, make_config("onnx-int8"), ctx)
+    assert _close(_out(out, inputs), before, 0.1 if family != "t5" else 0.2)
+    assert not leftover_attachments(out)
+    counts = parameter_counts(out)
+    assert counts["total"] > 0 and counts["bytes"] == ctx.info["quant"]["packed_bytes"]
+    assert next(out.parameters()).device.type == "cpu"
+    reloaded = _round_trip(out, tok, inputs, tmp_path, "onnx-int8")
+    if reloaded.can_generate():
+        gen = reloaded.generate(inputs["input_ids"][:1, :5], max_new_tokens=3)
+        assert gen.shape[0] == 1 and gen.shape[1] >= 2
+
+
+def test_onnx_int8_loss_matches_the_model_and_rejects_gpu():
+    model, tok, inputs = _model("llama", {})
+    with torch.inference_mode():
+        ref = model(**inputs, labels=inputs["input_ids"]).loss
+    out = compress(model, make_config("onnx-int8"), Context(tokenizer=tok))
+    loss = out(**inputs, labels=inputs["input_ids"]).loss
+    assert abs(float(loss) - float(ref)) < 0.05 * float(ref)
+    with pytest.raises(UserError, match="CPU only"):
+        out.to("cuda")
+
+
+@pytest.mark.parametrize("recipe,kw,rel", [
+    ("bnb-int8", {}, 0.05),
+    ("bnb-4bit", {"quant_type": "nf4"}, 0.5),
+    ("bnb-4bit", {"quant_type": "fp4", "double_quant": False}, 0.5),
+])
+@pytest.mark.parametrize("family", ["gpt2", "llama", "bert2bert"])
+def test_bitsandbytes_formats_run_and_round_trip(recipe, kw, rel, family, tmp_path):
+    import bitsandbytes as bnb
+
+    model, tok, inputs = _model(family, {})
+    before = _out(model, inputs)
+    dense = parameter_counts(model)
+    ctx = Context(tokenizer=tok)
+    out = compress(model, make_config(recipe, **kw), ctx)
+    layer = bnb.nn.Linear8bitLt if recipe == "bnb-int8" else bnb.nn.Linear4bit
+    assert sum(isinstance(m, layer) for m in out.modules()) == ctx.info["quant"]["layers"] > 0
+    assert _close(_out(out, inputs), before, rel)
+    info = ctx.info["quant"]
+    assert info["device"] == "cpu" and info["runs_faster_here"] is False
+    assert parameter_counts(out)["total"] == dense["total"]
+    _round_trip(out, tok, inputs, tmp_path)
+
+
+@pytest.mark.parametrize("recipe,bits", [("bnb-4bit", 2), ("bnb-4bit", 3), ("bnb-int8", 4)])
+def test_bitsandbytes_rejects_other_bit_widths(recipe, bits):
+    with pytest.raises(UserError, match=rf"bits={bits} is not supported.*rtn or gptq") as err:
+        make_config(recipe, bits=bits)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("kw", [{"weights": "int8"}, {"weights": "int4", "activations": "int8"}],
+                         ids=["w8", "w4a8"])
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_quanto_runs_and_round_trips(kw, family, tmp_path):
+    model, tok, inputs = _model(family, {})
+    before = _out(model, inputs)
+    ctx = Context(tokenizer=tok, calibration=list(TEXTS))
+    out = compress(model, make_config("quanto", **kw), ctx)
+    int8 = kw["weights"] == "int8"
+    assert _close(_out(out, inputs, int8), before, 0.05 if int8 else 0.5)
+    assert ctx.info["quant"]["packed_bytes"] < ctx.info["quant"]["dense_bytes"]
+    _round_trip(out, tok, inputs, tmp_path, "quanto", inference_mode=int8)
+
+
+def test_quanto_activations_need_calibration():
+    model, tok, _ = _model("llama", {})
+    with pytest.raises(UserError, match="calibration"):
+        compress(model, make_config("quanto", activations="int8"), Context(tokenizer=tok))
+
+
+def test_qlora_fp32_merge_starts_from_nf4_and_training_lowers_the_loss(tmp_path):
+    model, tok, inputs = _model("llama", {})
+    nf4, _, _ = _model("llama", {})
+    nf4 = compress(nf4, make_config("bnb-4bit"), Context(tokenizer=tok))
+    ctx = Context(tokenizer=tok, train=list(TEXTS), task="causal-lm")
+    # zero steps: the dequantized NF4 base, exactly what the 4-bit layers compute
+    out = compress(model, make_config("qlora", steps=0, merge="fp32"), ctx)
+    torch.testing.assert_close(_out(out, inputs), _out(nf4, inputs), rtol=0, atol=1e-5)
+
+    model, tok, inputs = _model("llama", {})
+    ctx = Context(tokenizer=tok, train=list(TEXTS) * 4, task="causal-lm")
+    out = compress(model, make_config("qlora", steps=12, seq_len=16, lr=1e-2, merge="fp32"), ctx)
+    training = ctx.info["quant"]["training"]
+    assert training["loss_last"] < training["loss_first"]
+    assert not any("lora" in n for n, _ in out.named_parameters())
+    _round_trip(out, tok, inputs, tmp_path)
+
+
+def test_qlora_nf4_merge_stays_4bit_and_round_trips(tmp_path):
+    import bitsandbytes as bnb
+
+    model, tok, inputs = _model("gpt2", {})
+    ctx = Context(tokenizer=tok, train=list(TEXTS) * 4, task="causal-lm")
+    out = compress(model, make_config("qlora", steps=2, seq_len=16), ctx)
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in out.modules())
+    assert not any("lora" in n for n, _ in out.named_parameters())
+    _round_trip(out, tok, inputs, tmp_path)
