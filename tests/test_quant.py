@@ -10,7 +10,7 @@ import torch
 from compress import Context, UserError, compress, make_config
 from compress.api import leftover_attachments
 from compress.quant.gptq import HessianAccumulator, gptq_quantize
-from compress.quant.packing import layer_bytes, model_size_summary, pack_codes, unpack_codes
+from compress.quant.packing import layer_bytes, pack_codes, unpack_codes
 from compress.quant.rtn import QuantSpec, fake_quantize, quantize_matrix, snr_db, step_sizes
 from compress.saving import load_compressed, save_model
 from compress.tiny import TINY_FAMILIES, sample_inputs, tiny_model

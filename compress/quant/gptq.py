@@ -197,12 +197,12 @@ def gptq_model(
             layers = {by_module[id(m)]: m for m in block.modules() if id(m) in by_module}
             acc = {name: HessianAccumulator(weight_matrix(m).shape[1]) for name, m in layers.items()}
 
-            def make(name):
-                return lambda _mod, args: acc[name].add(args[0])
+            def make(a: HessianAccumulator):
+                return lambda _mod, args: a.add(args[0])
 
-            handles = [m.register_forward_pre_hook(make(name)) for name, m in layers.items()]
+            handles = [m.register_forward_pre_hook(make(acc[name])) for name, m in layers.items()]
             with calib.hooks(handles):
-                for h, call in zip(hidden, calls[i]):
+                for h, call in zip(hidden, calls[i], strict=False):
                     _run_block(block, h, call)
             for name, m in layers.items():
                 W = weight_matrix(m)
@@ -217,7 +217,7 @@ def gptq_model(
                     packed[name]["g_idx"] = INDEX_BYTES * in_f
                     packed[name]["total"] += INDEX_BYTES * in_f
                 log.debug("gptq %s loss %.4g", name, loss)
-            hidden = [_run_block(block, h, call) for h, call in zip(hidden, calls[i])]
+            hidden = [_run_block(block, h, call) for h, call in zip(hidden, calls[i], strict=False)]
     missing = set(targets) - set(packed)
     if missing:
         raise RuntimeError(f"gptq: {len(missing)} targeted linears sit outside the blocks: "

@@ -55,7 +55,7 @@ class _Adapter(nn.Module):
         self.model, self.names, self.output = model, names, output
 
     def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
-        kwargs = dict(zip(self.names, tensors))
+        kwargs = dict(zip(self.names, tensors, strict=False))
         if getattr(self.model.config, "use_cache", None) is not None:
             kwargs["use_cache"] = False
         return getattr(self.model(**kwargs), self.output)

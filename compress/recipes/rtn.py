@@ -90,7 +90,7 @@ def rtn(model: nn.Module, config: RTNConfig, context: Context) -> nn.Module:
     record(
         context, method="rtn", simulated=True, runs_faster_here=False, device=device_of(model),
         **spec.to_dict(), format=spec.describe(), layers=len(packed), outlier_columns=kept,
-        outlier_rule=("activation>%g" % config.outlier_threshold if config.outlier_threshold
+        outlier_rule=(f"activation>{config.outlier_threshold:g}" if config.outlier_threshold
                       else f"weight top {config.outlier_fraction:g}" if config.outlier_fraction
                       else None),
         include_head=config.include_head, **size,
