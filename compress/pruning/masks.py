@@ -30,12 +30,12 @@ import torch
 from compress.errors import UserError
 from compress.pruning.targets import Target, out_in
 
-#: most scores held at once (16 MiB of float32).
-CHUNK_ELEMENTS = 1 << 22
+#: most scores held at once (4 MiB of float32).
+CHUNK_ELEMENTS = 1 << 20
 #: histogram bins per selection pass.
 BINS = 1 << 16
 #: a candidate range holding at most this many values is sorted directly.
-GATHER_LIMIT = 1 << 22
+GATHER_LIMIT = 1 << 20
 
 ScoreFn = Callable[[Target, slice], torch.Tensor]
 
@@ -139,10 +139,11 @@ def kth_smallest(stream: Callable[[], Iterator[torch.Tensor]], k: int) -> tuple[
     Memory: one chunk plus a histogram (or at most :data:`GATHER_LIMIT` candidates);
     time: a few passes over the stream.
     """
-    lo, hi = math.inf, -math.inf
+    lo, hi, total = math.inf, -math.inf, 0
     for x in stream():
         lo = min(lo, float(x.min()))
         hi = max(hi, float(x.max()))
+        total += x.numel()
     below = 0  # values < lo; the answer lies in [lo, hi]
 
     def in_range(x: torch.Tensor, b: int | None = None) -> torch.Tensor:
@@ -150,10 +151,12 @@ def kth_smallest(stream: Callable[[], Iterator[torch.Tensor]], k: int) -> tuple[
         return x if b is None else x[_bin_index(x, lo, hi) == b]
 
     def exact(b: int | None) -> tuple[float, int]:
-        vals = torch.cat([in_range(x, b) for x in stream()]).sort().values
-        value = float(vals[k - below - 1])
+        vals = torch.cat([in_range(x, b) for x in stream()])
+        value = float(vals.kthvalue(k - below).values)
         return value, below + int((vals < value).sum())
 
+    if total <= GATHER_LIMIT:
+        return exact(None)  # small enough to select directly (one matrix, usually)
     while True:
         if lo == hi:
             return lo, below
