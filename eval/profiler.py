@@ -232,6 +232,14 @@ def _disk(model: nn.Module, tokenizer: Any, saved_dir: Path | None) -> dict[str,
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _load_average() -> float | None:
+    """1-minute system load average (None where the platform has none)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
 def profile(
     model: nn.Module,
     tokenizer: Any,
@@ -306,6 +314,7 @@ def profile(
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         latency: dict[str, dict[str, float]] = {}
+        load_before = _load_average()
         with _PeakRSS() as rss, torch.inference_mode():
             for batch, length in shapes:
                 inputs = _shape_inputs(model, tokenizer, task, batch, length, device)
@@ -318,6 +327,14 @@ def profile(
                     model, tokenizer, device, gen_tokens, min(warmup, 1), gen_repeats
                 )
         result["latency"] = latency
+        # Timings are only comparable on a quiet machine: record how busy it was.
+        load_after = _load_average()
+        result["load_average"] = {"before": load_before, "after": load_after}
+        result["busy_machine"] = bool(
+            load_before is not None
+            and load_after is not None
+            and max(load_before, load_after) > 1.5 * (os.cpu_count() or 1)
+        )
         result["peak_rss_bytes"] = rss.peak
         result["peak_rss_delta_bytes"] = rss.peak - rss.start_rss
         if device.type == "cuda":
