@@ -32,6 +32,7 @@ class Column:
     get: Callable[[dict[str, Any]], float | None]
     higher_is_better: bool
     fmt: Callable[[float], str]
+    timing: bool = False
 
 
 def _dig(data: Any, *path: str) -> Any:
@@ -68,9 +69,11 @@ def _ms(v: float) -> str:
 PROFILE_COLUMNS = (
     Column("disk", _first(("bytes_on_disk",)), False, _mb),
     Column("nonzero", _first(("params_nonzero",)), False, _count),
-    Column("lat 1x128", _first(("latency", "1x128", "median_ms")), False, _ms),
-    Column("lat 8x128", _first(("latency", "8x128", "median_ms")), False, _ms),
-    Column("ms/token", _first(("generate", "ms_per_token"), ("ms_per_token",)), False, _ms),
+    Column("lat 1x128", _first(("latency", "1x128", "median_ms")), False, _ms, timing=True),
+    Column("lat 8x128", _first(("latency", "8x128", "median_ms")), False, _ms, timing=True),
+    Column(
+        "ms/token", _first(("generate", "ms_per_token"), ("ms_per_token",)), False, _ms, timing=True
+    ),
     Column("peak RSS", _first(("peak_rss_bytes",)), False, _mb),
 )
 
@@ -154,6 +157,8 @@ def build_tables(reports: list[dict[str, Any]]) -> list[Table]:
             if base
             else "no successful identity run: no baseline to compare against"
         )
+        if any(r.get("profile", {}).get("busy_machine") for r in runs):
+            caption += "; * timed on a busy machine (load above 1.5x cores): not comparable"
         table = Table(title=title, caption=caption, box=box.SIMPLE_HEAVY, title_justify="left")
         table.add_column("run", no_wrap=True)
         table.add_column("status")
@@ -186,16 +191,18 @@ def build_tables(reports: list[dict[str, Any]]) -> list[Table]:
                         is_base,
                     )
                 )
+            busy = bool(run.get("profile", {}).get("busy_machine"))
             for col in profile_cols:
-                cells.append(
-                    _cell(
-                        col.get(run),
-                        col.get(base) if base else None,
-                        col.higher_is_better,
-                        col.fmt,
-                        is_base,
-                    )
+                cell = _cell(
+                    col.get(run),
+                    col.get(base) if base else None,
+                    col.higher_is_better,
+                    col.fmt,
+                    is_base,
                 )
+                if busy and col.timing and col.get(run) is not None:
+                    cell.append("*", style="yellow")
+                cells.append(cell)
             table.add_row(*cells)
             if run["status"] != "ok" and run.get("error"):
                 table.add_row(

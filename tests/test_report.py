@@ -151,3 +151,12 @@ def test_compare_unknown_model_filter(tmp_path):
     res = subprocess.run([sys.executable, "-m", "eval.compare", str(tmp_path), "--model", "mm"],
                          capture_output=True, text=True)
     assert res.returncode == 2 and "unknown model 'mm'; did you mean 'm'" in res.stderr
+
+
+def test_busy_machine_timings_are_flagged():
+    busy = make_report(profile={"bytes_on_disk": 1e6, "latency": {"1x128": {"median_ms": 99.0}},
+                                "busy_machine": True})
+    text = render([busy.to_dict()])
+    assert "99.0 ms*" in text and "timed on a busy machine" in " ".join(text.split())
+    quiet = render([make_report().to_dict()])
+    assert "*" not in quiet.replace("**", "")
