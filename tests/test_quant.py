@@ -218,3 +218,13 @@ def test_rtn_outliers_are_kept_exactly():
     with pytest.raises(UserError, match="calibration"):
         compress(tiny_model("llama")[0], make_config("rtn", outlier_threshold=6.0),
                  Context(tokenizer=tok))
+
+
+def test_gptq_survives_a_singular_hessian():
+    # 4 tokens, 32 input features: H has rank 4; a vanishing damp must still work
+    x = torch.randn(4, 32, generator=torch.Generator().manual_seed(0))
+    w = torch.randn(8, 32, generator=torch.Generator().manual_seed(1))
+    acc = HessianAccumulator(32)
+    acc.add(x)
+    q, loss = gptq_quantize(w, acc.H, QuantSpec(2, "sym", "tensor"), blocksize=1, damp=5e-324)
+    assert torch.isfinite(q).all() and math.isfinite(loss)

@@ -92,9 +92,7 @@ def gptq_quantize(
     else:
         scale = zero = None
 
-    H += damp * torch.mean(torch.diag(H)) * torch.eye(in_f, dtype=H.dtype)
-    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
-    Hinv = Hinv.float()
+    Hinv = _inverse_cholesky(H, damp).float()
 
     Q = torch.zeros_like(W)
     loss = 0.0
@@ -126,6 +124,29 @@ def gptq_quantize(
     if perm is not None:
         Q = Q[:, torch.argsort(perm)]
     return Q, loss
+
+
+def _inverse_cholesky(H: torch.Tensor, damp: float) -> torch.Tensor:
+    """Upper Cholesky factor of ``(H + lambda I)^-1``, ``lambda = damp * mean(diag(H))``.
+
+    With fewer calibration tokens than input features ``H`` is singular; if the
+    factorization fails, the dampening grows tenfold until it succeeds (as other GPTQ
+    implementations do), and the value used is logged.
+    """
+    eye = torch.eye(H.shape[0], dtype=H.dtype)
+    mean = float(torch.mean(torch.diag(H)))
+    lam = max(damp * mean, 1e-10 * mean, 1e-12)
+    for _ in range(20):
+        L, info = torch.linalg.cholesky_ex(H + lam * eye)
+        if int(info) == 0:
+            inv = torch.cholesky_inverse(L)
+            U, info = torch.linalg.cholesky_ex(inv, upper=True)
+            if int(info) == 0:
+                if lam > damp * mean * 1.0001:
+                    log.info("gptq: Hessian dampening raised to %.3g x mean diagonal", lam / mean)
+                return U
+        lam *= 10
+    raise RuntimeError("gptq: the Hessian stays singular after dampening; give more calibration text")
 
 
 class _Stop(Exception):
