@@ -371,6 +371,14 @@ def _section_techniques(w: Writer, reports: list[dict[str, Any]]) -> None:
             w("|---|---|--:|")
             for row in rows:
                 w(row)
+            w()
+            w("How the suite implements them (from each recipe's documentation):")
+            w()
+            for name in members:
+                if name in names and used.get(name):
+                    doc = recipe_doc(name)
+                    if doc:
+                        w(f"- **`{name}`**: {doc}")
         else:
             w("_No recipe of this family is registered in this checkout._")
         w()
@@ -382,6 +390,27 @@ def _section_techniques(w: Writer, reports: list[dict[str, Any]]) -> None:
           "must keep the zeros; training after quantization would undo the rounding). "
           "Compositions measured here: " + ", ".join(f"{c}" for c in composite) + ".")
         w()
+
+
+def recipe_doc(name: str, max_chars: int = 700) -> str:
+    """The explanatory paragraph of a recipe module's docstring, as one markdown line."""
+    import re
+
+    from compress.registry import get_recipe
+
+    module = sys.modules.get(get_recipe(name).handler.__module__)
+    doc = (module.__doc__ or "") if module else ""
+    paragraphs = [p.strip() for p in doc.strip().split("\n\n")]
+    # skip the title line and command examples (indented blocks)
+    body = [p for p in paragraphs[1:] if p and not p.startswith(("python -m", ">>>"))
+            and "python -m " not in p.splitlines()[0]]
+    text = " ".join(body[:2])
+    text = re.sub(r"\s+", " ", text).replace("``", "`")
+    text = re.sub(r":(?:func|class|mod|data|meth):`([^`]+)`", r"`\1`", text)
+    if len(text) > max_chars:
+        ends = [m.end() for m in re.finditer(r"(?<=[\w)\]\"'])\. ", text[:max_chars])]
+        text = text[: ends[-1] - 1] if ends else text[:max_chars] + "..."
+    return text
 
 
 def _section_models(w: Writer, by_model: dict[str, list[dict[str, Any]]]) -> None:

@@ -961,7 +961,8 @@ def run_sweep(
     todo = [j for j in sweep.jobs if runner.needs_run(j)]
     est = sum(runner.estimate(j) for j in todo)
     console.print(
-        f"sweep [bold]{sweep.name}[/]: {len(sweep.jobs)} runs on {len(sweep.models)} models, "
+        f"sweep [bold]{sweep.name}[/]: {len(sweep.jobs)} runs on "
+        f"{len({j.model for j in sweep.jobs})} models, "
         f"{len(sweep.jobs) - len(todo)} done already, {len(todo)} to run"
         + (f" (estimate {_fmt_seconds(est)})" if todo else "")
     )
