@@ -226,19 +226,37 @@ def _dig(data: Any, *path: str) -> Any:
 
 
 def _protocol_text(protocol: dict[str, Any] | None) -> str:
+    """``key=value, ...`` of a metric's protocol (the data source goes in its own list)."""
     if not protocol:
         return "not recorded"
     parts = []
     for key, value in protocol.items():
-        if key == "data" and isinstance(value, dict):
-            desc = value.get("description") or value.get("source")
-            if desc:
-                parts.append(f"data: {desc}")
+        if key == "data" or isinstance(value, (dict, list)):
             continue
-        if isinstance(value, (dict, list)):
-            continue
+        if isinstance(value, str) and (not value.isprintable() or value != value.strip()):
+            value = json.dumps(value)
         parts.append(f"{key}={value}")
-    return ", ".join(parts)
+    return ", ".join(parts).replace("|", "\\|")
+
+
+def _data_sources(runs: list[dict[str, Any]]) -> list[str]:
+    """One line per (corpus, split) the metrics were measured on: files and split rule."""
+    seen: dict[tuple, str] = {}
+    for r in runs:
+        for m in r.get("metrics", []):
+            data = (m.get("protocol") or {}).get("data")
+            if not isinstance(data, dict):
+                continue
+            key = (data.get("corpus"), data.get("split"))
+            if key in seen:
+                continue
+            files = ", ".join(
+                f"{f.get('package')} {f.get('version')} `{f.get('path')}`"
+                for f in data.get("files", []) if isinstance(f, dict)
+            )
+            seen[key] = (f"`{key[0]}` / `{key[1]}`: {data.get('examples', '?')} examples from "
+                         f"{files or 'unknown files'}; {data.get('rule', '')}")
+    return list(seen.values())
 
 
 def _link(path: Path, out_dir: Path) -> str:
@@ -610,6 +628,14 @@ def _section_benchmarks(w: Writer, by_model: dict[str, list[dict[str, Any]]]) ->
             w(f"| {model} | {m['name']} {arrow} | {_fmt(m['value'])} | "
               f"{_protocol_text(m.get('protocol'))} |")
     w()
+    sources = _data_sources([r for runs in by_model.values() for r in runs])
+    if sources:
+        w("The text each number was measured on (fixed splits of corpora that ship inside "
+          "Python packages, `compress.data`):")
+        w()
+        for line in sources:
+            w(f"- {line}")
+        w()
     w("### Against published numbers")
     w()
     w("Published results hold for other models and other protocols (WikiText-2 with "

@@ -178,3 +178,17 @@ def test_report_without_analysis_or_reports(tmp_path):
     assert [Path(p).name for p in images] == ["lm_pareto.png"]
     with pytest.raises(UserError, match="does not exist"):
         main([str(tmp_path / "nope"), "-o", str(tmp_path / "r.md")])
+
+
+def test_protocol_text_stays_on_one_table_line():
+    from eval.reportmd import _data_sources, _protocol_text
+
+    protocol = {"corpus": "wiki", "separator": "\n\n", "note": "a|b", "quick": False,
+                "data": {"corpus": "wiki", "split": "test", "examples": 10,
+                         "files": [{"package": "gensim", "version": "4.4.0", "path": "x.bz2"}],
+                         "rule": "sorted by sha1"}}
+    text = _protocol_text(protocol)
+    assert text == 'corpus=wiki, separator="\\n\\n", note=a\\|b, quick=False'
+    report = {"metrics": [{"name": "ppl", "protocol": protocol}] * 2}
+    assert _data_sources([report]) == [
+        "`wiki` / `test`: 10 examples from gensim 4.4.0 `x.bz2`; sorted by sha1"]
