@@ -81,7 +81,8 @@ def test_all_experts_active_equals_dense(key):
 @pytest.mark.parametrize("key", ["bert", "opt", "llama"])
 def test_replaced_modules_are_plain_modules(key):
     family, model, tok = _model(key)
-    compress(model, make_config("moefy", num_experts=4, router="similarity", timing_rounds=0))
+    compress(model, make_config("moefy", num_experts=4, router="similarity", partition="weights",
+                                timing_rounds=0))
     layer = next(iter(find_sites(model))).block
     if key == "bert":
         assert isinstance(layer.intermediate, MoEFFN) and isinstance(layer.output.dense, AddBias)
@@ -306,7 +307,7 @@ def test_save_and_reload_give_identical_outputs(key, tmp_path):
 def test_bad_settings_are_one_line_errors():
     family, model, tok = _model("llama")
     with pytest.raises(UserError, match="not divisible by num_experts=5; choose one of"):
-        compress(model, make_config("moefy", num_experts=5, router="similarity"))
+        compress(model, make_config("moefy", num_experts=5, router="similarity", partition="weights"))
     with pytest.raises(UserError, match="threshold routing needs router=learned"):
         make_config("moefy", routing="threshold", router="similarity")
     with pytest.raises(UserError, match="needs calibration text") as err:

@@ -30,22 +30,32 @@ TARGETS = ("act_norm", "output_norm")
 
 
 @torch.no_grad()
+def energy_from_activations(
+    h: torch.Tensor, perm: torch.Tensor, n_experts: int, target: str,
+    w_out: torch.Tensor | None = None, chunk: int = 1024,
+) -> torch.Tensor:
+    """(N, E) expert energies from intermediate activations ``h`` (N, ff).
+
+    ``w_out`` (ff, d neuron rows) is needed for ``target="output_norm"``.
+    """
+    E, de = n_experts, h.shape[1] // n_experts
+    if target == "act_norm":
+        return torch.cat([h[i : i + chunk][:, perm].reshape(-1, E, de).pow(2).sum(-1)
+                          for i in range(0, h.shape[0], chunk)])
+    w = w_out[perm].reshape(E, de, -1)  # (E, d_e, d)
+    out = []
+    for i in range(0, h.shape[0], chunk):
+        hp = h[i : i + chunk][:, perm].reshape(-1, E, de)  # (n, E, d_e)
+        out.append(torch.einsum("nef,efd->ned", hp, w).pow(2).sum(-1))  # (n, E)
+    return torch.cat(out)
+
+
+@torch.no_grad()
 def expert_energy(
     dense: DenseFFN, x: torch.Tensor, perm: torch.Tensor, n_experts: int, target: str,
-    chunk: int = 1024,
 ) -> torch.Tensor:
     """(N, E) energy of each expert for each token of ``x`` (N, d)."""
-    out = []
-    de = dense.ff // n_experts
-    w_out = dense.w_out[perm].reshape(n_experts, de, dense.hidden)  # (E, d_e, d)
-    for i in range(0, x.shape[0], chunk):
-        h = dense.activations(x[i : i + chunk])[:, perm].reshape(-1, n_experts, de)  # (n, E, d_e)
-        if target == "act_norm":
-            out.append(h.pow(2).sum(-1))
-        else:
-            y = torch.einsum("nef,efd->ned", h, w_out)  # (n, E, d)
-            out.append(y.pow(2).sum(-1))
-    return torch.cat(out)
+    return energy_from_activations(dense.activations(x), perm, n_experts, target, dense.w_out)
 
 
 def similarity_router(dense: DenseFFN, perm: torch.Tensor, n_experts: int) -> SimilarityRouter:
@@ -120,9 +130,14 @@ def train_mlp_router(
 
 @torch.no_grad()
 def score_router(
-    moe: MoEFFN, dense: DenseFFN, x: torch.Tensor, energy: torch.Tensor
+    moe: MoEFFN, dense: DenseFFN, x: torch.Tensor, energy: torch.Tensor,
+    y_dense: torch.Tensor | None = None,
 ) -> dict[str, float]:
-    """Held-out quality of ``moe``'s routing (see the module docstring)."""
+    """Held-out quality of ``moe``'s routing (see the module docstring).
+
+    ``energy`` is the (N, E) act_norm energy of ``x``; ``y_dense`` the dense FFN output
+    without output bias (computed when not given).
+    """
     mask = moe.route(x)  # (N, E)
     total = energy.sum(-1).clamp_min(1e-30)
     k_mean = mask.sum(-1).float().mean()
@@ -133,7 +148,7 @@ def score_router(
     oracle = ranks < counts[:, None]
     oracle_recall = ((energy * oracle).sum(-1) / total).mean()
     overlap = ((mask & oracle).sum(-1).float() / counts.clamp_min(1)).mean()
-    y_dense = dense.output(x)
+    y_dense = dense.output(x) if y_dense is None else y_dense
     y_moe = moe(x) - (moe.b_out if moe.b_out is not None else 0)
     rel = (y_moe - y_dense).norm() / y_dense.norm().clamp_min(1e-30)
     out = {

@@ -50,7 +50,7 @@ from compress.moe.measure import activation_sparsity, finetune_experts, time_alt
 from compress.moe.partition import check_partition, partition_by_coactivation, partition_by_weights
 from compress.moe.routers import (
     TARGETS,
-    expert_energy,
+    energy_from_activations,
     score_router,
     similarity_router,
     train_mlp_router,
@@ -76,7 +76,7 @@ class MoefyConfig(RecipeConfig):
                           "--threshold", choices=ROUTINGS)
     threshold: float = option(0.9, "threshold routing: predicted share of activation energy "
                               "to cover", low=0.0, high=1.0, low_inclusive=False)
-    partition: str = option("weights", "weights: balanced k-means on input-weight rows; "
+    partition: str = option("coactivation", "weights: balanced k-means on input-weight rows; "
                             "coactivation: on activation profiles over calibration tokens",
                             choices=PARTITIONS)
     router: str = option("auto", "similarity (no training), learned (MLP on calibration "
@@ -118,11 +118,12 @@ def _needs_data(config: MoefyConfig) -> bool:
     return config.partition == "coactivation" or config.router != "similarity"
 
 
-def _split(x: torch.Tensor, held_out: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _split(n: int, held_out: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, held-out) token indices."""
     gen = torch.Generator().manual_seed(seed)
-    order = torch.randperm(x.shape[0], generator=gen)
-    n_val = max(1, int(round(x.shape[0] * held_out)))
-    return x[order[n_val:]], x[order[:n_val]]
+    order = torch.randperm(n, generator=gen)
+    n_val = max(1, int(round(n * held_out)))
+    return order[n_val:], order[:n_val]
 
 
 def _activations(dense: DenseFFN, x: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
@@ -146,19 +147,18 @@ def _moefy_site(
     w = dense.w_in
     if x is not None:
         x = x.to(w.device, w.dtype)
-        x_tr, x_val = _split(x, config.held_out, config.seed + site.index)
-        h = _activations(dense, x)
+        tr, val = _split(x.shape[0], config.held_out, config.seed + site.index)
+        x_tr, x_val = x[tr], x[val]
+        h = _activations(dense, x)  # (N, ff), computed once
         facts["sparsity"] = {k_: _r(v) for k_, v in
-                             activation_sparsity(h, config.sparsity_eps).items()}
+                             activation_sparsity(h[:4096], config.sparsity_eps).items()}
     if config.partition == "weights":
         perm = partition_by_weights(dense.w_in.float().cpu(),
                                     None if dense.w_gate is None else dense.w_gate.float().cpu(),
                                     E, seed=config.seed, iters=config.kmeans_iters)
     else:
-        n_tr = x_tr.shape[0]
-        perm = partition_by_coactivation(_activations(dense, x_tr).float().cpu(), E,
-                                         seed=config.seed, iters=config.kmeans_iters,
-                                         max_tokens=n_tr)
+        perm = partition_by_coactivation(h[tr].float().cpu(), E, seed=config.seed,
+                                         iters=config.kmeans_iters)
     check_partition(perm, dense.ff, E)
     perm = perm.to(w.device)
 
@@ -170,22 +170,27 @@ def _moefy_site(
     candidates: dict[str, MoEFFN] = {}
     if config.router in ("auto", "similarity") and config.routing == "topk":
         candidates["similarity"] = make(similarity_router(dense, perm, E))
+    if x is not None:
+        energy = energy_from_activations(h, perm, E, "act_norm")  # (N, E)
     if config.router in ("auto", "learned"):
-        e_tr = expert_energy(dense, x_tr, perm, E, config.router_target)
-        e_val = expert_energy(dense, x_val, perm, E, config.router_target)
+        target = (energy if config.router_target == "act_norm" else
+                  energy_from_activations(h, perm, E, config.router_target, dense.w_out))
         router, losses = train_mlp_router(
-            x_tr.float(), e_tr.float(), x_val.float(), e_val.float(), width=config.router_width,
-            steps=config.router_steps, lr=config.router_lr, seed=config.seed + site.index,
+            x_tr.float(), target[tr].float(), x_val.float(), target[val].float(),
+            width=config.router_width, steps=config.router_steps, lr=config.router_lr,
+            seed=config.seed + site.index,
         )
         facts["router_losses"] = {k_: _r(v) if isinstance(v, float) else v
                                   for k_, v in losses.items()}
         candidates["learned"] = make(router.to(w.device, w.dtype))
     if x is not None:
-        e_val_act = expert_energy(dense, x_val, perm, E, "act_norm")
-        scores = {name: {k_: _r(v) for k_, v in score_router(m, dense, x_val, e_val_act).items()}
+        y_val = h[val] @ dense.w_out  # dense FFN output without output bias
+        scores = {name: {k_: _r(v) for k_, v in
+                         score_router(m, dense, x_val, energy[val], y_val).items()}
                   for name, m in candidates.items()}
         facts["router_scores"] = scores
         chosen = min(scores, key=lambda n: scores[n]["rel_error"])
+        del h
     else:
         chosen = next(iter(candidates))
     facts["router"] = chosen
@@ -225,7 +230,7 @@ def _timings(
                            "method": "alternating dense/MoE rounds in one process after 2 "
                            "warm-up rounds, torch.inference_mode, median ms"}
     p = next(model.parameters())
-    for batch in (1, 8):
+    for batch in (1,):  # 8x128 per FFN: bench/moe_ffn.py
         n = batch * 128
         if any(xs[s.name].shape[0] < n for s in sites):
             continue
