@@ -177,3 +177,18 @@ def test_qlora_nf4_merge_stays_4bit_and_round_trips(tmp_path):
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in out.modules())
     assert not any("lora" in n for n, _ in out.named_parameters())
     _round_trip(out, tok, inputs, tmp_path)
+
+
+@pytest.mark.parametrize("name", ["rtn", "gptq", "bnb-int8", "bnb-4bit", "dynamic-int8",
+                                  "onnx-int8", "quanto", "qlora"])
+def test_recipe_flags_do_not_clash_with_the_command_line(name):
+    import argparse
+
+    from compress.cli import add_config_arguments, add_model_arguments
+    from compress.registry import get_recipe
+
+    parser = argparse.ArgumentParser()
+    add_model_arguments(parser)
+    parser.add_argument("--out")
+    add_config_arguments(parser, get_recipe(name).config_cls)  # raises on a clash
+    assert get_recipe(name).summary

@@ -9,7 +9,7 @@ Like ``rtn``, the rounded weights are stored as fp32 (plain model); the report's
 ``quant.packed_bytes`` is the real packed size.
 
     python -m compress.recipes.gptq --model smollm2-135m --bits 4 --granularity group \
-        --group-size 128 --calibration-samples 32 --out out/smollm2-gptq4
+        --group-size 128 --nsamples 32 --out out/smollm2-gptq4
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class GPTQConfig(RecipeConfig):
     damp: float = option(0.01, "Hessian dampening, as a fraction of its mean diagonal",
                          low=0.0, high=1.0, low_inclusive=False)
     act_order: bool = option(False, "quantize columns in order of decreasing Hessian diagonal")
-    calibration_samples: int = option(32, "calibration texts used (one sequence each)", low=1)
+    nsamples: int = option(32, "calibration texts used (one sequence each)", low=1)
     seq_len: int = option(512, "max tokens per calibration text", low=8)
 
     def spec(self) -> QuantSpec:
@@ -57,7 +57,7 @@ def gptq(model: nn.Module, config: GPTQConfig, context: Context) -> nn.Module:
     spec = config.spec()
     # one sequence per batch: no padding tokens pollute the Hessians.
     batches = calib.calibration_batches(
-        model, context.tokenizer, context.calibration, n_samples=config.calibration_samples,
+        model, context.tokenizer, context.calibration, n_samples=config.nsamples,
         seq_len=config.seq_len, batch_size=1, recipe="gptq",
     )
     targets = select_targets(model)

@@ -37,7 +37,7 @@ class QuantoConfig(RecipeConfig):
     weights: str = option("int8", "weight type", choices=("int8", "int4"))
     activations: str = option("none", "activation type (int8 needs calibration text)",
                               choices=("none", "int8"))
-    calibration_samples: int = option(32, "calibration texts for activation scales", low=1)
+    nsamples: int = option(32, "calibration texts for activation scales", low=1)
     seq_len: int = option(512, "max tokens per calibration text", low=8)
     include_head: bool = option(False, "also quantize the LM head")
 
@@ -51,7 +51,7 @@ def quanto(model: nn.Module, config: QuantoConfig, context: Context) -> nn.Modul
     batches = None
     if activations:
         batches = calib.calibration_batches(
-            model, context.tokenizer, context.calibration, n_samples=config.calibration_samples,
+            model, context.tokenizer, context.calibration, n_samples=config.nsamples,
             seq_len=config.seq_len, recipe="quanto with int8 activations",
         )
     model._compress_conv1d_converted = conv1d_to_linear(model, set(targets))

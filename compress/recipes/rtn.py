@@ -54,7 +54,7 @@ class RTNConfig(RecipeConfig):
     outlier_threshold: float | None = option(None, "keep input columns whose calibration "
                                              "activations exceed this |x| (LLM.int8 uses 6.0)",
                                              low=0.0, low_inclusive=False)
-    calibration_samples: int = option(32, "calibration texts used for outlier_threshold", low=1)
+    nsamples: int = option(32, "calibration texts used for outlier_threshold", low=1)
     seq_len: int = option(512, "max tokens per calibration text", low=8)
     include_head: bool = option(False, "also quantize the LM head (tied embeddings change too)")
 
@@ -74,7 +74,7 @@ def rtn(model: nn.Module, config: RTNConfig, context: Context) -> nn.Module:
     absmax = {}
     if config.outlier_threshold is not None:
         batches = calib.calibration_batches(
-            model, context.tokenizer, context.calibration, n_samples=config.calibration_samples,
+            model, context.tokenizer, context.calibration, n_samples=config.nsamples,
             seq_len=config.seq_len, recipe="rtn with outlier_threshold",
         )
         absmax = calib.input_absmax(model, targets, batches)
