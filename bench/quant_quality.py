@@ -27,16 +27,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+#: calibration for gptq here: 16 texts x 256 tokens (4k tokens; the recipe default is 32 x 512)
+GPTQ_CAL = {"nsamples": 16, "seq_len": 256}
 #: variant name -> (recipe, config values)
 VARIANTS = {
     "dense": ("identity", {}),
     "rtn8": ("rtn", {"bits": 8, "granularity": "channel"}),
     "rtn4-g128": ("rtn", {"bits": 4, "granularity": "group", "group_size": 128}),
-    "gptq4-g128": ("gptq", {"bits": 4, "granularity": "group", "group_size": 128}),
+    "gptq4-g128": ("gptq", {"bits": 4, "granularity": "group", "group_size": 128, **GPTQ_CAL}),
     "rtn3-g128": ("rtn", {"bits": 3, "granularity": "group", "group_size": 128}),
-    "gptq3-g128": ("gptq", {"bits": 3, "granularity": "group", "group_size": 128}),
+    "gptq3-g128": ("gptq", {"bits": 3, "granularity": "group", "group_size": 128, **GPTQ_CAL}),
     "rtn4-row": ("rtn", {"bits": 4, "granularity": "channel"}),
-    "gptq4-row": ("gptq", {"bits": 4, "granularity": "channel"}),
+    "gptq4-row": ("gptq", {"bits": 4, "granularity": "channel", **GPTQ_CAL}),
     "bnb-nf4": ("bnb-4bit", {"quant_type": "nf4"}),
     "bnb-int8": ("bnb-int8", {}),
     "quanto-int8": ("quanto", {"weights": "int8"}),
@@ -50,6 +52,22 @@ DEFAULT = ["dense", "rtn4-g128", "gptq4-g128", "rtn3-g128", "gptq3-g128", "rtn8"
            "bnb-int8", "quanto-int8", "bnb-fp4", "qlora", "dynamic-int8", "onnx-int8"]
 
 
+def _windows(model, tokenizer, n: int):
+    """ppl_wiki / ppl_news on ``n`` evenly spaced 512-token windows (the full suite's
+    windows are 24 of the same kind; these are a subset chosen the same way)."""
+    from eval.benchmark import _columns, perplexity
+
+    metrics, protocols = {}, {}
+    for name, corpus in (("ppl_wiki", "wiki"), ("ppl_news", "news")):
+        (texts,) = _columns(corpus, "test", ["text"])
+        ppl, n_tok = perplexity(model, tokenizer, texts, 512, 512, 4, n)
+        metrics[name] = round(float(ppl), 4)
+        protocols[name] = {"corpus": corpus, "split": "test", "seq_len": 512, "stride": 512,
+                           "max_windows": n, "tokens_scored": n_tok, "level": "token",
+                           "window_selection": "evenly spaced over the joined split"}
+    return metrics, protocols
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True)
@@ -57,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--calibration-samples", type=int, default=128)
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--windows", type=int, default=None,
+                   help="causal LMs: score only this many evenly spaced 512-token windows per "
+                        "corpus (the full suite scores 24); a cheaper, paired protocol")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
 
@@ -70,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     loaded = load_model(args.model)
     doc = {"bench": "quant_quality", "model": args.model, "task": loaded.task,
-           "quick": args.quick, "threads": args.threads, "environment": environment(args.threads),
+           "quick": args.quick, "windows": args.windows, "threads": args.threads, "environment": environment(args.threads),
            "protocol": "eval.benchmark.run_benchmarks (full suite unless quick); "
                        "compress() with build_context(calibration_samples) as eval.run does",
            "results": {}}
@@ -85,9 +106,13 @@ def main(argv: list[str] | None = None) -> int:
                 model = compress(copy.deepcopy(loaded.model), make_config(recipe, **values), context)
             entry["compress_s"] = round(time.perf_counter() - t0, 1)
             entry["info"] = context.info.get("quant", {k: v for k, v in context.info.items()})
-            metrics = run_benchmarks(model, loaded.tokenizer, loaded.task, quick=args.quick)
-            entry["metrics"] = {m.name: round(float(m.value), 4) for m in metrics}
-            entry["metric_protocols"] = {m.name: m.protocol for m in metrics}
+            if args.windows and loaded.task == "causal-lm":
+                entry["metrics"], entry["metric_protocols"] = _windows(model, loaded.tokenizer,
+                                                                       args.windows)
+            else:
+                metrics = run_benchmarks(model, loaded.tokenizer, loaded.task, quick=args.quick)
+                entry["metrics"] = {m.name: round(float(m.value), 4) for m in metrics}
+                entry["metric_protocols"] = {m.name: m.protocol for m in metrics}
             entry["status"] = "ok"
             del model
         except Exception as exc:  # noqa: BLE001 - recorded, the next variant runs
