@@ -315,3 +315,33 @@ def test_bad_settings_are_one_line_errors():
                  Context(tokenizer=tok))
     assert "\n" not in str(err.value)
     assert not any(isinstance(m, MoEFFN) for m in model.modules())
+
+
+def test_summary_pairs_moefy_runs_with_dense(tmp_path):
+    from compress.moe.summary import _load, render
+
+    def report(recipe, metrics, info=None, name="m", quick=False):
+        cfg = {"num_experts": 16, "active_fraction": 0.5, "router": "learned"}
+        return {"status": "ok", "quick": quick, "model": {"name": name}, "label": recipe,
+                "pipeline": [{"recipe": recipe, "config": cfg}], "metrics": metrics,
+                "profile": {"latency": {"1x128": {"median_ms": 10.0}}, "threads": 1},
+                "info": info or {}}
+
+    dense = report("identity", [{"name": "accuracy", "value": 0.8, "higher_is_better": True},
+                                {"name": "ppl", "value": 20.0, "higher_is_better": False}])
+    info = {"moe": {"active_fraction": 0.5, "routers_chosen": {"learned": 6},
+                    "sparsity_mean": {"near_zero_abs": 0.1, "near_zero_rel": 0.2,
+                                      "neurons_for_90pct": 0.3},
+                    "ffn_flops_per_token": {"dense": 100, "moe": 55, "moe_over_dense": 0.55},
+                    "router_scores_mean": {"learned": {"rel_error": 0.4}},
+                    "timing": {"threads": 1, "ffn_blocks_1x128": {"dense_ms": 4.0, "moe_ms": 2.0,
+                                                                   "speedup": 2.0}},
+                    "layers": [{"block": "b.0", "activation": "GELU", "router": "learned",
+                                "sparsity": {}, "router_scores": {}}]}}
+    moe = report("moefy", [{"name": "accuracy", "value": 0.76, "higher_is_better": True},
+                           {"name": "ppl", "value": 30.0, "higher_is_better": False}], info)
+    for i, r in enumerate((dense, moe, {"status": "failed"})):
+        (tmp_path / f"r{i}.json").write_text(json.dumps(r))
+    text = render(_load(tmp_path))
+    assert "accuracy 0.76 (95% of 0.8)" in text and "ppl 30 (1.50x 20)" in text
+    assert "| 4 | 2 | 2 |" in text and "55 / 100 (0.55)" in text
