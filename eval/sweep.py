@@ -594,26 +594,25 @@ def load_sweep(path: str | Path, *, quick: bool | None = None,
         for m in run_models:
             if m not in top_models:
                 check_model(m, f"{where}.models")
-        orders = [steps]
-        if run.get("both_orders", False):
-            if len(steps) < 2:
-                raise UserError(f"{where}.both_orders: needs a pipeline of two or more steps")
-            orders.append(list(reversed(steps)))
-        for ordered in orders:
-            for combo in _apply_grid(ordered, grid, f"{where}.grid"):
-                configs = _build_configs(combo, where)
-                for m in run_models:
-                    if models and m not in models:
-                        continue
-                    loader = loaders.setdefault(m, _model_config_loader(m))
-                    try:
-                        check_pipeline(configs, loader)
-                    except UserError as exc:
-                        raise UserError(f"{where} on {m}: {exc}") from None
-                    job = Job(m, configs, is_quick, origin=f"runs[{i}]")
-                    if job.key not in seen:
-                        seen.add(job.key)
-                        jobs.append(job)
+        both = run.get("both_orders", False)
+        if both and len(steps) < 2:
+            raise UserError(f"{where}.both_orders: needs a pipeline of two or more steps")
+        # the grid addresses steps in the order written; reversing comes after
+        combos = _apply_grid(steps, grid, f"{where}.grid")
+        for combo in combos + ([list(reversed(c)) for c in combos] if both else []):
+            configs = _build_configs(combo, where)
+            for m in run_models:
+                if models and m not in models:
+                    continue
+                loader = loaders.setdefault(m, _model_config_loader(m))
+                try:
+                    check_pipeline(configs, loader)
+                except UserError as exc:
+                    raise UserError(f"{where} on {m}: {exc}") from None
+                job = Job(m, configs, is_quick, origin=f"runs[{i}]")
+                if job.key not in seen:
+                    seen.add(job.key)
+                    jobs.append(job)
     reports_dir = Path(reports if reports is not None else defaults.get("reports", "reports"))
     return Sweep(
         name=str(data.get("name") or path.stem),

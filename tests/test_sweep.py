@@ -410,3 +410,16 @@ def test_committed_sweep_files_parse_and_check(name, quick, n):
     for model in ("smollm2-135m", "minilm-l6-sentiment", "bert2bert-punct"):
         for family in ("pruning", "quantization", "distillation", "moefication"):
             assert (model, family) in families, f"{name}: no {family} run on {model}"
+
+
+def test_both_orders_with_a_step_grid(tmp_path, tiny_models):
+    text = f"""
+        models = ["{tiny_models['llama']}"]
+        [[runs]]
+        pipeline = ["wanda", "rtn"]
+        grid = {{ "1.bits" = [8, 4] }}
+        both_orders = true
+    """
+    sweep = load_sweep(write(tmp_path / "o.toml", text))
+    assert sorted(j.label for j in sweep.jobs) == sorted(
+        ["wanda+rtn", "wanda+rtn(bits=4)", "rtn+wanda", "rtn(bits=4)+wanda"])
