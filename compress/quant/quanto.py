@@ -65,7 +65,11 @@ def quantize(model: nn.Module, names: list[str], weights: str, activations: str 
             with Calibration(streamline=False):
                 for batch in batches or []:
                     calib.forward(model, batch)
-        freeze(model)
+        # frozen under inference_mode: quanto 0.2.7's int4 weights otherwise fail inside
+        # torch.inference_mode ("Cannot set version_counter for inference tensor"), which the
+        # shared benchmark uses; the frozen weights then work under no_grad too.
+        with torch.inference_mode():
+            freeze(model)
     return model
 
 
@@ -94,7 +98,8 @@ def load(folder: Path) -> nn.Module:
     state = load_file(str(folder / "model.safetensors"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        requantize(model, state, manifest["quantization_map"], device=torch.device("cpu"))
+        with torch.inference_mode():  # as in quantize(): see the comment there
+            requantize(model, state, manifest["quantization_map"], device=torch.device("cpu"))
     model.tie_weights()
     model.eval()
     if manifest.get("logical_counts"):

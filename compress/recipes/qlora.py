@@ -80,10 +80,16 @@ def qlora(model: nn.Module, config: QLoRAConfig, context: Context) -> nn.Module:
         # (transformers' dequantize() would turn GPT-2 Conv1D into Linear).
         bnb_q.copy_dequantized(base, model)
         base = model
+    seq_len = config.seq_len
+    if task == "causal-lm" and config.steps and context.tokenizer is not None:
+        # a short training text still gives at least two windows (recorded below)
+        n_tok = len(context.tokenizer("\n\n".join(map(str, context.train)),
+                                      add_special_tokens=False)["input_ids"])
+        seq_len = max(2, min(seq_len, n_tok // 2))
     train_info: dict = {}
     out = finetune(
         base, context.tokenizer, task, list(context.train), steps=config.steps, lr=config.lr,
-        batch_size=config.batch_size, seq_len=config.seq_len, method="lora",
+        batch_size=config.batch_size, seq_len=seq_len, method="lora",
         lora_r=config.lora_r, lora_alpha=config.lora_alpha, keep_zero=False, seed=config.seed,
         info=train_info,
     )

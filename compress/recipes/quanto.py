@@ -4,9 +4,9 @@ The optimum route: ``optimum.quanto.quantize`` + ``freeze`` on the targeted line
 (GPT-2 ``Conv1D`` converted to ``Linear`` first); with ``activations=int8`` a
 calibration pass records activation scales first. Weights are really stored in int8 /
 packed int4 (int4 in groups of 128 with scale and shift). On this CPU quanto's
-kernels are slower than fp32 (measured in ``bench/quant_speed.py``). Known limit of
-optimum-quanto 0.2.7: int4 weights fail under ``torch.inference_mode`` ("Cannot set
-version_counter for inference tensor"); they run under ``torch.no_grad``. Reload with
+kernels are slower than fp32 (measured in ``bench/quant_speed.py``). The weights are
+frozen inside ``torch.inference_mode`` (optimum-quanto 0.2.7's int4 weights frozen
+outside it fail under ``inference_mode``), so the result is for inference only. Reload with
 :func:`compress.saving.load_compressed` (format ``quanto``).
 
     python -m compress.recipes.quanto --model smollm2-135m --weights int4 --out out/smol-q4
@@ -65,9 +65,7 @@ def quanto(model: nn.Module, config: QuantoConfig, context: Context) -> nn.Modul
         bits=8 if config.weights == "int8" else 4,
         group_size=128 if config.weights == "int4" else None,
         dense_bytes=before["bytes"], packed_bytes=counts["bytes"],
-        note="optimum-quanto: real packed weights; slower than fp32 on this CPU"
-        + ("; int4 fails under torch.inference_mode (quanto 0.2.7), use no_grad"
-           if config.weights == "int4" else ""),
+        note="optimum-quanto: real packed weights, inference only; slower than fp32 on this CPU",
     )
     return model
 
