@@ -92,19 +92,23 @@ class CostKind:
 
 COSTS: dict[str, CostKind] = {
     "size": CostKind(
-        "size", "bytes on disk of the saved model folder",
+        "size",
+        "bytes on disk of the saved model folder",
         lambda r: _num(_dig(r.get("profile", {}), "bytes_on_disk")),
     ),
     "latency": CostKind(
-        "latency", "median forward latency, batch 1 x 128 tokens",
+        "latency",
+        "median forward latency, batch 1 x 128 tokens",
         lambda r: _num(_dig(r.get("profile", {}), "latency", "1x128", "median_ms")),
     ),
     "nonzeros": CostKind(
-        "nonzeros", "nonzero parameters",
+        "nonzeros",
+        "nonzero parameters",
         lambda r: _num(_dig(r.get("profile", {}), "params_nonzero")),
     ),
     "packed": CostKind(
-        "packed", "bytes of the weights in their packed format (quantization's packed_bytes, "
+        "packed",
+        "bytes of the weights in their packed format (quantization's packed_bytes, "
         "else the weight files on disk)",
         _packed_bytes,
     ),
@@ -129,8 +133,9 @@ class Budget:
 def parse_budget(text: str) -> Budget:
     """``"size=0.5"`` -> ``Budget("size", 0.5)``; bad input is a one-line UserError."""
     if "=" not in text:
-        raise UserError(f"budget {text!r}: write it as KIND=FRACTION, e.g. size=0.5 "
-                        f"(kinds: {', '.join(COSTS)})")
+        raise UserError(
+            f"budget {text!r}: write it as KIND=FRACTION, e.g. size=0.5 (kinds: {', '.join(COSTS)})"
+        )
     kind, raw = (part.strip() for part in text.split("=", 1))
     if kind not in COSTS:
         raise did_you_mean("budget kind", kind, COSTS)
@@ -282,8 +287,19 @@ def pick_for_model(
             scored.append((run, float(m["value"]), ratio))
         # a small tolerance: a run at exactly the budget meets it despite float noise
         meeting = [s for s in scored if s[2] <= budget.fraction * (1 + 1e-9)]
-        pick = Pick(model, family, budget, name, hib, float(base_metric["value"]), None, None,
-                    None, len(scored), len(meeting))
+        pick = Pick(
+            model,
+            family,
+            budget,
+            name,
+            hib,
+            float(base_metric["value"]),
+            None,
+            None,
+            None,
+            len(scored),
+            len(meeting),
+        )
         if meeting:
             # best quality; ties go to the cheaper run
             best = max(meeting, key=lambda s: ((s[1] if hib else -s[1]), -s[2]))
@@ -349,22 +365,47 @@ def rich_table(picks: dict[str, list[Pick]], budget: Budget):
     from rich import box
     from rich.table import Table
 
-    table = Table(title=f"Equal budget: {budget} ({budget.cost.description})",
-                  box=box.SIMPLE_HEAVY, title_justify="left")
-    for col, just in (("model", "left"), ("family", "left"), ("best run within budget", "left"),
-                      ("cost/dense", "right"), ("quality", "right"), ("dense", "right"),
-                      ("kept", "right"), ("meeting", "right")):
+    table = Table(
+        title=f"Equal budget: {budget} ({budget.cost.description})",
+        box=box.SIMPLE_HEAVY,
+        title_justify="left",
+    )
+    for col, just in (
+        ("model", "left"),
+        ("family", "left"),
+        ("best run within budget", "left"),
+        ("cost/dense", "right"),
+        ("quality", "right"),
+        ("dense", "right"),
+        ("kept", "right"),
+        ("meeting", "right"),
+    ):
         table.add_column(col, justify=just)
     for model, rows in picks.items():
         for p in rows:
             if p.chosen is not None:
                 kept = f"{p.retained * 100:.1f}%" if p.retained is not None else "–"
-                table.add_row(model, p.family, p.label, f"{p.ratio:.3f}",
-                              f"{p.metric} {_fmt(p.value)}", _fmt(p.baseline_value), kept,
-                              f"{p.n_meeting}/{p.n_runs}")
+                table.add_row(
+                    model,
+                    p.family,
+                    p.label,
+                    f"{p.ratio:.3f}",
+                    f"{p.metric} {_fmt(p.value)}",
+                    _fmt(p.baseline_value),
+                    kept,
+                    f"{p.n_meeting}/{p.n_runs}",
+                )
             else:
-                table.add_row(model, p.family, "[red]none meets the budget[/]", "–", "–",
-                              _fmt(p.baseline_value), "–", f"0/{p.n_runs}")
+                table.add_row(
+                    model,
+                    p.family,
+                    "[red]none meets the budget[/]",
+                    "–",
+                    "–",
+                    _fmt(p.baseline_value),
+                    "–",
+                    f"0/{p.n_runs}",
+                )
     return table
 
 

@@ -42,8 +42,14 @@ FAMILY_STYLE: dict[str, tuple[str, str]] = {  # family -> (colour, marker)
     "distillation": ("tab:green", "^"),
     "moefication": ("tab:purple", "D"),
 }
-_EXTRA_STYLES = [("tab:red", "P"), ("tab:brown", "X"), ("tab:pink", "v"), ("tab:olive", "<"),
-                 ("tab:cyan", ">"), ("tab:gray", "h")]
+_EXTRA_STYLES = [
+    ("tab:red", "P"),
+    ("tab:brown", "X"),
+    ("tab:pink", "v"),
+    ("tab:olive", "<"),
+    ("tab:cyan", ">"),
+    ("tab:gray", "h"),
+]
 PRUNING_RECIPES = tuple(r for r, f in RECIPE_FAMILY.items() if f == "pruning")
 
 
@@ -67,7 +73,8 @@ def pareto_front(
     front = []
     for i, (x, y) in enumerate(keyed):
         dominated = any(
-            (ox <= x and oy <= y) and (ox < x or oy < y) for j, (ox, oy) in enumerate(keyed)
+            (ox <= x and oy <= y) and (ox < x or oy < y)
+            for j, (ox, oy) in enumerate(keyed)
             if j != i
         )
         if not dominated:
@@ -193,12 +200,18 @@ def plot_sparsity(reports: list[dict[str, Any]], out_dir: str | Path) -> list[Pa
                 values += [y for y in ys if y == y]
                 colour = f"C{i}"
                 if ":" in line:  # an N:M pattern: one point, a marker, no line
-                    ax.plot(xs[1:], ys[1:], linestyle="none", marker="X", markersize=9,
-                            color=colour, label=line)
+                    ax.plot(
+                        xs[1:],
+                        ys[1:],
+                        linestyle="none",
+                        marker="X",
+                        markersize=9,
+                        color=colour,
+                        label=line,
+                    )
                 else:
                     ax.plot(xs, ys, marker="o", color=colour, label=line)
-            ax.axhline(base_m["value"], color="black", linestyle=":", linewidth=1,
-                       label="dense")
+            ax.axhline(base_m["value"], color="black", linestyle=":", linewidth=1, label="dense")
             positive = [v for v in values if v > 0]
             if _is_ppl(name) and positive and max(positive) / min(positive) > 3:
                 ax.set_yscale("log")
@@ -247,30 +260,50 @@ def plot_pareto(reports: list[dict[str, Any]], out_dir: str | Path) -> list[Path
                     continue
                 pts.append((x * scale, float(m["value"]), r))
             if not pts:
-                ax.text(0.5, 0.5, f"no run with {kind} measured", ha="center",
-                        transform=ax.transAxes)
+                ax.text(
+                    0.5, 0.5, f"no run with {kind} measured", ha="center", transform=ax.transAxes
+                )
                 continue
             any_points = True
             order = ["baseline", "pruning", "quantization", "distillation", "moefication"]
-            pts.sort(key=lambda p: (order.index(family_of(p[2])) if family_of(p[2]) in order
-                                    else len(order), family_of(p[2])))
+            pts.sort(
+                key=lambda p: (
+                    order.index(family_of(p[2])) if family_of(p[2]) in order else len(order),
+                    family_of(p[2]),
+                )
+            )
             seen: set[str] = set()
             for x, y, r in pts:
                 family = family_of(r)
                 colour, marker = style_for(family, extra)
                 size = 160 if family == "baseline" else 45
-                ax.scatter([x], [y], color=colour, marker=marker, s=size, zorder=3,
-                           label=family if family not in seen else None, alpha=0.85)
+                ax.scatter(
+                    [x],
+                    [y],
+                    color=colour,
+                    marker=marker,
+                    s=size,
+                    zorder=3,
+                    label=family if family not in seen else None,
+                    alpha=0.85,
+                )
                 seen.add(family)
             front = pareto_front([(x, y) for x, y, _ in pts], minimize_x=True, maximize_y=hib)
             fx = [pts[i][0] for i in front]
             fy = [pts[i][1] for i in front]
-            ax.step(fx, fy, where="post", color="crimson", linewidth=1.3, zorder=2,
-                    label="Pareto front")
+            ax.step(
+                fx, fy, where="post", color="crimson", linewidth=1.3, zorder=2, label="Pareto front"
+            )
             for i in front:
                 x, y, r = pts[i]
-                ax.annotate(r.get("label", "?"), (x, y), textcoords="offset points",
-                            xytext=(4, 4), fontsize=7, color="crimson")
+                ax.annotate(
+                    r.get("label", "?"),
+                    (x, y),
+                    textcoords="offset points",
+                    xytext=(4, 4),
+                    fontsize=7,
+                    color="crimson",
+                )
             ys = [p[1] for p in pts if p[1] > 0]
             if _is_ppl(name) and ys and max(ys) / min(ys) > 3:
                 ax.set_yscale("log")
@@ -283,8 +316,9 @@ def plot_pareto(reports: list[dict[str, Any]], out_dir: str | Path) -> list[Path
             plt.close(fig)
             continue
         quick = " [quick]" if base.get("quick") else ""
-        fig.suptitle(f"{model}{quick}: quality against cost, every run (front: no run is better "
-                     "on both)")
+        fig.suptitle(
+            f"{model}{quick}: quality against cost, every run (front: no run is better on both)"
+        )
         fig.tight_layout()
         written.append(_save(fig, out_dir / f"{model_slug(model)}_pareto.png"))
     return written
@@ -298,11 +332,13 @@ def make_plots(reports: list[dict[str, Any]], out_dir: str | Path) -> dict[str, 
 def main(argv: list[str] | None = None) -> int:
     from eval.report import read_reports
 
-    parser = argparse.ArgumentParser(prog="python -m eval.plots",
-                                     description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m eval.plots", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("reports", type=Path, nargs="?", default=Path("reports"))
-    parser.add_argument("--out", type=Path, default=None,
-                        help="folder for the PNGs (default: REPORTS/plots)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="folder for the PNGs (default: REPORTS/plots)"
+    )
     args = parser.parse_args(argv)
     reports = read_reports(args.reports, warn=lambda w: print(f"warning: {w}", file=sys.stderr))
     written = make_plots(reports, args.out or args.reports / "plots")

@@ -149,46 +149,210 @@ class Anchor:
 
 #: published numbers from /work/shared/ANCHORS.md (protocols differ: see each source).
 ANCHORS: tuple[Anchor, ...] = (
-    Anchor("magnitude", {"sparsity": 0.5, "pattern": None}, "causal-lm", "50% unstructured",
-           "OPT-125M", "WikiText-2 ppl", 27.66, 193.4, False,
-           "Wanda paper (Sun et al. 2023), C4 calibration, no fine-tuning"),
-    Anchor("wanda", {"sparsity": 0.5, "pattern": None}, "causal-lm", "50% unstructured",
-           "OPT-125M", "WikiText-2 ppl", 27.66, 39.3, False, "Sun et al. 2023"),
-    Anchor("magnitude", {"pattern": "2:4"}, "causal-lm", "2:4", "OPT-125M", "WikiText-2 ppl",
-           27.66, 341.5, False, "Sun et al. 2023"),
-    Anchor("wanda", {"pattern": "2:4"}, "causal-lm", "2:4", "OPT-125M", "WikiText-2 ppl",
-           27.66, 81.6, False, "Sun et al. 2023"),
-    Anchor("magnitude", {"sparsity": 0.5, "pattern": None}, "causal-lm", "50% unstructured",
-           "LLaMA-7B", "WikiText-2 ppl", 5.68, 17.29, False, "Sun et al. 2023"),
-    Anchor("wanda", {"sparsity": 0.5, "pattern": None}, "causal-lm", "50% unstructured",
-           "LLaMA-7B", "WikiText-2 ppl", 5.68, 7.26, False, "Sun et al. 2023"),
-    Anchor("rtn", {"bits": 4, "granularity": "channel"}, "causal-lm", "4-bit per row",
-           "OPT-125M", "WikiText-2 ppl", 27.65, 37.28, False,
-           "GPTQ paper (Frantar et al. 2022), 2048-token windows"),
-    Anchor("gptq", {"bits": 4, "granularity": "channel"}, "causal-lm", "4-bit per row",
-           "OPT-125M", "WikiText-2 ppl", 27.65, 31.12, False, "Frantar et al. 2022"),
-    Anchor("rtn", {"bits": 4, "granularity": "group", "group_size": 128}, "causal-lm",
-           "4-bit, groups of 128", "OPT-125M", "WikiText-2 ppl", 27.66, 30.48, False,
-           "AWQ paper (Lin et al. 2023)"),
-    Anchor("gptq", {"bits": 4, "granularity": "group", "group_size": 128}, "causal-lm",
-           "4-bit, groups of 128", "OPT-125M", "WikiText-2 ppl", 27.66, 29.45, False,
-           "Lin et al. 2023"),
-    Anchor("rtn", {"bits": 3, "granularity": "channel"}, "causal-lm", "3-bit per row",
-           "OPT-125M", "WikiText-2 ppl", 27.65, 1300.0, False, "Frantar et al. 2022"),
-    Anchor("gptq", {"bits": 3, "granularity": "channel"}, "causal-lm", "3-bit per row",
-           "OPT-125M", "WikiText-2 ppl", 27.65, 53.85, False, "Frantar et al. 2022"),
-    Anchor("dynamic-int8", {}, "classification", "int8 weights + activations, CPU",
-           "BERT-base on MRPC", "F1", 0.902, 0.902, True,
-           "PyTorch dynamic quantization tutorial (438 MB -> 181 MB, about 1.8x faster)"),
-    Anchor("bnb-int8", {}, "causal-lm", "LLM.int8()", "OPT-175B", "HellaSwag accuracy",
-           0.7849, 0.7849, True, "Dettmers et al. 2022 (about 15-23% slower than fp16)"),
-    Anchor("distill", {}, "classification", "6-layer student", "DistilBERT vs BERT-base",
-           "GLUE score", 79.5, 77.0, True, "Sanh et al. 2019 (110M -> 66M, 60% faster)"),
-    Anchor("distill", {}, "causal-lm", "6-layer student", "DistilGPT2 vs GPT-2",
-           "WikiText-103 ppl", 16.3, 21.1, False, "Hugging Face DistilGPT2 model card"),
-    Anchor("moefy", {}, "classification", "10-30% of FFN per input", "T5/BERT (MoEfication)",
-           "performance kept", 1.0, 0.95, True,
-           "Zhang et al. 2022: over 95% of performance kept"),
+    Anchor(
+        "magnitude",
+        {"sparsity": 0.5, "pattern": None},
+        "causal-lm",
+        "50% unstructured",
+        "OPT-125M",
+        "WikiText-2 ppl",
+        27.66,
+        193.4,
+        False,
+        "Wanda paper (Sun et al. 2023), C4 calibration, no fine-tuning",
+    ),
+    Anchor(
+        "wanda",
+        {"sparsity": 0.5, "pattern": None},
+        "causal-lm",
+        "50% unstructured",
+        "OPT-125M",
+        "WikiText-2 ppl",
+        27.66,
+        39.3,
+        False,
+        "Sun et al. 2023",
+    ),
+    Anchor(
+        "magnitude",
+        {"pattern": "2:4"},
+        "causal-lm",
+        "2:4",
+        "OPT-125M",
+        "WikiText-2 ppl",
+        27.66,
+        341.5,
+        False,
+        "Sun et al. 2023",
+    ),
+    Anchor(
+        "wanda",
+        {"pattern": "2:4"},
+        "causal-lm",
+        "2:4",
+        "OPT-125M",
+        "WikiText-2 ppl",
+        27.66,
+        81.6,
+        False,
+        "Sun et al. 2023",
+    ),
+    Anchor(
+        "magnitude",
+        {"sparsity": 0.5, "pattern": None},
+        "causal-lm",
+        "50% unstructured",
+        "LLaMA-7B",
+        "WikiText-2 ppl",
+        5.68,
+        17.29,
+        False,
+        "Sun et al. 2023",
+    ),
+    Anchor(
+        "wanda",
+        {"sparsity": 0.5, "pattern": None},
+        "causal-lm",
+        "50% unstructured",
+        "LLaMA-7B",
+        "WikiText-2 ppl",
+        5.68,
+        7.26,
+        False,
+        "Sun et al. 2023",
+    ),
+    Anchor(
+        "rtn",
+        {"bits": 4, "granularity": "channel"},
+        "causal-lm",
+        "4-bit per row",
+        "OPT-125M",
+        "WikiText-2 ppl",
+        27.65,
+        37.28,
+        False,
+        "GPTQ paper (Frantar et al. 2022), 2048-token windows",
+    ),
+    Anchor(
+        "gptq",
+        {"bits": 4, "granularity": "channel"},
+        "causal-lm",
+        "4-bit per row",
+        "OPT-125M",
+        "WikiText-2 ppl",
+        27.65,
+        31.12,
+        False,
+        "Frantar et al. 2022",
+    ),
+    Anchor(
+        "rtn",
+        {"bits": 4, "granularity": "group", "group_size": 128},
+        "causal-lm",
+        "4-bit, groups of 128",
+        "OPT-125M",
+        "WikiText-2 ppl",
+        27.66,
+        30.48,
+        False,
+        "AWQ paper (Lin et al. 2023)",
+    ),
+    Anchor(
+        "gptq",
+        {"bits": 4, "granularity": "group", "group_size": 128},
+        "causal-lm",
+        "4-bit, groups of 128",
+        "OPT-125M",
+        "WikiText-2 ppl",
+        27.66,
+        29.45,
+        False,
+        "Lin et al. 2023",
+    ),
+    Anchor(
+        "rtn",
+        {"bits": 3, "granularity": "channel"},
+        "causal-lm",
+        "3-bit per row",
+        "OPT-125M",
+        "WikiText-2 ppl",
+        27.65,
+        1300.0,
+        False,
+        "Frantar et al. 2022",
+    ),
+    Anchor(
+        "gptq",
+        {"bits": 3, "granularity": "channel"},
+        "causal-lm",
+        "3-bit per row",
+        "OPT-125M",
+        "WikiText-2 ppl",
+        27.65,
+        53.85,
+        False,
+        "Frantar et al. 2022",
+    ),
+    Anchor(
+        "dynamic-int8",
+        {},
+        "classification",
+        "int8 weights + activations, CPU",
+        "BERT-base on MRPC",
+        "F1",
+        0.902,
+        0.902,
+        True,
+        "PyTorch dynamic quantization tutorial (438 MB -> 181 MB, about 1.8x faster)",
+    ),
+    Anchor(
+        "bnb-int8",
+        {},
+        "causal-lm",
+        "LLM.int8()",
+        "OPT-175B",
+        "HellaSwag accuracy",
+        0.7849,
+        0.7849,
+        True,
+        "Dettmers et al. 2022 (about 15-23% slower than fp16)",
+    ),
+    Anchor(
+        "distill",
+        {},
+        "classification",
+        "6-layer student",
+        "DistilBERT vs BERT-base",
+        "GLUE score",
+        79.5,
+        77.0,
+        True,
+        "Sanh et al. 2019 (110M -> 66M, 60% faster)",
+    ),
+    Anchor(
+        "distill",
+        {},
+        "causal-lm",
+        "6-layer student",
+        "DistilGPT2 vs GPT-2",
+        "WikiText-103 ppl",
+        16.3,
+        21.1,
+        False,
+        "Hugging Face DistilGPT2 model card",
+    ),
+    Anchor(
+        "moefy",
+        {},
+        "classification",
+        "10-30% of FFN per input",
+        "T5/BERT (MoEfication)",
+        "performance kept",
+        1.0,
+        0.95,
+        True,
+        "Zhang et al. 2022: over 95% of performance kept",
+    ),
 )
 
 
@@ -252,10 +416,13 @@ def _data_sources(runs: list[dict[str, Any]]) -> list[str]:
                 continue
             files = ", ".join(
                 f"{f.get('package')} {f.get('version')} `{f.get('path')}`"
-                for f in data.get("files", []) if isinstance(f, dict)
+                for f in data.get("files", [])
+                if isinstance(f, dict)
             )
-            seen[key] = (f"`{key[0]}` / `{key[1]}`: {data.get('examples', '?')} examples from "
-                         f"{files or 'unknown files'}; {data.get('rule', '')}")
+            seen[key] = (
+                f"`{key[0]}` / `{key[1]}`: {data.get('examples', '?')} examples from "
+                f"{files or 'unknown files'}; {data.get('rule', '')}"
+            )
     return list(seen.values())
 
 
@@ -305,7 +472,9 @@ def read_manifests(folder: Path) -> list[dict[str, Any]]:
     from eval.sweep import MANIFESTS
 
     out = []
-    for path in sorted((folder / MANIFESTS).glob("*.json")) if (folder / MANIFESTS).is_dir() else []:
+    for path in (
+        sorted((folder / MANIFESTS).glob("*.json")) if (folder / MANIFESTS).is_dir() else []
+    ):
         try:
             out.append(json.loads(path.read_text(encoding="utf-8")))
         except (OSError, ValueError):
@@ -335,26 +504,34 @@ class Writer:
 def _section_budget(w: Writer, reports: list[dict[str, Any]], budgets: list[Budget]) -> None:
     w(f"## 1. {SECTIONS[0]}")
     w()
-    w("At the same cost, which technique keeps the most quality? For each budget (a fraction "
-      "of the dense model's cost, as measured by the profiler), each family's best run "
-      "within the budget; *quality* is each model's primary metric:")
+    w(
+        "At the same cost, which technique keeps the most quality? For each budget (a fraction "
+        "of the dense model's cost, as measured by the profiler), each family's best run "
+        "within the budget; *quality* is each model's primary metric:"
+    )
     w()
     for task, (name, why) in PRIMARY_METRIC.items():
         w(f"- {task}: `{name}`, {why}")
     w()
-    w("*kept* is the quality as a fraction of the dense model's (for lower-is-better "
-      "metrics, dense / run). *runs meeting* counts the family's runs within the budget out "
-      "of those measured. A family with no run in the budget shows its cheapest run.")
+    w(
+        "*kept* is the quality as a fraction of the dense model's (for lower-is-better "
+        "metrics, dense / run). *runs meeting* counts the family's runs within the budget out "
+        "of those measured. A family with no run in the budget shows its cheapest run."
+    )
     w()
     for budget in budgets:
-        w(f"### Budget {budget}: {COSTS[budget.kind].description} at most "
-          f"{budget.fraction:g} x dense")
+        w(
+            f"### Budget {budget}: {COSTS[budget.kind].description} at most "
+            f"{budget.fraction:g} x dense"
+        )
         w()
         w(markdown_table(pick(reports, budget), budget))
-    w("Unstructured zeros do not shrink a dense file or speed up a dense matmul, and "
-      "simulated quantization (`rtn`, `gptq`) stores rounded values as float32: such runs "
-      "meet `nonzeros` (and `packed`) budgets but not `size` or `latency` budgets. That is "
-      "the measured answer, not an artefact.")
+    w(
+        "Unstructured zeros do not shrink a dense file or speed up a dense matmul, and "
+        "simulated quantization (`rtn`, `gptq`) stores rounded values as float32: such runs "
+        "meet `nonzeros` (and `packed`) budgets but not `size` or `latency` budgets. That is "
+        "the measured answer, not an artefact."
+    )
     w()
 
 
@@ -363,10 +540,12 @@ def _section_techniques(w: Writer, reports: list[dict[str, Any]]) -> None:
 
     w(f"## 2. {SECTIONS[1]}")
     w()
-    w("Every technique is a recipe behind one contract, `compress(model, config, context) -> "
-      "model`, returning a plain model that saves and reloads; one benchmark and one "
-      "profiler score every result. The recipes of each family in this suite, and how "
-      "many runs of each these results hold:")
+    w(
+        "Every technique is a recipe behind one contract, `compress(model, config, context) -> "
+        "model`, returning a plain model that saves and reloads; one benchmark and one "
+        "profiler score every result. The recipes of each family in this suite, and how "
+        "many runs of each these results hold:"
+    )
     w()
     used = Counter(s.get("recipe") for r in reports for s in r.get("pipeline", []))
     names = recipe_names()
@@ -404,9 +583,11 @@ def _section_techniques(w: Writer, reports: list[dict[str, Any]]) -> None:
     if composite:
         w("### Compositions")
         w()
-        w("Pipelines chain recipes in order (the order matters: a quantizer after pruning "
-          "must keep the zeros; training after quantization would undo the rounding). "
-          "Compositions measured here: " + ", ".join(f"{c}" for c in composite) + ".")
+        w(
+            "Pipelines chain recipes in order (the order matters: a quantizer after pruning "
+            "must keep the zeros; training after quantization would undo the rounding). "
+            "Compositions measured here: " + ", ".join(f"{c}" for c in composite) + "."
+        )
         w()
 
 
@@ -420,8 +601,11 @@ def recipe_doc(name: str, max_chars: int = 700) -> str:
     doc = (module.__doc__ or "") if module else ""
     paragraphs = [p.strip() for p in doc.strip().split("\n\n")]
     # skip the title line and command examples (indented blocks)
-    body = [p for p in paragraphs[1:] if p and not p.startswith(("python -m", ">>>"))
-            and "python -m " not in p.splitlines()[0]]
+    body = [
+        p
+        for p in paragraphs[1:]
+        if p and not p.startswith(("python -m", ">>>")) and "python -m " not in p.splitlines()[0]
+    ]
     text = " ".join(body[:2])
     text = re.sub(r"\s+", " ", text).replace("``", "`")
     text = re.sub(r":(?:func|class|mod|data|meth):`([^`]+)`", r"`\1`", text)
@@ -443,8 +627,11 @@ def _section_models(w: Writer, by_model: dict[str, list[dict[str, Any]]]) -> Non
         stacks = arch.get("stacks") or []
         shape = "; ".join(
             f"{s.get('role')}: {s.get('blocks')} blocks, {s.get('heads')} heads"
-            + (f" ({s.get('kv_heads')} KV)" if s.get("kv_heads") not in (None, s.get("heads"))
-               else "")
+            + (
+                f" ({s.get('kv_heads')} KV)"
+                if s.get("kv_heads") not in (None, s.get("heads"))
+                else ""
+            )
             + (f", FFN {s.get('intermediate')}" if s.get("intermediate") else "")
             for s in stacks
         )
@@ -455,9 +642,11 @@ def _section_models(w: Writer, by_model: dict[str, list[dict[str, Any]]]) -> Non
             desc += f" ({shape})"
         profile = (base or {}).get("profile", {})
         params = profile.get("params_total")
-        w(f"| {model} | {ref['model'].get('task', '?')} | {desc} | "
-          f"{_fmt(params / 1e6 if params else None)} M | {_mb(profile.get('bytes_on_disk'))} | "
-          f"{ref['model'].get('source', '?')} |")
+        w(
+            f"| {model} | {ref['model'].get('task', '?')} | {desc} | "
+            f"{_fmt(params / 1e6 if params else None)} M | {_mb(profile.get('bytes_on_disk'))} | "
+            f"{ref['model'].get('source', '?')} |"
+        )
     w()
     for model in by_model:
         note = MODEL_NOTES.get(model)
@@ -466,21 +655,29 @@ def _section_models(w: Writer, by_model: dict[str, list[dict[str, Any]]]) -> Non
     w()
 
 
-def _section_analysis(w: Writer, by_model: dict[str, list[dict[str, Any]]],
-                      analysis: dict[str, dict[str, Any]], analysis_dir: Path,
-                      out_dir: Path) -> None:
+def _section_analysis(
+    w: Writer,
+    by_model: dict[str, list[dict[str, Any]]],
+    analysis: dict[str, dict[str, Any]],
+    analysis_dir: Path,
+    out_dir: Path,
+) -> None:
     w(f"## 4. {SECTIONS[3]}")
     w()
     if not analysis:
-        w(f"_No weight analysis in `{analysis_dir}`; run `python -m eval.analyze "
-          f"{' '.join(by_model) or 'MODEL'} --out {analysis_dir}/` and regenerate._")
+        w(
+            f"_No weight analysis in `{analysis_dir}`; run `python -m eval.analyze "
+            f"{' '.join(by_model) or 'MODEL'} --out {analysis_dir}/` and regenerate._"
+        )
         w()
         return
-    w("How much of each model is near zero before anything is pruned: the fraction of "
-      "weights with |w| above each threshold, by group of layers (exact counts over every "
-      "weight of the checkpoint, `python -m eval.analyze`). Heavy tails (large excess "
-      "kurtosis) mean a few large weights carry the scale: magnitude pruning removes the "
-      "small bulk cheaply, while quantization grids are stretched by the outliers.")
+    w(
+        "How much of each model is near zero before anything is pruned: the fraction of "
+        "weights with |w| above each threshold, by group of layers (exact counts over every "
+        "weight of the checkpoint, `python -m eval.analyze`). Heavy tails (large excess "
+        "kurtosis) mean a few large weights carry the scale: magnitude pruning removes the "
+        "small bulk cheaply, while quantization grids are stretched by the outliers."
+    )
     w()
     for model, data in analysis.items():
         thresholds = [f"{t:g}" for t in data.get("thresholds", [])]
@@ -498,9 +695,11 @@ def _section_analysis(w: Writer, by_model: dict[str, list[dict[str, Any]]],
             if not isinstance(s, dict) or not s.get("params"):
                 continue
             fracs = " | ".join(_pct(_dig(s, "frac_above", t)) for t in thresholds)
-            w(f"| {group} | {s['params']:,} | {fracs} | {_pct(s.get('frac_zero'))} | "
-              f"{_fmt(s.get('std'))} | {_fmt(s.get('excess_kurtosis'))} | "
-              f"{_fmt(s.get('max_abs'))} |")
+            w(
+                f"| {group} | {s['params']:,} | {fracs} | {_pct(s.get('frac_zero'))} | "
+                f"{_fmt(s.get('std'))} | {_fmt(s.get('excess_kurtosis'))} | "
+                f"{_fmt(s.get('max_abs'))} |"
+            )
         w()
         slug = data.get("slug") or Path(data["_path"]).stem
         for suffix, alt in (("_hist", "weight histograms"), ("_blocks", "per-block fractions")):
@@ -526,16 +725,22 @@ def _sparsity_of(run: dict[str, Any]) -> tuple[str, float] | None:
     return sparsity_point(run)
 
 
-def _section_pruned(w: Writer, by_model: dict[str, list[dict[str, Any]]],
-                    plots: dict[str, list[Path]], out_dir: Path) -> None:
+def _section_pruned(
+    w: Writer,
+    by_model: dict[str, list[dict[str, Any]]],
+    plots: dict[str, list[Path]],
+    out_dir: Path,
+) -> None:
     from eval.plots import model_slug
 
     w(f"## 5. {SECTIONS[4]}")
     w()
-    w("Each pruning method at each sparsity level (the configured fraction of the targeted "
-      "weights set to zero; N:M patterns at 1 - N/M), quality against the dense model. "
-      "*nonzero* is the measured fraction of all parameters left nonzero (embeddings and "
-      "norms are not pruned, so it stays above 1 - sparsity).")
+    w(
+        "Each pruning method at each sparsity level (the configured fraction of the targeted "
+        "weights set to zero; N:M patterns at 1 - N/M), quality against the dense model. "
+        "*nonzero* is the measured fraction of all parameters left nonzero (embeddings and "
+        "norms are not pruned, so it stays above 1 - sparsity)."
+    )
     w()
     any_rows = False
     sparsity_plots = {p.name: p for p in plots.get("sparsity", [])}
@@ -553,13 +758,18 @@ def _section_pruned(w: Writer, by_model: dict[str, list[dict[str, Any]]],
         w(f"### {model}")
         w()
         cols = [name] + other
-        w("| method | sparsity | " + " | ".join(
-            f"{c} {'↑' if metric(base, c)['higher_is_better'] else '↓'}" for c in cols)
-          + " | nonzero | lat 1x128 |")
+        w(
+            "| method | sparsity | "
+            + " | ".join(f"{c} {'↑' if metric(base, c)['higher_is_better'] else '↓'}" for c in cols)
+            + " | nonzero | lat 1x128 |"
+        )
         w("|---|--:|" + "--:|" * len(cols) + "--:|--:|")
         dense_lat = _dig(base, "profile", "latency", "1x128", "median_ms")
-        w("| dense | 0% | " + " | ".join(_fmt(metric(base, c)["value"]) for c in cols)
-          + f" | 100.0% | {_fmt(dense_lat, 3)} ms |")
+        w(
+            "| dense | 0% | "
+            + " | ".join(_fmt(metric(base, c)["value"]) for c in cols)
+            + f" | 100.0% | {_fmt(dense_lat, 3)} ms |"
+        )
         for (line, level), r in sorted(points, key=lambda x: (x[0][0], x[0][1])):
             vals = []
             for c in cols:
@@ -567,14 +777,21 @@ def _section_pruned(w: Writer, by_model: dict[str, list[dict[str, Any]]],
                 vals.append(_fmt(m["value"]) if m else "–")
             nz = cost_ratio(r, base, "nonzeros")
             lat = _dig(r, "profile", "latency", "1x128", "median_ms")
-            w(f"| {line} | {level * 100:g}% | " + " | ".join(vals)
-              + f" | {_pct(nz)} | {_fmt(lat, 3)} ms |")
+            w(
+                f"| {line} | {level * 100:g}% | "
+                + " | ".join(vals)
+                + f" | {_pct(nz)} | {_fmt(lat, 3)} ms |"
+            )
         w()
-        missing = [lv for lv in SPARSITY_LEVELS
-                   if not any(abs(p[1] - lv) < 1e-6 for p, _ in points)]
+        missing = [
+            lv for lv in SPARSITY_LEVELS if not any(abs(p[1] - lv) < 1e-6 for p, _ in points)
+        ]
         if missing:
-            w(f"_Levels not run for {model}: "
-              + ", ".join(f"{lv * 100:g}%" for lv in missing) + "._")
+            w(
+                f"_Levels not run for {model}: "
+                + ", ".join(f"{lv * 100:g}%" for lv in missing)
+                + "._"
+            )
             w()
         png = sparsity_plots.get(f"{model_slug(model)}_sparsity.png")
         if png is not None:
@@ -583,13 +800,14 @@ def _section_pruned(w: Writer, by_model: dict[str, list[dict[str, Any]]],
         if base_m is not None:
             worst = max(
                 ((r, metric(r, name)) for _, r in points if metric(r, name)),
-                key=lambda x: (x[1]["value"] if not base_m["higher_is_better"]
-                               else -x[1]["value"]),
+                key=lambda x: x[1]["value"] if not base_m["higher_is_better"] else -x[1]["value"],
                 default=None,
             )
             if worst is not None:
-                w(f"Worst {name}: `{worst[0]['label']}` at {_fmt(worst[1]['value'])} "
-                  f"(dense {_fmt(base_m['value'])}).")
+                w(
+                    f"Worst {name}: `{worst[0]['label']}` at {_fmt(worst[1]['value'])} "
+                    f"(dense {_fmt(base_m['value'])})."
+                )
                 w()
     if not any_rows:
         w("_No single-step pruning runs in these reports._")
@@ -613,8 +831,10 @@ def _matches(config: dict[str, Any], match: dict[str, Any]) -> bool:
 def _section_benchmarks(w: Writer, by_model: dict[str, list[dict[str, Any]]]) -> None:
     w(f"## 6. {SECTIONS[5]}")
     w()
-    w("Each model is scored by the benchmark suite of its task; every number carries its "
-      "protocol. The dense model's scores:")
+    w(
+        "Each model is scored by the benchmark suite of its task; every number carries its "
+        "protocol. The dense model's scores:"
+    )
     w()
     w("| model | metric | dense | protocol |")
     w("|---|---|--:|---|")
@@ -625,27 +845,35 @@ def _section_benchmarks(w: Writer, by_model: dict[str, list[dict[str, Any]]]) ->
             continue
         for m in base.get("metrics", []):
             arrow = "↑" if m["higher_is_better"] else "↓"
-            w(f"| {model} | {m['name']} {arrow} | {_fmt(m['value'])} | "
-              f"{_protocol_text(m.get('protocol'))} |")
+            w(
+                f"| {model} | {m['name']} {arrow} | {_fmt(m['value'])} | "
+                f"{_protocol_text(m.get('protocol'))} |"
+            )
     w()
     sources = _data_sources([r for runs in by_model.values() for r in runs])
     if sources:
-        w("The text each number was measured on (fixed splits of corpora that ship inside "
-          "Python packages, `compress.data`):")
+        w(
+            "The text each number was measured on (fixed splits of corpora that ship inside "
+            "Python packages, `compress.data`):"
+        )
         w()
         for line in sources:
             w(f"- {line}")
         w()
     w("### Against published numbers")
     w()
-    w("Published results hold for other models and other protocols (WikiText-2 with "
-      "2048-token windows, C4 calibration, GLUE): a perplexity is comparable only with "
-      "one measured the same way. What carries over is the *relative* change a method "
-      "causes, so both columns give compressed / dense. Small models degrade far more "
-      "than large ones.")
+    w(
+        "Published results hold for other models and other protocols (WikiText-2 with "
+        "2048-token windows, C4 calibration, GLUE): a perplexity is comparable only with "
+        "one measured the same way. What carries over is the *relative* change a method "
+        "causes, so both columns give compressed / dense. Small models degrade far more "
+        "than large ones."
+    )
     w()
-    w("| method | setting | published: model, metric | dense -> compressed | ratio | "
-      "ours: model, metric | dense -> compressed | ratio | source |")
+    w(
+        "| method | setting | published: model, metric | dense -> compressed | ratio | "
+        "ours: model, metric | dense -> compressed | ratio | source |"
+    )
     w("|---|---|---|--:|--:|---|--:|--:|---|")
     for a in ANCHORS:
         ours = []
@@ -657,8 +885,10 @@ def _section_benchmarks(w: Writer, by_model: dict[str, list[dict[str, Any]]]) ->
             base_m = metric(base, name)
             for r in runs_ok:
                 pipe = r.get("pipeline", [])
-                if len(pipe) == 1 and pipe[0]["recipe"] == a.recipe and _matches(
-                    pipe[0].get("config", {}), a.match
+                if (
+                    len(pipe) == 1
+                    and pipe[0]["recipe"] == a.recipe
+                    and _matches(pipe[0].get("config", {}), a.match)
                 ):
                     m = metric(r, name)
                     if m and base_m:
@@ -666,12 +896,16 @@ def _section_benchmarks(w: Writer, by_model: dict[str, list[dict[str, Any]]]) ->
         pub = f"{_fmt(a.dense)} -> {_fmt(a.compressed)}"
         pub_ratio = _ratio(a.compressed / a.dense) if a.dense else "–"
         if not ours:
-            w(f"| {a.recipe} | {a.setting} | {a.model}, {a.metric} | {pub} | {pub_ratio} | "
-              f"not run here | – | – | {a.source} |")
+            w(
+                f"| {a.recipe} | {a.setting} | {a.model}, {a.metric} | {pub} | {pub_ratio} | "
+                f"not run here | – | – | {a.source} |"
+            )
         for model, name, dense, value, label in ours:
-            w(f"| {a.recipe} | {a.setting} | {a.model}, {a.metric} | {pub} | {pub_ratio} | "
-              f"{model}, {name} (`{label}`) | {_fmt(dense)} -> {_fmt(value)} | "
-              f"{_ratio(value / dense if dense else None)} | {a.source} |")
+            w(
+                f"| {a.recipe} | {a.setting} | {a.model}, {a.metric} | {pub} | {pub_ratio} | "
+                f"{model}, {name} (`{label}`) | {_fmt(dense)} -> {_fmt(value)} | "
+                f"{_ratio(value / dense if dense else None)} | {a.source} |"
+            )
     w()
 
 
@@ -680,21 +914,24 @@ def _section_size_runtime(w: Writer, reports: list[dict[str, Any]]) -> None:
 
     w(f"## 7. {SECTIONS[6]}")
     w()
-    w("Every run, with its change against the dense run of the same model (`eval.compare`; "
-      "↑ higher is better, ↓ lower is better). *disk*: the saved folder; *nonzero*: nonzero "
-      "parameters; *lat*: median forward latency at batch x tokens; *ms/token*: greedy "
-      "generation; *peak RSS*: the process's resident memory peak while timing.")
+    w(
+        "Every run, with its change against the dense run of the same model (`eval.compare`; "
+        "↑ higher is better, ↓ lower is better). *disk*: the saved folder; *nonzero*: nonzero "
+        "parameters; *lat*: median forward latency at batch x tokens; *ms/token*: greedy "
+        "generation; *peak RSS*: the process's resident memory peak while timing."
+    )
     w()
-    base = next((r for r in reports if family_of(r) == "baseline" and r["status"] == "ok"),
-                None)
+    base = next((r for r in reports if family_of(r) == "baseline" and r["status"] == "ok"), None)
     if base is not None:
         p = base.get("profile", {})
         env = base.get("environment", {})
-        w(f"Profiler settings: {p.get('threads', env.get('threads', '?'))} threads, "
-          f"{p.get('warmup', '?')} warm-up and {p.get('repeats', '?')} timed runs per shape, "
-          f"device {p.get('device', '?')}, {p.get('dtype', '?')}; "
-          f"machine: {env.get('processor', '?')}, {env.get('cpu_count', '?')} CPUs. "
-          "Timings on a shared machine vary by a few percent between runs.")
+        w(
+            f"Profiler settings: {p.get('threads', env.get('threads', '?'))} threads, "
+            f"{p.get('warmup', '?')} warm-up and {p.get('repeats', '?')} timed runs per shape, "
+            f"device {p.get('device', '?')}, {p.get('dtype', '?')}; "
+            f"machine: {env.get('processor', '?')}, {env.get('cpu_count', '?')} CPUs. "
+            "Timings on a shared machine vary by a few percent between runs."
+        )
         w()
     rendered = [line.rstrip() for line in render(reports, markdown=True).splitlines()]
     # rich pads the tables with blank full-width lines: keep one blank line between blocks
@@ -703,24 +940,30 @@ def _section_size_runtime(w: Writer, reports: list[dict[str, Any]]) -> None:
     packed = [(r, _dig(r, "info", "quant")) for r in reports if r.get("status") == "ok"]
     packed = [(r, q) for r, q in packed if isinstance(q, dict) and q.get("packed_bytes")]
     if packed:
-        w("Simulated quantization stores float32 on disk; the size its format would take "
-          "once packed (codes + scales + zero points + kept outliers):")
+        w(
+            "Simulated quantization stores float32 on disk; the size its format would take "
+            "once packed (codes + scales + zero points + kept outliers):"
+        )
         w()
         w("| model | run | format | on disk | packed | runs faster here |")
         w("|---|---|---|--:|--:|---|")
         for r, q in sorted(packed, key=lambda x: (x[0]["model"]["name"], x[0]["label"])):
-            w(f"| {r['model']['name']} | `{r['label']}` | {q.get('format', '?')} | "
-              f"{_mb(_dig(r, 'profile', 'bytes_on_disk'))} | {_mb(q.get('packed_bytes'))} | "
-              f"{q.get('runs_faster_here')} |")
+            w(
+                f"| {r['model']['name']} | `{r['label']}` | {q.get('format', '?')} | "
+                f"{_mb(_dig(r, 'profile', 'bytes_on_disk'))} | {_mb(q.get('packed_bytes'))} | "
+                f"{q.get('runs_faster_here')} |"
+            )
         w()
 
 
 def _section_pareto(w: Writer, plots: dict[str, list[Path]], out_dir: Path) -> None:
     w(f"## 8. {SECTIONS[7]}")
     w()
-    w("Every successful run of every family, quality against size on disk and against "
-      "latency. The red step line is the Pareto front: the runs that no other run beats on "
-      "both cost and quality. A technique off the front is dominated at every budget.")
+    w(
+        "Every successful run of every family, quality against size on disk and against "
+        "latency. The red step line is the Pareto front: the runs that no other run beats on "
+        "both cost and quality. A technique off the front is dominated at every budget."
+    )
     w()
     if not plots.get("pareto"):
         w("_No plot: no model has a successful identity run with profiled runs._")
@@ -734,8 +977,9 @@ def _median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
-def _section_challenges(w: Writer, reports: list[dict[str, Any]],
-                        by_model: dict[str, list[dict[str, Any]]]) -> None:
+def _section_challenges(
+    w: Writer, reports: list[dict[str, Any]], by_model: dict[str, list[dict[str, Any]]]
+) -> None:
     w(f"## 9. {SECTIONS[8]}")
     w()
     # memory
@@ -752,13 +996,17 @@ def _section_challenges(w: Writer, reports: list[dict[str, Any]],
             if not mine:
                 continue
             top = max(mine, key=lambda x: x[1])
-            w(f"| {model} | {_mb(_dig(base, 'profile', 'peak_rss_bytes') if base else None)} | "
-              f"{_mb(top[1])} (`{top[0]['label']}`) |")
+            w(
+                f"| {model} | {_mb(_dig(base, 'profile', 'peak_rss_bytes') if base else None)} | "
+                f"{_mb(top[1])} (`{top[0]['label']}`) |"
+            )
         w()
-    w("Models are loaded in float32 (the decoder's GGUF weights are dequantized), and a "
-      "recipe that needs calibration activations holds one layer's inputs at a time. "
-      "Loading checks the safetensors headers against the available memory before "
-      "anything is read.")
+    w(
+        "Models are loaded in float32 (the decoder's GGUF weights are dequantized), and a "
+        "recipe that needs calibration activations holds one layer's inputs at a time. "
+        "Loading checks the safetensors headers against the available memory before "
+        "anything is read."
+    )
     w()
     # speed
     w("### Speed that masks do not buy")
@@ -779,8 +1027,10 @@ def _section_challenges(w: Writer, reports: list[dict[str, Any]],
             kind = _speed_kind(pipe)
             groups.setdefault(kind, []).append(ratio)
         for kind, ratios in sorted(groups.items()):
-            rows.append(f"| {model} | {kind} | {len(ratios)} | {_ratio(_median(ratios))} | "
-                        f"{_ratio(min(ratios))} – {_ratio(max(ratios))} |")
+            rows.append(
+                f"| {model} | {kind} | {len(ratios)} | {_ratio(_median(ratios))} | "
+                f"{_ratio(min(ratios))} – {_ratio(max(ratios))} |"
+            )
     if rows:
         w("Latency (batch 1 x 128) relative to the dense model, by kind of change:")
         w()
@@ -789,10 +1039,12 @@ def _section_challenges(w: Writer, reports: list[dict[str, Any]],
         for row in rows:
             w(row)
         w()
-    w("Zeros left in dense tensors cost the same multiply-adds, so unstructured and N:M "
-      "sparsity run at dense speed on a CPU (2:4 kernels exist only on recent GPUs); "
-      "simulated quantization is float32 arithmetic. Only fewer rows and columns "
-      "(structured pruning, a smaller student) or real int8 kernels change the time.")
+    w(
+        "Zeros left in dense tensors cost the same multiply-adds, so unstructured and N:M "
+        "sparsity run at dense speed on a CPU (2:4 kernels exist only on recent GPUs); "
+        "simulated quantization is float32 arithmetic. Only fewer rows and columns "
+        "(structured pruning, a smaller student) or real int8 kernels change the time."
+    )
     w()
     # encoder-decoder
     w("### Encoder-decoder support")
@@ -803,11 +1055,13 @@ def _section_challenges(w: Writer, reports: list[dict[str, Any]],
     for model, runs in seq.items():
         ok = sorted({r["label"] for r in runs if r["status"] == "ok"})
         bad = sorted({r["label"] for r in runs if r["status"] != "ok"})
-        w(f"- **{model}**: {len(ok)} runs succeeded"
-          + (f", {len(bad)} failed ({', '.join(f'`{b}`' for b in bad)})" if bad else "")
-          + ". Cross-attention is its own component in the architecture table (`cross_q/k/v/o`), "
-          "so recipes prune or quantize it like self-attention; generation uses the model's "
-          "decoder start token; quality is chrF/BLEU of greedy outputs.")
+        w(
+            f"- **{model}**: {len(ok)} runs succeeded"
+            + (f", {len(bad)} failed ({', '.join(f'`{b}`' for b in bad)})" if bad else "")
+            + ". Cross-attention is its own component in the architecture table (`cross_q/k/v/o`), "
+            "so recipes prune or quantize it like self-attention; generation uses the model's "
+            "decoder start token; quality is chrF/BLEU of greedy outputs."
+        )
     w()
     # failures
     w("### What did not work")
@@ -838,8 +1092,10 @@ def _section_challenges(w: Writer, reports: list[dict[str, Any]],
                     worst.append((model, r["label"], name, base_m["value"], m["value"]))
     worst.sort(key=lambda x: (x[0], x[4] / x[3] if x[3] else 0))
     if worst:
-        w("Runs that lost most of the model's quality (perplexity more than doubled, or "
-          "other metrics below 80% of dense):")
+        w(
+            "Runs that lost most of the model's quality (perplexity more than doubled, or "
+            "other metrics below 80% of dense):"
+        )
         w()
         for model, label, name, dense, value in worst:
             w(f"- {model} `{label}`: {name} {_fmt(dense)} -> {_fmt(value)}")
@@ -860,26 +1116,36 @@ def _speed_kind(pipeline: list[dict[str, Any]]) -> str:
     return recipe
 
 
-def _section_reproduce(w: Writer, reports: list[dict[str, Any]], manifests: list[dict[str, Any]],
-                       reports_dir: Path, out: Path) -> None:
+def _section_reproduce(
+    w: Writer,
+    reports: list[dict[str, Any]],
+    manifests: list[dict[str, Any]],
+    reports_dir: Path,
+    out: Path,
+) -> None:
     w(f"## 10. {SECTIONS[9]}")
     w()
     commits = Counter(r.get("git_commit") for r in reports)
     total = sum(r.get("wall_time_s") or 0 for r in reports)
     env = next((r.get("environment") for r in reports if r.get("environment")), {}) or {}
     libs = env.get("libraries") or {}
-    w(f"{len(reports)} reports ({sum(r['status'] == 'ok' for r in reports)} ok, "
-      f"{sum(r['status'] != 'ok' for r in reports)} failed), "
-      f"{len({r['model']['name'] for r in reports})} models, total run time "
-      f"{total / 60:.1f} min on {env.get('cpu_count', '?')} CPUs "
-      f"({env.get('threads', '?')} torch threads). Code at "
-      + ", ".join(f"`{(c or 'unknown')[:10]}` ({n} runs)" for c, n in commits.most_common())
-      + f"; python {env.get('python', '?')}, torch {libs.get('torch', '?')}, "
-      f"transformers {libs.get('transformers', '?')}.")
+    w(
+        f"{len(reports)} reports ({sum(r['status'] == 'ok' for r in reports)} ok, "
+        f"{sum(r['status'] != 'ok' for r in reports)} failed), "
+        f"{len({r['model']['name'] for r in reports})} models, total run time "
+        f"{total / 60:.1f} min on {env.get('cpu_count', '?')} CPUs "
+        f"({env.get('threads', '?')} torch threads). Code at "
+        + ", ".join(f"`{(c or 'unknown')[:10]}` ({n} runs)" for c, n in commits.most_common())
+        + f"; python {env.get('python', '?')}, torch {libs.get('torch', '?')}, "
+        f"transformers {libs.get('transformers', '?')}."
+    )
     w()
     for m in manifests:
-        w(f"- Sweep `{m.get('sweep')}` (`{m.get('file')}`): {len(m.get('jobs', []))} runs"
-          + (", quick" if m.get("quick") else "") + ".")
+        w(
+            f"- Sweep `{m.get('sweep')}` (`{m.get('file')}`): {len(m.get('jobs', []))} runs"
+            + (", quick" if m.get("quick") else "")
+            + "."
+        )
     if manifests:
         w()
     w("```")
@@ -926,14 +1192,18 @@ def generate(
     w = Writer()
     w("# Which compression technique, on which model, at which cost")
     w()
-    w(f"_Generated by `python -m eval.report {reports_dir.as_posix()}/ -o {out.name}` from "
-      f"{len(reports)} run reports on {len(by_model)} models; every number below is read "
-      "from those reports (and the weight analysis), none is typed in._")
+    w(
+        f"_Generated by `python -m eval.report {reports_dir.as_posix()}/ -o {out.name}` from "
+        f"{len(reports)} run reports on {len(by_model)} models; every number below is read "
+        "from those reports (and the weight analysis), none is typed in._"
+    )
     w()
     quick_models = [m for m, runs in by_model.items() if all(r.get("quick") for r in runs)]
     if quick_models:
-        w(f"**Smoke results:** {', '.join(quick_models)} only have `--quick` runs (small "
-          "benchmark and profile): indicative, not for conclusions.")
+        w(
+            f"**Smoke results:** {', '.join(quick_models)} only have `--quick` runs (small "
+            "benchmark and profile): indicative, not for conclusions."
+        )
         w()
     _section_budget(w, reports, budgets)
     _section_techniques(w, reports)
@@ -956,28 +1226,51 @@ def main(argv: list[str] | None = None) -> int:
         description="Generate report.md from the JSON reports, the weight analysis and the "
         "plots (drawn into REPORTS/plots).",
     )
-    parser.add_argument("reports", type=Path, nargs="?", default=Path("reports"),
-                        help="folder of JSON reports (default: reports/)")
-    parser.add_argument("-o", "--out", type=Path, default=Path("report.md"),
-                        help="markdown file to write (default: report.md)")
-    parser.add_argument("--plots", type=Path, default=None,
-                        help="folder for the plots (default: REPORTS/plots)")
-    parser.add_argument("--analysis", type=Path, default=None,
-                        help="weight-analysis folder (default: REPORTS/analysis)")
-    parser.add_argument("--budget", action="append", default=None, metavar="KIND=FRACTION",
-                        help="equal-budget tables (default: the sweeps' budgets, else "
-                        + ", ".join(DEFAULT_BUDGETS) + ")")
+    parser.add_argument(
+        "reports",
+        type=Path,
+        nargs="?",
+        default=Path("reports"),
+        help="folder of JSON reports (default: reports/)",
+    )
+    parser.add_argument(
+        "-o",
+        "--out",
+        type=Path,
+        default=Path("report.md"),
+        help="markdown file to write (default: report.md)",
+    )
+    parser.add_argument(
+        "--plots", type=Path, default=None, help="folder for the plots (default: REPORTS/plots)"
+    )
+    parser.add_argument(
+        "--analysis",
+        type=Path,
+        default=None,
+        help="weight-analysis folder (default: REPORTS/analysis)",
+    )
+    parser.add_argument(
+        "--budget",
+        action="append",
+        default=None,
+        metavar="KIND=FRACTION",
+        help="equal-budget tables (default: the sweeps' budgets, else "
+        + ", ".join(DEFAULT_BUDGETS)
+        + ")",
+    )
     args = parser.parse_args(argv)
     budgets = [parse_budget(b) for b in args.budget] if args.budget else None
     from compress.errors import UserError
 
     if not args.reports.is_dir():
         raise UserError(f"reports folder {args.reports} does not exist")
-    text, images = generate(args.reports, args.out, plots_dir=args.plots,
-                            analysis_dir=args.analysis, budgets=budgets)
+    text, images = generate(
+        args.reports, args.out, plots_dir=args.plots, analysis_dir=args.analysis, budgets=budgets
+    )
     atomic_write_text(args.out, text)
-    print(f"wrote {args.out} ({len(text.splitlines())} lines, {len(images)} plots)",
-          file=sys.stderr)
+    print(
+        f"wrote {args.out} ({len(text.splitlines())} lines, {len(images)} plots)", file=sys.stderr
+    )
     return 0
 
 

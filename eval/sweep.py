@@ -90,11 +90,27 @@ from eval.budget import (
 
 log = logging.getLogger(__name__)
 
-TOP_KEYS = ("name", "description", "models", "imports", "budgets", "search_runs", "defaults",
-            "runs")
+TOP_KEYS = (
+    "name",
+    "description",
+    "models",
+    "imports",
+    "budgets",
+    "search_runs",
+    "defaults",
+    "runs",
+)
 DEFAULT_KEYS = ("quick", "threads", "calibration_samples", "reports", "task")
-RUN_KEYS = ("recipe", "pipeline", "grid", "quick_grid", "models", "both_orders", "skip_quick",
-            "note")
+RUN_KEYS = (
+    "recipe",
+    "pipeline",
+    "grid",
+    "quick_grid",
+    "models",
+    "both_orders",
+    "skip_quick",
+    "note",
+)
 MANIFESTS = "sweeps"  # reports/<MANIFESTS>/<name>.json
 
 
@@ -158,8 +174,11 @@ def _structured_widths(config: RecipeConfig, widths: dict[str, int]) -> dict[str
         out["ffn"] -= int(round(ffn_ratio * out["ffn"]))
     heads_ratio = getattr(config, "heads_ratio", 0.0)
     if "attn" in out and heads_ratio and widths.get("_heads"):
-        heads, kv, dim = widths["_heads"], widths.get("_kv_heads") or widths["_heads"], \
-            widths["_head_dim"]
+        heads, kv, dim = (
+            widths["_heads"],
+            widths.get("_kv_heads") or widths["_heads"],
+            widths["_head_dim"],
+        )
         if kv != heads and getattr(config, "gqa", "query") == "query":
             per_group = heads // kv
             left = kv * (per_group - int(round(heads_ratio * per_group)))
@@ -180,9 +199,10 @@ TRAITS: dict[str, Traits] = {
     # symmetric and asymmetric grids both represent 0.0 exactly (the zero point is an
     # integer, compress.quant.rtn), so rounding keeps every zero a zero.
     "rtn": Traits(),
-    "gptq": Traits(keeps_zeros=False,
-                   zeros_note="GPTQ's error compensation updates every remaining weight, "
-                   "pruned ones included"),
+    "gptq": Traits(
+        keeps_zeros=False,
+        zeros_note="GPTQ's error compensation updates every remaining weight, pruned ones included",
+    ),
     # the runtime formats below use symmetric int8 / NF4 / FP4 codes, all with an exact 0
     "dynamic-int8": Traits(runtime_format=True),
     "onnx-int8": Traits(runtime_format=True),
@@ -190,14 +210,23 @@ TRAITS: dict[str, Traits] = {
     "bnb-4bit": Traits(runtime_format=True),
     "quanto": Traits(runtime_format=True),
     # merge=nf4 leaves bitsandbytes 4-bit layers (a runtime format); merge=fp32 plain fp32
-    "qlora": Traits(keeps_zeros=False, trains=True,
-                    runtime_format=lambda c: getattr(c, "merge", "nf4") == "nf4",
-                    zeros_note="the merged low-rank update is dense"),
-    "distill": Traits(keeps_zeros=False, trains=True,
-                      zeros_note="training updates every weight, pruned ones included"),
-    "moefy": Traits(keeps_zeros=lambda c: getattr(c, "finetune_steps", 0) == 0,
-                    zeros_note="its expert fine-tuning updates every FFN weight",
-                    divides=_experts_divide, hides_ffn=True),
+    "qlora": Traits(
+        keeps_zeros=False,
+        trains=True,
+        runtime_format=lambda c: getattr(c, "merge", "nf4") == "nf4",
+        zeros_note="the merged low-rank update is dense",
+    ),
+    "distill": Traits(
+        keeps_zeros=False,
+        trains=True,
+        zeros_note="training updates every weight, pruned ones included",
+    ),
+    "moefy": Traits(
+        keeps_zeros=lambda c: getattr(c, "finetune_steps", 0) == 0,
+        zeros_note="its expert fine-tuning updates every FFN weight",
+        divides=_experts_divide,
+        hides_ffn=True,
+    ),
 }
 
 
@@ -226,12 +255,20 @@ def model_widths(model_config: Any) -> dict[str, int]:
             break
     if "ffn" not in widths and "hidden" in widths:
         widths["ffn"] = 4 * widths["hidden"]  # GPT-2's n_inner=None means 4 x hidden
-    heads = next((getattr(cfg, k) for k in ("num_attention_heads", "n_head",
-                                              "encoder_attention_heads", "num_heads")
-                  if isinstance(getattr(cfg, k, None), int)), None)
+    heads = next(
+        (
+            getattr(cfg, k)
+            for k in ("num_attention_heads", "n_head", "encoder_attention_heads", "num_heads")
+            if isinstance(getattr(cfg, k, None), int)
+        ),
+        None,
+    )
     if heads and "hidden" in widths:
-        dim = getattr(cfg, "head_dim", None) or getattr(cfg, "d_kv", None) \
+        dim = (
+            getattr(cfg, "head_dim", None)
+            or getattr(cfg, "d_kv", None)
             or widths["hidden"] // heads
+        )
         widths["attn"] = heads * dim  # input width of the attention output projection
         widths["_heads"], widths["_head_dim"] = heads, dim
         widths["_kv_heads"] = getattr(cfg, "num_key_value_heads", None) or heads
@@ -309,8 +346,11 @@ def check_pipeline(
                         raise UserError(
                             f"pipeline {where}: {what} of {name} needs widths divisible by "
                             f"{group}, but the {kind} width is {width}"
-                            + (" after structured pruning" if any(
-                                traits_of(n).widths for n in names[:i]) else "")
+                            + (
+                                " after structured pruning"
+                                if any(traits_of(n).widths for n in names[:i])
+                                else ""
+                            )
                         )
         if traits.widths is not None and current_widths() is not None:
             widths = traits.widths(config, dict(widths))
@@ -435,8 +475,9 @@ def _apply_grid(
                     err = did_you_mean("recipe of the pipeline", head, [r for r, _ in steps])
                     raise UserError(f"{where}.{key}: {err}")
                 if len(matches) > 1:
-                    raise UserError(f"{where}.{key}: {head} appears twice; use STEP.FIELD "
-                                    "with the step's index")
+                    raise UserError(
+                        f"{where}.{key}: {head} appears twice; use STEP.FIELD with the step's index"
+                    )
                 index = matches[0]
         else:
             if len(steps) != 1:
@@ -452,9 +493,7 @@ def _apply_grid(
     return combos
 
 
-def _build_configs(
-    steps: list[tuple[str, dict[str, Any]]], where: str
-) -> tuple[RecipeConfig, ...]:
+def _build_configs(steps: list[tuple[str, dict[str, Any]]], where: str) -> tuple[RecipeConfig, ...]:
     from compress.registry import get_recipe
 
     configs = []
@@ -505,9 +544,14 @@ def _model_config_loader(model: str, build: bool = False) -> Callable[[], Any]:
     return load
 
 
-def load_sweep(path: str | Path, *, quick: bool | None = None,
-               reports: str | Path | None = None, threads: int | None = None,
-               models: list[str] | None = None) -> Sweep:
+def load_sweep(
+    path: str | Path,
+    *,
+    quick: bool | None = None,
+    reports: str | Path | None = None,
+    threads: int | None = None,
+    models: list[str] | None = None,
+) -> Sweep:
     """Parse and check a sweep file; every job is validated before anything runs."""
     path = Path(path)
     if not path.is_file():
@@ -523,7 +567,9 @@ def load_sweep(path: str | Path, *, quick: bool | None = None,
         try:
             importlib.import_module(module)
         except ImportError as exc:
-            raise UserError(f"{_where(path, 'imports')}: cannot import {module!r} ({exc})") from None
+            raise UserError(
+                f"{_where(path, 'imports')}: cannot import {module!r} ({exc})"
+            ) from None
     defaults = data.get("defaults", {})
     if not isinstance(defaults, dict):
         raise UserError(f"{_where(path, 'defaults')}: expected a table")
@@ -552,8 +598,9 @@ def load_sweep(path: str | Path, *, quick: bool | None = None,
         raise UserError(f"{_where(path, 'defaults', 'threads')}: expected a whole number >= 1")
     calib = defaults.get("calibration_samples", 128)
     if not isinstance(calib, int) or calib < 0:
-        raise UserError(f"{_where(path, 'defaults', 'calibration_samples')}: expected a whole "
-                        "number >= 0")
+        raise UserError(
+            f"{_where(path, 'defaults', 'calibration_samples')}: expected a whole number >= 0"
+        )
 
     def check_model(name: str, where: str) -> None:
         from compress.models import check_model_name
@@ -655,8 +702,9 @@ class Estimator:
     quick). :meth:`measured` says whether the estimate rests on a measurement.
     """
 
-    def __init__(self, reports: Iterable[dict[str, Any]], default: float = 180.0,
-                 default_quick: float = 30.0):
+    def __init__(
+        self, reports: Iterable[dict[str, Any]], default: float = 180.0, default_quick: float = 30.0
+    ):
         self.by_pipe: dict[tuple, list[float]] = {}
         self.by_model: dict[tuple, list[float]] = {}
         self.default = default
@@ -677,8 +725,10 @@ class Estimator:
         return (job.model, job.quick) in self.by_model
 
     def __call__(self, job: Job) -> float:
-        for table, key in ((self.by_pipe, (job.model, job.quick, job.recipes)),
-                           (self.by_model, (job.model, job.quick))):
+        for table, key in (
+            (self.by_pipe, (job.model, job.quick, job.recipes)),
+            (self.by_model, (job.model, job.quick)),
+        ):
             values = table.get(key)
             if values:
                 return sum(values) / len(values)
@@ -833,9 +883,14 @@ class _Runner:
             except UserError as exc:
                 from eval.report import Report
 
-                report = Report(model={"name": job.model}, pipeline=job.pipeline,
-                                quick=job.quick, status="failed", error=str(exc),
-                                wall_time_s=0.0)
+                report = Report(
+                    model={"name": job.model},
+                    pipeline=job.pipeline,
+                    quick=job.quick,
+                    status="failed",
+                    error=str(exc),
+                    wall_time_s=0.0,
+                )
                 return report.write(self.sweep.reports), report.to_dict()
         run_fn = self.run_fn
         if run_fn is None:
@@ -925,8 +980,9 @@ def search_jobs(
         ratios = [t[1] for t in tried]
         if len(settings) >= 2 and max(ratios) <= min(ratios) * 1.02:
             continue  # this knob does not move this cost (e.g. zeros and bytes on disk)
-        probe = next_probe(knob, [(v, ratio <= budget.fraction) for v, ratio, _ in tried],
-                           budget.fraction)
+        probe = next_probe(
+            knob, [(v, ratio <= budget.fraction) for v, ratio, _ in tried], budget.fraction
+        )
         if probe is None:
             continue
         template = dict(group[0]["pipeline"][0]["config"])
@@ -976,9 +1032,12 @@ def run_sweep(
                 for family in FAMILIES:
                     probes: set[str] = set()
                     for _ in range(sweep.search_runs):
-                        reports = [r for k, r in runner.done.items()
-                                   if (k in grid_keys or k in probes)
-                                   and bool(r.get("quick")) == sweep.quick]
+                        reports = [
+                            r
+                            for k, r in runner.done.items()
+                            if (k in grid_keys or k in probes)
+                            and bool(r.get("quick")) == sweep.quick
+                        ]
                         job = search_jobs(sweep, reports, budget, model, family)
                         if job is None or job.key in probes:
                             break  # done, or the probe failed and would repeat
@@ -1001,31 +1060,61 @@ def main(argv: list[str] | None = None) -> int:
         "runs already done; see recipes/README.md for the format.",
     )
     parser.add_argument("file", type=Path, help="sweep file, e.g. recipes/default.toml")
-    parser.add_argument("--quick", action="store_true",
-                        help="small benchmark and profile, quick_grid and no skip_quick runs")
-    parser.add_argument("--reports", type=Path, default=None,
-                        help="reports folder (default: the file's defaults.reports, or reports/)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads (default: the file's defaults.threads)")
-    parser.add_argument("--model", action="append", default=None,
-                        help="only this model of the sweep (repeatable)")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="list the runs and whether each is done; run nothing")
-    parser.add_argument("--no-retry-failed", action="store_true",
-                        help="skip runs whose report says failed (default: run them again)")
-    parser.add_argument("--budget", action="append", default=None, metavar="KIND=FRACTION",
-                        help="equal-budget table(s) after the runs, e.g. size=0.5, latency=0.5, "
-                        "nonzeros=0.5, packed=0.25 (default: the file's budgets)")
-    parser.add_argument("--search-runs", type=int, default=None,
-                        help="extra runs per model, family and budget to find a setting that "
-                        "meets the budget (default: the file's search_runs)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="small benchmark and profile, quick_grid and no skip_quick runs",
+    )
+    parser.add_argument(
+        "--reports",
+        type=Path,
+        default=None,
+        help="reports folder (default: the file's defaults.reports, or reports/)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: the file's defaults.threads)",
+    )
+    parser.add_argument(
+        "--model", action="append", default=None, help="only this model of the sweep (repeatable)"
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="list the runs and whether each is done; run nothing"
+    )
+    parser.add_argument(
+        "--no-retry-failed",
+        action="store_true",
+        help="skip runs whose report says failed (default: run them again)",
+    )
+    parser.add_argument(
+        "--budget",
+        action="append",
+        default=None,
+        metavar="KIND=FRACTION",
+        help="equal-budget table(s) after the runs, e.g. size=0.5, latency=0.5, "
+        "nonzeros=0.5, packed=0.25 (default: the file's budgets)",
+    )
+    parser.add_argument(
+        "--search-runs",
+        type=int,
+        default=None,
+        help="extra runs per model, family and budget to find a setting that "
+        "meets the budget (default: the file's search_runs)",
+    )
     args = parser.parse_args(argv)
     if args.threads is not None and args.threads < 1:
         raise UserError("--threads must be at least 1")
     if args.search_runs is not None and args.search_runs < 0:
         raise UserError("--search-runs must be at least 0")
-    sweep = load_sweep(args.file, quick=True if args.quick else None, reports=args.reports,
-                       threads=args.threads, models=args.model)
+    sweep = load_sweep(
+        args.file,
+        quick=True if args.quick else None,
+        reports=args.reports,
+        threads=args.threads,
+        models=args.model,
+    )
     if args.budget is not None:
         sweep.budgets = [parse_budget(b) for b in args.budget]
     if args.search_runs is not None:
@@ -1048,8 +1137,11 @@ def main(argv: list[str] | None = None) -> int:
         from eval.report import read_reports
 
         models = set(sweep.models if not args.model else args.model)
-        reports = [r for r in read_reports(sweep.reports, warn=log.debug)
-                   if r["model"]["name"] in models and bool(r.get("quick")) == sweep.quick]
+        reports = [
+            r
+            for r in read_reports(sweep.reports, warn=log.debug)
+            if r["model"]["name"] in models and bool(r.get("quick")) == sweep.quick
+        ]
         for budget in sweep.budgets:
             Console().print(rich_table(pick(reports, budget), budget))
     return 1 if failed else 0
@@ -1061,8 +1153,9 @@ def _dry_run(sweep: Sweep, console, retry_failed: bool) -> int:
 
     done = existing_reports(sweep.reports)
     estimate = Estimator(done.values())
-    table = Table(title=f"sweep {sweep.name} ({sweep.path})", box=box.SIMPLE_HEAVY,
-                  title_justify="left")
+    table = Table(
+        title=f"sweep {sweep.name} ({sweep.path})", box=box.SIMPLE_HEAVY, title_justify="left"
+    )
     for col in ("#", "model", "run", "family", "state", "estimate"):
         table.add_column(col, justify="right" if col in ("#", "estimate") else "left")
     total = 0.0
@@ -1075,10 +1168,14 @@ def _dry_run(sweep: Sweep, console, retry_failed: bool) -> int:
         total += est
         style = {"ok": "green", "failed": "red"}.get(state, "")
         guessed += will_run and not estimate.measured(job)
-        table.add_row(str(i), job.model, job.label, family_of(job.pipeline),
-                      f"[{style}]{state}[/]" if style else state,
-                      (_fmt_seconds(est) + ("" if estimate.measured(job) else " ?"))
-                      if will_run else "")
+        table.add_row(
+            str(i),
+            job.model,
+            job.label,
+            family_of(job.pipeline),
+            f"[{style}]{state}[/]" if style else state,
+            (_fmt_seconds(est) + ("" if estimate.measured(job) else " ?")) if will_run else "",
+        )
     from rich.console import Console
 
     out = Console()

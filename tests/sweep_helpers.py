@@ -63,36 +63,66 @@ def fake_report(
 
     steps = steps if steps is not None else [("identity", {})]
     pipeline = [
-        {"recipe": r, "config": {"recipe": r, "version": 1, "seed": 0} | c,
-         "defaults": {"recipe": r, "version": 1, "seed": 0}}
+        {
+            "recipe": r,
+            "config": {"recipe": r, "version": 1, "seed": 0} | c,
+            "defaults": {"recipe": r, "version": 1, "seed": 0},
+        }
         for r, c in steps
     ]
     hib = {"ppl_wiki": False, "ppl_news": False, "ppl_seq2seq": False}
     metrics = metrics if metrics is not None else {"ppl_wiki": 20.0}
     r = Report(
-        model={"name": model, "task": task, "source": f"local:{model}",
-               "arch": {"family": "llama", "kind": "decoder", "activation": "silu",
-                        "stacks": [{"role": "decoder", "blocks": 2, "heads": 4, "kv_heads": 2,
-                                    "intermediate": 64}]}},
+        model={
+            "name": model,
+            "task": task,
+            "source": f"local:{model}",
+            "arch": {
+                "family": "llama",
+                "kind": "decoder",
+                "activation": "silu",
+                "stacks": [
+                    {"role": "decoder", "blocks": 2, "heads": 4, "kv_heads": 2, "intermediate": 64}
+                ],
+            },
+        },
         pipeline=pipeline,
         quick=quick,
         status=status,
         error=error,
-        metrics=[] if status != "ok" else [
-            {"name": k, "value": v, "higher_is_better": hib.get(k, True),
-             "protocol": {"corpus": "wiki", "split": "test", "seq_len": 512}}
+        metrics=[]
+        if status != "ok"
+        else [
+            {
+                "name": k,
+                "value": v,
+                "higher_is_better": hib.get(k, True),
+                "protocol": {"corpus": "wiki", "split": "test", "seq_len": 512},
+            }
             for k, v in metrics.items()
         ],
-        profile={} if status != "ok" else {
-            "bytes_on_disk": disk, "params_total": 10e6, "params_nonzero": nonzero,
+        profile={}
+        if status != "ok"
+        else {
+            "bytes_on_disk": disk,
+            "params_total": 10e6,
+            "params_nonzero": nonzero,
             "latency": {"1x128": {"median_ms": latency}, "8x128": {"median_ms": latency * 6}},
-            "peak_rss_bytes": 500e6, "threads": 2, "warmup": 3, "repeats": 10,
-            "device": "cpu", "dtype": "float32",
+            "peak_rss_bytes": 500e6,
+            "threads": 2,
+            "warmup": 3,
+            "repeats": 10,
+            "device": "cpu",
+            "dtype": "float32",
         },
         info=info or {},
         wall_time_s=12.0,
-        environment={"cpu_count": 2, "threads": 2, "python": "3.11",
-                     "libraries": {"torch": "2.13.0", "transformers": "5"}},
+        environment={
+            "cpu_count": 2,
+            "threads": 2,
+            "python": "3.11",
+            "libraries": {"torch": "2.13.0", "transformers": "5"},
+        },
     )
     r.git_commit = "0123456789abcdef"
     return r.to_dict()

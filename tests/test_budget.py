@@ -23,26 +23,46 @@ def lm_runs():
     """A causal LM: dense ppl 20, 100 MB, 10 M nonzeros, 10 ms."""
     return [
         fake_report(),
-        fake_report(steps=[("magnitude", {"sparsity": 0.5})], metrics={"ppl_wiki": 25.0},
-                    nonzero=4.9e6),
-        fake_report(steps=[("magnitude", {"sparsity": 0.9})], metrics={"ppl_wiki": 300.0},
-                    nonzero=1.5e6),
-        fake_report(steps=[("wanda", {"sparsity": 0.5})], metrics={"ppl_wiki": 22.0},
-                    nonzero=4.9e6),
-        fake_report(steps=[("structured", {"sparsity": 0.6})], metrics={"ppl_wiki": 40.0},
-                    disk=45e6, nonzero=4.5e6, latency=5.0),
-        fake_report(steps=[("rtn", {"bits": 4})], metrics={"ppl_wiki": 21.0},
-                    info={"quant": {"packed_bytes": 15e6}}),
-        fake_report(steps=[("dynamic-int8", {})], metrics={"ppl_wiki": 20.5}, disk=30e6,
-                    latency=6.0),
-        fake_report(steps=[("distill", {})], metrics={"ppl_wiki": 30.0}, disk=60e6,
-                    nonzero=6e6, latency=6.0),
-        fake_report(steps=[("wanda", {"sparsity": 0.5}), ("rtn", {"bits": 4})],
-                    metrics={"ppl_wiki": 23.0}, nonzero=4.9e6,
-                    info={"quant": {"packed_bytes": 13e6}}),
+        fake_report(
+            steps=[("magnitude", {"sparsity": 0.5})], metrics={"ppl_wiki": 25.0}, nonzero=4.9e6
+        ),
+        fake_report(
+            steps=[("magnitude", {"sparsity": 0.9})], metrics={"ppl_wiki": 300.0}, nonzero=1.5e6
+        ),
+        fake_report(
+            steps=[("wanda", {"sparsity": 0.5})], metrics={"ppl_wiki": 22.0}, nonzero=4.9e6
+        ),
+        fake_report(
+            steps=[("structured", {"sparsity": 0.6})],
+            metrics={"ppl_wiki": 40.0},
+            disk=45e6,
+            nonzero=4.5e6,
+            latency=5.0,
+        ),
+        fake_report(
+            steps=[("rtn", {"bits": 4})],
+            metrics={"ppl_wiki": 21.0},
+            info={"quant": {"packed_bytes": 15e6}},
+        ),
+        fake_report(
+            steps=[("dynamic-int8", {})], metrics={"ppl_wiki": 20.5}, disk=30e6, latency=6.0
+        ),
+        fake_report(
+            steps=[("distill", {})], metrics={"ppl_wiki": 30.0}, disk=60e6, nonzero=6e6, latency=6.0
+        ),
+        fake_report(
+            steps=[("wanda", {"sparsity": 0.5}), ("rtn", {"bits": 4})],
+            metrics={"ppl_wiki": 23.0},
+            nonzero=4.9e6,
+            info={"quant": {"packed_bytes": 13e6}},
+        ),
         # not comparable or not usable: must never be picked
-        fake_report(steps=[("magnitude", {"sparsity": 0.7})], metrics={"ppl_wiki": 1.0},
-                    nonzero=1e6, quick=True),
+        fake_report(
+            steps=[("magnitude", {"sparsity": 0.7})],
+            metrics={"ppl_wiki": 1.0},
+            nonzero=1e6,
+            quick=True,
+        ),
         fake_report(steps=[("wanda", {"sparsity": 0.8})], status="failed", error="boom"),
         fake_report(quick=True, metrics={"ppl_wiki": 99.0}),
     ]
@@ -105,8 +125,9 @@ def test_packed_budget_uses_packed_bytes_of_simulated_formats():
 
 
 def test_latency_budget_and_tie_goes_to_cheaper():
-    runs = lm_runs() + [fake_report(steps=[("distill", {"layers": 2})],
-                                    metrics={"ppl_wiki": 30.0}, latency=4.0)]
+    runs = lm_runs() + [
+        fake_report(steps=[("distill", {"layers": 2})], metrics={"ppl_wiki": 30.0}, latency=4.0)
+    ]
     picks = by_family(pick_for_model(runs, parse_budget("latency=0.6")))
     assert picks["distillation"].label == "distill(layers=2)"  # same quality, cheaper one
     assert picks["distillation"].ratio == pytest.approx(0.4)
@@ -117,10 +138,20 @@ def test_latency_budget_and_tie_goes_to_cheaper():
 def test_higher_is_better_metric_and_models_separate():
     cls = [
         fake_report("clf", task="classification", metrics={"accuracy": 0.80}),
-        fake_report("clf", [("magnitude", {"sparsity": 0.5})], task="classification",
-                    metrics={"accuracy": 0.70}, nonzero=5e6),
-        fake_report("clf", [("wanda", {"sparsity": 0.5})], task="classification",
-                    metrics={"accuracy": 0.78}, nonzero=5e6),
+        fake_report(
+            "clf",
+            [("magnitude", {"sparsity": 0.5})],
+            task="classification",
+            metrics={"accuracy": 0.70},
+            nonzero=5e6,
+        ),
+        fake_report(
+            "clf",
+            [("wanda", {"sparsity": 0.5})],
+            task="classification",
+            metrics={"accuracy": 0.78},
+            nonzero=5e6,
+        ),
     ]
     result = pick(lm_runs() + cls, parse_budget("nonzeros=0.5"))
     assert list(result) == ["clf", "lm"]
@@ -159,9 +190,13 @@ def test_next_probe_discrete_bits():
 
 
 def test_knob_groups_skip_patterns_and_composites():
-    groups = knob_groups(lm_runs() + [
-        fake_report(steps=[("wanda", {"sparsity": 0.5, "pattern": "2:4"})]),
-    ], "pruning")
+    groups = knob_groups(
+        lm_runs()
+        + [
+            fake_report(steps=[("wanda", {"sparsity": 0.5, "pattern": "2:4"})]),
+        ],
+        "pruning",
+    )
     recipes = sorted((recipe, len(runs)) for (recipe, _), runs in groups.items())
     # the quick and failed runs are still listed here: callers pass comparable runs only
     assert ("wanda", 2) in recipes and ("magnitude", 3) in recipes

@@ -33,7 +33,9 @@ def test_sparsity_point():
     r = fake_report(steps=[("wanda", {"sparsity": 0.5, "pattern": "2:4"})])
     assert sparsity_point(r) == ("wanda 2:4", 0.5)
     assert sparsity_point(fake_report(steps=[("magnitude", {"sparsity": 0.9})])) == (
-        "magnitude", 0.9)
+        "magnitude",
+        0.9,
+    )
     assert sparsity_point(fake_report(steps=[("rtn", {"bits": 4})])) is None
     assert sparsity_point(fake_report(steps=[("wanda", {"sparsity": 0.5}), ("rtn", {})])) is None
 
@@ -44,35 +46,79 @@ S2S = {"chrf": 80.0, "bleu": 40.0, "ppl_seq2seq": 3.0}
 
 def fixture_reports():
     lm = [fake_report("lm", metrics=LM)]
-    for s, ppl in zip((0.1, 0.5, 0.9, 0.95, 0.99), (20.1, 24.0, 400.0, 3000.0, 20000.0),
-                      strict=True):
-        lm.append(fake_report("lm", [("magnitude", {"sparsity": s})],
-                              metrics={"ppl_wiki": ppl, "ppl_news": ppl * 1.4},
-                              nonzero=10e6 * (1 - s * 0.9), latency=10.2))
+    for s, ppl in zip(
+        (0.1, 0.5, 0.9, 0.95, 0.99), (20.1, 24.0, 400.0, 3000.0, 20000.0), strict=True
+    ):
+        lm.append(
+            fake_report(
+                "lm",
+                [("magnitude", {"sparsity": s})],
+                metrics={"ppl_wiki": ppl, "ppl_news": ppl * 1.4},
+                nonzero=10e6 * (1 - s * 0.9),
+                latency=10.2,
+            )
+        )
     lm += [
-        fake_report("lm", [("wanda", {"sparsity": 0.5})], metrics={"ppl_wiki": 22.5, "ppl_news": 33.0},
-                    nonzero=5.5e6, latency=9.9),
-        fake_report("lm", [("wanda", {"sparsity": 0.5, "pattern": "2:4"})],
-                    metrics={"ppl_wiki": 45.0, "ppl_news": 60.0}, nonzero=5.5e6),
-        fake_report("lm", [("rtn", {"bits": 4, "granularity": "channel"})],
-                    metrics={"ppl_wiki": 26.0, "ppl_news": 37.0},
-                    info={"quant": {"packed_bytes": 14e6, "format": "int4 sym per-channel",
-                                    "runs_faster_here": False}}),
-        fake_report("lm", [("dynamic-int8", {})], metrics={"ppl_wiki": 20.4, "ppl_news": 30.5},
-                    disk=30e6, latency=6.0),
-        fake_report("lm", [("wanda", {"sparsity": 0.5}), ("rtn", {"bits": 4})],
-                    metrics={"ppl_wiki": 28.0, "ppl_news": 40.0}, nonzero=5.5e6),
+        fake_report(
+            "lm",
+            [("wanda", {"sparsity": 0.5})],
+            metrics={"ppl_wiki": 22.5, "ppl_news": 33.0},
+            nonzero=5.5e6,
+            latency=9.9,
+        ),
+        fake_report(
+            "lm",
+            [("wanda", {"sparsity": 0.5, "pattern": "2:4"})],
+            metrics={"ppl_wiki": 45.0, "ppl_news": 60.0},
+            nonzero=5.5e6,
+        ),
+        fake_report(
+            "lm",
+            [("rtn", {"bits": 4, "granularity": "channel"})],
+            metrics={"ppl_wiki": 26.0, "ppl_news": 37.0},
+            info={
+                "quant": {
+                    "packed_bytes": 14e6,
+                    "format": "int4 sym per-channel",
+                    "runs_faster_here": False,
+                }
+            },
+        ),
+        fake_report(
+            "lm",
+            [("dynamic-int8", {})],
+            metrics={"ppl_wiki": 20.4, "ppl_news": 30.5},
+            disk=30e6,
+            latency=6.0,
+        ),
+        fake_report(
+            "lm",
+            [("wanda", {"sparsity": 0.5}), ("rtn", {"bits": 4})],
+            metrics={"ppl_wiki": 28.0, "ppl_news": 40.0},
+            nonzero=5.5e6,
+        ),
         fake_report("lm", [("moefy", {})], status="failed", error="UserError: moefy: no FFN"),
         # a quick run of a model with full runs: left out of the report
-        fake_report("lm", [("magnitude", {"sparsity": 0.3})], quick=True,
-                    metrics={"ppl_wiki": 12345.0}),
+        fake_report(
+            "lm", [("magnitude", {"sparsity": 0.3})], quick=True, metrics={"ppl_wiki": 12345.0}
+        ),
     ]
     s2s = [
         fake_report("s2s", task="seq2seq", metrics=S2S),
-        fake_report("s2s", [("magnitude", {"sparsity": 0.5})], task="seq2seq",
-                    metrics={"chrf": 70.0, "bleu": 30.0, "ppl_seq2seq": 4.0}, nonzero=6e6),
-        fake_report("s2s", [("distill", {})], task="seq2seq", status="failed",
-                    error="RuntimeError: out of memory"),
+        fake_report(
+            "s2s",
+            [("magnitude", {"sparsity": 0.5})],
+            task="seq2seq",
+            metrics={"chrf": 70.0, "bleu": 30.0, "ppl_seq2seq": 4.0},
+            nonzero=6e6,
+        ),
+        fake_report(
+            "s2s",
+            [("distill", {})],
+            task="seq2seq",
+            status="failed",
+            error="RuntimeError: out of memory",
+        ),
     ]
     return lm + s2s
 
@@ -92,11 +138,23 @@ def tiny_png(path: Path) -> Path:
 
 def analysis_fixture(folder: Path) -> None:
     folder.mkdir(parents=True)
-    stats = {"params": 1000, "frac_above": {"0.001": 0.99, "0.01": 0.9, "0.1": 0.2, "1": 0.0},
-             "frac_zero": 0.0, "std": 0.05, "excess_kurtosis": 3.5, "max_abs": 0.9}
-    data = {"schema": "compress-suite/weight-analysis", "schema_version": 1, "model": "lm",
-            "slug": "lm", "thresholds": [0.001, 0.01, 0.1, 1.0], "overall": stats,
-            "by_group": {"attn": stats, "ffn": stats | {"params": 2000}}}
+    stats = {
+        "params": 1000,
+        "frac_above": {"0.001": 0.99, "0.01": 0.9, "0.1": 0.2, "1": 0.0},
+        "frac_zero": 0.0,
+        "std": 0.05,
+        "excess_kurtosis": 3.5,
+        "max_abs": 0.9,
+    }
+    data = {
+        "schema": "compress-suite/weight-analysis",
+        "schema_version": 1,
+        "model": "lm",
+        "slug": "lm",
+        "thresholds": [0.001, 0.01, 0.1, 1.0],
+        "overall": stats,
+        "by_group": {"attn": stats, "ffn": stats | {"params": 2000}},
+    }
     (folder / "lm.json").write_text(json.dumps(data))
     for name in ("lm_hist.png", "lm_blocks.png", "cumulative.png"):
         tiny_png(folder / name)
@@ -114,20 +172,26 @@ def reports_dir(tmp_path):
 def _section(text: str, title: str) -> str:
     start = text.index(title)
     following = [text.index(t) for t in SECTIONS if text.index(t) > start]
-    return text[start: min(following) if following else len(text)]
+    return text[start : min(following) if following else len(text)]
 
 
 def test_report_has_every_section_and_embeds_every_plot(reports_dir, tmp_path):
     out = tmp_path / "report.md"
-    assert main([str(reports_dir), "-o", str(out), "--budget", "size=0.5",
-                 "--budget", "nonzeros=0.6"]) == 0
+    assert (
+        main([str(reports_dir), "-o", str(out), "--budget", "size=0.5", "--budget", "nonzeros=0.6"])
+        == 0
+    )
     text = out.read_text()
     positions = [text.index(f"## {i}. {title}") for i, title in enumerate(SECTIONS, 1)]
     assert positions == sorted(positions)
     # every plot drawn is embedded, with a link that resolves from report.md's folder
     plots = sorted((reports_dir / "plots").glob("*.png"))
-    assert {p.name for p in plots} == {"lm_sparsity.png", "lm_pareto.png", "s2s_sparsity.png",
-                                       "s2s_pareto.png"}
+    assert {p.name for p in plots} == {
+        "lm_sparsity.png",
+        "lm_pareto.png",
+        "s2s_sparsity.png",
+        "s2s_pareto.png",
+    }
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
     resolved = {(out.parent / link).resolve() for link in links}
     for png in plots + sorted((reports_dir / "analysis").glob("*.png")):
@@ -152,9 +216,15 @@ def test_report_numbers_come_from_the_reports(reports_dir, tmp_path):
     bench = _section(text, SECTIONS[5])
     assert "| lm | ppl_wiki ↓ | 20 | corpus=wiki, split=test, seq_len=512 |" in bench
     # published 50% magnitude on OPT-125M next to ours (24.0 / 20 = 1.2x)
-    assert re.search(r"\| magnitude \| 50% unstructured \| OPT-125M.*\| 6\.99x \| lm, ppl_wiki "
-                     r"\(`magnitude\(sparsity=0\.5\)`\) \| 20 -> 24 \| 1\.20x \|", bench)
-    assert "| gptq | 4-bit per row | OPT-125M, WikiText-2 ppl | 27.65 -> 31.12 | 1.13x | not run here" in bench
+    assert re.search(
+        r"\| magnitude \| 50% unstructured \| OPT-125M.*\| 6\.99x \| lm, ppl_wiki "
+        r"\(`magnitude\(sparsity=0\.5\)`\) \| 20 -> 24 \| 1\.20x \|",
+        bench,
+    )
+    assert (
+        "| gptq | 4-bit per row | OPT-125M, WikiText-2 ppl | 27.65 -> 31.12 | 1.13x | not run here"
+        in bench
+    )
     size = _section(text, SECTIONS[6])
     assert "### lm (causal-lm)" in size and "| lm | `rtn(bits=4,granularity=channel)` |" in size
     challenges = _section(text, SECTIONS[8])
@@ -183,12 +253,22 @@ def test_report_without_analysis_or_reports(tmp_path):
 def test_protocol_text_stays_on_one_table_line():
     from eval.reportmd import _data_sources, _protocol_text
 
-    protocol = {"corpus": "wiki", "separator": "\n\n", "note": "a|b", "quick": False,
-                "data": {"corpus": "wiki", "split": "test", "examples": 10,
-                         "files": [{"package": "gensim", "version": "4.4.0", "path": "x.bz2"}],
-                         "rule": "sorted by sha1"}}
+    protocol = {
+        "corpus": "wiki",
+        "separator": "\n\n",
+        "note": "a|b",
+        "quick": False,
+        "data": {
+            "corpus": "wiki",
+            "split": "test",
+            "examples": 10,
+            "files": [{"package": "gensim", "version": "4.4.0", "path": "x.bz2"}],
+            "rule": "sorted by sha1",
+        },
+    }
     text = _protocol_text(protocol)
     assert text == 'corpus=wiki, separator="\\n\\n", note=a\\|b, quick=False'
     report = {"metrics": [{"name": "ppl", "protocol": protocol}] * 2}
     assert _data_sources([report]) == [
-        "`wiki` / `test`: 10 examples from gensim 4.4.0 `x.bz2`; sorted by sha1"]
+        "`wiki` / `test`: 10 examples from gensim 4.4.0 `x.bz2`; sorted by sha1"
+    ]

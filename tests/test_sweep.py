@@ -62,21 +62,31 @@ class FakeRunner:
 
     def __call__(self, model, configs, *, quick, reports_dir, stage=None, **kw):
         pipeline = [step_record(c) for c in configs]
-        report = Report(model={"name": model, "task": "causal-lm"}, pipeline=pipeline,
-                        quick=quick)
+        report = Report(model={"name": model, "task": "causal-lm"}, pipeline=pipeline, quick=quick)
         self.calls.append((model, report.to_dict()["label"]))
         if stage:
             stage("compress")
-        s = next((getattr(c, "sparsity", 0.0) for c in configs
-                  if c.RECIPE in ("magnitude", "wanda")), 0.0)
+        s = next(
+            (getattr(c, "sparsity", 0.0) for c in configs if c.RECIPE in ("magnitude", "wanda")),
+            0.0,
+        )
         if any(getattr(c, "fail", False) for c in configs):
             report.status, report.error = "failed", "RuntimeError: on purpose"
         else:
             report.status = "ok"
-            report.metrics = [{"name": "ppl_wiki", "value": 20 / (1 - s),
-                               "higher_is_better": False, "protocol": {}}]
-            report.profile = {"bytes_on_disk": 1e6, "params_nonzero": 1e6 * (1 - s),
-                              "latency": {"1x128": {"median_ms": 5.0}}}
+            report.metrics = [
+                {
+                    "name": "ppl_wiki",
+                    "value": 20 / (1 - s),
+                    "higher_is_better": False,
+                    "protocol": {},
+                }
+            ]
+            report.profile = {
+                "bytes_on_disk": 1e6,
+                "params_nonzero": 1e6 * (1 - s),
+                "latency": {"1x128": {"median_ms": 5.0}},
+            }
         report.wall_time_s = 0.01
         path = report.write(reports_dir)
         return path, report.to_dict()
@@ -118,9 +128,12 @@ SWEEP = """
 
 
 def make_sweep(tmp_path, tiny_models, text=SWEEP) -> Path:
-    return write(tmp_path / "t.toml", text.format(a=tiny_models["llama"],
-                                                  b=tiny_models["bert2bert"],
-                                                  reports=tmp_path / "reports"))
+    return write(
+        tmp_path / "t.toml",
+        text.format(
+            a=tiny_models["llama"], b=tiny_models["bert2bert"], reports=tmp_path / "reports"
+        ),
+    )
 
 
 def test_expansion_grids_orders_models_and_dedup(tmp_path, tiny_models, monkeypatch):
@@ -131,9 +144,14 @@ def test_expansion_grids_orders_models_and_dedup(tmp_path, tiny_models, monkeypa
     assert labels[:2] == [(a, "identity"), (b, "identity")]
     assert (a, "magnitude(sparsity=0.9)") in labels and (b, "magnitude(sparsity=0.9)") in labels
     wr = [lbl for m, lbl in labels if lbl.startswith("wanda")]
-    assert sorted(wr) == sorted([
-        "wanda(scope=layer)+rtn", "wanda(scope=layer)+rtn(bits=4)",
-        "wanda+rtn", "wanda+rtn(bits=4)"])  # wanda's default scope is row, rtn's bits 8
+    assert sorted(wr) == sorted(
+        [
+            "wanda(scope=layer)+rtn",
+            "wanda(scope=layer)+rtn(bits=4)",
+            "wanda+rtn",
+            "wanda+rtn(bits=4)",
+        ]
+    )  # wanda's default scope is row, rtn's bits 8
     assert (a, "magnitude+rtn") in labels and (a, "rtn+magnitude") in labels
     # the last run repeats magnitude 0.5 on a: run once
     assert labels.count((a, "magnitude")) == 1
@@ -148,22 +166,61 @@ def test_expansion_grids_orders_models_and_dedup(tmp_path, tiny_models, monkeypa
     assert {j.model for j in only_b.jobs} == {b}
 
 
-@pytest.mark.parametrize("body, message", [
-    ('models = ["{a}"]\nmodles = []\n[[runs]]\nrecipe = "identity"', "unknown key 'modles'; did you mean 'models'"),
-    ('models = ["{a}"]\n[[runs]]\nrecipe = "magnitud"', "runs[0]: unknown recipe 'magnitud'; did you mean 'magnitude'"),
-    ('models = ["{a}"]\n[[runs]]\nrecipe = "magnitude"\nsparsty = 0.5', "unknown magnitude option 'sparsty'; did you mean 'sparsity'"),
-    ('models = ["{a}"]\n[[runs]]\nrecipe = "magnitude"\ngrid = {{ sparsity = [0.5, 1.5] }}', "sparsity=1.5 is out of range"),
-    ('models = ["{a}"]\n[[runs]]\npipeline = ["wanda", "rtn"]\ngrid = {{ sparsity = [0.5] }}', "in a pipeline write RECIPE.FIELD"),
-    ('models = ["{a}"]\n[[runs]]\npipeline = ["wanda", "rtn"]\ngrid = {{ "gptq.bits" = [4] }}', "runs[0].grid.gptq.bits: unknown recipe of the pipeline 'gptq'"),
-    ('models = ["nosuchmodel"]\n[[runs]]\nrecipe = "identity"', "bad.toml: models: unknown model 'nosuchmodel'"),
-    ('models = ["{a}"]\nbudgets = ["size"]\n[[runs]]\nrecipe = "identity"', "budgets: budget 'size'"),
-    ('models = ["{a}"]', "no [[runs]]"),
-    ('models = ["{a}"]\n[[runs]]\nrecipe = "identity"\npipeline = ["rtn"]', "either recipe = NAME or pipeline"),
-    ('models = ["{a}"]\n[[runs]]\npipeline = ["rtn"]\nboth_orders = true', "needs a pipeline of two"),
-    ('models = ["{a}"]\n[defaults]\nthreads = 0\n[[runs]]\nrecipe = "identity"', "threads: expected a whole number"),
-    ('models = ["{a}"]\n[[runs]]\npipeline = ["wanda pattern=2:4", "gptq bits=4"]', "pipeline wanda -> gptq: the 2:4 zeros from wanda would not survive gptq"),
-    ('models = ["{a}"]\nmodels = 3', "not valid TOML"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (
+            'models = ["{a}"]\nmodles = []\n[[runs]]\nrecipe = "identity"',
+            "unknown key 'modles'; did you mean 'models'",
+        ),
+        (
+            'models = ["{a}"]\n[[runs]]\nrecipe = "magnitud"',
+            "runs[0]: unknown recipe 'magnitud'; did you mean 'magnitude'",
+        ),
+        (
+            'models = ["{a}"]\n[[runs]]\nrecipe = "magnitude"\nsparsty = 0.5',
+            "unknown magnitude option 'sparsty'; did you mean 'sparsity'",
+        ),
+        (
+            'models = ["{a}"]\n[[runs]]\nrecipe = "magnitude"\ngrid = {{ sparsity = [0.5, 1.5] }}',
+            "sparsity=1.5 is out of range",
+        ),
+        (
+            'models = ["{a}"]\n[[runs]]\npipeline = ["wanda", "rtn"]\ngrid = {{ sparsity = [0.5] }}',
+            "in a pipeline write RECIPE.FIELD",
+        ),
+        (
+            'models = ["{a}"]\n[[runs]]\npipeline = ["wanda", "rtn"]\ngrid = {{ "gptq.bits" = [4] }}',
+            "runs[0].grid.gptq.bits: unknown recipe of the pipeline 'gptq'",
+        ),
+        (
+            'models = ["nosuchmodel"]\n[[runs]]\nrecipe = "identity"',
+            "bad.toml: models: unknown model 'nosuchmodel'",
+        ),
+        (
+            'models = ["{a}"]\nbudgets = ["size"]\n[[runs]]\nrecipe = "identity"',
+            "budgets: budget 'size'",
+        ),
+        ('models = ["{a}"]', "no [[runs]]"),
+        (
+            'models = ["{a}"]\n[[runs]]\nrecipe = "identity"\npipeline = ["rtn"]',
+            "either recipe = NAME or pipeline",
+        ),
+        (
+            'models = ["{a}"]\n[[runs]]\npipeline = ["rtn"]\nboth_orders = true',
+            "needs a pipeline of two",
+        ),
+        (
+            'models = ["{a}"]\n[defaults]\nthreads = 0\n[[runs]]\nrecipe = "identity"',
+            "threads: expected a whole number",
+        ),
+        (
+            'models = ["{a}"]\n[[runs]]\npipeline = ["wanda pattern=2:4", "gptq bits=4"]',
+            "pipeline wanda -> gptq: the 2:4 zeros from wanda would not survive gptq",
+        ),
+        ('models = ["{a}"]\nmodels = 3', "not valid TOML"),
+    ],
+)
 def test_errors_before_anything_runs(tmp_path, tiny_models, body, message):
     path = write(tmp_path / "bad.toml", body.format(a=tiny_models["llama"]))
     with pytest.raises(UserError) as info:
@@ -181,35 +238,51 @@ def test_not_toml_and_missing_file(tmp_path):
         load_sweep(tmp_path / "x.yaml")
 
 
-@pytest.mark.parametrize("steps, message", [
-    ([("wanda", {"pattern": "2:4"}), ("gptq", {})], "2:4 zeros from wanda would not survive gptq"),
-    ([("magnitude", {"sparsity": 0.9}), ("distill", {})], "unstructured zeros from magnitude"),
-    ([("dynamic-int8", {}), ("rtn", {})], "dynamic-int8 turns the model into a runtime format"),
-    ([("onnx-int8", {}), ("magnitude", {})], "put onnx-int8 last"),
-    ([("rtn", {"bits": 4}), ("distill", {})], "distill would train the weights rtn rounded"),
-    ([("rtn", {}), ("gptq", {})], "keep one quantization step"),
-    ([("structured", {"ffn_ratio": 0.3}), ("wanda", {"pattern": "2:4"})],
-     "2:4 pattern of wanda needs widths divisible by 4, but the FFN width is 45 after structured"),
-    ([("structured", {"ffn_ratio": 0.3}), ("moefy", {"num_experts": 16})],
-     "num_experts=16 of moefy needs widths divisible by 16, but the FFN width is 45"),
-    ([("moefy", {"num_experts": 6})], "num_experts=6 of moefy needs widths divisible by 6"),
-    ([("moefy", {}), ("rtn", {"bits": 8})], "rtn would quantize attention only; put rtn before"),
-])
+@pytest.mark.parametrize(
+    "steps, message",
+    [
+        (
+            [("wanda", {"pattern": "2:4"}), ("gptq", {})],
+            "2:4 zeros from wanda would not survive gptq",
+        ),
+        ([("magnitude", {"sparsity": 0.9}), ("distill", {})], "unstructured zeros from magnitude"),
+        ([("dynamic-int8", {}), ("rtn", {})], "dynamic-int8 turns the model into a runtime format"),
+        ([("onnx-int8", {}), ("magnitude", {})], "put onnx-int8 last"),
+        ([("rtn", {"bits": 4}), ("distill", {})], "distill would train the weights rtn rounded"),
+        ([("rtn", {}), ("gptq", {})], "keep one quantization step"),
+        (
+            [("structured", {"ffn_ratio": 0.3}), ("wanda", {"pattern": "2:4"})],
+            "2:4 pattern of wanda needs widths divisible by 4, but the FFN width is 45 after structured",
+        ),
+        (
+            [("structured", {"ffn_ratio": 0.3}), ("moefy", {"num_experts": 16})],
+            "num_experts=16 of moefy needs widths divisible by 16, but the FFN width is 45",
+        ),
+        ([("moefy", {"num_experts": 6})], "num_experts=6 of moefy needs widths divisible by 6"),
+        (
+            [("moefy", {}), ("rtn", {"bits": 8})],
+            "rtn would quantize attention only; put rtn before",
+        ),
+    ],
+)
 def test_incompatible_pipelines(steps, message):
     configs = [make_config(r, **p) for r, p in steps]
     with pytest.raises(UserError, match=message):
         check_pipeline(configs, tiny_config("llama"))
 
 
-@pytest.mark.parametrize("steps", [
-    [("magnitude", {"sparsity": 0.5}), ("rtn", {"bits": 4, "scheme": "asym"})],
-    [("wanda", {"pattern": "2:4"}), ("rtn", {"bits": 8})],
-    [("wanda", {"sparsity": 0.5}), ("dynamic-int8", {})],
-    [("structured", {"ffn_ratio": 0.25}), ("wanda", {"pattern": "2:4"}), ("rtn", {"bits": 4})],
-    [("distill", {}), ("rtn", {"bits": 4})],
-    [("rtn", {"bits": 8}), ("moefy", {})],
-    [("gptq", {"bits": 4}), ("magnitude", {"sparsity": 0.5})],
-])
+@pytest.mark.parametrize(
+    "steps",
+    [
+        [("magnitude", {"sparsity": 0.5}), ("rtn", {"bits": 4, "scheme": "asym"})],
+        [("wanda", {"pattern": "2:4"}), ("rtn", {"bits": 8})],
+        [("wanda", {"sparsity": 0.5}), ("dynamic-int8", {})],
+        [("structured", {"ffn_ratio": 0.25}), ("wanda", {"pattern": "2:4"}), ("rtn", {"bits": 4})],
+        [("distill", {}), ("rtn", {"bits": 4})],
+        [("rtn", {"bits": 8}), ("moefy", {})],
+        [("gptq", {"bits": 4}), ("magnitude", {"sparsity": 0.5})],
+    ],
+)
 def test_compatible_pipelines(steps):
     check_pipeline([make_config(r, **p) for r, p in steps], tiny_config("llama"))
 
@@ -223,8 +296,9 @@ def test_rtn_keeps_exact_zeros_as_the_table_says():
     from compress.tiny import tiny_model
 
     model, tok = tiny_model("llama")
-    model = compress(model, make_config("magnitude", pattern="2:4", sparsity=0.5),
-                     Context(tokenizer=tok))
+    model = compress(
+        model, make_config("magnitude", pattern="2:4", sparsity=0.5), Context(tokenizer=tok)
+    )
     before = {n: (p == 0) for n, p in model.named_parameters() if p.dim() == 2}
     for scheme in ("sym", "asym"):
         out = compress(model, make_config("rtn", bits=4, scheme=scheme), Context(tokenizer=tok))
@@ -233,15 +307,19 @@ def test_rtn_keeps_exact_zeros_as_the_table_says():
                 assert torch.all(p[before[n]] == 0), f"{scheme}: zeros of {n} lost"
 
 
-def test_fake_sweep_skips_done_retries_failed_and_writes_manifest(tmp_path, tiny_models,
-                                                                  monkeypatch):
+def test_fake_sweep_skips_done_retries_failed_and_writes_manifest(
+    tmp_path, tiny_models, monkeypatch
+):
     monkeypatch.syspath_prepend(str(TESTS))
-    text = SWEEP + '''
+    text = (
+        SWEEP
+        + """
     [[runs]]
     recipe = "sweep-probe-test"
     fail = true
     models = ["{a}"]
-'''
+"""
+    )
     sweep = load_sweep(make_sweep(tmp_path, tiny_models, text))
     fake = FakeRunner()
     out = run_sweep(sweep, run_fn=fake, console=quiet_console())
@@ -266,11 +344,11 @@ def test_fake_sweep_skips_done_retries_failed_and_writes_manifest(tmp_path, tiny
 def test_budget_search_bisects_the_knob(tmp_path, tiny_models):
     text = f"""
         name = "s"
-        models = ["{tiny_models['llama']}"]
+        models = ["{tiny_models["llama"]}"]
         budgets = ["nonzeros=0.3"]
         search_runs = 3
         [defaults]
-        reports = "{tmp_path / 'reports'}"
+        reports = "{tmp_path / "reports"}"
         [[runs]]
         recipe = "identity"
         [[runs]]
@@ -282,11 +360,17 @@ def test_budget_search_bisects_the_knob(tmp_path, tiny_models):
     run_sweep(sweep, run_fn=fake, console=quiet_console())
     tried = [label for _, label in fake.calls]
     # 0.5 misses nonzeros<=0.3; 0.99 meets; 0.74 meets; 0.62 misses
-    assert tried == ["identity", "magnitude", "magnitude(sparsity=0.99)",
-                     "magnitude(sparsity=0.74)", "magnitude(sparsity=0.62)"]
+    assert tried == [
+        "identity",
+        "magnitude",
+        "magnitude(sparsity=0.99)",
+        "magnitude(sparsity=0.74)",
+        "magnitude(sparsity=0.62)",
+    ]
     reports = read_reports(sweep.reports)
-    (p,) = [p for p in pick_for_model(reports, parse_budget("nonzeros=0.3"))
-            if p.family == "pruning"]
+    (p,) = [
+        p for p in pick_for_model(reports, parse_budget("nonzeros=0.3")) if p.family == "pruning"
+    ]
     assert p.label == "magnitude(sparsity=0.74)"
     manifest = json.loads((sweep.reports / MANIFESTS / "s.json").read_text())
     assert [j["origin"] for j in manifest["jobs"]].count("search nonzeros=0.3") == 3
@@ -303,23 +387,23 @@ def test_real_sweep_on_tiny_models_with_a_failing_run(tmp_path, tiny_models, mon
     monkeypatch.syspath_prepend(str(TESTS))
     text = f"""
         name = "e2e"
-        models = ["{tiny_models['llama']}", "{tiny_models['bert2bert']}"]
+        models = ["{tiny_models["llama"]}", "{tiny_models["bert2bert"]}"]
         imports = ["sweep_helpers"]
         [defaults]
         quick = true
         threads = 1
         calibration_samples = 8
-        reports = "{tmp_path / 'reports'}"
+        reports = "{tmp_path / "reports"}"
         [[runs]]
         recipe = "identity"
         [[runs]]
         recipe = "magnitude"
         sparsity = 0.5
-        models = ["{tiny_models['llama']}"]
+        models = ["{tiny_models["llama"]}"]
         [[runs]]
         recipe = "sweep-probe-test"
         fail = true
-        models = ["{tiny_models['llama']}"]
+        models = ["{tiny_models["llama"]}"]
     """
     sweep = load_sweep(write(tmp_path / "e2e.toml", text))
     out = run_sweep(sweep, console=quiet_console())
@@ -332,7 +416,8 @@ def test_real_sweep_on_tiny_models_with_a_failing_run(tmp_path, tiny_models, mon
     dense = reports[(tiny_models["llama"], "identity")]
     assert mag["profile"]["params_nonzero"] < dense["profile"]["params_nonzero"]
     assert {m["name"] for m in reports[(tiny_models["bert2bert"], "identity")]["metrics"]} >= {
-        "chrf"}
+        "chrf"
+    }
     mtimes = {p: p.stat().st_mtime_ns for p in sweep.reports.glob("*.json")}
     again = run_sweep(load_sweep(sweep.path), console=quiet_console(), retry_failed=False)
     assert again.ran == 0
@@ -345,7 +430,7 @@ def test_killed_sweep_resumes_without_repeating_or_losing_runs(tmp_path, tiny_mo
     levels = (0.1, 0.2, 0.3)
     text = f"""
         name = "kill"
-        models = ["{tiny_models['llama']}"]
+        models = ["{tiny_models["llama"]}"]
         imports = ["sweep_helpers"]
         [defaults]
         quick = true
@@ -360,8 +445,12 @@ def test_killed_sweep_resumes_without_repeating_or_losing_runs(tmp_path, tiny_mo
     """
     path = write(tmp_path / "kill.toml", text)
     env = os.environ | {"PYTHONPATH": os.pathsep.join([str(TESTS), str(TESTS.parent)])}
-    proc = subprocess.Popen([sys.executable, "-m", "eval.sweep", str(path)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "eval.sweep", str(path)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.time() + 240
     try:
         # the second probe has started (its line is logged) and sleeps inside its run
@@ -398,8 +487,9 @@ def test_killed_sweep_resumes_without_repeating_or_losing_runs(tmp_path, tiny_mo
     assert log_file.read_text().split() == ["0.1", "0.2", "0.2", "0.3"]
 
 
-@pytest.mark.parametrize("name, quick, n", [("default", False, 33), ("default", True, 25),
-                                            ("extended", False, None)])
+@pytest.mark.parametrize(
+    "name, quick, n", [("default", False, 33), ("default", True, 25), ("extended", False, None)]
+)
 def test_committed_sweep_files_parse_and_check(name, quick, n):
     root = TESTS.parent
     sweep = load_sweep(root / "recipes" / f"{name}.toml", quick=quick)
@@ -414,7 +504,7 @@ def test_committed_sweep_files_parse_and_check(name, quick, n):
 
 def test_both_orders_with_a_step_grid(tmp_path, tiny_models):
     text = f"""
-        models = ["{tiny_models['llama']}"]
+        models = ["{tiny_models["llama"]}"]
         [[runs]]
         pipeline = ["wanda", "rtn"]
         grid = {{ "1.bits" = [8, 4] }}
@@ -422,4 +512,5 @@ def test_both_orders_with_a_step_grid(tmp_path, tiny_models):
     """
     sweep = load_sweep(write(tmp_path / "o.toml", text))
     assert sorted(j.label for j in sweep.jobs) == sorted(
-        ["wanda+rtn", "wanda+rtn(bits=4)", "rtn+wanda", "rtn(bits=4)+wanda"])
+        ["wanda+rtn", "wanda+rtn(bits=4)", "rtn+wanda", "rtn(bits=4)+wanda"]
+    )
