@@ -255,3 +255,40 @@ def test_atomic_dir_survives_sigkill_mid_save(tmp_path):
 
     assert clean_stale_tmp(tmp_path) >= 1
     assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+class _Exploit:
+    """Unpickling this runs code: it creates a marker file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_code_executing_pickle_is_refused(tmp_path):
+    import pickle
+
+    from compress.models import load_model
+    from compress.safety import safe_torch_load
+
+    model, tok = tiny_model("bert")
+    model.config.architectures = ["BertModel"]
+    model.config.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    marker = tmp_path / "pwned"
+    with open(tmp_path / "pytorch_model.bin", "wb") as fh:
+        pickle.dump({"weight": _Exploit(marker)}, fh)
+    with pytest.raises(UserError, match="only pickle weights"):
+        load_model(str(tmp_path))
+    assert not marker.exists()
+    # even when pickle is allowed, weights_only=True refuses to run the code
+    with pytest.raises(Exception):  # noqa: B017 - torch's UnpicklingError or transformers' wrapper
+        load_model(str(tmp_path), allow_pickle=True)
+    assert not marker.exists()
+    with pytest.raises(Exception):  # noqa: B017
+        safe_torch_load(tmp_path / "pytorch_model.bin", allow_pickle=True)
+    assert not marker.exists()
