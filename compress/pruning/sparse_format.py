@@ -84,9 +84,16 @@ def sparse_bytes(model: nn.Module) -> dict[str, int]:
 
 
 def applies(model: nn.Module) -> bool:
-    """True when storing the sparse matrices as bitmask + values saves >= 1% of the bytes."""
+    """True when storing the sparse matrices as bitmask + values saves >= 1% of the bytes.
+
+    Only plain float models qualify: a state dict holding anything but ordinary float or
+    integer tensors (int8 packed params, quantized tensors) belongs to another format.
+    """
     if getattr(model, "config", None) is None:
         return False
+    for t in model.state_dict().values():
+        if not isinstance(t, torch.Tensor) or t.is_quantized:
+            return False
     b = sparse_bytes(model)
     return b["dense"] > 0 and b["sparse_bitmask"] <= (1 - MIN_SAVING) * b["dense"]
 
