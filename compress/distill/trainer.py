@@ -78,6 +78,7 @@ class TrainResult:
     steps_done: int
     stopped_by: str  # "steps" | "time" | "no-steps"
     seconds: float
+    cpu_seconds: float
     tokens: int
     best_step: int
     best_eval: dict[str, float]
@@ -308,9 +309,8 @@ def _identity_mismatch(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
 
 
 @contextlib.contextmanager
-def _progress(total: int, start: int):
+def _progress(console, total: int, start: int):
     """A rich progress bar on stderr (a no-op where stderr is not a terminal)."""
-    from rich.console import Console
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -320,7 +320,6 @@ def _progress(total: int, start: int):
         TimeRemainingColumn,
     )
 
-    console = Console(stderr=True)
     progress = Progress(
         TextColumn("[bold]distill"),
         BarColumn(),
@@ -369,6 +368,7 @@ def train(
         "version": CHECKPOINT_VERSION,
         "step": 0,
         "seconds": 0.0,
+        "cpu_seconds": 0.0,
         "tokens": 0,
         "best_step": -1,
         "best_eval": None,
@@ -420,14 +420,29 @@ def train(
     budget = None if s.max_minutes is None else s.max_minutes * 60.0
     t_run = time.perf_counter()
     seconds_before = state["seconds"]
+    cpu_before, c_run = state.get("cpu_seconds", 0.0), time.process_time()
 
     def elapsed() -> float:
+        # wall clock (what max_minutes limits) and, alongside, this process's CPU time,
+        # which on a shared or throttled machine says more about the work done
+        state["cpu_seconds"] = round(cpu_before + time.process_time() - c_run, 2)
         return seconds_before + time.perf_counter() - t_run
 
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    what = "task loss only (no teacher)" if teacher is None else (
+        f"kd {w.kd} (T={w.temperature}), task {w.task}, cos {w.cos}")
+    console.print(
+        f"distill: {s.steps} steps of {s.grad_accum} x {s.batch_size} examples from "
+        f"{len(examples)}; loss: {what}"
+        + (f"; resuming at step {state['step']}" if resumed_from is not None else ""),
+        highlight=False, markup=False, soft_wrap=True,
+    )
     if state["step"] == 0 and not state["curve"]:
         ev = evaluate(0)
         state["curve"].append({"step": 0, "eval": ev, "seconds": 0.0})
-        log.info("step 0: eval %s", _fmt(ev))
+        console.print(f"step 0: eval {_fmt(ev)}", highlight=False, markup=False, soft_wrap=True)
 
     stopped_by = "steps" if s.steps > 0 else "no-steps"
     sums: dict[str, float] = {}
@@ -437,7 +452,7 @@ def train(
     step = state["step"]
     in_update = False
     rng_at_step = _rng_state()
-    with _progress(s.steps, step) as (progress, bar):
+    with _progress(console, s.steps, step) as (progress, bar):
         try:
             while step < s.steps:
                 # the RNG as of this step boundary: what an interrupt checkpoint must hold
@@ -497,12 +512,14 @@ def train(
                         "train": {k: v / n_micro for k, v in sums.items()},
                         "eval": ev,
                         "seconds": round(state["seconds"], 2),
+                        "cpu_seconds": state["cpu_seconds"],
                         "tokens_per_s": round(speed, 1),
                     }
                     state["curve"].append(point)
-                    msg = f"step {step}/{s.steps}: train {_fmt(point['train'])}; eval {_fmt(ev)}"
-                    if progress.console.is_terminal:
-                        progress.console.print(msg)
+                    msg = (f"step {step}/{s.steps}: train {_fmt(point['train'])}; eval {_fmt(ev)}; "
+                           f"{speed:,.0f} tok/s, {state['seconds']:.0f} s")
+                    # one line per evaluation, also when stderr is a log file
+                    progress.console.print(msg, highlight=False, markup=False, soft_wrap=True)
                     log.info(msg)
                     sums, n_micro = {}, 0
                     tokens_window, t_window = 0, time.perf_counter()
@@ -533,6 +550,7 @@ def train(
         steps_done=step,
         stopped_by=stopped_by,
         seconds=round(state["seconds"], 2),
+        cpu_seconds=state["cpu_seconds"],
         tokens=state["tokens"],
         best_step=state["best_step"],
         best_eval=state["best_eval"] or {},

@@ -49,7 +49,9 @@ from compress.registry import register_recipe
 
 log = logging.getLogger(__name__)
 
-#: config fields that may change between an interrupted run and its resumption.
+#: config fields that may change between an interrupted run and its resumption (soft
+#: targets read from the teacher cache are float16, so toggling cache_teacher on resume
+#: changes the numbers slightly; everything else must match or resume is refused).
 RESUME_FREE = ("resume", "max_minutes", "checkpoint_dir", "cache_teacher")
 
 
@@ -143,13 +145,28 @@ def _task(model: nn.Module, context: Context) -> str:
     """The distillation task: masked-lm for encoders with an MLM head, else the model's task."""
     from compress.models import task_of
 
-    if type(model).__name__.endswith("ForMaskedLM"):
+    name = type(model).__name__
+    if name.endswith("ForMaskedLM"):
         return "masked-lm"
-    task = context.task or task_of(model.config)
+    task = context.task
+    if task is None:  # a model handed over without a context: its class says what it is
+        for suffix, guess in _CLASS_TASKS:
+            if name.endswith(suffix):
+                return guess
+        task = task_of(model.config)
     if task == "embedding" and hasattr(model, "get_output_embeddings"):
         if model.get_output_embeddings() is not None:
             return "masked-lm"
     return task
+
+
+_CLASS_TASKS = (
+    ("ForSequenceClassification", "classification"),
+    ("ForCausalLM", "causal-lm"),
+    ("LMHeadModel", "causal-lm"),
+    ("ForConditionalGeneration", "seq2seq"),
+    ("EncoderDecoderModel", "seq2seq"),
+)
 
 
 def _decoder_start(model: nn.Module) -> int | None:
@@ -300,6 +317,7 @@ def distill(model: nn.Module, config: DistillConfig, context: Context) -> nn.Mod
         "steps_planned": config.steps,
         "stopped_by": result.stopped_by,
         "train_seconds": result.seconds,
+        "train_cpu_seconds": result.cpu_seconds,
         "recipe_seconds": round(time.perf_counter() - t0, 2),
         "train_tokens": result.tokens,
         "returned": result.returned,
