@@ -41,6 +41,27 @@ def leftover_attachments(model: nn.Module) -> list[str]:
     return found
 
 
+def _check_memory(model: nn.Module, config: RecipeConfig, name: str) -> None:
+    """Stop with a clear message before a recipe needs more memory than is free."""
+    from compress.memory import require_memory
+    from compress.stats import parameter_counts
+
+    cfg = getattr(model, "config", None)
+    hidden = next(
+        (getattr(cfg, a) for a in ("hidden_size", "d_model", "n_embd")
+         if isinstance(getattr(cfg, a, None), int)),
+        1024,
+    )
+    extra = config.extra_memory_bytes(parameter_counts(model)["bytes"], hidden)
+    if extra > 0:
+        require_memory(
+            extra,
+            f"recipe {name!r} (calibration activations / optimizer state)",
+            "use fewer calibration samples (--nsamples) or a shorter --seq-len, LoRA instead "
+            "of full fine-tuning, or load the model with --device-map auto",
+        )
+
+
 def compress(model: nn.Module, config: RecipeConfig, context: Context | None = None) -> nn.Module:
     """Apply the recipe configured by ``config`` to ``model`` and return the model.
 
@@ -51,6 +72,7 @@ def compress(model: nn.Module, config: RecipeConfig, context: Context | None = N
     """
     recipe = recipe_for_config(config)
     context = context or Context()
+    _check_memory(model, config, recipe.name)
     torch.manual_seed(config.seed)
     log.info("applying recipe %s", recipe.name)
     out = recipe.handler(model, config, context)

@@ -112,6 +112,26 @@ class RecipeConfig:
     def validate(self) -> None:
         """Cross-field checks; override and raise :class:`UserError`."""
 
+    def extra_memory_bytes(self, param_bytes: int, hidden: int) -> int:
+        """Memory the recipe needs beyond the loaded model (checked before it runs).
+
+        The default reads the suite's field conventions: calibration activations of one
+        block (``nsamples`` x ``seq_len`` x ``hidden``, inputs and outputs kept), and
+        optimizer state for training (``finetune_steps`` / ``steps`` with
+        ``finetune_method``: full fine-tuning keeps gradients and two AdamW moments,
+        3x the weights; LoRA a few percent). Recipes with other needs override it.
+        """
+        extra = 0
+        samples = getattr(self, "nsamples", None)
+        if isinstance(samples, int) and samples > 0:
+            seq = getattr(self, "seq_len", None) or 512
+            extra += 2 * samples * int(seq) * hidden * 4
+        steps = getattr(self, "finetune_steps", None) or getattr(self, "steps", None)
+        if isinstance(steps, int) and steps > 0:
+            method = str(getattr(self, "finetune_method", "full"))
+            extra += param_bytes // 20 if "lora" in method else 3 * param_bytes
+        return extra
+
     # -- helpers ---------------------------------------------------------
     def _where(self, name: str) -> str:
         return f"{self.RECIPE or type(self).__name__}: {name}"

@@ -292,3 +292,29 @@ def test_code_executing_pickle_is_refused(tmp_path):
     with pytest.raises(Exception):  # noqa: B017
         safe_torch_load(tmp_path / "pytorch_model.bin", allow_pickle=True)
     assert not marker.exists()
+
+
+def test_memory_check_before_compressing(monkeypatch):
+    @dataclass(frozen=True)
+    class HungryConfig(RecipeConfig):
+        nsamples: int = option(128, "calibration samples", low=1)
+        seq_len: int = option(2048, "calibration length", low=1)
+        finetune_steps: int = option(10, "steps", low=0)
+        finetune_method: str = option("full", "method", choices=("full", "lora"))
+
+    from compress.registry import register_recipe
+
+    @register_recipe("hungry-test", HungryConfig)
+    def hungry(model, config, context):
+        return model
+
+    model, _ = tiny_model("llama")
+    params = sum(p.numel() * 4 for p in model.parameters())
+    need = HungryConfig().extra_memory_bytes(params, 32)
+    assert need == 2 * 128 * 2048 * 32 * 4 + 3 * params
+    assert HungryConfig(finetune_method="lora").extra_memory_bytes(params, 32) < need
+    monkeypatch.setenv("COMPRESS_AVAILABLE_MEMORY", str(need // 2))
+    with pytest.raises(UserError, match=r"recipe 'hungry-test' .* needs about .*--nsamples"):
+        compress(model, HungryConfig())
+    monkeypatch.setenv("COMPRESS_AVAILABLE_MEMORY", str(need * 2))
+    assert compress(model, HungryConfig()) is model
