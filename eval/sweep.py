@@ -694,6 +694,14 @@ def existing_reports(folder: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
+def same_threads(report: dict[str, Any], threads: int | None) -> bool:
+    """True unless the sweep pins ``threads`` and the report was measured with others."""
+    if threads is None:
+        return True
+    recorded = (report.get("environment") or {}).get("threads")
+    return recorded is None or recorded == threads
+
+
 class Estimator:
     """Seconds a job will take, from the wall times of reports already written.
 
@@ -792,7 +800,8 @@ class _Runner:
         if prior is None:
             return True
         if prior.get("status") == "ok":
-            return False
+            # timings taken with another thread count are another measurement: redo them
+            return not same_threads(prior, self.sweep.threads)
         return self.retry_failed
 
     def _progress(self):
@@ -1164,6 +1173,8 @@ def _dry_run(sweep: Sweep, console, retry_failed: bool) -> int:
         prior = done.get(job.key)
         state = "to run" if prior is None else prior["status"]
         will_run = prior is None or (prior["status"] != "ok" and retry_failed)
+        if prior is not None and prior["status"] == "ok" and not same_threads(prior, sweep.threads):
+            state, will_run = "ok, other threads: rerun", True
         est = estimate(job) if will_run else 0.0
         total += est
         style = {"ok": "green", "failed": "red"}.get(state, "")

@@ -627,3 +627,23 @@ def test_cli_distils_a_local_folder(tmp_path):
     # no pickle anywhere in the checkpoint
     assert all(p.suffix in (".safetensors", ".json") for p in (tmp_path / "ckpt").rglob("*")
                if p.is_file())
+
+
+def test_masked_lm_teacher_distils_with_mlm_labels():
+    """An encoder with an MLM head: KD over the vocabulary, task loss on masked tokens."""
+    torch.manual_seed(0)
+    teacher = tf.BertForMaskedLM(tiny_config("bert", num_hidden_layers=4)).eval()
+    tok = tiny_tokenizer()
+    ctx = Context(tokenizer=tok, train=list(TEXTS), task="embedding")
+    student = compress(teacher, _cfg(steps=3), ctx)
+    info = ctx.info["distill"]
+    assert info["task"] == "masked-lm" and info["student_blocks"] == {"encoder": 2}
+    assert {"task", "kd", "cos"} <= set(info["curve"][-1]["train"])
+    assert isinstance(student, tf.BertForMaskedLM)
+
+
+def test_half_precision_teacher_trains_in_fp32_and_returns_its_dtype():
+    teacher, tok = four_block_model("llama")
+    teacher = teacher.to(torch.bfloat16)
+    student = compress(teacher, _cfg(steps=2), _ctx("llama", tok))
+    assert {p.dtype for p in student.parameters()} == {torch.bfloat16}

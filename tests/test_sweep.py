@@ -514,3 +514,26 @@ def test_both_orders_with_a_step_grid(tmp_path, tiny_models):
     assert sorted(j.label for j in sweep.jobs) == sorted(
         ["wanda+rtn", "wanda+rtn(bits=4)", "rtn+wanda", "rtn(bits=4)+wanda"]
     )
+
+
+def test_runs_timed_with_other_threads_are_redone(tmp_path, tiny_models):
+    model = tiny_models["llama"]
+    text = f"""
+        models = ["{model}"]
+        [defaults]
+        threads = 2
+        reports = "{tmp_path / 'reports'}"
+        [[runs]]
+        recipe = "identity"
+    """
+    sweep = load_sweep(write(tmp_path / "th.toml", text))
+    (job,) = sweep.jobs
+    old = Report(model={"name": model}, pipeline=job.pipeline, status="ok",
+                 environment={"threads": 1})
+    old.write(sweep.reports)
+    fake = FakeRunner()
+    run_sweep(sweep, run_fn=fake, console=quiet_console())
+    assert fake.calls == [(model, "identity")]  # measured with 1 thread: measured again
+    fake.calls.clear()
+    run_sweep(load_sweep(sweep.path, threads=1), run_fn=fake, console=quiet_console())
+    assert fake.calls == []  # the new report records no threads: taken as matching

@@ -123,6 +123,8 @@ def load_moe(folder: Path) -> nn.Module:
     missing_keys, unexpected = load_model(model, str(folder / WEIGHTS_FILE), strict=True)
     if unexpected:
         raise UserError(f"{folder}: unexpected tensors in {WEIGHTS_FILE}: {unexpected[:3]}")
+    if (folder / "generation_config.json").exists() and hasattr(model, "generation_config"):
+        model.generation_config = tf.GenerationConfig.from_pretrained(folder)
     model.eval()
     return model
 

@@ -41,6 +41,7 @@ import torch.nn as nn
 
 from compress.arch import Block, arch_for, find_module_list, iter_blocks
 from compress.errors import UserError
+from compress.pruning.masks import release_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -321,6 +322,7 @@ def sequential_blocks(
                 args, kw = cap.calls[i][j]
                 cap.hidden[j] = _first(block.module(cap.hidden[j], *args, **kw)).detach()
             cap.calls[i] = []  # free this block's arguments
+            release_freed_memory()
             yield None
         del cap
 
