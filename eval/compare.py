@@ -137,18 +137,74 @@ def baseline_of(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
     return candidates[-1] if candidates else None
 
 
-def build_tables(reports: list[dict[str, Any]]) -> list[Table]:
-    """One table per model; rows sorted baseline first, then by label."""
+def _metric_column(name: str, higher_is_better: bool) -> Column:
+    return Column(
+        f"{name} {'↑' if higher_is_better else '↓'}",
+        lambda report: _metric_value(report, name),
+        higher_is_better,
+        _fmt_metric,
+    )
+
+
+def _metric_directions(runs: list[dict[str, Any]]) -> dict[str, bool]:
+    """Metric name -> higher_is_better, in first-seen order."""
+    directions: dict[str, bool] = {}
+    for run in runs:
+        for metric in run.get("metrics", []):
+            directions.setdefault(metric["name"], metric["higher_is_better"])
+    return directions
+
+
+def column_names(reports: list[dict[str, Any]]) -> list[str]:
+    """Names ``--columns`` accepts: every metric in ``reports``, then every profile column."""
+    return list(_metric_directions(reports)) + [c.label for c in PROFILE_COLUMNS]
+
+
+def select_columns(reports: list[dict[str, Any]], names: list[str]) -> list[str]:
+    """Check ``names`` against :func:`column_names`; returns them in their canonical spelling.
+
+    Matching ignores surrounding spaces and case; an unknown name raises a one-line
+    :class:`~compress.errors.UserError` with the closest names and the full list.
+    """
+    from compress.errors import UserError, did_you_mean
+
+    known = column_names(reports)
+    by_lower = {k.lower(): k for k in known}
+    chosen: list[str] = []
+    for raw in names:
+        name = raw.strip()
+        if not name:
+            continue
+        canonical = name if name in known else by_lower.get(name.lower())
+        if canonical is None:
+            raise did_you_mean("column", name, known)
+        if canonical not in chosen:
+            chosen.append(canonical)
+    if not chosen:
+        raise UserError(f"--columns names no column. Known columns: {', '.join(sorted(known))}")
+    return chosen
+
+
+def build_tables(reports: list[dict[str, Any]], columns: list[str] | None = None) -> list[Table]:
+    """One table per model; rows sorted baseline first, then by label.
+
+    ``columns`` (names from :func:`column_names`, checked by :func:`select_columns`)
+    picks the metric and profile columns and their order; ``run`` and ``status`` are
+    always shown. By default every metric and every profile figure with data is shown.
+    """
     tables = []
     for model, runs in group_by_model(reports).items():
         base = baseline_of(runs)
-        metric_names: list[str] = []
-        directions: dict[str, bool] = {}
-        for run in runs:
-            for metric in run.get("metrics", []):
-                if metric["name"] not in directions:
-                    metric_names.append(metric["name"])
-                    directions[metric["name"]] = metric["higher_is_better"]
+        directions = _metric_directions(runs)
+        available: dict[str, Column] = {
+            name: _metric_column(name, hib) for name, hib in directions.items()
+        }
+        for col in PROFILE_COLUMNS:
+            if any(col.get(r) is not None for r in runs):
+                available[col.label] = col
+        shown = [
+            available[n] for n in (columns if columns is not None else available) if n in available
+        ]
         task = next((r["model"].get("task") for r in runs if r["model"].get("task")), None)
         title = f"{model}" + (f" ({task})" if task else "")
         caption = (
@@ -157,15 +213,14 @@ def build_tables(reports: list[dict[str, Any]]) -> list[Table]:
             if base
             else "no successful identity run: no baseline to compare against"
         )
-        if any(r.get("profile", {}).get("busy_machine") for r in runs):
+        if any(r.get("profile", {}).get("busy_machine") for r in runs) and any(
+            c.timing for c in shown
+        ):
             caption += "; * timed on a busy machine (load above 1.5x cores): not comparable"
         table = Table(title=title, caption=caption, box=box.SIMPLE_HEAVY, title_justify="left")
         table.add_column("run", no_wrap=True)
         table.add_column("status")
-        for name in metric_names:
-            table.add_column(f"{name} {'↑' if directions[name] else '↓'}", justify="right")
-        profile_cols = [c for c in PROFILE_COLUMNS if any(c.get(r) is not None for r in runs)]
-        for col in profile_cols:
+        for col in shown:
             table.add_column(col.label, justify="right")
         ordered = sorted(
             runs, key=lambda r: (r is not base, r.get("label", ""), r.get("created", ""))
@@ -181,18 +236,8 @@ def build_tables(reports: list[dict[str, Any]]) -> list[Table]:
                 else Text(run["status"], style="red")
             )
             cells: list[Text] = [Text(label, style="bold" if is_base else ""), status]
-            for name in metric_names:
-                cells.append(
-                    _cell(
-                        _metric_value(run, name),
-                        _metric_value(base, name) if base else None,
-                        directions[name],
-                        _fmt_metric,
-                        is_base,
-                    )
-                )
             busy = bool(run.get("profile", {}).get("busy_machine"))
-            for col in profile_cols:
+            for col in shown:
                 cell = _cell(
                     col.get(run),
                     col.get(base) if base else None,
@@ -212,13 +257,18 @@ def build_tables(reports: list[dict[str, Any]]) -> list[Table]:
     return tables
 
 
-def render(reports: list[dict[str, Any]], markdown: bool = False, width: int = 220) -> str:
-    """The comparison as text (rich) or markdown."""
+def render(
+    reports: list[dict[str, Any]],
+    markdown: bool = False,
+    width: int = 220,
+    columns: list[str] | None = None,
+) -> str:
+    """The comparison as text (rich) or markdown (``columns``: see :func:`build_tables`)."""
     buffer = io.StringIO()
     console = Console(
         file=buffer, width=width, force_terminal=False, color_system=None, record=False
     )
-    for table in build_tables(reports):
+    for table in build_tables(reports, columns):
         if markdown:
             table.box = box.MARKDOWN
             title, caption = table.title, table.caption
@@ -253,6 +303,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also show --quick smoke runs (hidden by default when full runs exist)",
     )
+    parser.add_argument(
+        "--columns",
+        default=None,
+        metavar="A,B,...",
+        help="comma-separated metric/profile columns to show, in this order "
+        "(e.g. 'ppl_wiki,disk,lat 1x128'); default: all",
+    )
     args = parser.parse_args(argv)
     warnings: list[str] = []
     reports = read_reports(args.reports, warn=warnings.append)
@@ -272,10 +329,11 @@ def main(argv: list[str] | None = None) -> int:
     if not reports:
         print(f"no reports in {args.reports}", file=sys.stderr)
         return 1
+    columns = select_columns(reports, args.columns.split(",")) if args.columns is not None else None
     if args.markdown:
-        print(render(reports, markdown=True))
+        print(render(reports, markdown=True, columns=columns))
     else:
-        Console().print(*build_tables(reports))
+        Console().print(*build_tables(reports, columns))
     return 0
 
 

@@ -8,8 +8,18 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
+from compress.errors import UserError
 from compress.fileio import atomic_write_json
-from eval.compare import baseline_of, build_tables, delta_text, render
+from eval.compare import (
+    baseline_of,
+    build_tables,
+    column_names,
+    delta_text,
+    render,
+    select_columns,
+)
 from eval.report import SCHEMA_VERSION, Report, pipeline_label, read_reports, run_key
 
 
@@ -160,3 +170,57 @@ def test_busy_machine_timings_are_flagged():
     assert "99.0 ms*" in text and "timed on a busy machine" in " ".join(text.split())
     quiet = render([make_report().to_dict()])
     assert "*" not in quiet.replace("**", "")
+
+
+def _headers(table):
+    return [str(c.header) for c in table.columns]
+
+
+def test_compare_columns_pick_and_order():
+    base = make_report(metrics=[
+        {"name": "ppl_wiki", "value": 20.0, "higher_is_better": False, "protocol": {}},
+        {"name": "acc", "value": 0.8, "higher_is_better": True, "protocol": {}}])
+    reports = [base.to_dict()]
+    assert column_names(reports)[:2] == ["ppl_wiki", "acc"]
+    assert {"disk", "lat 1x128", "peak RSS"} <= set(column_names(reports))
+    (full,) = build_tables(reports)
+    assert _headers(full) == ["run", "status", "ppl_wiki ↓", "acc ↑", "disk", "nonzero",
+                              "lat 1x128"]
+    # user's order, names matched ignoring case and spaces, duplicates dropped
+    cols = select_columns(reports, ["lat 1x128", " ACC", "ppl_wiki", "acc"])
+    assert cols == ["lat 1x128", "acc", "ppl_wiki"]
+    (picked,) = build_tables(reports, cols)
+    assert _headers(picked) == ["run", "status", "lat 1x128", "acc ↑", "ppl_wiki ↓"]
+    text = render(reports, columns=["disk"])
+    assert "100.0 MB" in text and "ppl_wiki" not in text and "10.0 ms" not in text
+    # a valid column without data for this model is simply absent
+    (no_rss,) = build_tables(reports, ["peak RSS", "acc"])
+    assert _headers(no_rss) == ["run", "status", "acc ↑"]
+
+
+def test_compare_unknown_column_names_closest():
+    reports = [make_report().to_dict()]
+    with pytest.raises(UserError) as err:
+        select_columns(reports, ["ppl_wik"])
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert "unknown column 'ppl_wik'; did you mean 'ppl_wiki'?" in msg
+    assert "Known columns:" in msg and "lat 1x128" in msg and "disk" in msg
+    with pytest.raises(UserError, match="names no column"):
+        select_columns(reports, [" ", ""])
+
+
+def test_compare_cli_columns(tmp_path):
+    make_report().write(tmp_path)
+    make_report(recipe="magnitude", config={"sparsity": 0.9}).write(tmp_path)
+    env = os.environ | {"COLUMNS": "200"}
+    res = subprocess.run([sys.executable, "-m", "eval.compare", str(tmp_path), "--markdown",
+                          "--columns", "disk,ppl_wiki"], capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr
+    header = next(line for line in res.stdout.splitlines() if "run" in line and "|" in line)
+    assert header.index("disk") < header.index("ppl_wiki") and "lat" not in header
+    bad = subprocess.run([sys.executable, "-m", "eval.compare", str(tmp_path),
+                          "--columns", "disk,latency"], capture_output=True, text=True, env=env)
+    assert bad.returncode == 2
+    assert bad.stderr.count("\n") == 1 and bad.stderr.startswith("error: unknown column 'latency'")
+    assert "Known columns:" in bad.stderr
