@@ -551,8 +551,13 @@ def load_sweep(
     reports: str | Path | None = None,
     threads: int | None = None,
     models: list[str] | None = None,
+    only: list[str] | None = None,
 ) -> Sweep:
-    """Parse and check a sweep file; every job is validated before anything runs."""
+    """Parse and check a sweep file; every job is validated before anything runs.
+
+    ``only``: shell-style patterns (``fnmatch``) on run labels such as ``rtn(bits=3)``
+    or ``wanda*``; a job is kept when any matches. A pattern matching no run is an error.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"sweep file {str(path)!r} does not exist")
@@ -660,6 +665,15 @@ def load_sweep(
                 if job.key not in seen:
                     seen.add(job.key)
                     jobs.append(job)
+    if only:
+        import fnmatch
+
+        labels = sorted({j.label for j in jobs})
+        for pattern in only:
+            if not any(fnmatch.fnmatchcase(lab, pattern) for lab in labels):
+                err = did_you_mean("run label", pattern, labels)
+                raise UserError(f"{path.name}: --only matches no run: {err}")
+        jobs = [j for j in jobs if any(fnmatch.fnmatchcase(j.label, p) for p in only)]
     reports_dir = Path(reports if reports is not None else defaults.get("reports", "reports"))
     return Sweep(
         name=str(data.get("name") or path.stem),
@@ -1090,6 +1104,14 @@ def main(argv: list[str] | None = None) -> int:
         "--model", action="append", default=None, help="only this model of the sweep (repeatable)"
     )
     parser.add_argument(
+        "--only",
+        action="append",
+        default=None,
+        metavar="PATTERN",
+        help="only runs whose label matches this shell pattern, e.g. 'rtn*' or "
+        "'wanda(pattern=2:4)' (repeatable; labels as --dry-run shows them)",
+    )
+    parser.add_argument(
         "--dry-run", action="store_true", help="list the runs and whether each is done; run nothing"
     )
     parser.add_argument(
@@ -1123,6 +1145,7 @@ def main(argv: list[str] | None = None) -> int:
         reports=args.reports,
         threads=args.threads,
         models=args.model,
+        only=args.only,
     )
     if args.budget is not None:
         sweep.budgets = [parse_budget(b) for b in args.budget]

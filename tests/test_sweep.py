@@ -537,3 +537,23 @@ def test_runs_timed_with_other_threads_are_redone(tmp_path, tiny_models):
     fake.calls.clear()
     run_sweep(load_sweep(sweep.path, threads=1), run_fn=fake, console=quiet_console())
     assert fake.calls == []  # the new report records no threads: taken as matching
+
+
+def test_only_keeps_runs_whose_label_matches(tmp_path, tiny_models):
+    model = tiny_models["llama"]
+    text = f"""
+        models = ["{model}"]
+        [defaults]
+        reports = "{tmp_path / 'reports'}"
+        [[runs]]
+        recipe = "identity"
+        [[runs]]
+        recipe = "magnitude"
+        grid = {{ sparsity = [0.5, 0.9] }}
+    """
+    path = write(tmp_path / "only.toml", text)
+    assert len(load_sweep(path).jobs) == 3
+    sweep = load_sweep(path, only=["magnitude(sparsity=0.9)", "ident*"])
+    assert sorted(j.label for j in sweep.jobs) == ["identity", "magnitude(sparsity=0.9)"]
+    with pytest.raises(UserError, match="matches no run.*did you mean 'magnitude"):
+        load_sweep(path, only=["magnitude(sparsity=0.3)"])
