@@ -3,14 +3,22 @@
 A process killed mid-write leaves either the old complete file (or folder) or the
 new complete one, never a truncated one. Temporary names start with ``.tmp-`` so
 readers skip them and the next run can clean them up.
+
+Replacing an existing folder is one atomic swap on Linux (``renameat2`` with
+``RENAME_EXCHANGE``). Elsewhere it takes two renames (old folder aside, new one in);
+a process killed between them leaves the old folder under ``.tmp-<name>.old``, and
+:func:`restore_interrupted_dir` (called by :func:`atomic_dir` and by readers that
+need the folder) puts it back.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,6 +52,47 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one step (Linux ``renameat2``); False where unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # no libc symbol (old glibc, musl)
+        return False
+    renameat2.argtypes = [
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_uint,
+    ]
+    renameat2.restype = ctypes.c_int
+    return renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0
+
+
+def _old_name(path: Path) -> Path:
+    return path.with_name(f"{TMP_PREFIX}{path.name}.old")
+
+
+def restore_interrupted_dir(path: str | os.PathLike) -> bool:
+    """Put back the old folder a killed :func:`atomic_dir` left aside; True if it did.
+
+    Only acts when ``path`` is missing and ``.tmp-<name>.old`` (complete: it was moved
+    aside whole) exists.
+    """
+    path = Path(path)
+    old = _old_name(path)
+    if path.exists() or not old.is_dir():
+        return False
+    os.replace(old, path)
+    return True
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder; on success it replaces ``path`` whole.
@@ -53,15 +102,19 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    restore_interrupted_dir(path)
     tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent))
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if path.is_dir() and _exchange(tmp, path):
+        shutil.rmtree(tmp, ignore_errors=True)  # ``tmp`` now holds the old folder
+        return
     old = None
     if path.exists():
-        old = path.with_name(f"{TMP_PREFIX}{path.name}.old")
+        old = _old_name(path)
         shutil.rmtree(old, ignore_errors=True)
         os.replace(path, old)
     os.replace(tmp, path)
@@ -76,6 +129,10 @@ def clean_stale_tmp(folder: str | os.PathLike) -> int:
         return 0
     n = 0
     for p in folder.iterdir():
+        stale_old = p.name.startswith(TMP_PREFIX) and p.name.endswith(".old")
+        name = p.name[len(TMP_PREFIX) : -len(".old")] if stale_old else ""
+        if name and p.is_dir() and restore_interrupted_dir(folder / name):
+            continue  # the only complete copy of a folder whose swap was cut short
         if p.name.startswith(TMP_PREFIX):
             if p.is_dir():
                 shutil.rmtree(p, ignore_errors=True)

@@ -17,7 +17,8 @@ Checkpoint folder (``checkpoint_dir``), every file safetensors or JSON, no pickl
     best/student.safetensors     weights of the best evaluation so far (+ state.json)
 
 ``last`` and ``best`` are each replaced atomically (:func:`compress.fileio.atomic_dir`),
-so a run killed at any moment leaves the previous complete checkpoint.
+so a run killed at any moment (SIGKILL included) leaves the previous complete checkpoint
+or the new complete one; ``--resume`` then clears the killed writer's ``.tmp-`` leftovers.
 
 The best student is chosen by held-out loss: the task cross-entropy where there are
 hard labels (so distilled and hard-label-only runs are selected the same way), the
@@ -46,7 +47,12 @@ from compress.distill.data import Batches, Collator
 from compress.distill.step import Weights, loss_terms, run_model
 from compress.distill.teacher import Teacher
 from compress.errors import UserError
-from compress.fileio import atomic_dir, atomic_write_json
+from compress.fileio import (
+    atomic_dir,
+    atomic_write_json,
+    clean_stale_tmp,
+    restore_interrupted_dir,
+)
 
 log = logging.getLogger(__name__)
 
@@ -283,6 +289,7 @@ def load_checkpoint(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tenso
     from safetensors.torch import load_file
 
     last = folder / "last"
+    restore_interrupted_dir(last)  # a swap cut short (systems without an atomic exchange)
     if not (last / "state.json").exists():
         raise UserError(
             f"nothing to resume in {folder}: no checkpoint (last/state.json); "
@@ -380,6 +387,8 @@ def train(
         if ckpt is None:
             raise UserError("resume needs checkpoint_dir (where the interrupted run saved)")
         saved, opt_t, opt_meta, rng = load_checkpoint(ckpt)
+        if clean_stale_tmp(ckpt):  # half-written checkpoints of the killed run
+            log.info("removed leftovers of an interrupted checkpoint save in %s", ckpt)
         diff = _identity_mismatch(saved.get("identity", {}), s.identity)
         if diff:
             raise UserError(
