@@ -6,15 +6,24 @@ import torch
 import torch.nn as nn
 
 
+def own_counts(model: nn.Module) -> dict[str, int] | None:
+    """The counts a model carries in ``model.compress_parameter_counts`` (its real storage,
+    when that differs from its float tensors), or None for an ordinary model."""
+    own = getattr(model, "compress_parameter_counts", None)
+    if not isinstance(own, dict):
+        return None
+    return {k: int(own[k]) for k in ("total", "nonzero", "bytes")}
+
+
 def parameter_counts(model: nn.Module) -> dict[str, int]:
     """Total and nonzero parameter counts (shared tensors counted once).
 
     Models whose weights are not ``nn.Parameter`` s (int8 packed params, an ONNX
     Runtime session) carry their own counts in ``model.compress_parameter_counts``.
     """
-    override = getattr(model, "compress_parameter_counts", None)
-    if isinstance(override, dict):
-        return {k: int(override[k]) for k in ("total", "nonzero", "bytes")}
+    own = own_counts(model)
+    if own is not None:
+        return own
     seen: set[int] = set()
     total = nonzero = nbytes = 0
     for tensor in list(model.parameters()) + list(model.buffers()):

@@ -3,7 +3,8 @@
 :func:`profile` measures, for a model in memory:
 
 * **size**: total and nonzero parameters (:func:`compress.stats.parameter_counts`),
-  bytes of parameters + buffers in memory, bytes on disk (the folder ``save_model``
+  bytes of parameters + buffers in memory (:func:`memory_bytes`: a quantized model's own
+  storage figure where it carries one), bytes on disk (the folder ``save_model``
   writes, whole and weight files only);
 * **latency** per input shape ``(batch, tokens)``: forward passes under
   ``torch.inference_mode`` after warm-up runs, median / p90 / mean milliseconds over
@@ -46,7 +47,7 @@ import torch
 import torch.nn as nn
 
 from compress.errors import UserError, did_you_mean
-from compress.stats import parameter_counts
+from compress.stats import own_counts, parameter_counts
 from eval.benchmark import decoder_start_id, input_device
 
 __all__ = ["dir_bytes", "memory_bytes", "profile", "weight_bytes"]
@@ -92,7 +93,16 @@ def weight_bytes(path: str | os.PathLike) -> int:
 
 
 def memory_bytes(model: nn.Module) -> int:
-    """Bytes of the parameters and buffers as stored (shared tensors counted once)."""
+    """Bytes of the parameters and buffers as stored (shared tensors counted once).
+
+    A model whose real storage differs from its float tensors (int8 packed params,
+    bitsandbytes/quanto layers, an ONNX Runtime session) reports the bytes it carries in
+    ``compress_parameter_counts`` (:func:`compress.stats.own_counts`), the same figure
+    :func:`compress.stats.parameter_counts` gives.
+    """
+    own = own_counts(model)
+    if own is not None:
+        return own["bytes"]
     seen: set[int] = set()
     total = 0
     for t in list(model.parameters()) + list(model.buffers()):

@@ -157,3 +157,26 @@ def test_bad_arguments_are_user_errors():
         profile(model, tok, "causal-lm", threads=0, **FAST)
     with pytest.raises(UserError):
         profile(model, tok, "causal-lm", **(FAST | {"repeats": 0}))
+
+
+def test_quantized_storage_follows_compress_parameter_counts():
+    """Int8 packed weights are not Parameters: the profiler's size figures are the model's
+    own storage (compress.stats), like the CLI's and the memory check's, not its floats."""
+    from compress import compress, make_config
+    from compress.stats import parameter_counts
+
+    model, tok = tiny_model("bert")
+    dense = profile(model, tok, "embedding", **FAST)
+    q = compress(model, make_config("dynamic-int8"))
+    own = q.compress_parameter_counts
+    floats_only = sum(t.numel() * t.element_size() for t in q.parameters())
+    assert own["bytes"] > floats_only  # the packed int8 weights are invisible to .parameters()
+    assert memory_bytes(q) == own["bytes"] == parameter_counts(q)["bytes"]
+    r = profile(q, tok, "embedding", **FAST)
+    assert r["bytes_in_memory"] == own["bytes"] < dense["bytes_in_memory"]
+    assert (r["params_total"], r["params_nonzero"]) == (own["total"], own["nonzero"])
+
+    # any module that declares its storage is measured by it
+    box = torch.nn.Linear(4, 3)
+    box.compress_parameter_counts = {"total": 15, "nonzero": 9, "bytes": 27}
+    assert memory_bytes(box) == 27 and parameter_counts(box)["nonzero"] == 9
