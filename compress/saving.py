@@ -6,7 +6,8 @@ Most results are plain models: ``save_pretrained`` (safetensors) and
 MoE layers) register a :class:`Format`: a saver that writes the folder and a loader
 that restores the model. The folder then carries ``compress_format.json`` naming the
 format, and :func:`load_compressed` (the documented loader) dispatches on it; a folder
-without that file is an ordinary Hugging Face folder.
+without that file is an ordinary Hugging Face folder. When several formats apply to a
+model, the one with the highest ``priority`` wins (default 0; ties: registration order).
 
 Formats are safetensors plus JSON, never pickle.
 
@@ -33,12 +34,15 @@ FORMAT_FILE = "compress_format.json"
 @dataclass(frozen=True)
 class Format:
     name: str
-    #: True when this format should save ``model`` (checked in registration order).
+    #: True when this format can save ``model``.
     applies: Callable[[nn.Module], bool]
     #: write the model into an (empty, temporary) folder.
     save: Callable[[nn.Module, Path], None]
     #: rebuild the model from a folder written by ``save``.
     load: Callable[[Path], nn.Module]
+    #: when several formats apply, the highest priority wins; ties go to the format
+    #: registered first.
+    priority: int = 0
 
 
 _FORMATS: dict[str, Format] = {}
@@ -50,11 +54,15 @@ def register_format(fmt: Format) -> Format:
 
 
 def format_for(model: nn.Module, preferred: str | None = None) -> Format | None:
+    """The format to save ``model`` in: ``preferred`` if given, else the highest-priority
+    registered format whose ``applies(model)`` is true (ties: registration order), else
+    None (an ordinary ``save_pretrained`` folder)."""
     if preferred is not None:
         if preferred not in _FORMATS:
             raise did_you_mean("save format", preferred, _FORMATS)
         return _FORMATS[preferred]
-    for fmt in _FORMATS.values():
+    # sorted() is stable: equal priorities keep registration order
+    for fmt in sorted(_FORMATS.values(), key=lambda f: -f.priority):
         if fmt.applies(model):
             return fmt
     return None
