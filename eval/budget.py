@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from compress.errors import UserError, did_you_mean
+from eval.report import dig, fmt_value, runs_by_model
 
 #: technique family of each recipe; composite pipelines join their families in order.
 RECIPE_FAMILY: dict[str, str] = {
@@ -61,14 +62,6 @@ PRIMARY_METRIC: dict[str, tuple[str, str]] = {
 }
 
 
-def _dig(data: Any, *path: str) -> Any:
-    for key in path:
-        if not isinstance(data, dict) or key not in data:
-            return None
-        data = data[key]
-    return data
-
-
 def _num(value: Any) -> float | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:
         return float(value)
@@ -76,7 +69,7 @@ def _num(value: Any) -> float | None:
 
 
 def _packed_bytes(report: dict[str, Any]) -> float | None:
-    packed = _num(_dig(report.get("info", {}), "quant", "packed_bytes"))
+    packed = _num(dig(report.get("info", {}), "quant", "packed_bytes"))
     if packed is not None:
         return packed
     profile = report.get("profile", {})
@@ -94,17 +87,17 @@ COSTS: dict[str, CostKind] = {
     "size": CostKind(
         "size",
         "bytes on disk of the saved model folder",
-        lambda r: _num(_dig(r.get("profile", {}), "bytes_on_disk")),
+        lambda r: _num(dig(r.get("profile", {}), "bytes_on_disk")),
     ),
     "latency": CostKind(
         "latency",
         "median forward latency, batch 1 x 128 tokens",
-        lambda r: _num(_dig(r.get("profile", {}), "latency", "1x128", "median_ms")),
+        lambda r: _num(dig(r.get("profile", {}), "latency", "1x128", "median_ms")),
     ),
     "nonzeros": CostKind(
         "nonzeros",
         "nonzero parameters",
-        lambda r: _num(_dig(r.get("profile", {}), "params_nonzero")),
+        lambda r: _num(dig(r.get("profile", {}), "params_nonzero")),
     ),
     "packed": CostKind(
         "packed",
@@ -313,20 +306,7 @@ def pick_for_model(
 
 def pick(reports: list[dict[str, Any]], budget: Budget) -> dict[str, list[Pick]]:
     """Picks per model (models sorted by name)."""
-    by_model: dict[str, list[dict[str, Any]]] = {}
-    for r in reports:
-        by_model.setdefault(r["model"]["name"], []).append(r)
-    return {m: pick_for_model(runs, budget) for m, runs in sorted(by_model.items())}
-
-
-def _fmt(v: float | None) -> str:
-    if v is None:
-        return "–"
-    if abs(v) >= 1000:
-        return f"{v:,.0f}"
-    if abs(v) >= 100:
-        return f"{v:.1f}"
-    return f"{v:.4g}"
+    return {m: pick_for_model(runs, budget) for m, runs in runs_by_model(reports).items()}
 
 
 def markdown_table(picks: dict[str, list[Pick]], budget: Budget) -> str:
@@ -339,12 +319,12 @@ def markdown_table(picks: dict[str, list[Pick]], budget: Budget) -> str:
     for model, rows in picks.items():
         for p in rows:
             arrow = "↑" if p.higher_is_better else "↓"
-            dense = f"{_fmt(p.baseline_value)}"
+            dense = f"{fmt_value(p.baseline_value)}"
             if p.chosen is not None:
                 kept = f"{p.retained * 100:.1f}%" if p.retained is not None else "–"
                 lines.append(
                     f"| {model} | {p.family} | `{p.label}` | {p.ratio:.3f} | "
-                    f"{p.metric} {arrow} {_fmt(p.value)} | {dense} | {kept} | "
+                    f"{p.metric} {arrow} {fmt_value(p.value)} | {dense} | {kept} | "
                     f"{p.n_meeting} of {p.n_runs} |"
                 )
             else:
@@ -390,8 +370,8 @@ def rich_table(picks: dict[str, list[Pick]], budget: Budget):
                     p.family,
                     p.label,
                     f"{p.ratio:.3f}",
-                    f"{p.metric} {_fmt(p.value)}",
-                    _fmt(p.baseline_value),
+                    f"{p.metric} {fmt_value(p.value)}",
+                    fmt_value(p.baseline_value),
                     kept,
                     f"{p.n_meeting}/{p.n_runs}",
                 )
@@ -402,7 +382,7 @@ def rich_table(picks: dict[str, list[Pick]], budget: Budget):
                     "[red]none meets the budget[/]",
                     "–",
                     "–",
-                    _fmt(p.baseline_value),
+                    fmt_value(p.baseline_value),
                     "–",
                     f"0/{p.n_runs}",
                 )

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import io
 import sys
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+
+from eval.report import dig, fmt_value, runs_by_model
 
 
 @dataclass(frozen=True)
@@ -35,18 +36,10 @@ class Column:
     timing: bool = False
 
 
-def _dig(data: Any, *path: str) -> Any:
-    for key in path:
-        if not isinstance(data, dict) or key not in data:
-            return None
-        data = data[key]
-    return data
-
-
 def _first(*paths: tuple[str, ...]) -> Callable[[dict[str, Any]], float | None]:
     def get(report: dict[str, Any]) -> float | None:
         for path in paths:
-            value = _dig(report.get("profile", {}), *path)
+            value = dig(report.get("profile", {}), *path)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 return float(value)
         return None
@@ -85,14 +78,6 @@ def _metric_value(report: dict[str, Any], name: str) -> float | None:
     return None
 
 
-def _fmt_metric(v: float) -> str:
-    if abs(v) >= 1000:
-        return f"{v:,.0f}"
-    if abs(v) >= 100:
-        return f"{v:.1f}"
-    return f"{v:.4g}"
-
-
 def _is_baseline(report: dict[str, Any]) -> bool:
     return [s.get("recipe") for s in report.get("pipeline", [])] in (["identity"], [])
 
@@ -123,13 +108,6 @@ def _cell(
     return text
 
 
-def group_by_model(reports: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for report in reports:
-        groups[report["model"]["name"]].append(report)
-    return dict(sorted(groups.items()))
-
-
 def baseline_of(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The newest successful ``identity`` run (full runs preferred over ``--quick``)."""
     candidates = [r for r in runs if _is_baseline(r) and r["status"] == "ok"]
@@ -142,7 +120,7 @@ def _metric_column(name: str, higher_is_better: bool) -> Column:
         f"{name} {'↑' if higher_is_better else '↓'}",
         lambda report: _metric_value(report, name),
         higher_is_better,
-        _fmt_metric,
+        fmt_value,
     )
 
 
@@ -193,7 +171,7 @@ def build_tables(reports: list[dict[str, Any]], columns: list[str] | None = None
     always shown. By default every metric and every profile figure with data is shown.
     """
     tables = []
-    for model, runs in group_by_model(reports).items():
+    for model, runs in runs_by_model(reports).items():
         base = baseline_of(runs)
         directions = _metric_directions(runs)
         available: dict[str, Column] = {

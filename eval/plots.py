@@ -32,6 +32,7 @@ from eval.budget import (
     metric,
     primary_metric,
 )
+from eval.report import runs_by_model
 
 log = logging.getLogger(__name__)
 
@@ -128,13 +129,6 @@ def sparsity_point(report: dict[str, Any]) -> tuple[str, float] | None:
     return recipe, float(sparsity)
 
 
-def _by_model(reports: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    out: dict[str, list[dict[str, Any]]] = {}
-    for r in reports:
-        out.setdefault(r["model"]["name"], []).append(r)
-    return dict(sorted(out.items()))
-
-
 def _metric_names(runs: list[dict[str, Any]], base: dict[str, Any]) -> list[str]:
     first = primary_metric(base)
     names = [m["name"] for m in base.get("metrics", [])]
@@ -173,7 +167,7 @@ def plot_sparsity(reports: list[dict[str, Any]], out_dir: str | Path) -> list[Pa
     """Quality against sparsity per pruning method, one figure per model with pruning runs."""
     out_dir = Path(out_dir)
     written = []
-    for model, runs in _by_model(reports).items():
+    for model, runs in runs_by_model(reports).items():
         base, runs = comparable_runs(runs)
         if base is None:
             continue
@@ -238,7 +232,7 @@ def plot_pareto(reports: list[dict[str, Any]], out_dir: str | Path) -> list[Path
     """Quality against size on disk and against latency, Pareto front drawn, per model."""
     out_dir = Path(out_dir)
     written = []
-    for model, runs in _by_model(reports).items():
+    for model, runs in runs_by_model(reports).items():
         base, runs = comparable_runs(runs)
         if base is None:
             continue

@@ -49,6 +49,45 @@ LIBRARIES = (
 )
 
 
+def dig(data: Any, *path: str) -> Any:
+    """``data[path[0]][path[1]]...``, or None where a key is missing or a level is not a dict.
+
+    >>> dig({"profile": {"latency": {"1x128": {"median_ms": 9.5}}}}, "profile", "latency", "1x128", "median_ms")
+    9.5
+    >>> dig({"profile": None}, "profile", "latency") is None
+    True
+    """
+    for key in path:
+        if not isinstance(data, dict) or key not in data:
+            return None
+        data = data[key]
+    return data
+
+
+def runs_by_model(reports: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Reports grouped by model name, models sorted by name, runs in their given order."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for report in reports:
+        out.setdefault(report["model"]["name"], []).append(report)
+    return dict(sorted(out.items()))
+
+
+def fmt_value(v: float | None, digits: int = 4) -> str:
+    """A metric value for a table: ``12,345``, ``123.4``, else ``digits`` significant
+    digits; ``–`` for None or NaN.
+
+    >>> [fmt_value(v) for v in (12345.6, 123.45, 0.123456, None, float("nan"))]
+    ['12,346', '123.5', '0.1235', '–', '–']
+    """
+    if v is None or v != v:
+        return "–"
+    if abs(v) >= 1000:
+        return f"{v:,.0f}"
+    if abs(v) >= 100:
+        return f"{v:.1f}"
+    return f"{v:.{digits}g}"
+
+
 def pipeline_label(pipeline: list[dict[str, Any]]) -> str:
     """Short human label of a pipeline, e.g. ``wanda(sparsity=0.5)+rtn(bits=4)``."""
     parts = []

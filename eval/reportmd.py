@@ -49,6 +49,7 @@ from eval.budget import (
     pick,
     primary_metric,
 )
+from eval.report import dig, fmt_value, runs_by_model
 
 log = logging.getLogger(__name__)
 
@@ -361,16 +362,6 @@ ANCHORS: tuple[Anchor, ...] = (
 # --------------------------------------------------------------------------- helpers
 
 
-def _fmt(v: float | None, digits: int = 4) -> str:
-    if v is None or v != v:
-        return "–"
-    if abs(v) >= 1000:
-        return f"{v:,.0f}"
-    if abs(v) >= 100:
-        return f"{v:.1f}"
-    return f"{v:.{digits}g}"
-
-
 def _pct(v: float | None) -> str:
     return "–" if v is None else f"{v * 100:.1f}%"
 
@@ -381,14 +372,6 @@ def _mb(v: float | None) -> str:
 
 def _ratio(v: float | None) -> str:
     return "–" if v is None else f"{v:.2f}x"
-
-
-def _dig(data: Any, *path: str) -> Any:
-    for key in path:
-        if not isinstance(data, dict) or key not in data:
-            return None
-        data = data[key]
-    return data
 
 
 def _protocol_text(protocol: dict[str, Any] | None) -> str:
@@ -440,13 +423,6 @@ def select_reports(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Drop ``--quick`` runs of models that have full runs (as ``eval.compare`` does)."""
     full = {r["model"]["name"] for r in reports if not r.get("quick")}
     return [r for r in reports if not (r.get("quick") and r["model"]["name"] in full)]
-
-
-def _by_model(reports: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    out: dict[str, list[dict[str, Any]]] = {}
-    for r in reports:
-        out.setdefault(r["model"]["name"], []).append(r)
-    return dict(sorted(out.items()))
 
 
 def _task(runs: list[dict[str, Any]]) -> str | None:
@@ -646,7 +622,7 @@ def _section_models(w: Writer, by_model: dict[str, list[dict[str, Any]]]) -> Non
         params = profile.get("params_total")
         w(
             f"| {model} | {ref['model'].get('task', '?')} | {desc} | "
-            f"{_fmt(params / 1e6 if params else None)} M | {_mb(profile.get('bytes_on_disk'))} | "
+            f"{fmt_value(params / 1e6 if params else None)} M | {_mb(profile.get('bytes_on_disk'))} | "
             f"{ref['model'].get('source', '?')} |"
         )
     w()
@@ -696,11 +672,11 @@ def _section_analysis(
         for group, s in groups.items():
             if not isinstance(s, dict) or not s.get("params"):
                 continue
-            fracs = " | ".join(_pct(_dig(s, "frac_above", t)) for t in thresholds)
+            fracs = " | ".join(_pct(dig(s, "frac_above", t)) for t in thresholds)
             w(
                 f"| {group} | {s['params']:,} | {fracs} | {_pct(s.get('frac_zero'))} | "
-                f"{_fmt(s.get('std'))} | {_fmt(s.get('excess_kurtosis'))} | "
-                f"{_fmt(s.get('max_abs'))} |"
+                f"{fmt_value(s.get('std'))} | {fmt_value(s.get('excess_kurtosis'))} | "
+                f"{fmt_value(s.get('max_abs'))} |"
             )
         w()
         slug = data.get("slug") or Path(data["_path"]).stem
@@ -766,23 +742,23 @@ def _section_pruned(
             + " | nonzero | lat 1x128 |"
         )
         w("|---|--:|" + "--:|" * len(cols) + "--:|--:|")
-        dense_lat = _dig(base, "profile", "latency", "1x128", "median_ms")
+        dense_lat = dig(base, "profile", "latency", "1x128", "median_ms")
         w(
             "| dense | 0% | "
-            + " | ".join(_fmt(metric(base, c)["value"]) for c in cols)
-            + f" | 100.0% | {_fmt(dense_lat, 3)} ms |"
+            + " | ".join(fmt_value(metric(base, c)["value"]) for c in cols)
+            + f" | 100.0% | {fmt_value(dense_lat, 3)} ms |"
         )
         for (line, level), r in sorted(points, key=lambda x: (x[0][0], x[0][1])):
             vals = []
             for c in cols:
                 m = metric(r, c)
-                vals.append(_fmt(m["value"]) if m else "–")
+                vals.append(fmt_value(m["value"]) if m else "–")
             nz = cost_ratio(r, base, "nonzeros")
-            lat = _dig(r, "profile", "latency", "1x128", "median_ms")
+            lat = dig(r, "profile", "latency", "1x128", "median_ms")
             w(
                 f"| {line} | {level * 100:g}% | "
                 + " | ".join(vals)
-                + f" | {_pct(nz)} | {_fmt(lat, 3)} ms |"
+                + f" | {_pct(nz)} | {fmt_value(lat, 3)} ms |"
             )
         w()
         missing = [
@@ -807,8 +783,8 @@ def _section_pruned(
             )
             if worst is not None:
                 w(
-                    f"Worst {name}: `{worst[0]['label']}` at {_fmt(worst[1]['value'])} "
-                    f"(dense {_fmt(base_m['value'])})."
+                    f"Worst {name}: `{worst[0]['label']}` at {fmt_value(worst[1]['value'])} "
+                    f"(dense {fmt_value(base_m['value'])})."
                 )
                 w()
     if not any_rows:
@@ -848,7 +824,7 @@ def _section_benchmarks(w: Writer, by_model: dict[str, list[dict[str, Any]]]) ->
         for m in base.get("metrics", []):
             arrow = "↑" if m["higher_is_better"] else "↓"
             w(
-                f"| {model} | {m['name']} {arrow} | {_fmt(m['value'])} | "
+                f"| {model} | {m['name']} {arrow} | {fmt_value(m['value'])} | "
                 f"{_protocol_text(m.get('protocol'))} |"
             )
     w()
@@ -895,7 +871,7 @@ def _section_benchmarks(w: Writer, by_model: dict[str, list[dict[str, Any]]]) ->
                     m = metric(r, name)
                     if m and base_m:
                         ours.append((model, name, base_m["value"], m["value"], r["label"]))
-        pub = f"{_fmt(a.dense)} -> {_fmt(a.compressed)}"
+        pub = f"{fmt_value(a.dense)} -> {fmt_value(a.compressed)}"
         pub_ratio = _ratio(a.compressed / a.dense) if a.dense else "–"
         if not ours:
             w(
@@ -905,7 +881,7 @@ def _section_benchmarks(w: Writer, by_model: dict[str, list[dict[str, Any]]]) ->
         for model, name, dense, value, label in ours:
             w(
                 f"| {a.recipe} | {a.setting} | {a.model}, {a.metric} | {pub} | {pub_ratio} | "
-                f"{model}, {name} (`{label}`) | {_fmt(dense)} -> {_fmt(value)} | "
+                f"{model}, {name} (`{label}`) | {fmt_value(dense)} -> {fmt_value(value)} | "
                 f"{_ratio(value / dense if dense else None)} | {a.source} |"
             )
     w()
@@ -939,7 +915,7 @@ def _section_size_runtime(w: Writer, reports: list[dict[str, Any]]) -> None:
     # rich pads the tables with blank full-width lines: keep one blank line between blocks
     w("\n".join(line for i, line in enumerate(rendered) if line or (i > 0 and rendered[i - 1])))
     w()
-    packed = [(r, _dig(r, "info", "quant")) for r in reports if r.get("status") == "ok"]
+    packed = [(r, dig(r, "info", "quant")) for r in reports if r.get("status") == "ok"]
     packed = [(r, q) for r, q in packed if isinstance(q, dict) and q.get("packed_bytes")]
     if packed:
         w(
@@ -952,7 +928,7 @@ def _section_size_runtime(w: Writer, reports: list[dict[str, Any]]) -> None:
         for r, q in sorted(packed, key=lambda x: (x[0]["model"]["name"], x[0]["label"])):
             w(
                 f"| {r['model']['name']} | `{r['label']}` | {q.get('format', '?')} | "
-                f"{_mb(_dig(r, 'profile', 'bytes_on_disk'))} | {_mb(q.get('packed_bytes'))} | "
+                f"{_mb(dig(r, 'profile', 'bytes_on_disk'))} | {_mb(q.get('packed_bytes'))} | "
                 f"{q.get('runs_faster_here')} |"
             )
         w()
@@ -987,7 +963,7 @@ def _section_challenges(
     # memory
     w("### Memory")
     w()
-    rss = [(r, _dig(r, "profile", "peak_rss_bytes")) for r in reports if r["status"] == "ok"]
+    rss = [(r, dig(r, "profile", "peak_rss_bytes")) for r in reports if r["status"] == "ok"]
     rss = [(r, v) for r, v in rss if isinstance(v, (int, float))]
     if rss:
         w("| model | peak RSS, dense | highest peak RSS (run) |")
@@ -999,7 +975,7 @@ def _section_challenges(
                 continue
             top = max(mine, key=lambda x: x[1])
             w(
-                f"| {model} | {_mb(_dig(base, 'profile', 'peak_rss_bytes') if base else None)} | "
+                f"| {model} | {_mb(dig(base, 'profile', 'peak_rss_bytes') if base else None)} | "
                 f"{_mb(top[1])} (`{top[0]['label']}`) |"
             )
         w()
@@ -1100,7 +1076,7 @@ def _section_challenges(
         )
         w()
         for model, label, name, dense, value in worst:
-            w(f"- {model} `{label}`: {name} {_fmt(dense)} -> {_fmt(value)}")
+            w(f"- {model} `{label}`: {name} {fmt_value(dense)} -> {fmt_value(value)}")
         w()
 
 
@@ -1188,7 +1164,7 @@ def generate(
         budgets = [parse_budget(b) for b in dict.fromkeys(named or DEFAULT_BUDGETS)]
     plots = make_plots(reports, plots_dir)
     out_dir = out.parent
-    by_model = _by_model(reports)
+    by_model = runs_by_model(reports)
     analysis = read_analysis(analysis_dir)
 
     w = Writer()
