@@ -49,23 +49,6 @@ class SimilarityRouter(nn.Module):
         self.centroids = nn.Parameter(torch.zeros(n_experts, hidden), requires_grad=False)
         self.offset = nn.Parameter(torch.zeros(n_experts), requires_grad=False)
 
-    def _grouped(self, x2: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Tokens grouped by expert: per expert one gather, its matmuls, one scatter-add."""
-        N = x2.shape[0]
-        pairs = mask.t().nonzero()  # (P, 2) rows (expert, token), sorted by expert
-        tokens = pairs[:, 1]
-        counts = mask.sum(0).tolist()
-        y = torch.zeros_like(x2)  # (N, d)
-        start = 0
-        for e, c in enumerate(counts):
-            if c == N:  # every token: no gather, no scatter
-                y += self._expert(e, x2)
-            elif c:
-                tok = tokens[start : start + c]
-                y.index_add_(0, tok, self._expert(e, x2.index_select(0, tok)))  # (c, d)
-            start += c
-        return y
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, d) -> (N, E)
         return F.linear(x, self.centroids, self.offset)
 
@@ -91,23 +74,6 @@ class MLPRouter(nn.Module):
         self.register_buffer("x_inv_std", torch.ones(hidden))
         self.fc1 = nn.Linear(hidden, width)
         self.fc2 = nn.Linear(width, n_experts)
-
-    def _grouped(self, x2: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Tokens grouped by expert: per expert one gather, its matmuls, one scatter-add."""
-        N = x2.shape[0]
-        pairs = mask.t().nonzero()  # (P, 2) rows (expert, token), sorted by expert
-        tokens = pairs[:, 1]
-        counts = mask.sum(0).tolist()
-        y = torch.zeros_like(x2)  # (N, d)
-        start = 0
-        for e, c in enumerate(counts):
-            if c == N:  # every token: no gather, no scatter
-                y += self._expert(e, x2)
-            elif c:
-                tok = tokens[start : start + c]
-                y.index_add_(0, tok, self._expert(e, x2.index_select(0, tok)))  # (c, d)
-            start += c
-        return y
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, d) -> (N, E)
         z = (x - self.x_mean) * self.x_inv_std
@@ -138,23 +104,6 @@ class AddBias(nn.Module):
     def __init__(self, bias: torch.Tensor | None):
         super().__init__()
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
-
-    def _grouped(self, x2: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Tokens grouped by expert: per expert one gather, its matmuls, one scatter-add."""
-        N = x2.shape[0]
-        pairs = mask.t().nonzero()  # (P, 2) rows (expert, token), sorted by expert
-        tokens = pairs[:, 1]
-        counts = mask.sum(0).tolist()
-        y = torch.zeros_like(x2)  # (N, d)
-        start = 0
-        for e, c in enumerate(counts):
-            if c == N:  # every token: no gather, no scatter
-                y += self._expert(e, x2)
-            elif c:
-                tok = tokens[start : start + c]
-                y.index_add_(0, tok, self._expert(e, x2.index_select(0, tok)))  # (c, d)
-            start += c
-        return y
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.bias is None else x + self.bias
