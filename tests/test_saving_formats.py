@@ -63,7 +63,7 @@ def test_later_registered_higher_priority_format_wins(formats, tmp_path):
 def test_suite_formats_keep_their_choice(formats):
     # every format the suite registers has the default priority, so registration (import)
     # order still decides between them, as before priorities existed
-    assert {f.priority for f in formats.values()} == {0}
+    assert {f.priority for f in formats.values() if f.name != "moe"} == {0}
     plain, _ = tiny_model("llama")
     assert format_for(plain) is None
     sparse = compress(tiny_model("llama")[0], make_config("magnitude", sparsity=0.6))
@@ -71,3 +71,21 @@ def test_suite_formats_keep_their_choice(formats):
     torch.manual_seed(0)
     int8 = compress(tiny_model("bert")[0], make_config("dynamic-int8"))
     assert format_for(int8).name == "dynamic-int8"
+
+
+def test_pruned_then_moefied_model_saves_as_moe_and_reloads(tmp_path):
+    """The MoE format outranks the sparse one: its zeros are inside the experts."""
+    from compress.context import Context
+    from compress.saving import save_model
+
+    model, tok = tiny_model("llama")
+    model = compress(model, make_config("magnitude", sparsity=0.6))
+    model = compress(model, make_config("moefy", num_experts=4, active_fraction=1.0,
+                                        router="similarity"),
+                     Context(tokenizer=tok, calibration=["the quick brown fox jumps"] * 8))
+    assert format_for(model).name == "moe"
+    save_model(model, tok, tmp_path / "m")
+    again = load_compressed(tmp_path / "m")
+    x = torch.randint(0, 100, (1, 8))
+    with torch.no_grad():
+        torch.testing.assert_close(again(x).logits, model(x).logits)

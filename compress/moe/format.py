@@ -129,4 +129,6 @@ def load_moe(folder: Path) -> nn.Module:
     return model
 
 
-FORMAT = register_format(Format(FORMAT_NAME, is_moe_model, save_moe, load_moe))
+# an MoE model wins over the sparse format: pruning then moefy must save as MoE (the
+# sparse format would drop the expert tensors)
+FORMAT = register_format(Format(FORMAT_NAME, is_moe_model, save_moe, load_moe, priority=10))
