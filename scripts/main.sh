@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# The main job: the identity baseline on the three default models, one JSON report
-# each in reports/, then the comparison table.
+# The main job: build the offline model zoo, run the default sweep (all four technique
+# families on the three default models, recipes/default.toml), analyse the weights,
+# write report.md from the JSON reports, and print the comparison table.
+# Time on an idle 2-core CPU: see README.md. Runs already in reports/ are skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 PY=.venv/bin/python
 $PY -m compress.zoo build
-for model in smollm2-135m minilm-l6-sentiment bert2bert-punct; do
-  $PY -m eval.run --model "$model" --recipe identity --threads 2
-done
+$PY -m eval.sweep recipes/default.toml "$@"
+$PY -m eval.analyze smollm2-135m minilm-l6-sentiment bert2bert-punct --threads 2 --quiet
+$PY -m eval.report reports/ -o report.md
 $PY -m eval.compare reports/
