@@ -22,6 +22,7 @@ machine are provisional; re-run quiet.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import time
@@ -194,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
                     batches=(1,), experts=(8,), fractions=(0.25, 1.0), tokens=16)
         args.rounds = min(args.rounds, 3)
     t0 = time.time()
+    load_before = os.getloadavg()[0]
     rows = run(rounds=args.rounds, router=args.router, decode=args.decode, **grid)
     even = break_even(rows)
     meta = {
@@ -204,8 +206,13 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "torch": torch.__version__, "threads": torch.get_num_threads(),
         "rounds": args.rounds, "quick": args.quick, "seconds": round(time.time() - t0, 1),
-        "note": "provisional: timed on a shared 2-core CPU; re-run on a quiet machine",
+        "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
+    # busy if other work ran beside us: load beyond our own threads (+1 for the system)
+    busy = max(meta["load_average"]) > args.threads + 1.0
+    meta["note"] = ("provisional: the machine was busy (load average "
+                    f"{max(meta['load_average'])}); re-run on a quiet machine" if busy else
+                    f"quiet machine (load average {max(meta['load_average'])})")
     md = markdown(rows, even, meta)
     print(md)
     if not args.no_write:
