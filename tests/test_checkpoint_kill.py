@@ -42,7 +42,6 @@ def run_distill(ckpt: Path, resume: bool = False) -> torch.nn.Module:
     """A tiny llama distilled for STEPS steps, a checkpoint after every step."""
     import compress.distill.data as dd
 
-    dd.held_out_rows = lambda task: TEXTS[:4]  # the real validation splits are for real models
     cfg = tiny_config("llama")
     cfg.num_hidden_layers = 4
     torch.manual_seed(0)
@@ -51,7 +50,15 @@ def run_distill(ckpt: Path, resume: bool = False) -> torch.nn.Module:
         "distill", student_layers=2, steps=STEPS, eval_every=1, batch_size=2, seq_len=16,
         lr=2e-3, eval_samples=4, warmup=0.0, checkpoint_dir=str(ckpt), resume=resume,
     )
-    return compress(teacher, config, Context(tokenizer=tok, train=list(TEXTS), task="causal-lm"))
+    # the real validation splits are for real models; restored afterwards, because this
+    # also runs inside the pytest process and later tests need the real function
+    real = dd.held_out_rows
+    dd.held_out_rows = lambda task: TEXTS[:4]
+    try:
+        ctx = Context(tokenizer=tok, train=list(TEXTS), task="causal-lm")
+        return compress(teacher, config, ctx)
+    finally:
+        dd.held_out_rows = real
 
 
 #: the child: trains with checkpoint writes made slow (each file written in chunks with
