@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from compress.errors import UserError
-from compress.fileio import TMP_PREFIX, atomic_dir, atomic_write_json
+from compress.fileio import TMP_PREFIX, atomic_dir, atomic_write_json, restore_interrupted_dir
 
 log = logging.getLogger("compress.zoo")  # not __name__: "__main__" under -m
 
@@ -568,6 +568,9 @@ def ensure(name: str) -> Path:
         return path
     deps = {d: ensure(d) for d in entry.depends}
     with _lock(name):
+        # a rebuild killed between the two renames of atomic_dir's fallback (non-Linux)
+        # left the old complete folder aside: put it back rather than build again
+        restore_interrupted_dir(path)
         if is_built(name):  # built by another process while we waited
             return path
         _clean_leftovers(name)

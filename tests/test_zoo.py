@@ -135,6 +135,18 @@ def test_folder_without_zoo_json_is_not_built(cache, monkeypatch):
     assert (half / "weights.bin").read_bytes() == b"x" * 1000
 
 
+def test_old_folder_set_aside_by_a_killed_swap_is_put_back(cache, monkeypatch):
+    """atomic_dir's non-Linux fallback killed between its renames: no rebuild needed."""
+    calls: list = []
+    _fake_entries(monkeypatch, calls)
+    built = zoo.ensure("fake-base")
+    aside = built.with_name(".tmp-fake-base.old")
+    built.rename(aside)  # what a kill after the first rename leaves
+    assert not zoo.is_built("fake-base")
+    assert zoo.ensure("fake-base") == built
+    assert zoo.is_built("fake-base") and len(calls) == 1 and not aside.exists()
+
+
 def test_killed_build_leaves_nothing_and_next_call_rebuilds(cache, monkeypatch):
     """SIGKILL a process in the middle of a build: no final folder, and the next
     ensure() cleans the leftover and builds."""
