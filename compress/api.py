@@ -15,6 +15,7 @@ import torch.nn as nn
 
 from compress.config import RecipeConfig
 from compress.context import Context
+from compress.errors import UserError
 from compress.registry import recipe_for_config
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,18 @@ def leftover_attachments(model: nn.Module) -> list[str]:
             if foreign:
                 found.append(f"{name or '<root>'}: forward hooks")
     return found
+
+
+def _check_not_offloaded(model: nn.Module, name: str) -> None:
+    """Recipes change weights in place; weights that accelerate offloaded are not there."""
+    offloaded = [n for n, p in model.named_parameters() if p.device.type == "meta"]
+    if offloaded and name != "identity":
+        raise UserError(
+            f"{name} cannot change weights that device_map offloaded to the CPU or disk "
+            f"({len(offloaded)} tensors, e.g. {offloaded[0]}); put the whole model on devices "
+            "that hold it (--device-map auto with enough GPU memory, or several GPUs), or load "
+            "it on the CPU without --device-map"
+        )
 
 
 def _check_memory(model: nn.Module, config: RecipeConfig, name: str) -> None:
@@ -72,6 +85,7 @@ def compress(model: nn.Module, config: RecipeConfig, context: Context | None = N
     """
     recipe = recipe_for_config(config)
     context = context or Context()
+    _check_not_offloaded(model, recipe.name)
     _check_memory(model, config, recipe.name)
     torch.manual_seed(config.seed)
     log.info("applying recipe %s", recipe.name)

@@ -157,6 +157,9 @@ def lora_module_names(model: nn.Module, target_components: Sequence[str] | None)
 
 def _loss(model: nn.Module, batch: dict[str, torch.Tensor], task: str,
           teacher: nn.Module | None) -> torch.Tensor:
+    from compress.models import input_device, to_device
+
+    batch = to_device(batch, input_device(model))
     if task == "embedding":
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         with torch.no_grad():

@@ -158,3 +158,23 @@ def load_model(
     model.eval()
     tokenizer = tf.AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     return Loaded(model, tokenizer, task, source, path)
+
+
+def input_device(model: nn.Module) -> torch.device:
+    """Device where inputs must go: that of the input embeddings (first shard under device_map)."""
+    try:
+        emb = model.get_input_embeddings()
+        if emb is not None and getattr(emb, "weight", None) is not None:
+            if emb.weight.device.type != "meta":
+                return emb.weight.device
+    except (AttributeError, NotImplementedError):
+        pass
+    for p in model.parameters():
+        if p.device.type != "meta":
+            return p.device
+    return torch.device(getattr(model, "device", "cpu"))
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    """``batch`` with every tensor moved to ``device`` (other values as they are)."""
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}

@@ -41,6 +41,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from compress.errors import UserError, did_you_mean
+from compress.models import input_device
 
 log = logging.getLogger(__name__)
 
@@ -83,21 +84,6 @@ class Metric:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def input_device(model: nn.Module) -> torch.device:
-    """Device where inputs must go: that of the input embeddings (first shard under device_map)."""
-    try:
-        emb = model.get_input_embeddings()
-        if emb is not None and getattr(emb, "weight", None) is not None:
-            if emb.weight.device.type != "meta":
-                return emb.weight.device
-    except (AttributeError, NotImplementedError):
-        pass
-    for p in model.parameters():
-        if p.device.type != "meta":
-            return p.device
-    return torch.device(getattr(model, "device", "cpu"))
 
 
 def _logits(out: Any) -> torch.Tensor:

@@ -53,6 +53,7 @@ from compress.fileio import (
     clean_stale_tmp,
     restore_interrupted_dir,
 )
+from compress.models import input_device
 
 log = logging.getLogger(__name__)
 
@@ -119,13 +120,6 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-
-
-def _input_device(model: nn.Module) -> torch.device:
-    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    if emb is not None and getattr(emb, "weight", None) is not None:
-        return emb.weight.device
-    return next(model.parameters()).device
 
 
 def _to(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -364,7 +358,7 @@ def train(
     ``teacher=None`` trains on the task loss alone (the hard-label baseline).
     ``interrupt_at(step)`` (tests) raises ``KeyboardInterrupt`` before that step's update.
     """
-    device = _input_device(student)
+    device = input_device(student)
     s = settings
     w = s.weights if teacher is not None else Weights(0.0, s.weights.task, 0.0, s.weights.temperature)
     student_wanted = {r: list(range(len(m))) for r, m in layer_maps.items()} if w.cos > 0 else {}

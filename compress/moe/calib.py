@@ -48,7 +48,9 @@ def calibration_inputs(
         )
     if tokenizer is None:
         raise UserError("moefy needs the model's tokenizer in context.tokenizer")
-    device = next(model.parameters()).device
+    from compress.models import input_device
+
+    device = input_device(model)
     seq2seq = _is_seq2seq(model)
     inputs, total = [], 0
     for item in calibration:

@@ -94,7 +94,7 @@ def train_mlp_router(
     d, E = x_train.shape[1], e_train.shape[1]
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    router = MLPRouter(d, E, width)
+    router = MLPRouter(d, E, width).to(x_train.device)  # initialised on the CPU: same seed, same router
     with torch.no_grad():
         router.x_mean.copy_(x_train.mean(0))
         router.x_inv_std.copy_(1.0 / x_train.std(0).clamp_min(1e-6))
@@ -106,7 +106,8 @@ def train_mlp_router(
     curve = []
     router.train()
     for _ in range(steps):
-        idx = torch.randint(x_train.shape[0], (min(batch, x_train.shape[0]),), generator=gen)
+        idx = torch.randint(x_train.shape[0], (min(batch, x_train.shape[0]),),
+                            generator=gen).to(x_train.device)
         loss = _kl(router(x_train[idx]), s_train[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()

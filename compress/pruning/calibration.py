@@ -41,6 +41,7 @@ import torch.nn as nn
 
 from compress.arch import Block, arch_for, find_module_list, iter_blocks
 from compress.errors import UserError
+from compress.models import input_device, to_device
 from compress.pruning.masks import release_freed_memory
 
 log = logging.getLogger(__name__)
@@ -170,7 +171,7 @@ class _SumSq:
             x = x.detach().float()
             mask = self.masks.get(role)
             if mask is not None and tuple(mask.shape) == tuple(x.shape[:-1]):
-                x = x * mask.unsqueeze(-1)
+                x = x * mask.to(x.device).unsqueeze(-1)
                 n = int(mask.sum())
             else:
                 n = x[..., 0].numel()
@@ -210,10 +211,11 @@ def collect_input_sumsq(
     ("encoder"/"decoder") that excludes padding.
     """
     extra = _forward_kwargs(model)
+    device = input_device(model)
     with _SumSq(modules) as acc:
         for batch in batches:
             acc.masks = batch.token_masks
-            model(**batch.inputs, **extra)
+            model(**to_device(batch.inputs, device), **extra)
     return acc.sumsq, acc.tokens
 
 
@@ -269,10 +271,11 @@ def _capture_stack(model: nn.Module, blocks: list[Block], batches: list[CalibBat
 
     handles = [b.module.register_forward_pre_hook(pre_hook(i), with_kwargs=True)
                for i, b in enumerate(blocks)]
+    device = input_device(model)
     try:
         for batch in batches:
             with contextlib.suppress(_Stop):
-                model(**batch.inputs, **extra)
+                model(**to_device(batch.inputs, device), **extra)
     finally:
         for h in handles:
             h.remove()

@@ -169,7 +169,8 @@ def kth_smallest(stream: Callable[[], Iterator[torch.Tensor]], k: int) -> tuple[
         return x if b is None else x[_bin_index(x, lo, hi) == b]
 
     def exact(b: int | None) -> tuple[float, int]:
-        vals = torch.cat([in_range(x, b) for x in stream()])
+        # on the host: a pool may span devices (device_map), and candidates are few
+        vals = torch.cat([in_range(x, b).cpu() for x in stream()])
         value = float(vals.kthvalue(k - below).values)
         return value, below + int((vals < value).sum())
 
@@ -182,7 +183,7 @@ def kth_smallest(stream: Callable[[], Iterator[torch.Tensor]], k: int) -> tuple[
             return exact(None)  # a range too narrow to bin: sort what is left
         counts = torch.zeros(BINS, dtype=torch.long)
         for x in stream():
-            counts += torch.bincount(_bin_index(in_range(x), lo, hi), minlength=BINS)
+            counts += torch.bincount(_bin_index(in_range(x), lo, hi), minlength=BINS).cpu()
         release_freed_memory()
         cum = counts.cumsum(0)
         b = int(torch.searchsorted(cum, torch.tensor(k - below)))  # first bin reaching k

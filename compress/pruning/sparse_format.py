@@ -108,6 +108,7 @@ def save(model: nn.Module, folder: Path) -> None:
     tensors: dict[str, torch.Tensor] = {}
     sparse: dict[str, dict[str, Any]] = {}
     for name, t in unique.items():
+        t = t.detach().cpu()  # a model on a GPU, or spread over devices, saves from the host
         ok, _ = _sparse_worthwhile(t)
         if not ok:
             tensors[name] = t.detach().contiguous()

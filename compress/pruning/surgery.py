@@ -50,6 +50,7 @@ from transformers.pytorch_utils import Conv1D
 
 from compress.arch import Block, arch_for, config_value, iter_blocks, stack_config
 from compress.errors import UserError
+from compress.models import input_device, to_device
 from compress.saving import Format, register_format
 
 log = logging.getLogger(__name__)
@@ -358,6 +359,7 @@ def taylor_scores(model: nn.Module, batches: list, task: str) -> Scores:
                     raise UserError("importance taylor needs labelled calibration data "
                                     f"for task {task}")
                 inputs["labels"] = batch.labels
+            inputs = to_device(inputs, input_device(model))
             out = model(**inputs, use_cache=False) if task in ("causal-lm", "seq2seq") \
                 else model(**inputs)
             out.loss.backward()

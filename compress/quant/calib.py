@@ -57,7 +57,9 @@ def calibration_batches(
     if tokenizer is None:
         raise UserError(f"{recipe} needs the model's tokenizer in context.tokenizer")
     items = [_first(x) for x in list(calibration)[:n_samples]]
-    device = next(model.parameters()).device
+    from compress.models import input_device
+
+    device = input_device(model)
     seq2seq = _is_seq2seq(model)
     batches = []
     for i in range(0, len(items), batch_size):

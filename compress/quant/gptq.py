@@ -45,11 +45,15 @@ class HessianAccumulator:
     """Running ``H = 2/n sum x x^T`` over the rows of a layer's inputs."""
 
     def __init__(self, in_features: int):
-        self.H = torch.zeros(in_features, in_features, dtype=torch.float64)
+        self.in_features = in_features
+        self.H: torch.Tensor | None = None  # made on the first input's device
         self.n = 0
 
     def add(self, x: torch.Tensor) -> None:
         x = x.detach().reshape(-1, x.shape[-1]).to(torch.float64)  # (tokens, in)
+        if self.H is None:
+            self.H = torch.zeros(self.in_features, self.in_features, dtype=torch.float64,
+                                 device=x.device)
         m = x.shape[0]
         self.H *= self.n / (self.n + m)
         self.n += m
@@ -133,7 +137,7 @@ def _inverse_cholesky(H: torch.Tensor, damp: float) -> torch.Tensor:
     factorization fails, the dampening grows tenfold until it succeeds (as other GPTQ
     implementations do), and the value used is logged.
     """
-    eye = torch.eye(H.shape[0], dtype=H.dtype)
+    eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
     mean = float(torch.mean(torch.diag(H)))
     lam = max(damp * mean, 1e-10 * mean, 1e-12)
     for _ in range(20):
@@ -227,7 +231,10 @@ def gptq_model(
                     _run_block(block, h, call)
             for name, m in layers.items():
                 W = weight_matrix(m)
-                Q, loss = gptq_quantize(W, acc[name].H, spec, blocksize=blocksize, damp=damp,
+                H = acc[name].H
+                if H is None:  # never reached by calibration: plain rounding
+                    H = torch.zeros(W.shape[1], W.shape[1], dtype=torch.float64, device=W.device)
+                Q, loss = gptq_quantize(W, H, spec, blocksize=blocksize, damp=damp,
                                         act_order=act_order)
                 with torch.no_grad():
                     set_weight_matrix(m, Q)

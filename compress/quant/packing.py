@@ -69,7 +69,7 @@ def pack_codes(q: torch.Tensor, bits: int, qmin: int) -> torch.Tensor:
 
     Codes are shifted by ``-qmin`` to be unsigned. Length is ``ceil(numel * bits / 8)``.
     """
-    u = (q.flatten().to(torch.int64) - qmin).numpy().astype(np.uint16)
+    u = (q.detach().flatten().to("cpu", torch.int64) - qmin).numpy().astype(np.uint16)
     if u.size and int(u.max()) >= 2**bits:
         raise ValueError(f"code out of range for {bits} bits")
     # (n, bits) matrix of bits, most significant first, then one flat stream.
@@ -80,7 +80,7 @@ def pack_codes(q: torch.Tensor, bits: int, qmin: int) -> torch.Tensor:
 
 def unpack_codes(packed: torch.Tensor, bits: int, qmin: int, numel: int) -> torch.Tensor:
     """Inverse of :func:`pack_codes`: ``numel`` signed codes as int64."""
-    stream = np.unpackbits(packed.numpy())[: numel * bits].reshape(numel, bits)
+    stream = np.unpackbits(packed.cpu().numpy())[: numel * bits].reshape(numel, bits)
     weights = (1 << np.arange(bits - 1, -1, -1)).astype(np.int64)
     return torch.from_numpy(stream.astype(np.int64) @ weights) + qmin
 

@@ -292,7 +292,9 @@ def distill(model: nn.Module, config: DistillConfig, context: Context) -> nn.Mod
         keep_best=config.keep_best,
         identity=json.loads(json.dumps(identity)),
     )
-    device = next(student.parameters()).device
+    from compress.models import input_device
+
+    device = input_device(student)
     evaluator = Evaluator(eval_examples, collator, task, config.batch_size,
                           teacher if task == "embedding" else None, device)
     result = train(student, teacher, examples, evaluator, collator, task, kind, maps, settings)

@@ -229,13 +229,15 @@ def _timings(
     out: dict[str, Any] = {"threads": torch.get_num_threads(), "rounds": rounds,
                            "method": "alternating dense/MoE rounds in one process after 2 "
                            "warm-up rounds, torch.inference_mode, median ms"}
-    p = next(model.parameters())
     for batch in (1,):  # 8x128 per FFN: bench/moe_ffn.py
         n = batch * 128
         if any(xs[s.name].shape[0] < n for s in sites):
             continue
-        blocks = {s.name: xs[s.name][:n].reshape(batch, 128, -1).to(p.device, p.dtype)
-                  for s in sites}
+        # each FFN's input on that FFN's device (a device_map may spread the blocks)
+        blocks = {}
+        for s in sites:
+            p = next(s.moe.parameters())
+            blocks[s.name] = xs[s.name][:n].reshape(batch, 128, -1).to(p.device, p.dtype)
         med = time_alternating(
             {"dense": lambda b=blocks: [_dense_call(s, b[s.name]) for s in sites],
              "moe": lambda b=blocks: [_moe_call(s, b[s.name]) for s in sites]},
@@ -247,7 +249,9 @@ def _timings(
     # whole model at 1x128: calibration token stream, dense and MoE modules swapped in turn
     ids = torch.cat([b["input_ids"][0] for b in inputs])
     if ids.numel() >= 128:
-        feed = {"input_ids": ids[:128][None].to(p.device)}
+        from compress.models import input_device
+
+        feed = {"input_ids": ids[:128][None].to(input_device(model))}
         feed["attention_mask"] = torch.ones_like(feed["input_ids"])
         if "decoder_input_ids" in inputs[0]:
             feed["decoder_input_ids"] = inputs[0]["decoder_input_ids"][:, :8]
