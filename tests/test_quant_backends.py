@@ -40,12 +40,12 @@ def _close(after, before, rel):
     return float((after - before).abs().max()) <= rel * float(before.abs().max()) + 1e-5
 
 
-def _round_trip(model, tok, inputs, tmp_path, fmt=None, inference_mode=True):
+def _round_trip(model, tok, inputs, tmp_path, fmt=None, inference_mode=True, **load_kwargs):
     expected = _out(model, inputs, inference_mode)
     save_model(model, tok, tmp_path / "m")
     if fmt:
         assert fmt in (tmp_path / "m" / FORMAT_FILE).read_text()
-    reloaded = load_compressed(tmp_path / "m")
+    reloaded = load_compressed(tmp_path / "m", **load_kwargs)
     torch.testing.assert_close(_out(reloaded, inputs, inference_mode), expected, rtol=0, atol=1e-6)
     return reloaded
 
@@ -118,7 +118,8 @@ def test_bitsandbytes_formats_run_and_round_trip(recipe, kw, rel, family, tmp_pa
     info = ctx.info["quant"]
     assert info["device"] == "cpu" and info["runs_faster_here"] is False
     assert parameter_counts(out)["total"] == dense["total"]
-    _round_trip(out, tok, inputs, tmp_path)
+    # from_pretrained puts a bitsandbytes model on the GPU when there is one; ask for the CPU
+    _round_trip(out, tok, inputs, tmp_path, device_map="cpu")
 
 
 @pytest.mark.parametrize("recipe,bits", [("bnb-4bit", 2), ("bnb-4bit", 3), ("bnb-int8", 4)])
@@ -164,7 +165,7 @@ def test_qlora_fp32_merge_starts_from_nf4_and_training_lowers_the_loss(tmp_path)
     training = ctx.info["quant"]["training"]
     assert training["loss_last"] < training["loss_first"]
     assert not any("lora" in n for n, _ in out.named_parameters())
-    _round_trip(out, tok, inputs, tmp_path)
+    _round_trip(out, tok, inputs, tmp_path, device_map="cpu")  # not the GPU, where there is one
 
 
 def test_qlora_nf4_merge_stays_4bit_and_round_trips(tmp_path):
@@ -175,7 +176,7 @@ def test_qlora_nf4_merge_stays_4bit_and_round_trips(tmp_path):
     out = compress(model, make_config("qlora", steps=2, seq_len=16), ctx)
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in out.modules())
     assert not any("lora" in n for n, _ in out.named_parameters())
-    _round_trip(out, tok, inputs, tmp_path)
+    _round_trip(out, tok, inputs, tmp_path, device_map="cpu")  # not the GPU, where there is one
 
 
 @pytest.mark.parametrize("name", ["rtn", "gptq", "bnb-int8", "bnb-4bit", "dynamic-int8",
