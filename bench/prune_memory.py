@@ -200,7 +200,16 @@ def measure_one(model_name: str, case: str, nsamples: int, seq_len: int) -> dict
         "seconds": round(seconds, 1),
         "threads": torch.get_num_threads(),
         "loadavg": os.getloadavg(),
+        "machine": _machine(),
     }
+
+
+def _machine() -> str:
+    """CPUs and memory of the machine that measured (results from several may be merged)."""
+    total = next((line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
+                  if line.startswith("MemTotal:")), "?") if Path("/proc/meminfo").exists() else "?"
+    gib = f"{int(total) / 2**20:.0f} GiB" if total.isdigit() else "? GiB"
+    return f"{os.cpu_count()} CPUs, {gib}"
 
 
 def main(argv: list[str] | None = None) -> int:
