@@ -12,6 +12,7 @@ import copy
 
 import pytest
 import torch
+from test_pruning import PAIRS, TEXTS  # the same tiny calibration data as the CPU tests
 
 from compress import Context, UserError, compress, make_config
 from compress.registry import recipe_names
@@ -20,13 +21,6 @@ from compress.tiny import sample_inputs, tiny_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
-TEXTS = [
-    "The quick brown fox jumps over the lazy dog. Compression makes models smaller.",
-    "Pruning removes weights; quantization rounds them; distillation trains a student.",
-    "The capital of France is Paris, and the capital of Italy is Rome.",
-] * 8
-PAIRS = [("the quick brown fox jumps", "The quick brown fox jumps."),
-         ("paris is the capital of france", "Paris is the capital of France.")] * 8
 LABELLED = [(t, i % 3) for i, t in enumerate(TEXTS)]
 #: (family, classifier, task) covering decoder-only, encoder-only and encoder-decoder.
 FAMILIES = {
