@@ -87,6 +87,55 @@ def test_onnx_int8_close_to_fp32_and_round_trips(family, kw, tmp_path):
         assert gen.shape[0] == 1 and gen.shape[1] >= 2
 
 
+@pytest.mark.parametrize("family,kw", CASES, ids=[c[0] for c in CASES])
+def test_onnx_int8_quantizes_every_targeted_linear(family, kw):
+    """GPT-2's Conv1D traces to Gemm, which ORT's MatMul quantizer would skip: the
+    recipe converts it first, so every targeted weight is stored in int8."""
+    from compress.quant.layers import select_targets
+
+    model, tok, _ = _model(family, kw)
+    targeted = sum(m.weight.numel() for m in select_targets(model).values())
+    ctx = Context(tokenizer=tok)
+    compress(model, make_config("onnx-int8"), ctx)
+    assert ctx.info["quant"]["int8_weights"] >= targeted
+
+
+@pytest.mark.parametrize("recipe", ["dynamic-int8", "onnx-int8"])
+@pytest.mark.parametrize("family,frag", [("llama", "down_proj"), ("gpt2", "c_proj")])
+def test_int8_runtimes_keep_named_and_outlier_linears_in_float(recipe, family, frag, tmp_path):
+    from compress.quant.layers import select_targets
+
+    model, tok, inputs = _model(family, {})
+    named = {n: m.weight.numel() for n, m in select_targets(model).items()
+             if n.split(".")[-1] == frag}
+    assert named
+    full = Context(tokenizer=tok)
+    compress(_model(family, {})[0], make_config(recipe), full)
+    ctx = Context(tokenizer=tok)
+    out = compress(model, make_config(recipe, skip=frag), ctx)
+    q = ctx.info["quant"]
+    assert set(q["kept_in_float"]) == set(named)
+    if recipe == "dynamic-int8":
+        assert q["layers"] == full.info["quant"]["layers"] - len(named)
+        for name in named:
+            assert type(out.get_submodule(name)) is torch.nn.Linear
+        _round_trip(out, tok, inputs, tmp_path, "dynamic-int8")
+    else:
+        dropped = full.info["quant"]["int8_weights"] - q["int8_weights"]
+        assert 0 <= dropped - sum(named.values()) <= len(named)  # + one int8 zero point each
+    # a threshold on calibration activations: above every input keeps nothing, below
+    # every input would keep everything, which is refused
+    cal = Context(tokenizer=tok, calibration=TEXTS)
+    compress(_model(family, {})[0], make_config(recipe, outlier_threshold=1e9), cal)
+    assert cal.info["quant"]["kept_in_float"] is None
+    with pytest.raises(UserError, match="nothing is quantized"):
+        compress(_model(family, {})[0], make_config(recipe, outlier_threshold=1e-9),
+                 Context(tokenizer=tok, calibration=TEXTS))
+    with pytest.raises(UserError, match="matches no quantized linear"):
+        compress(_model(family, {})[0], make_config(recipe, skip="no_such_proj"),
+                 Context(tokenizer=tok))
+
+
 def test_onnx_int8_loss_matches_the_model_and_rejects_gpu():
     model, tok, inputs = _model("llama", {})
     with torch.inference_mode():

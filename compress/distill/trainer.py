@@ -53,7 +53,7 @@ from compress.fileio import (
     clean_stale_tmp,
     restore_interrupted_dir,
 )
-from compress.models import input_device
+from compress.models import input_device, to_device
 
 log = logging.getLogger(__name__)
 
@@ -122,10 +122,6 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]
     ]
 
 
-def _to(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device) for k, v in batch.items()}
-
-
 def _n_tokens(batch: Mapping[str, torch.Tensor]) -> int:
     n = int(batch["attention_mask"].sum())
     if "decoder_mask" in batch:
@@ -164,7 +160,7 @@ class Evaluator:
     def _batches(self):
         for k, start in enumerate(range(0, len(self.examples), self.batch_size)):
             chunk = self.examples[start:start + self.batch_size]
-            yield _to(self.collator(chunk, mlm_seed=10_000_019 + k), self.device)
+            yield to_device(self.collator(chunk, mlm_seed=10_000_019 + k), self.device)
 
     def __call__(self, model: nn.Module) -> dict[str, float]:
         was_training = model.training
@@ -470,7 +466,7 @@ def train(
                     g["lr"] = lr
                 opt.zero_grad(set_to_none=True)
                 for micro, idx in batches.for_step(step):
-                    batch = _to(collator([examples[i] for i in idx], mlm_seed=s.seed * 7919 + micro),
+                    batch = to_device(collator([examples[i] for i in idx], mlm_seed=s.seed * 7919 + micro),
                                 device)
                     t_out = teacher.outputs(batch, idx) if teacher is not None else None
                     s_out = run_model(student, batch, task, student_wanted)

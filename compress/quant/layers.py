@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 
 from compress.arch import arch_for, linear_weight_in_out, targeted_linears
+from compress.config import RecipeConfig, option
 from compress.quant.packing import layer_bytes
 from compress.quant.rtn import QuantSpec, fake_quantize, set_weight_matrix, weight_matrix
 
@@ -56,3 +59,72 @@ def rtn_layer(module: nn.Module, spec: QuantSpec, keep: torch.Tensor | None = No
         set_weight_matrix(module, w_hat)
     in_f, out_f = linear_weight_in_out(module)
     return layer_bytes(out_f, in_f, spec, int(keep.numel()), module.weight.element_size())
+
+
+def _matches(name: str, fragment: str) -> bool:
+    """``fragment`` names whole dotted components of ``name`` (``down_proj``, ``layers.3``)."""
+    return f".{fragment}." in f".{name}."
+
+
+def kept_in_float(
+    model: nn.Module,
+    targets: dict[str, nn.Module],
+    *,
+    skip: str,
+    outlier_threshold: float | None,
+    context,
+    nsamples: int,
+    seq_len: int,
+    recipe: str,
+) -> dict[str, float | None]:
+    """Targets to leave in float for a real-int8 runtime: name -> calibration max |x|.
+
+    Dynamic int8 quantizes each activation tensor with one scale, so a linear whose
+    inputs carry a few huge features (SmolLM2's late ``down_proj`` inputs reach |x| ~ 500
+    while their median is ~ 1) loses every small feature to rounding. LLM.int8 keeps
+    such *columns* in fp16; a runtime with whole-matrix kernels can only keep whole
+    *layers*. ``skip`` lists name fragments (comma-separated whole dotted components,
+    e.g. ``down_proj`` or ``layers.29.mlp``); ``outlier_threshold`` keeps every target
+    whose calibration inputs exceed it (needs calibration text).
+    """
+    from compress.errors import UserError
+    from compress.quant import calib
+
+    kept: dict[str, float | None] = {}
+    for frag in (f.strip() for f in skip.split(",") if f.strip()):
+        hits = [n for n in targets if _matches(n, frag)]
+        if not hits:
+            sample = ", ".join(list(targets)[:3])
+            raise UserError(f"{recipe}: skip={frag!r} matches no quantized linear; give whole "
+                            f"name components of the linears, e.g. of {sample}")
+        kept.update({n: None for n in hits})
+    if outlier_threshold is not None:
+        batches = calib.calibration_batches(
+            model, context.tokenizer, context.calibration, n_samples=nsamples, seq_len=seq_len,
+            recipe=f"{recipe} with outlier_threshold",
+        )
+        absmax = calib.input_absmax(model, targets, batches)
+        kept.update({n: round(float(a.max()), 2) for n, a in absmax.items()
+                     if float(a.max()) > outlier_threshold})
+    if kept and len(kept) == len(targets):
+        raise UserError(f"{recipe}: every targeted linear would stay in float, so nothing is "
+                        "quantized; raise outlier_threshold or shorten skip")
+    return kept
+
+
+@dataclass(frozen=True)
+class KeepFloatConfig(RecipeConfig):
+    """Options of the real-int8 runtimes for leaving outlier-heavy linears in float."""
+
+    skip: str = option("", "linears kept in float: comma-separated name components, "
+                       "e.g. down_proj or layers.29.mlp")
+    outlier_threshold: float | None = option(
+        None, "keep in float every linear whose calibration inputs exceed this |x| "
+        "(SmolLM2: 40 keeps 11 of 30 down_proj)", low=0.0, low_inclusive=False)
+    nsamples: int = option(16, "calibration texts for outlier_threshold", low=1)
+    seq_len: int = option(256, "max tokens per calibration text", low=8)
+
+    def kept(self, model: nn.Module, targets: dict[str, nn.Module], context, recipe: str):
+        return kept_in_float(model, targets, skip=self.skip,
+                             outlier_threshold=self.outlier_threshold, context=context,
+                             nsamples=self.nsamples, seq_len=self.seq_len, recipe=recipe)

@@ -118,7 +118,33 @@ def export(model: nn.Module, task: str, path: Path) -> list[str]:
     return names
 
 
-def quantize_file(src: Path, dst: Path, per_channel: bool, reduce_range: bool) -> None:
+def nodes_of_modules(onnx_path: Path, modules: list[str]) -> list[str]:
+    """Names of the MatMul nodes that the TorchScript exporter traced inside ``modules``.
+
+    The exporter names a node by its module scope (``/model/model/layers.3/mlp/down_proj/
+    MatMul`` for ``model.layers.3.mlp.down_proj`` under the adapter's ``model``).
+    """
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    found, nodes = set(), []
+    for node in graph.node:
+        if node.op_type != "MatMul":
+            continue
+        dotted = "." + node.name.strip("/").replace("/", ".") + "."
+        hit = [m for m in modules if f".{m}." in dotted]
+        if hit:
+            nodes.append(node.name)
+            found.update(hit)
+    missing = sorted(set(modules) - found)
+    if missing:
+        raise UserError(f"onnx-int8: no traced MatMul found for {', '.join(missing[:3])}; "
+                        "the exporter named the nodes differently, so they cannot be kept in float")
+    return nodes
+
+
+def quantize_file(src: Path, dst: Path, per_channel: bool, reduce_range: bool,
+                  exclude: list[str] | None = None) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     root = logging.getLogger()
@@ -129,7 +155,7 @@ def quantize_file(src: Path, dst: Path, per_channel: bool, reduce_range: bool) -
             warnings.simplefilter("ignore")
             quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul"],
                              per_channel=per_channel, reduce_range=reduce_range,
-                             weight_type=QuantType.QInt8,
+                             weight_type=QuantType.QInt8, nodes_to_exclude=exclude or [],
                              extra_options={"MatMulConstBOnly": True})
     finally:
         root.setLevel(level)
@@ -317,16 +343,20 @@ def _shift_right(labels: torch.Tensor, start: int, pad: int) -> torch.Tensor:
     return out.masked_fill(out == -100, pad)
 
 
-def build(model: nn.Module, task: str, *, per_channel: bool, reduce_range: bool) -> OnnxModel:
-    """Export ``model``, quantize the graph to dynamic int8, and wrap it."""
+def build(model: nn.Module, task: str, *, per_channel: bool, reduce_range: bool,
+          keep_float: list[str] | None = None) -> OnnxModel:
+    """Export ``model``, quantize the graph to dynamic int8 (the MatMuls of the modules
+    named in ``keep_float`` excepted), and wrap it."""
     with tempfile.TemporaryDirectory(prefix="compress-onnx-") as tmp:
         fp32, int8 = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         names = export(model, task, fp32)
         fp32_bytes = os.path.getsize(fp32)
-        quantize_file(fp32, int8, per_channel, reduce_range)
+        exclude = nodes_of_modules(fp32, keep_float) if keep_float else []
+        quantize_file(fp32, int8, per_channel, reduce_range, exclude)
         data = int8.read_bytes()
     meta = {**config_record(model), "task": task, "inputs": names, "per_channel": per_channel,
-            "reduce_range": reduce_range, "fp32_onnx_bytes": fp32_bytes}
+            "reduce_range": reduce_range, "fp32_onnx_bytes": fp32_bytes,
+            "kept_in_float": list(keep_float or [])}
     return OnnxModel(data, model.config, task, names, meta)
 
 

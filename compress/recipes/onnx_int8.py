@@ -18,17 +18,19 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
-from compress.config import RecipeConfig, option
+from compress.config import option
 from compress.context import Context
 from compress.errors import UserError
 from compress.quant import onnx as onnx_q
+from compress.quant.layers import KeepFloatConfig, select_targets
+from compress.quant.modules import conv1d_to_linear
 from compress.quant.report import device_of, record
 from compress.registry import register_recipe
 from compress.stats import parameter_counts
 
 
 @dataclass(frozen=True)
-class OnnxInt8Config(RecipeConfig):
+class OnnxInt8Config(KeepFloatConfig):
     """ONNX Runtime dynamic int8 (all MatMuls with constant weights, LM head included)."""
 
     per_channel: bool = option(False, "one int8 scale per output channel (else per tensor)")
@@ -42,8 +44,12 @@ def onnx_int8(model: nn.Module, config: OnnxInt8Config, context: Context) -> nn.
         raise UserError("onnx-int8 exports and runs on the CPU; load the model without --device-map")
     task = onnx_q.task_of_model(model, context.task)
     before = parameter_counts(model)
+    targets = select_targets(model)
+    kept = config.kept(model, targets, context, "onnx-int8")
+    # GPT-2's Conv1D traces to Gemm, which the quantizer (MatMul only) would leave in fp32
+    conv1d_to_linear(model, set(targets))
     wrapped = onnx_q.build(model, task, per_channel=config.per_channel,
-                           reduce_range=config.reduce_range)
+                           reduce_range=config.reduce_range, keep_float=list(kept))
     counts = wrapped.compress_parameter_counts
     record(
         context, method="onnx-int8", simulated=False, runs_faster_here=True, device="cpu",
@@ -51,7 +57,7 @@ def onnx_int8(model: nn.Module, config: OnnxInt8Config, context: Context) -> nn.
         activations="int8 dynamic (per batch)", task=task,
         int8_weights=counts["int8_elements"],
         dense_bytes=before["bytes"], packed_bytes=counts["bytes"],
-        fp32_onnx_bytes=wrapped.meta["fp32_onnx_bytes"],
+        fp32_onnx_bytes=wrapped.meta["fp32_onnx_bytes"], kept_in_float=kept or None,
         note="ONNX Runtime MatMulInteger on the CPU; generate() is greedy without KV cache; "
         "reload with compress.saving.load_compressed",
     )
