@@ -1,8 +1,13 @@
 """CPU speed of real int8 against fp32, measured in one process in alternating rounds.
 
-    python bench/quant_speed.py                      # both zoo models, fp32 / dynamic-int8 / onnx-int8
+    python bench/quant_speed.py                      # both zoo models, every method below
     python bench/quant_speed.py --model minilm-l6-sentiment --extra bnb-int8 quanto-int8
     python bench/quant_speed.py --model tiny-llama --rounds 2     # smoke run on a tiny model
+
+Methods: fp32 (torch eager), dynamic-int8 (torch.ao), onnx-fp32 (the same ONNX graph
+unquantized: how much of onnx-int8's gain is the runtime, not int8), onnx-int8, and
+for decoders the ``-keep`` variants that leave linears with calibration inputs above
+|x| = 40 in fp32.
 
 Workloads:
 * encoder models (classification / embedding): one forward of a batch of 8 x 128 tokens;
@@ -17,7 +22,8 @@ drifts of a shared machine hit all methods alike. Reported: median over rounds a
 ratio ``fp32 time / method time`` (above 1 = faster than fp32). The machine's load
 average before and after is recorded: timings taken while other jobs run are
 provisional. Outputs are checked against fp32 (max |logit diff|, argmax agreement)
-so a speed-up cannot come from a broken model.
+so a speed-up cannot come from a broken model; decoders also get a perplexity on 4
+windows of 512 tokens of the wiki test split (a proxy, not the reports' protocol).
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-METHODS = ("fp32", "dynamic-int8", "onnx-int8", "dynamic-int8-keep", "onnx-int8-keep")
+METHODS = ("fp32", "dynamic-int8", "onnx-fp32", "onnx-int8", "dynamic-int8-keep", "onnx-int8-keep")
 # "-keep": linears whose calibration inputs exceed |x| = 40 stay fp32 (SmolLM2: 11 of 30
 # down_proj); decoders only (no MiniLM input reaches 40, so it would repeat the plain run)
 KEEP_THRESHOLD = 40.0
@@ -61,6 +67,11 @@ def _variant(method: str, base, tok, task):
 
     if method == "fp32":
         return base
+    if method == "onnx-fp32":  # ONNX Runtime without int8: what the runtime alone buys
+        from compress.quant import onnx as onnx_q
+
+        return onnx_q.build(copy.deepcopy(base), task, per_channel=False, reduce_range=False,
+                            quantize=False)
     recipe, kw = {
         "dynamic-int8": ("dynamic-int8", {}),
         "onnx-int8": ("onnx-int8", {}),

@@ -344,16 +344,18 @@ def _shift_right(labels: torch.Tensor, start: int, pad: int) -> torch.Tensor:
 
 
 def build(model: nn.Module, task: str, *, per_channel: bool, reduce_range: bool,
-          keep_float: list[str] | None = None) -> OnnxModel:
+          keep_float: list[str] | None = None, quantize: bool = True) -> OnnxModel:
     """Export ``model``, quantize the graph to dynamic int8 (the MatMuls of the modules
-    named in ``keep_float`` excepted), and wrap it."""
+    named in ``keep_float`` excepted), and wrap it. ``quantize=False`` wraps the fp32
+    graph: the baseline that separates ONNX Runtime's own speed from int8's."""
     with tempfile.TemporaryDirectory(prefix="compress-onnx-") as tmp:
         fp32, int8 = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         names = export(model, task, fp32)
         fp32_bytes = os.path.getsize(fp32)
-        exclude = nodes_of_modules(fp32, keep_float) if keep_float else []
-        quantize_file(fp32, int8, per_channel, reduce_range, exclude)
-        data = int8.read_bytes()
+        if quantize:
+            exclude = nodes_of_modules(fp32, keep_float) if keep_float else []
+            quantize_file(fp32, int8, per_channel, reduce_range, exclude)
+        data = (int8 if quantize else fp32).read_bytes()
     meta = {**config_record(model), "task": task, "inputs": names, "per_channel": per_channel,
             "reduce_range": reduce_range, "fp32_onnx_bytes": fp32_bytes,
             "kept_in_float": list(keep_float or [])}
