@@ -200,12 +200,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", nargs="+", default=["minilm-l6-sentiment", "smollm2-135m"])
     p.add_argument("--extra", nargs="*", default=[], choices=EXTRA,
                    help="also time these (slower than fp32 on a CPU: shown for honesty)")
+    p.add_argument("--keep-threshold", type=float, default=KEEP_THRESHOLD,
+                   help="outlier_threshold of the -keep variants")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--inner", type=int, default=3)
     p.add_argument("--gen-tokens", type=int, default=16)
     p.add_argument("--out", type=Path, default=Path("reports/quant_speed.json"))
     args = p.parse_args(argv)
+    global KEEP_THRESHOLD
+    KEEP_THRESHOLD = args.keep_threshold
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
     methods = list(METHODS) + list(args.extra)
@@ -223,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     provisional = max(load_before[0], load_after[0]) > 1.5 * args.threads or max(load_before[0], load_after[0]) > cpus
     doc = {
         "bench": "quant_speed", "threads": args.threads, "rounds": args.rounds, "inner": args.inner,
-        "gen_tokens": args.gen_tokens, "torch": torch.__version__, "cpu_count": cpus,
+        "gen_tokens": args.gen_tokens, "keep_threshold": KEEP_THRESHOLD, "torch": torch.__version__, "cpu_count": cpus,
         "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in load_after],
         "provisional": provisional,

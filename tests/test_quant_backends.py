@@ -136,6 +136,20 @@ def test_int8_runtimes_keep_named_and_outlier_linears_in_float(recipe, family, f
                  Context(tokenizer=tok))
 
 
+@pytest.mark.parametrize("no_vnni", [True, False])
+def test_onnx_int8_per_channel_uses_7_bit_weights_where_int16_sums_would_overflow(no_vnni, monkeypatch):
+    from compress.quant import onnx as onnx_q
+
+    monkeypatch.setattr(onnx_q, "x86_without_vnni", lambda: no_vnni)
+    for per_channel, given, expected in [(True, None, no_vnni), (False, None, False),
+                                         (True, False, False), (False, True, True)]:
+        model, tok, _ = _model("llama", {})
+        ctx = Context(tokenizer=tok)
+        compress(model, make_config("onnx-int8", per_channel=per_channel, reduce_range=given), ctx)
+        assert ctx.info["quant"]["reduce_range"] is expected
+        assert ctx.info["quant"]["weights"].startswith("int7" if expected else "int8")
+
+
 def test_onnx_int8_loss_matches_the_model_and_rejects_gpu():
     model, tok, inputs = _model("llama", {})
     with torch.inference_mode():

@@ -118,6 +118,25 @@ def export(model: nn.Module, task: str, path: Path) -> list[str]:
     return names
 
 
+def x86_without_vnni() -> bool:
+    """True on an x86 CPU whose flags (``/proc/cpuinfo``) lack VNNI (AVX512-VNNI, AVX-VNNI).
+
+    There ONNX Runtime's u8 x s8 int8 kernels add pairs of products in saturating int16
+    (``vpmaddubsw``): 8-bit per-channel weights overflow it. On this project's AVX-512
+    machine without VNNI, SmolLM2 with per-channel 8-bit weights gave perplexity ~3,100
+    instead of ~27; with 7-bit weights (``reduce_range``) it is fine.
+    """
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False  # unknown: assume a modern CPU
+    return "vnni" not in flags
+
+
 def nodes_of_modules(onnx_path: Path, modules: list[str]) -> list[str]:
     """Names of the MatMul nodes that the TorchScript exporter traced inside ``modules``.
 

@@ -34,7 +34,9 @@ class OnnxInt8Config(KeepFloatConfig):
     """ONNX Runtime dynamic int8 (all MatMuls with constant weights, LM head included)."""
 
     per_channel: bool = option(False, "one int8 scale per output channel (else per tensor)")
-    reduce_range: bool = option(False, "7-bit weights (avoids overflow on old x86 without VNNI)")
+    reduce_range: bool | None = option(
+        None, "7-bit weights; default: on for per_channel on an x86 CPU without VNNI, whose "
+        "int16 accumulation 8-bit per-channel weights overflow")
 
 
 @register_recipe("onnx-int8", OnnxInt8Config)
@@ -48,13 +50,17 @@ def onnx_int8(model: nn.Module, config: OnnxInt8Config, context: Context) -> nn.
     kept = config.kept(model, targets, context, "onnx-int8")
     # GPT-2's Conv1D traces to Gemm, which the quantizer (MatMul only) would leave in fp32
     conv1d_to_linear(model, set(targets))
+    reduce_range = config.reduce_range
+    if reduce_range is None:
+        reduce_range = config.per_channel and onnx_q.x86_without_vnni()
     wrapped = onnx_q.build(model, task, per_channel=config.per_channel,
-                           reduce_range=config.reduce_range, keep_float=list(kept))
+                           reduce_range=reduce_range, keep_float=list(kept))
     counts = wrapped.compress_parameter_counts
     record(
         context, method="onnx-int8", simulated=False, runs_faster_here=True, device="cpu",
-        bits=8, weights="int8 " + ("per-channel" if config.per_channel else "per-tensor"),
-        activations="int8 dynamic (per batch)", task=task,
+        bits=8, weights=("int7" if reduce_range else "int8") + " "
+        + ("per-channel" if config.per_channel else "per-tensor"),
+        activations="int8 dynamic (per batch)", task=task, reduce_range=reduce_range,
         int8_weights=counts["int8_elements"],
         dense_bytes=before["bytes"], packed_bytes=counts["bytes"],
         fp32_onnx_bytes=wrapped.meta["fp32_onnx_bytes"], kept_in_float=kept or None,
