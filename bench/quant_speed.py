@@ -42,7 +42,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 METHODS = ("fp32", "dynamic-int8", "onnx-fp32", "onnx-int8", "dynamic-int8-keep", "onnx-int8-keep")
-# "-keep": linears whose calibration inputs exceed |x| = 40 stay fp32 (SmolLM2: 11 of 30
+# "-keep": linears whose calibration inputs exceed |x| = 40 stay fp32 (SmolLM2: 11-12 of 30
 # down_proj); decoders only (no MiniLM input reaches 40, so it would repeat the plain run)
 KEEP_THRESHOLD = 40.0
 EXTRA = ("bnb-int8", "bnb-4bit", "quanto-int8", "rtn-4bit")

@@ -120,7 +120,7 @@ class KeepFloatConfig(RecipeConfig):
                        "e.g. down_proj or layers.29.mlp")
     outlier_threshold: float | None = option(
         None, "keep in float every linear whose calibration inputs exceed this |x| "
-        "(SmolLM2: 40 keeps 11 of 30 down_proj)", low=0.0, low_inclusive=False)
+        "(SmolLM2: 40 keeps 11-12 of its 30 down_proj, by calibration set)", low=0.0, low_inclusive=False)
     nsamples: int = option(16, "calibration texts for outlier_threshold", low=1)
     seq_len: int = option(256, "max tokens per calibration text", low=8)
 
