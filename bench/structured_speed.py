@@ -1,7 +1,9 @@
-"""CPU latency of a dense model against the same model with 50% of its FFN neurons removed.
+"""CPU latency of a dense model against the same model with 50% of its FFN neurons removed
+(or, with ``--student-layers N``, against a distillation student of N blocks).
 
     python bench/structured_speed.py                        # smollm2-135m, 2 threads
     python bench/structured_speed.py --model smollm2-135m --ffn-ratio 0.5 --rounds 15
+    python bench/structured_speed.py --model minilm-l6-sentiment --student-layers 3
 
 Protocol: both models in one process, ``torch.set_num_threads`` pinned, inference
 mode, inputs of batch 1 x 128 and 8 x 128 tokens (fixed random ids); three warm-up
@@ -9,7 +11,8 @@ forwards per model and shape, then ``rounds`` rounds in which the two models run
 alternately (order flipped every round, so drift hits both alike); the median of each
 is reported with the ratio dense / pruned. The structured model comes from the
 ``structured`` recipe with ``importance=magnitude`` (which neurons go does not change
-the speed). Load average before and after is recorded: timings taken while other
+the speed); the student from the ``distill`` recipe with ``steps=0`` (every other block;
+training does not change the speed), written to ``distill_speed.json``. Load average before and after is recorded: timings taken while other
 processes share the cores are provisional and must be re-run on a quiet machine.
 """
 
@@ -39,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--ffn-ratio", type=float, default=0.5)
+    parser.add_argument("--student-layers", type=int, default=None,
+                        help="time a distillation student of this many blocks instead")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--out", type=Path, default=Path("reports/bench"))
@@ -54,8 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     load_start = os.getloadavg()
     loaded = load_model(args.model)
     dense = loaded.model.eval()
-    pruned = compress(copy.deepcopy(dense), make_config(
-        "structured", ffn_ratio=args.ffn_ratio, importance="magnitude"), Context())
+    if args.student_layers:
+        pruned = compress(copy.deepcopy(dense), make_config(
+            "distill", student_layers=args.student_layers, steps=0),
+            Context(tokenizer=loaded.tokenizer, task=loaded.task))
+    else:
+        pruned = compress(copy.deepcopy(dense), make_config(
+            "structured", ffn_ratio=args.ffn_ratio, importance="magnitude"), Context())
     vocab = dense.config.vocab_size
     g = torch.Generator().manual_seed(0)
     inputs = {s: torch.randint(0, vocab, s, generator=g) for s in SHAPES}
@@ -93,9 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     n_pruned = sum(p.numel() for p in pruned.parameters())
     quiet = max(load_start[0], load_end[0]) <= args.threads + 0.5
     result = {
-        "benchmark": "structured_speed",
+        "benchmark": "distill_speed" if args.student_layers else "structured_speed",
         "model": args.model,
-        "ffn_ratio": args.ffn_ratio,
+        "ffn_ratio": None if args.student_layers else args.ffn_ratio,
+        "student_layers": args.student_layers,
+        "note": "'pruned' is the distillation student" if args.student_layers else None,
         "threads": args.threads,
         "rounds": args.rounds,
         "params_dense": n_dense,
@@ -112,7 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"params {n_dense:,} -> {n_pruned:,}; load average {load_start[0]:.1f} -> "
           f"{load_end[0]:.1f}{'' if quiet else ' (busy machine: provisional timings)'}")
-    atomic_write_json(args.out / "structured_speed.json", result)
+    name = (f"distill_speed_{args.model}.json" if args.student_layers
+            else "structured_speed.json")
+    atomic_write_json(args.out / name, result)
     return 0
 
 
