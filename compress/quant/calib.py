@@ -83,7 +83,10 @@ def calibration_batches(
 def forward(model: nn.Module, batch: dict[str, torch.Tensor]) -> Any:
     """One inference forward (no cache, no grad)."""
     kwargs = dict(batch)
-    if getattr(getattr(model, "config", None), "use_cache", None) is not None:
+    cfg = getattr(model, "config", None)
+    # EncoderDecoderModel's own config has no use_cache, but its decoder builds a cache
+    # unless told not to.
+    if getattr(cfg, "use_cache", None) is not None or _is_seq2seq(model):
         kwargs["use_cache"] = False
     with torch.no_grad():
         return model(**kwargs)

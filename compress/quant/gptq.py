@@ -157,6 +157,19 @@ class _Stop(Exception):
     pass
 
 
+def _no_cache(value):
+    """``None`` for a key/value cache object, else ``value``.
+
+    A block replayed with the cache recorded at capture time would append its keys to
+    it again and, worse, read cross-attention keys/values cached on the first run
+    instead of computing them: the cross-attention ``k``/``v`` linears would then see
+    no calibration input at all (the cause of a bert2bert GPTQ collapse).
+    """
+    from transformers.cache_utils import Cache
+
+    return None if isinstance(value, Cache) else value
+
+
 def _capture_stack(model, blocks, batches):
     """Run the model on every batch, recording each block's call; stop after the stack.
 
@@ -173,8 +186,10 @@ def _capture_stack(model, blocks, batches):
         def hook(_mod, args, kwargs):
             positional = len(args) > 0
             h = args[0] if positional else kwargs["hidden_states"]
-            rest_kwargs = {k: v for k, v in kwargs.items() if k != "hidden_states"}
-            calls[i].append((tuple(args[1:]), rest_kwargs, positional))
+            rest_kwargs = {k: _no_cache(v) for k, v in kwargs.items() if k != "hidden_states"}
+            if "use_cache" in rest_kwargs:
+                rest_kwargs["use_cache"] = False
+            calls[i].append((tuple(_no_cache(a) for a in args[1:]), rest_kwargs, positional))
             if i == 0:
                 hidden0.append(h.detach())
             if i == last:
@@ -208,11 +223,16 @@ def gptq_model(
     blocksize: int = 128,
     damp: float = 0.01,
     act_order: bool = False,
-) -> dict[str, dict[str, int]]:
-    """Quantize ``targets`` (full name -> module) block by block; returns packed bytes per module."""
+) -> tuple[dict[str, dict[str, int]], list[str]]:
+    """Quantize ``targets`` (full name -> module) block by block.
+
+    Returns (packed bytes per module, names of the linears no calibration input reached,
+    which were rounded to nearest instead).
+    """
     arch = arch_for(model)
     by_module = {id(m): n for n, m in targets.items()}
     packed: dict[str, dict[str, int]] = {}
+    uncalibrated: list[str] = []
     for stack in arch.stacks:
         list_name, blocks = find_module_list(model, stack.layers)
         hidden, calls = _capture_stack(model, blocks, batches)
@@ -232,8 +252,11 @@ def gptq_model(
             for name, m in layers.items():
                 W = weight_matrix(m)
                 H = acc[name].H
-                if H is None:  # never reached by calibration: plain rounding
-                    H = torch.zeros(W.shape[1], W.shape[1], dtype=torch.float64, device=W.device)
+                if H is None:
+                    # never reached by calibration (an expert no token was routed to):
+                    # an identity Hessian spreads no error, which is plain rounding.
+                    uncalibrated.append(name)
+                    H = torch.eye(W.shape[1], dtype=torch.float64, device=W.device)
                 Q, loss = gptq_quantize(W, H, spec, blocksize=blocksize, damp=damp,
                                         act_order=act_order)
                 with torch.no_grad():
@@ -250,4 +273,7 @@ def gptq_model(
     if missing:
         raise RuntimeError(f"gptq: {len(missing)} targeted linears sit outside the blocks: "
                            f"{sorted(missing)[:3]}")
-    return packed
+    if uncalibrated:
+        log.warning("gptq: %d linears saw no calibration input and were rounded to nearest: %s",
+                    len(uncalibrated), ", ".join(uncalibrated[:5]))
+    return packed, uncalibrated

@@ -61,12 +61,13 @@ def gptq(model: nn.Module, config: GPTQConfig, context: Context) -> nn.Module:
         seq_len=config.seq_len, batch_size=1, recipe="gptq",
     )
     targets = select_targets(model)
-    packed = gptq_model(model, targets, spec, batches, blocksize=config.blocksize,
+    packed, uncalibrated = gptq_model(model, targets, spec, batches, blocksize=config.blocksize,
                         damp=config.damp, act_order=config.act_order)
     size = model_size_summary(model, packed)
     record(
         context, method="gptq", simulated=True, runs_faster_here=False, device=device_of(model),
         **spec.to_dict(), format=spec.describe(), layers=len(packed), act_order=config.act_order,
+        uncalibrated_layers=uncalibrated,
         calibration_sequences=len(batches),
         calibration_tokens=int(sum(b["attention_mask"].sum() for b in batches)),
         **size,
