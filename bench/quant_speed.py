@@ -12,8 +12,8 @@ for decoders the ``-keep`` variants that leave linears with calibration inputs a
 Workloads:
 * encoder models (classification / embedding): one forward of a batch of 8 x 128 tokens;
 * decoders: greedy generation of ``--gen-tokens`` tokens from a 32-token prompt, time
-  per generated token (HF models with their KV cache; the ONNX wrapper has no cache and
-  re-runs the prefix each step), and one forward of 1 x 128 tokens (prefill).
+  per generated token (prompt included; HF models and the ONNX graphs both with their KV
+  cache, one token per step), and one forward of 1 x 128 tokens (prefill).
 
 Protocol: ``torch.set_num_threads(--threads)`` (ONNX Runtime gets the same number of
 intra-op threads), one warm-up per method, then ``--rounds`` rounds; in each round

@@ -13,8 +13,14 @@ constant weight into int8 weights with dynamically quantized int8 activations
 :class:`OnnxModel` is an ``nn.Module`` whose ``forward`` takes the usual keyword
 inputs and returns a transformers ``ModelOutput`` with ``.logits`` (and ``.loss`` when
 ``labels`` are given), so perplexity / classification / generation code runs on it.
-``generate`` is a plain greedy loop **without a KV cache** (each step re-runs the whole
-prefix); it is correct but slower per token than a cached decoder at long lengths.
+Causal LMs are exported **with a KV cache** (:func:`export_causal_with_past`): the graph
+takes ``position_ids`` and one ``past_key_i`` / ``past_value_i`` pair per layer
+(``[batch, kv_heads, past, head_dim]``, length 0 at prefill) and returns ``present_*``
+next to the logits, so ``generate`` feeds one new token per step, as Hugging Face's
+cached decoding does. A model whose cache is not a plain per-layer key/value list
+(sliding-window or recurrent layers) falls back to the cache-free graph. Seq2seq models
+have no cache here: their greedy loop re-runs the decoder prefix each step (correct,
+slower per token at long lengths).
 
 Size for the profiler: ONNX initializers are not ``nn.Parameter`` s; the wrapper
 exposes ``compress_parameter_counts`` (``total`` elements, ``bytes``), ``nbytes`` and
@@ -59,6 +65,102 @@ class _Adapter(nn.Module):
         if getattr(self.model.config, "use_cache", None) is not None:
             kwargs["use_cache"] = False
         return getattr(self.model(**kwargs), self.output)
+
+
+class _PastAdapter(nn.Module):
+    """(input_ids, attention_mask, position_ids, *past) -> (logits, *present), for tracing."""
+
+    def __init__(self, model: nn.Module, n_layers: int):
+        super().__init__()
+        self.model, self.n_layers = model, n_layers
+
+    def forward(self, input_ids, attention_mask, position_ids, *past):
+        from transformers.cache_utils import DynamicCache
+
+        cache = DynamicCache(ddp_cache_data=[(past[2 * i], past[2 * i + 1])
+                                             for i in range(self.n_layers)])
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask,
+                         position_ids=position_ids, past_key_values=cache, use_cache=True)
+        present = []
+        for layer in out.past_key_values.layers:
+            present += [layer.keys, layer.values]
+        return (out.logits, *present)
+
+
+def cache_shapes(model: nn.Module) -> list[list[int]] | None:
+    """Per layer ``[kv_heads, head_dim]`` of the model's KV cache, read from a one-token
+    forward; ``None`` when the cache is not a plain list of full key/value layers."""
+    from transformers.cache_utils import DynamicCache, DynamicLayer
+
+    ids = torch.zeros(1, 1, dtype=torch.long)
+    try:
+        with torch.no_grad():
+            cache = model(input_ids=ids, use_cache=True).past_key_values
+    except (TypeError, ValueError) as exc:
+        log.info("onnx-int8: no KV cache export (%s)", exc)
+        return None
+    if not isinstance(cache, DynamicCache) or any(type(layer) is not DynamicLayer
+                                                  for layer in cache.layers):
+        return None
+    return [[int(layer.keys.shape[1]), int(layer.keys.shape[3])] for layer in cache.layers]
+
+
+def position_convention(model: nn.Module) -> str:
+    """How the model's own forward numbers positions when given none: ``"arange"``
+    (0, 1, 2... whatever the padding: GPT-2, Llama) or ``"mask"`` (counting only real
+    tokens of a left-padded row, -1 on padding: OPT). Probed once on a left-padded input, so the ONNX
+    wrapper's forward returns what the model's does."""
+    ids = torch.arange(5, 11).unsqueeze(0)
+    mask = torch.ones_like(ids)
+    mask[0, :2] = 0
+    positions = {"arange": torch.arange(6).unsqueeze(0),
+                 "mask": mask.cumsum(-1) * mask - 1}
+    diff = {}
+    with torch.no_grad():
+        base = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        for name, pos in positions.items():
+            try:
+                out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False)
+            except (IndexError, RuntimeError):  # -1 is no position of GPT-2's table
+                continue
+            diff[name] = float((out.logits - base).abs().max())
+    return min(diff, key=diff.get) if diff else "arange"
+
+
+def past_names(n_layers: int, prefix: str = "past") -> list[str]:
+    return [f"{prefix}_{kv}_{i}" for i in range(n_layers) for kv in ("key", "value")]
+
+
+def export_causal_with_past(model: nn.Module, path: Path, shapes: list[list[int]]) -> list[str]:
+    """Trace a causal LM with KV-cache inputs and outputs; returns the input names."""
+    n = len(shapes)
+    names = ["input_ids", "attention_mask", "position_ids", *past_names(n)]
+    outputs = ["logits", *past_names(n, "present")]
+    g = torch.Generator().manual_seed(0)
+    batch, new, past = 2, 3, 5
+    vocab = model.config.vocab_size
+    ids = torch.randint(5, min(vocab, 1000), (batch, new), generator=g)
+    mask = torch.ones(batch, past + new, dtype=torch.long)
+    mask[0, :2] = 0  # trace the padded-mask path
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, -new:]
+    cache = []
+    for heads, dim in shapes:
+        cache += [torch.randn(batch, heads, past, dim, generator=g) for _ in range(2)]
+    dyn: dict[str, dict[int, str]] = {"input_ids": {0: "batch", 1: "seq"},
+                                      "attention_mask": {0: "batch", 1: "total"},
+                                      "position_ids": {0: "batch", 1: "seq"},
+                                      "logits": {0: "batch", 1: "seq"}}
+    dyn.update({name: {0: "batch", 2: "past"} for name in past_names(n)})
+    dyn.update({name: {0: "batch", 2: "total"} for name in past_names(n, "present")})
+    adapter = _PastAdapter(model, n)
+    was_training = model.training
+    adapter.eval()  # the exporter restores the adapter's mode recursively: keep it eval
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(adapter, (ids, mask, pos, *cache), str(path), input_names=names,
+                          output_names=outputs, dynamic_axes=dyn, dynamo=False, opset_version=17)
+    model.train(was_training)
+    return names
 
 
 def task_of_model(model: nn.Module, given: str | None = None) -> str:
@@ -214,6 +316,8 @@ class OnnxModel(nn.Module):
         opts.inter_op_num_threads = 1
         self.session = ort.InferenceSession(onnx_bytes, opts, providers=["CPUExecutionProvider"])
         self.output_name = self.session.get_outputs()[0].name
+        # [kv_heads, head_dim] per layer when the graph carries a KV cache
+        self.cache_shapes: list[list[int]] | None = self.meta.get("cache_shapes")
         self._anchor = nn.Parameter(torch.empty(0), requires_grad=False)
         self.compress_parameter_counts = initializer_counts(onnx_bytes)
         self.nbytes = self.compress_parameter_counts["bytes"]
@@ -247,9 +351,32 @@ class OnnxModel(nn.Module):
 
     # -- inference ----------------------------------------------------------
     def _run(self, feeds: dict[str, torch.Tensor]) -> torch.Tensor:
-        arrays = {k: v.detach().cpu().to(torch.int64).numpy() for k, v in feeds.items()}
+        arrays = {k: v.detach().cpu().to(torch.int64).numpy() for k, v in feeds.items()
+                  if v is not None}
+        if self.cache_shapes is not None:
+            return self._run_cached(arrays, None)[0]
         (out,) = self.session.run([self.output_name], arrays)
         return torch.from_numpy(out)
+
+    def _run_cached(self, arrays: dict[str, Any], past: list[Any] | None) -> tuple[torch.Tensor, list[Any]]:
+        """One call of the KV-cache graph: ``past`` is the previous call's present
+        arrays (``None`` at prefill: empty caches); returns (logits, present)."""
+        import numpy as np
+
+        ids, mask = arrays["input_ids"], arrays["attention_mask"]
+        if "position_ids" not in arrays:  # number them as the model's own forward does
+            if self.meta.get("positions") == "mask":
+                pos = (np.cumsum(mask, axis=-1) * mask - 1)[:, -ids.shape[1]:]
+            else:
+                pos = np.arange(mask.shape[1] - ids.shape[1], mask.shape[1], dtype=np.int64)
+            arrays["position_ids"] = np.ascontiguousarray(np.broadcast_to(pos, ids.shape))
+        if past is None:
+            past = []
+            for heads, dim in self.cache_shapes:
+                past += [np.zeros((ids.shape[0], heads, 0, dim), np.float32)] * 2
+        names = past_names(len(self.cache_shapes))
+        out = self.session.run(None, {**arrays, **dict(zip(names, past, strict=True))})
+        return torch.from_numpy(out[0]), out[1:]
 
     def _decoder_start(self) -> int:
         cfg = self.config
@@ -262,7 +389,8 @@ class OnnxModel(nn.Module):
                 token_type_ids: torch.Tensor | None = None,
                 decoder_input_ids: torch.Tensor | None = None,
                 decoder_attention_mask: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, **ignored: Any):
+                labels: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                **ignored: Any):
         from transformers.modeling_outputs import (
             BaseModelOutput,
             CausalLMOutput,
@@ -275,6 +403,8 @@ class OnnxModel(nn.Module):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if self.cache_shapes is not None:
+            feeds["position_ids"] = position_ids
         if "token_type_ids" in self.input_names:
             feeds["token_type_ids"] = (token_type_ids if token_type_ids is not None
                                        else torch.zeros_like(input_ids))
@@ -309,7 +439,8 @@ class OnnxModel(nn.Module):
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                  max_new_tokens: int = 20, eos_token_id: int | None = None,
                  **ignored: Any) -> torch.Tensor:
-        """Greedy decoding without a KV cache (every step re-runs the whole prefix).
+        """Greedy decoding; causal LMs exported with a KV cache feed one token per step,
+        other graphs re-run the whole prefix.
 
         Causal LMs return prompt + new tokens (left-padded prompts are fine); seq2seq
         models return the decoder sequence starting with the decoder start token.
@@ -327,10 +458,20 @@ class OnnxModel(nn.Module):
         pad = _pad_id(cfg)
         if self.task == "causal-lm":
             seq, mask = input_ids, attention_mask
+            past, step = None, seq
             for _ in range(max_new_tokens):
-                logits = self.forward(input_ids=seq, attention_mask=mask).logits[:, -1]
+                if self.cache_shapes is not None:  # feed only the new token
+                    # positions count real tokens (left padding), as Hugging Face's generate does
+                    pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, -step.shape[1]:]
+                    arrays = {"input_ids": step.to(torch.int64).numpy(),
+                              "attention_mask": mask.to(torch.int64).numpy(),
+                              "position_ids": pos.to(torch.int64).numpy()}
+                    logits, past = self._run_cached(arrays, past)
+                    logits = logits[:, -1]
+                else:
+                    logits = self.forward(input_ids=seq, attention_mask=mask).logits[:, -1]
                 nxt = torch.where(done, torch.full_like(done, pad, dtype=torch.long), logits.argmax(-1))
-                seq = torch.cat([seq, nxt[:, None]], dim=1)
+                seq, step = torch.cat([seq, nxt[:, None]], dim=1), nxt[:, None]
                 mask = torch.cat([mask, (~done).long()[:, None]], dim=1)
                 done |= torch.tensor([int(t) in eos_set for t in nxt])
                 if done.all():
@@ -363,13 +504,19 @@ def _shift_right(labels: torch.Tensor, start: int, pad: int) -> torch.Tensor:
 
 
 def build(model: nn.Module, task: str, *, per_channel: bool, reduce_range: bool,
-          keep_float: list[str] | None = None, quantize: bool = True) -> OnnxModel:
+          keep_float: list[str] | None = None, quantize: bool = True,
+          kv_cache: bool = True) -> OnnxModel:
     """Export ``model``, quantize the graph to dynamic int8 (the MatMuls of the modules
     named in ``keep_float`` excepted), and wrap it. ``quantize=False`` wraps the fp32
-    graph: the baseline that separates ONNX Runtime's own speed from int8's."""
+    graph: the baseline that separates ONNX Runtime's own speed from int8's.
+    ``kv_cache=False`` exports a causal LM without its cache (one logits output)."""
     with tempfile.TemporaryDirectory(prefix="compress-onnx-") as tmp:
         fp32, int8 = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
-        names = export(model, task, fp32)
+        shapes = cache_shapes(model) if task == "causal-lm" and kv_cache else None
+        if shapes:
+            names = export_causal_with_past(model, fp32, shapes)
+        else:
+            names = export(model, task, fp32)
         fp32_bytes = os.path.getsize(fp32)
         if quantize:
             exclude = nodes_of_modules(fp32, keep_float) if keep_float else []
@@ -377,7 +524,8 @@ def build(model: nn.Module, task: str, *, per_channel: bool, reduce_range: bool,
         data = (int8 if quantize else fp32).read_bytes()
     meta = {**config_record(model), "task": task, "inputs": names, "per_channel": per_channel,
             "reduce_range": reduce_range, "fp32_onnx_bytes": fp32_bytes,
-            "kept_in_float": list(keep_float or [])}
+            "kept_in_float": list(keep_float or []), "cache_shapes": shapes or None,
+            "positions": position_convention(model) if shapes else None}
     return OnnxModel(data, model.config, task, names, meta)
 
 

@@ -5,7 +5,9 @@ ONNX Runtime session, taking ``input_ids`` / ``attention_mask`` (/ decoder input
 returning ``.logits`` like the original model, so the shared benchmark and profiler
 run it unchanged. ``optimum-onnx`` cannot share an environment with transformers 5,
 so this calls ``torch.onnx.export`` and ``onnxruntime.quantization`` directly.
-``generate`` is greedy without a KV cache. Reload with
+A causal LM's graph carries its KV cache (``past_*`` in, ``present_*`` out), so
+``generate`` feeds one token per step; seq2seq ``generate`` re-runs the decoder prefix
+each step. Reload with
 :func:`compress.saving.load_compressed` (format ``onnx-int8``: ``model.onnx`` + JSON).
 
     python -m compress.recipes.onnx_int8 --model minilm-l6-sentiment --out out/minilm-onnx8
@@ -37,6 +39,8 @@ class OnnxInt8Config(KeepFloatConfig):
     reduce_range: bool | None = option(
         None, "7-bit weights; default: on for per_channel on an x86 CPU without VNNI, whose "
         "int16 accumulation 8-bit per-channel weights overflow")
+    kv_cache: bool = option(True, "causal LMs: export the KV cache as graph inputs/outputs so "
+                            "generation feeds one token per step")
 
 
 @register_recipe("onnx-int8", OnnxInt8Config)
@@ -54,7 +58,8 @@ def onnx_int8(model: nn.Module, config: OnnxInt8Config, context: Context) -> nn.
     if reduce_range is None:
         reduce_range = config.per_channel and onnx_q.x86_without_vnni()
     wrapped = onnx_q.build(model, task, per_channel=config.per_channel,
-                           reduce_range=reduce_range, keep_float=list(kept))
+                           reduce_range=reduce_range, keep_float=list(kept),
+                           kv_cache=config.kv_cache)
     counts = wrapped.compress_parameter_counts
     record(
         context, method="onnx-int8", simulated=False, runs_faster_here=True, device="cpu",
@@ -64,8 +69,11 @@ def onnx_int8(model: nn.Module, config: OnnxInt8Config, context: Context) -> nn.
         int8_weights=counts["int8_elements"],
         dense_bytes=before["bytes"], packed_bytes=counts["bytes"],
         fp32_onnx_bytes=wrapped.meta["fp32_onnx_bytes"], kept_in_float=kept or None,
-        note="ONNX Runtime MatMulInteger on the CPU; generate() is greedy without KV cache; "
-        "reload with compress.saving.load_compressed",
+        kv_cache=wrapped.cache_shapes is not None,
+        note="ONNX Runtime MatMulInteger on the CPU; generate() is greedy, "
+        + ("one token per step with the exported KV cache" if wrapped.cache_shapes is not None
+           else "re-running the prefix each step (no KV cache)")
+        + "; reload with compress.saving.load_compressed",
     )
     return wrapped
 
