@@ -200,9 +200,12 @@ def test_gptq_block_replay_reproduces_the_model(family):
     for stack in arch_for(model).stacks:
         _, blocks = find_module_list(model, stack.layers)
         hidden, calls = _capture_stack(model, blocks, batches)
-        seen = []
-        handle = blocks[1].register_forward_pre_hook(
-            lambda _m, a, k: seen.append(a[0] if a else k["hidden_states"]), with_kwargs=True)
+        seen: list[torch.Tensor] = []
+
+        def record(_m, a, k, seen=seen):
+            seen.append(a[0] if a else k["hidden_states"])
+
+        handle = blocks[1].register_forward_pre_hook(record, with_kwargs=True)
         with calib.hooks([handle]):
             for b in batches:
                 calib.forward(model, b)
