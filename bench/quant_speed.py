@@ -196,6 +196,7 @@ def bench_model(name: str, methods: list[str], rounds: int, inner: int, gen_toke
 
 
 def main(argv: list[str] | None = None) -> int:
+    global KEEP_THRESHOLD
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", nargs="+", default=["minilm-l6-sentiment", "smollm2-135m"])
     p.add_argument("--extra", nargs="*", default=[], choices=EXTRA,
@@ -208,7 +209,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gen-tokens", type=int, default=16)
     p.add_argument("--out", type=Path, default=Path("reports/quant_speed.json"))
     args = p.parse_args(argv)
-    global KEEP_THRESHOLD
     KEEP_THRESHOLD = args.keep_threshold
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)

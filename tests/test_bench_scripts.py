@@ -1,0 +1,33 @@
+"""The bench scripts run: every one compiles, and quant_speed completes a smoke run."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import py_compile
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in BENCH.glob("*.py")))
+def test_bench_script_compiles(script):
+    py_compile.compile(str(BENCH / script), doraise=True)
+
+
+def test_quant_speed_smoke_run_on_a_tiny_decoder(tmp_path):
+    spec = importlib.util.spec_from_file_location("quant_speed", BENCH / "quant_speed.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "qs.json"
+    assert mod.main(["--model", "tiny-llama", "--rounds", "1", "--inner", "1",
+                     "--gen-tokens", "2", "--out", str(out)]) in (0, None)
+    doc = json.loads(out.read_text())
+    methods = doc["results"][0]["methods"]
+    assert set(methods) == set(mod.METHODS)
+    for name, entry in methods.items():
+        assert entry["generate_per_token_speedup_vs_fp32"] > 0, name
+        assert entry["argmax_agreement"] > 0.9, name  # a speed-up from a broken model is no speed-up
+    assert methods["fp32"]["generate_per_token_speedup_vs_fp32"] == 1.0
