@@ -152,15 +152,20 @@ def export_causal_with_past(model: nn.Module, path: Path, shapes: list[list[int]
                                       "logits": {0: "batch", 1: "seq"}}
     dyn.update({name: {0: "batch", 2: "past"} for name in past_names(n)})
     dyn.update({name: {0: "batch", 2: "total"} for name in past_names(n, "present")})
-    adapter = _PastAdapter(model, n)
+    _trace(_PastAdapter(model, n), model, (ids, mask, pos, *cache), path, names, outputs, dyn)
+    return names
+
+
+def _trace(adapter: nn.Module, model: nn.Module, args: tuple, path: Path, names: list[str],
+           outputs: list[str], dyn: dict[str, dict[int, str]]) -> None:
+    """``torch.onnx.export`` of ``adapter`` (wrapping ``model``) in eval mode, mode restored."""
     was_training = model.training
     adapter.eval()  # the exporter restores the adapter's mode recursively: keep it eval
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(adapter, (ids, mask, pos, *cache), str(path), input_names=names,
-                          output_names=outputs, dynamic_axes=dyn, dynamo=False, opset_version=17)
+        torch.onnx.export(adapter, args, str(path), input_names=names, output_names=outputs,
+                          dynamic_axes=dyn, dynamo=False, opset_version=17)
     model.train(was_training)
-    return names
 
 
 def task_of_model(model: nn.Module, given: str | None = None) -> str:
@@ -209,14 +214,7 @@ def export(model: nn.Module, task: str, path: Path) -> list[str]:
     output = OUTPUT_OF_TASK[task]
     dyn = {n: {0: "batch", 1: "dec_seq" if n.startswith("decoder") else "seq"} for n in names}
     dyn[output] = {0: "batch", 1: "dec_seq" if task == "seq2seq" else "seq"}
-    adapter = _Adapter(model, names, output)
-    was_training = model.training
-    adapter.eval()  # the exporter restores the adapter's mode recursively: keep it eval
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(adapter, args, str(path), input_names=names, output_names=[output],
-                          dynamic_axes=dyn, dynamo=False, opset_version=17)
-    model.train(was_training)
+    _trace(_Adapter(model, names, output), model, args, path, names, [output], dyn)
     return names
 
 
