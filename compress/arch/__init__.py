@@ -48,7 +48,7 @@ __all__ = [
     "blocks_of", "classify_parameter", "component_group", "component_map", "config_value",
     "describe", "find_module_list", "in_out_features", "is_transposed", "iter_blocks",
     "linear_weight_in_out", "out_in", "qkv_rows", "routed_through_proxies", "set_out_in",
-    "stack_config", "targeted_linears",
+    "hidden_size", "stack_config", "targeted_linears",
 ]
 
 
@@ -136,7 +136,7 @@ def _expert_linears(block: nn.Module, name: str, exp: ExpertsLayout
     module = block.get_submodule(exp.path)
     mods, names = {}, {}
     for part, plist in proxies(module, exp).items():
-        comp = "ffn_out" if part == "down" else ("ffn_gate_up" if exp.gated else "ffn_in")
+        comp = {"down": "ffn_out", "gate_up": "ffn_gate_up", "gate": "ffn_gate"}.get(part, "ffn_in")
         for e, proxy in enumerate(plist):
             mods[f"{comp}.e{e}"] = proxy
             names[f"{comp}.e{e}"] = f"{name}.{exp.path}.{exp.params[part]}.{e}"
@@ -241,3 +241,14 @@ def describe(model: nn.Module) -> dict[str, Any]:
         "stacks": stacks,
     }
 
+
+
+def hidden_size(model: nn.Module) -> int:
+    """The model's hidden (residual) width: discovered, else read from the config."""
+    from compress.arch.confignames import read_hidden
+
+    try:
+        return arch_for(model).hidden or 1024
+    except UserError:
+        cfg = getattr(model, "config", None)
+        return (read_hidden(cfg) if cfg is not None else None) or 1024

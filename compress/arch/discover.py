@@ -42,7 +42,6 @@ from compress.arch import probe
 from compress.arch.confignames import read_hidden, stack_names
 from compress.arch.roles import (
     BlockContext,
-    HeadHints,
     find_hints,
     find_layout,
     in_out,

@@ -218,7 +218,7 @@ def match_ffn(ins: dict[str, torch.Tensor], x_out: torch.Tensor, acts: dict[str,
     candidates: list[tuple[str | None, object, torch.Tensor | None]] = []
     for rel, (m, rec) in acts.items():
         candidates.append((rel, m, rec.inp))
-    for name, f in FUNCTIONAL_ACTS.items():
+    for f in FUNCTIONAL_ACTS.values():
         candidates.append((None, f, None))
     for path, y in ins.items():
         w = y.shape[-1]
@@ -299,33 +299,37 @@ def _fused_expert_layout(rel: str, m: nn.Module, router: str | None, moe_path: s
         return None
     n_exp = next(iter(params.values())).shape[0]
     transposed = bool(getattr(m, "is_transposed", False))
+    declared = getattr(type(m), "EXPERT_PARAMS", None)
     names: dict[str, str] = {}
-    for n in params:
-        low = n.lower()
-        if "down" in low or low in ("w2", "wo"):
-            names["down"] = n
-        elif "gate_up" in low or "gate" in low and "up" in low:
-            names["gate_up"] = n
-        elif "up" in low or low in ("w1", "wi", "w13"):
-            names["up"] = n
-    if "down" not in names:
-        # the projection whose output width is the hidden size
-        for n, p in params.items():
-            out = p.shape[2] if transposed else p.shape[1]
-            if out == hidden and n not in names.values():
+    if isinstance(declared, dict):
+        names = {part: n for part, n in declared.items() if n in params}
+    else:
+        for n in params:
+            low = n.lower()
+            if "down" in low or low in ("w2", "wo"):
                 names["down"] = n
-    rest = [n for n in params if n not in names.values()]
-    if "gate_up" not in names and "up" not in names and len(rest) == 1:
-        names["up"] = rest[0]
-    if "down" not in names or ("gate_up" not in names and "up" not in names):
+            elif "gate_up" in low or ("gate" in low and "up" in low):
+                names["gate_up"] = n
+            elif "up" in low or low in ("w1", "wi", "w13"):
+                names["up"] = n
+        if "down" not in names:
+            # the projection whose output width is the hidden size
+            for n, p in params.items():
+                out = p.shape[2] if transposed else p.shape[1]
+                if out == hidden and n not in names.values():
+                    names["down"] = n
+        rest = [n for n in params if n not in names.values()]
+        if "gate_up" not in names and "up" not in names and len(rest) == 1:
+            names["up"] = rest[0]
+    if "down" not in names or not {"gate_up", "up"} & set(names):
         return None
     down = params[names["down"]]
     ff = int(down.shape[1] if transposed else down.shape[2])
-    gated = bool(getattr(m, "has_gate", "gate_up" in names))
-    if gated and "up" in names and "gate_up" not in names:
+    gated = "gate" in names or bool(getattr(m, "has_gate", "gate_up" in names))
+    if gated and "up" in names and "gate_up" not in names and "gate" not in names:
         names["gate_up"] = names.pop("up")
     order = None
-    if gated:
+    if "gate_up" in names:
         order = "gate_first" if getattr(m, "is_concatenated", True) else "interleaved"
     return ExpertsLayout(kind="fused", path=rel, n_experts=int(n_exp), intermediate=ff,
                          router=router, params=names, transposed=transposed, gated=gated,
