@@ -70,21 +70,29 @@ def _tokens(path: str) -> list[str]:
 
 
 def attn_part_by_name(path: str) -> str | None:
-    """q / k / v / o / qkv / kv from a linear's own name, or None."""
+    """q / k / v / o / qkv / kv from a linear's own name, or None.
+
+    Position projections of relative-position attention (``pos_key_proj``) and other
+    extras get None: they are not one of the four projections.
+    """
     leaf = _leaf(path)
+    toks = _tokens(path)
+    if any(t in ("pos", "rel", "relative", "position", "lora", "gate") for t in toks):
+        return None
     if any(s in leaf for s in ("qkv", "query_key_value", "c_attn", "w_pack", "in_proj")):
         return "qkv"
-    toks = _tokens(path)
     if "kv" in toks or "key_value" in leaf:
         return "kv"
     table = {
         "q": ("q", "query", "wq", "queries"), "k": ("k", "key", "wk", "keys"),
         "v": ("v", "value", "wv", "values"),
-        "o": ("o", "out", "output", "dense", "wo", "c_proj", "proj", "dense_output"),
+        "o": ("o", "out", "output", "dense", "wo", "c_proj", "dense_output"),
     }
     hits = [part for part, names in table.items() if any(t in names for t in toks)]
     if len(hits) == 1:
         return hits[0]
+    if not hits and "proj" in toks:
+        return "o"  # a bare "proj" inside attention is the output projection
     if "out" in toks or "output" in toks:
         return "o"
     return None
