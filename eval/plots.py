@@ -24,13 +24,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from compress.registry import get_recipe
 from eval.budget import (
     COSTS,
-    RECIPE_FAMILY,
     comparable_runs,
     family_of,
     metric,
     primary_metric,
+    recipe_family,
 )
 from eval.report import runs_by_model
 
@@ -51,7 +52,6 @@ _EXTRA_STYLES = [
     ("tab:cyan", ">"),
     ("tab:gray", "h"),
 ]
-PRUNING_RECIPES = tuple(r for r, f in RECIPE_FAMILY.items() if f == "pruning")
 
 
 def pareto_front(
@@ -105,11 +105,11 @@ def sparsity_point(report: dict[str, Any]) -> tuple[str, float] | None:
     fraction of FFN neurons, or of heads, removed).
     """
     pipeline = report.get("pipeline", [])
-    if len(pipeline) != 1 or pipeline[0].get("recipe") not in PRUNING_RECIPES:
+    if len(pipeline) != 1 or recipe_family(pipeline[0].get("recipe", "?")) != "pruning":
         return None
     recipe = pipeline[0]["recipe"]
     config = pipeline[0].get("config", {})
-    if recipe == "structured":
+    if get_recipe(recipe).fact("traits").changes_shapes:
         ffn, heads = config.get("ffn_ratio") or 0.0, config.get("heads_ratio") or 0.0
         if ffn and not heads:
             return "structured (FFN neurons)", float(ffn)

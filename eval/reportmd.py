@@ -34,11 +34,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from compress.registry import all_recipes, find_recipe, get_recipe
 from eval.budget import (
     COSTS,
     FAMILIES,
     PRIMARY_METRIC,
-    RECIPE_FAMILY,
     Budget,
     comparable_runs,
     cost_ratio,
@@ -114,6 +114,14 @@ TECHNIQUES: dict[str, tuple[str, str]] = {
         "activations; GELU and SwiGLU models lose more.",
     ),
 }
+
+#: the order the techniques section lists each family's recipes in (recipes not listed
+#: follow, by name).
+RECIPE_ORDER = (
+    "magnitude", "wanda", "structured",
+    "rtn", "gptq", "bnb-int8", "bnb-4bit", "dynamic-int8", "onnx-int8", "quanto", "qlora",
+    "distill", "moefy",
+)
 
 #: why each default model is in the comparison.
 MODEL_NOTES: dict[str, str] = {
@@ -513,9 +521,14 @@ def _section_budget(w: Writer, reports: list[dict[str, Any]], budgets: list[Budg
     w()
 
 
-def _section_techniques(w: Writer, reports: list[dict[str, Any]]) -> None:
-    from compress.registry import get_recipe, recipe_names
+def family_members(family: str) -> list[str]:
+    """The registered recipes of ``family``, in :data:`RECIPE_ORDER` (others after, by name)."""
+    names = [r.name for r in all_recipes() if r.fact("family") == family]
+    rank = {n: i for i, n in enumerate(RECIPE_ORDER)}
+    return sorted(names, key=lambda n: (rank.get(n, len(rank)), n))
 
+
+def _section_techniques(w: Writer, reports: list[dict[str, Any]]) -> None:
     w(f"## 2. {SECTIONS[1]}")
     w()
     w(
@@ -526,21 +539,17 @@ def _section_techniques(w: Writer, reports: list[dict[str, Any]]) -> None:
     )
     w()
     used = Counter(s.get("recipe") for r in reports for s in r.get("pipeline", []))
-    names = recipe_names()
     for family in FAMILIES:
         title, text = TECHNIQUES[family]
         w(f"### {title}")
         w()
         w(text)
         w()
-        members = [n for n, f in RECIPE_FAMILY.items() if f == family]
+        members = family_members(family)
         rows = []
         for name in members:
-            if name in names:
-                summary = get_recipe(name).summary
-                rows.append(f"| `{name}` | {summary} | {used.get(name, 0)} |")
-            elif used.get(name):
-                rows.append(f"| `{name}` | (not registered in this checkout) | {used[name]} |")
+            summary = get_recipe(name).summary
+            rows.append(f"| `{name}` | {summary} | {used.get(name, 0)} |")
         if rows:
             w("| recipe | what it does | runs here |")
             w("|---|---|--:|")
@@ -550,7 +559,7 @@ def _section_techniques(w: Writer, reports: list[dict[str, Any]]) -> None:
             w("How the suite implements them (from each recipe's documentation):")
             w()
             for name in members:
-                if name in names and used.get(name):
+                if used.get(name):
                     doc = recipe_doc(name)
                     if doc:
                         w(f"- **`{name}`**: {doc}")
@@ -572,8 +581,6 @@ def _section_techniques(w: Writer, reports: list[dict[str, Any]]) -> None:
 def recipe_doc(name: str, max_chars: int = 700) -> str:
     """The explanatory paragraph of a recipe module's docstring, as one markdown line."""
     import re
-
-    from compress.registry import get_recipe
 
     module = sys.modules.get(get_recipe(name).handler.__module__)
     doc = (module.__doc__ or "") if module else ""
@@ -1084,14 +1091,16 @@ def _speed_kind(pipeline: list[dict[str, Any]]) -> str:
     recipes = [s["recipe"] for s in pipeline]
     if len(recipes) > 1:
         return "composite"
-    recipe = recipes[0]
+    recipe = find_recipe(recipes[0])
     config = pipeline[0].get("config", {})
-    if recipe in ("magnitude", "wanda"):
-        pattern = config.get("pattern")
-        return f"{pattern} sparsity (masks)" if pattern else "unstructured sparsity (masks)"
-    if recipe in ("rtn", "gptq"):
-        return "simulated quantization"
-    return recipe
+    if recipe is not None:
+        family, traits = recipe.fact("family"), recipe.fact("traits")
+        if family == "pruning" and not traits.changes_shapes:
+            pattern = config.get("pattern")
+            return f"{pattern} sparsity (masks)" if pattern else "unstructured sparsity (masks)"
+        if family == "quantization" and not traits.trains and traits.runtime_format is False:
+            return "simulated quantization"
+    return recipes[0]
 
 
 def _section_reproduce(

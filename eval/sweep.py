@@ -73,14 +73,14 @@ from typing import Any
 
 from compress.config import RecipeConfig
 from compress.errors import UserError, did_you_mean
+from compress.registry import get_recipe
+from compress.traits import FAMILIES, Traits
 from eval.budget import (
-    FAMILIES,
-    KNOBS,
-    RECIPE_FAMILY,
     Budget,
     comparable_runs,
     cost_ratio,
     family_of,
+    group_knob,
     knob_groups,
     next_probe,
     parse_budget,
@@ -117,126 +117,9 @@ MANIFESTS = "sweeps"  # reports/<MANIFESTS>/<name>.json
 # --------------------------------------------------------------------------- compatibility
 
 
-@dataclass(frozen=True)
-class Traits:
-    """What the compatibility checks need to know about a recipe (data, not code paths).
-
-    ``keeps_zeros``: exact zeros of earlier steps stay exactly zero. ``runtime_format``:
-    the result is a runtime format (int8 kernels, bitsandbytes, ONNX) that later recipes
-    cannot modify. ``trains``: weights are updated by gradient steps. ``sparsity``:
-    the sparsity pattern a config produces ("2:4", "unstructured") or None.
-    ``divides``: (what, group, width kinds) a config needs to divide those widths
-    (``hidden``, ``ffn``).
-    ``widths``: how a config changes linear input widths (structured pruning).
-    ``hides_ffn``: the FFN is no longer made of linear layers (MoE experts stored as
-    stacked tensors), so later quantizers would quantize attention only.
-    """
-
-    keeps_zeros: bool | Callable[[RecipeConfig], bool] = True
-    zeros_note: str = ""
-    runtime_format: bool | Callable[[RecipeConfig], bool] = False
-    trains: bool = False
-    sparsity: Callable[[RecipeConfig], str | None] = lambda c: None
-    divides: Callable[[RecipeConfig], list[tuple[str, int, tuple[str, ...]]]] = lambda c: []
-    widths: Callable[[RecipeConfig, dict[str, int]], dict[str, int]] | None = None
-    hides_ffn: bool = False
-
-
-def _pattern_sparsity(config: RecipeConfig) -> str | None:
-    pattern = getattr(config, "pattern", None)
-    if pattern not in (None, "", "unstructured"):
-        return str(pattern)
-    sparsity = getattr(config, "sparsity", 0.0)
-    return "unstructured" if sparsity and sparsity > 0 else None
-
-
-def _nm_divides(config: RecipeConfig) -> list[tuple[str, int, tuple[str, ...]]]:
-    pattern = getattr(config, "pattern", None)
-    if isinstance(pattern, str) and ":" in pattern:
-        try:
-            m = int(pattern.split(":")[1])
-            return [(f"the {pattern} pattern", m, ("hidden", "ffn", "attn"))]
-        except ValueError:
-            return []
-    return []
-
-
-def _experts_divide(config: RecipeConfig) -> list[tuple[str, int, tuple[str, ...]]]:
-    experts = getattr(config, "num_experts", None)
-    return [(f"num_experts={experts}", experts, ("ffn",))] if isinstance(experts, int) else []
-
-
-def _structured_widths(config: RecipeConfig, widths: dict[str, int]) -> dict[str, int]:
-    """Widths after ``structured``: the same neuron and head counts as its surgery removes."""
-    out = dict(widths)
-    ffn_ratio = getattr(config, "ffn_ratio", 0.0)
-    if "ffn" in out and ffn_ratio:
-        out["ffn"] -= int(round(ffn_ratio * out["ffn"]))
-    heads_ratio = getattr(config, "heads_ratio", 0.0)
-    if "attn" in out and heads_ratio and widths.get("_heads"):
-        heads, kv, dim = (
-            widths["_heads"],
-            widths.get("_kv_heads") or widths["_heads"],
-            widths["_head_dim"],
-        )
-        if kv != heads and getattr(config, "gqa", "query") == "query":
-            per_group = heads // kv
-            left = kv * (per_group - int(round(heads_ratio * per_group)))
-        elif kv != heads:
-            left = (kv - int(round(heads_ratio * kv))) * (heads // kv)
-        else:
-            left = heads - int(round(heads_ratio * heads))
-        out["attn"] = left * dim
-        out["_heads"] = left
-    return out
-
-
-TRAITS: dict[str, Traits] = {
-    "identity": Traits(),
-    "magnitude": Traits(sparsity=_pattern_sparsity, divides=_nm_divides),
-    "wanda": Traits(sparsity=_pattern_sparsity, divides=_nm_divides),
-    "structured": Traits(widths=lambda c, w: _structured_widths(c, w)),
-    # symmetric and asymmetric grids both represent 0.0 exactly (the zero point is an
-    # integer, compress.quant.rtn), so rounding keeps every zero a zero.
-    "rtn": Traits(),
-    "gptq": Traits(
-        keeps_zeros=False,
-        zeros_note="GPTQ's error compensation updates every remaining weight, pruned ones included",
-    ),
-    # the runtime formats below use symmetric int8 / NF4 / FP4 codes, all with an exact 0
-    "dynamic-int8": Traits(runtime_format=True),
-    "onnx-int8": Traits(runtime_format=True),
-    "bnb-int8": Traits(runtime_format=True),
-    "bnb-4bit": Traits(runtime_format=True),
-    "quanto": Traits(runtime_format=True),
-    # merge=nf4 leaves bitsandbytes 4-bit layers (a runtime format); merge=fp32 plain fp32
-    "qlora": Traits(
-        keeps_zeros=False,
-        trains=True,
-        runtime_format=lambda c: getattr(c, "merge", "nf4") == "nf4",
-        zeros_note="the merged low-rank update is dense",
-    ),
-    "distill": Traits(
-        keeps_zeros=False,
-        trains=True,
-        zeros_note="training updates every weight, pruned ones included",
-    ),
-    "moefy": Traits(
-        keeps_zeros=lambda c: getattr(c, "finetune_steps", 0) == 0,
-        zeros_note="its expert fine-tuning updates every FFN weight",
-        divides=_experts_divide,
-        hides_ffn=True,
-    ),
-}
-
-
 def traits_of(name: str) -> Traits:
-    return TRAITS.get(name, Traits())
-
-
-def _keeps_zeros(traits: Traits, config: RecipeConfig) -> bool:
-    k = traits.keeps_zeros
-    return k(config) if callable(k) else bool(k)
+    """The traits recipe ``name`` declares in its registration (an error if it declares none)."""
+    return get_recipe(name).fact("traits")
 
 
 def model_widths(model_config: Any) -> dict[str, int]:
@@ -304,20 +187,19 @@ def check_pipeline(
         name, traits = names[i], traits_of(names[i])
         if i > 0:
             prev = names[i - 1]
-            fmt = traits_of(prev).runtime_format
-            if fmt(configs[i - 1]) if callable(fmt) else fmt:
+            if traits_of(prev).runtime_format_for(configs[i - 1]):
                 raise UserError(
                     f"pipeline {where}: {prev} turns the model into a runtime format that "
                     f"{name} cannot change; put {prev} last"
                 )
-        if sparse_from is not None and not _keeps_zeros(traits, config):
+        if sparse_from is not None and not traits.keeps_zeros_for(config):
             src, pattern = sparse_from
             raise UserError(
                 f"pipeline {where}: the {pattern} zeros from {src} would not survive {name} "
                 f"({traits.zeros_note or 'it does not keep exact zeros'}); put {name} first "
                 "or drop it"
             )
-        family = RECIPE_FAMILY.get(name)
+        family = get_recipe(name).fact("family")
         hider = next((n for n in names[:i] if traits_of(n).hides_ffn), None)
         if hider is not None and family == "quantization":
             raise UserError(
@@ -494,8 +376,6 @@ def _apply_grid(
 
 
 def _build_configs(steps: list[tuple[str, dict[str, Any]]], where: str) -> tuple[RecipeConfig, ...]:
-    from compress.registry import get_recipe
-
     configs = []
     for i, (name, params) in enumerate(steps):
         try:
@@ -973,8 +853,6 @@ def search_jobs(
     sweep: Sweep, reports: list[dict[str, Any]], budget: Budget, model: str, family: str
 ) -> Job | None:
     """The next extra run for ``family`` on ``model`` to meet ``budget`` (None: done)."""
-    from compress.registry import get_recipe
-
     runs = [r for r in reports if r["model"]["name"] == model]
     base, candidates = comparable_runs(runs)
     if base is None:
@@ -990,8 +868,8 @@ def search_jobs(
     ordered = sorted(groups.items(), key=group_cost)
     if chosen is not None:
         ordered.sort(key=lambda item: chosen not in item[1])
-    for (recipe, _), group in ordered:
-        knob = KNOBS[recipe]
+    for (recipe, rest), group in ordered:
+        knob = group_knob(recipe, rest)
         tried = []
         for r in group:
             ratio = cost_ratio(r, base, budget.kind)

@@ -46,6 +46,7 @@ from compress.config import RecipeConfig, option
 from compress.context import Context
 from compress.errors import UserError
 from compress.registry import register_recipe
+from compress.traits import Traits, config_memory
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +200,15 @@ def _fingerprint(*parts: Any) -> str:
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-@register_recipe("distill", DistillConfig)
+@register_recipe(
+    "distill", DistillConfig, family="distillation", knobs=(),
+    traits=Traits(
+        keeps_zeros=False,
+        trains=True,
+        zeros_note="training updates every weight, pruned ones included",
+    ),
+    formats=(), memory=config_memory,
+)
 def distill(model: nn.Module, config: DistillConfig, context: Context) -> nn.Module:
     """Distil the model into a shallower student (DistilBERT-style KD + task + cosine losses)."""
     from compress.arch import arch_for
