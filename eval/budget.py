@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from compress.errors import UserError, did_you_mean
-from compress.registry import find_recipe
+from compress.registry import all_recipes, find_recipe
 from compress.traits import BASELINE, FAMILIES, Knob
 from eval.report import dig, fmt_value, runs_by_model
 
@@ -46,6 +46,13 @@ def recipe_family(name: str) -> str:
     """
     recipe = find_recipe(name)
     return recipe.fact("family") if recipe is not None else name
+
+
+def search_families() -> list[str]:
+    """The families the budget search visits: :data:`FAMILIES`, then any other family a
+    registered recipe declares (by name)."""
+    declared = {r.fact("family") for r in all_recipes() if r.knobs}
+    return [*FAMILIES, *sorted(declared - set(FAMILIES) - {BASELINE})]
 
 
 def recipe_knobs(name: str) -> tuple[Knob, ...]:

@@ -15,7 +15,7 @@ from compress.registry import get_recipe
 from compress.stats import parameter_counts
 from eval.budget import family_of, parse_budget, pick_for_model
 from eval.report import read_reports
-from eval.reportmd import generate
+from eval.report.generate import generate
 from eval.run import build_parser
 from eval.sweep import load_sweep, run_sweep
 
