@@ -21,11 +21,11 @@ import torch
 import torch.nn as nn
 
 from compress.errors import UserError
+from compress.tasks import TASKS as TASKS  # re-exported: where callers have looked for it
+from compress.tasks import check_task
 
 log = logging.getLogger(__name__)
 
-#: model task names; the benchmark picks its suite by task.
-TASKS = ("causal-lm", "classification", "embedding", "seq2seq")
 
 
 @dataclass
@@ -142,11 +142,7 @@ def load_model(
                 "bert2bert-punct) or a local folder"
             ) from None
         raise UserError(f"cannot load model {name!r}: {str(exc).splitlines()[0]}") from None
-    task = task or task_of(config)
-    if task not in TASKS:
-        from compress.errors import did_you_mean
-
-        raise did_you_mean("task", task, TASKS)
+    task = check_task(task or task_of(config))
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if not allow_pickle:
         kwargs["use_safetensors"] = True

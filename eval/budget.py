@@ -32,6 +32,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from rich import box
+from rich.table import Table
+
 from compress.errors import UserError, did_you_mean
 from compress.registry import all_recipes, find_recipe
 from compress.traits import BASELINE, FAMILIES, Knob
@@ -349,9 +352,6 @@ def markdown_table(picks: dict[str, list[Pick]], budget: Budget) -> str:
 
 def rich_table(picks: dict[str, list[Pick]], budget: Budget):
     """The same table for the terminal."""
-    from rich import box
-    from rich.table import Table
-
     table = Table(
         title=f"Equal budget: {budget} ({budget.cost.description})",
         box=box.SIMPLE_HEAVY,

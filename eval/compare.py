@@ -24,7 +24,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from eval.report import dig, fmt_value, runs_by_model
+from compress.errors import UserError, did_you_mean, run_main
+from eval.report import dig, fmt_value, read_reports, runs_by_model
 
 
 @dataclass(frozen=True)
@@ -144,8 +145,6 @@ def select_columns(reports: list[dict[str, Any]], names: list[str]) -> list[str]
     Matching ignores surrounding spaces and case; an unknown name raises a one-line
     :class:`~compress.errors.UserError` with the closest names and the full list.
     """
-    from compress.errors import UserError, did_you_mean
-
     known = column_names(reports)
     by_lower = {k.lower(): k for k in known}
     chosen: list[str] = []
@@ -260,8 +259,6 @@ def render(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from eval.report import read_reports
-
     parser = argparse.ArgumentParser(
         prog="python -m eval.compare", description=__doc__.split("\n\n")[0]
     )
@@ -297,8 +294,6 @@ def main(argv: list[str] | None = None) -> int:
         known = {r["model"]["name"] for r in reports}
         for name in args.model:
             if name not in known:
-                from compress.errors import did_you_mean
-
                 raise did_you_mean("model", name, known)
         reports = [r for r in reports if r["model"]["name"] in args.model]
     if not args.include_quick:
@@ -316,6 +311,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from compress.cli import run_main
-
     sys.exit(run_main(main))

@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from compress.errors import run_main
+from compress.fileio import atomic_write_bytes
 from compress.registry import get_recipe
 from eval.budget import (
     COSTS,
@@ -33,7 +35,7 @@ from eval.budget import (
     primary_metric,
     recipe_family,
 )
-from eval.report import runs_by_model
+from eval.report import read_reports, runs_by_model, slug
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +86,6 @@ def pareto_front(
 
 
 def model_slug(model: str) -> str:
-    from eval.report import slug
-
     return slug(model.replace("/", "--"))
 
 
@@ -144,17 +144,15 @@ def _axis_label(m: dict[str, Any]) -> str:
 
 
 def _save(fig, path: Path) -> Path:
-    from compress.fileio import atomic_write_bytes
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
+    _pyplot().close(fig)
     return atomic_write_bytes(path, buf.getvalue())
 
 
 def _pyplot():
+    # deferred: matplotlib takes a second or two to import and only drawing needs it;
+    # the Agg backend must be chosen before pyplot is first imported
     import matplotlib
 
     matplotlib.use("Agg")
@@ -324,8 +322,6 @@ def make_plots(reports: list[dict[str, Any]], out_dir: str | Path) -> dict[str, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from eval.report import read_reports
-
     parser = argparse.ArgumentParser(
         prog="python -m eval.plots", description=__doc__.split("\n\n")[0]
     )
@@ -343,6 +339,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from compress.cli import run_main
-
     sys.exit(run_main(main))

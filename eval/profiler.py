@@ -48,11 +48,11 @@ import torch.nn as nn
 
 from compress.errors import UserError, did_you_mean
 from compress.stats import own_counts, parameter_counts
+from compress.tasks import TASKS
 from eval.benchmark import decoder_start_id, input_device
 
 __all__ = ["dir_bytes", "memory_bytes", "profile", "weight_bytes"]
 
-TASKS = ("causal-lm", "classification", "embedding", "seq2seq")
 DECODER_TOKENS = 8
 PROMPT_TOKENS = 16
 RSS_SAMPLE_S = 0.01
