@@ -150,7 +150,8 @@ def _wiki_perplexity(model, tok) -> dict[str, float]:
     """Perplexity on 4 evenly spaced 512-token windows of the wiki test split: a real-text
     check that random-token argmax agreement cannot give (a cheap proxy, not the report's
     24-window protocol)."""
-    from eval.benchmark import _columns, perplexity
+    from eval.benchmark import perplexity
+    from eval.benchmark.suites import _columns
 
     (texts,) = _columns("wiki", "test", ["text"])
     ppl, n = perplexity(model, tok, texts, 512, 512, 4, 4)

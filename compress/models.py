@@ -19,8 +19,13 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+import transformers as tf
 
+from compress import zoo
+from compress.arch import arch_for
 from compress.errors import UserError
+from compress.memory import estimate_load_bytes, require_memory
+from compress.safety import check_weights_safe
 from compress.tasks import TASKS as TASKS  # re-exported: where callers have looked for it
 from compress.tasks import check_task
 
@@ -51,21 +56,59 @@ def task_of(config: Any) -> str:
             return "classification"
         if arch.endswith("ForConditionalGeneration"):
             return "seq2seq"
-    from compress.arch import arch_for
-
     kind = arch_for(config).kind
     return {"decoder": "causal-lm", "encoder": "embedding"}.get(kind, "seq2seq")
 
 
-def _auto_class(task: str):
-    import transformers as tf
+#: the auto class of each task (what ``from_pretrained`` loads a model of that task with).
+AUTO_CLASSES = {
+    "causal-lm": tf.AutoModelForCausalLM,
+    "classification": tf.AutoModelForSequenceClassification,
+    "embedding": tf.AutoModel,
+    "seq2seq": tf.AutoModelForSeq2SeqLM,
+}
 
-    return {
-        "causal-lm": tf.AutoModelForCausalLM,
-        "classification": tf.AutoModelForSequenceClassification,
-        "embedding": tf.AutoModel,
-        "seq2seq": tf.AutoModelForSeq2SeqLM,
-    }[task]
+
+def model_class(
+    config: Any, class_name: str | None = None, task: str | None = None
+) -> type[tf.PreTrainedModel]:
+    """The transformers class that builds ``config``.
+
+    ``class_name`` (default: the config's first ``architectures`` entry) when transformers
+    has a model class of that name; else the class the auto class of ``task`` (default:
+    :func:`task_of`) maps the config type to.
+
+    >>> model_class(tf.BertConfig(), task="embedding").__name__
+    'BertModel'
+    """
+    name = class_name or (getattr(config, "architectures", None) or [""])[0]
+    cls = getattr(tf, name, None) if name else None
+    if isinstance(cls, type) and issubclass(cls, tf.PreTrainedModel):
+        return cls
+    task = check_task(task or task_of(config))
+    try:
+        return AUTO_CLASSES[task]._model_mapping[type(config)]
+    except KeyError:
+        raise UserError(
+            f"transformers has no {task} model class for {type(config).__name__}"
+        ) from None
+
+
+def build_skeleton(
+    config: Any,
+    class_name: str | None = None,
+    task: str | None = None,
+    dtype: torch.dtype | None = None,
+) -> nn.Module:
+    """A freshly initialised model of ``config`` (the class from :func:`model_class`), to
+    load saved weights into; inside ``with torch.device("meta")`` it holds no storage.
+
+    >>> model = build_skeleton(tf.AutoConfig.from_pretrained(folder))   # doctest: +SKIP
+    """
+    cls = model_class(config, class_name, task)
+    if dtype is None:
+        return cls._from_config(config)
+    return cls._from_config(config, dtype=dtype)
 
 
 def check_model_name(name: str) -> str:
@@ -74,8 +117,6 @@ def check_model_name(name: str) -> str:
     Unknown bare names (no "/", not a zoo name, alias or folder) and missing folders
     are errors with the closest names.
     """
-    from compress import zoo
-
     if name in zoo.ZOO:
         return "zoo"
     if os.path.isdir(name):
@@ -95,8 +136,6 @@ def check_model_name(name: str) -> str:
 
 def resolve_path(name: str) -> tuple[str, str]:
     """(source, path-or-id) for a model name; zoo names are built on first use."""
-    from compress import zoo
-
     kind = check_model_name(name)
     if kind == "zoo":
         return f"zoo:{name}", str(zoo.ensure(name))
@@ -115,16 +154,10 @@ def load_model(
     trust_remote_code: bool = False,
 ) -> Loaded:
     """Load ``name`` (zoo name, folder or hub id) with its tokenizer and task."""
-    import transformers as tf
-
-    from compress.safety import check_weights_safe
-
     source, path = resolve_path(name)
     if source.startswith("local:") or source.startswith("zoo:"):
         check_weights_safe(Path(path), allow_pickle=allow_pickle)
         if device_map is None:
-            from compress.memory import estimate_load_bytes, require_memory
-
             per_param = torch.tensor([], dtype=dtype or torch.float32).element_size()
             require_memory(
                 estimate_load_bytes(path, per_param),
@@ -150,7 +183,7 @@ def load_model(
         kwargs["dtype"] = dtype
     if device_map is not None:
         kwargs["device_map"] = device_map
-    model = _auto_class(task).from_pretrained(path, **kwargs)
+    model = AUTO_CLASSES[task].from_pretrained(path, **kwargs)
     model.eval()
     tokenizer = tf.AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     return Loaded(model, tokenizer, task, source, path)

@@ -560,13 +560,11 @@ def _load(folder: Path) -> nn.Module:
     import transformers as tf
     from safetensors.torch import load_file
 
-    from compress.models import _auto_class, task_of
+    from compress.models import build_skeleton
 
     folder = Path(folder)
     config = tf.AutoConfig.from_pretrained(folder)
-    name = (config.architectures or [""])[0]
-    cls = getattr(tf, name, None) or _auto_class(task_of(config))
-    model = cls._from_config(config)
+    model = build_skeleton(config)
     recorded = getattr(config, PRUNED_HEADS_ATTR, None) or {}
     units = {u.name: u for u in attention_units(model)}
     for mod_name, n in recorded.items():
