@@ -190,10 +190,11 @@ def build_tables(reports: list[dict[str, Any]], columns: list[str] | None = None
             if base
             else "no successful identity run: no baseline to compare against"
         )
-        if any(r.get("profile", {}).get("busy_machine") for r in runs) and any(
-            c.timing for c in shown
-        ):
-            caption += "; * timed on a busy machine (load above 1.5x cores): not comparable"
+        busy = [r["profile"] for r in runs if r.get("profile", {}).get("busy_machine")]
+        if busy and any(c.timing for c in shown):
+            # the rule each report was judged by (reports before eval.machine's rule: load)
+            rules = sorted({p.get("busy_rule", "load above 1.5x cores") for p in busy})
+            caption += f"; * timed on a busy machine ({'; '.join(rules)}): not comparable"
         table = Table(title=title, caption=caption, box=box.SIMPLE_HEAVY, title_justify="left")
         table.add_column("run", no_wrap=True)
         table.add_column("status")
