@@ -200,21 +200,9 @@ def finetune(
     linear warm-up over ``warmup`` of the steps, then linear decay to zero. ``info``,
     when given, receives the method, steps, seconds and first/last losses.
     """
-    if method not in METHODS:
-        raise did_you_mean("fine-tuning method", method, METHODS)
-    check_task(task)
-    if steps < 0 or batch_size < 1 or seq_len < 2:
-        raise UserError("fine-tuning needs steps >= 0, batch size >= 1 and seq_len >= 2")
     info = info if info is not None else {}
-    info.update({"method": method, "steps": steps, "batch_size": batch_size, "seq_len": seq_len})
-    if steps == 0:
+    if not _worth_training(task, train_data, steps, method, batch_size, seq_len, teacher, info):
         return model
-    if task == "embedding" and teacher is None:
-        info["skipped"] = "a bare encoder has no training loss; pass a teacher to distil from"
-        log.warning("fine-tuning skipped: %s", info["skipped"])
-        return model
-    if not train_data:
-        raise UserError(f"fine-tuning for {steps} steps needs training data for task {task}")
     lr = lr if lr is not None else (2e-4 if method == "lora" else 2e-5)
     info["lr"] = lr
     torch.manual_seed(seed)
@@ -257,15 +245,47 @@ def finetune(
         if masks:
             apply_zero_masks(model, masks)
         model.train(was_training)
-    losses = result.losses
+    info.update(_loss_summary(result.losses, result.seconds))
+    return model
+
+
+def _loss_summary(losses: list[float], seconds: float) -> dict[str, float]:
+    """Seconds, and the mean loss of the first and of the last tenth of the steps."""
     head = losses[: max(1, len(losses) // 10)]
     tail = losses[-max(1, len(losses) // 10):]
-    info.update({
-        "seconds": round(result.seconds, 1),
+    return {
+        "seconds": round(seconds, 1),
         "loss_first": round(sum(head) / len(head), 4),
         "loss_last": round(sum(tail) / len(tail), 4),
-    })
-    return model
+    }
+
+
+def _worth_training(
+    task: str,
+    train_data: Sequence[Any],
+    steps: int,
+    method: str,
+    batch_size: int,
+    seq_len: int,
+    teacher: nn.Module | None,
+    info: dict[str, Any],
+) -> bool:
+    """Check the arguments; False when there is nothing to train (``info`` says why)."""
+    if method not in METHODS:
+        raise did_you_mean("fine-tuning method", method, METHODS)
+    check_task(task)
+    if steps < 0 or batch_size < 1 or seq_len < 2:
+        raise UserError("fine-tuning needs steps >= 0, batch size >= 1 and seq_len >= 2")
+    info.update({"method": method, "steps": steps, "batch_size": batch_size, "seq_len": seq_len})
+    if steps == 0:
+        return False
+    if task == "embedding" and teacher is None:
+        info["skipped"] = "a bare encoder has no training loss; pass a teacher to distil from"
+        log.warning("fine-tuning skipped: %s", info["skipped"])
+        return False
+    if not train_data:
+        raise UserError(f"fine-tuning for {steps} steps needs training data for task {task}")
+    return True
 
 
 def _trainable(
