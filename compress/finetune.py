@@ -36,7 +36,6 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from peft import LoraConfig, get_peft_model
 from transformers.pytorch_utils import Conv1D
 
 from compress.arch import COMPONENTS, iter_blocks
@@ -305,6 +304,10 @@ def _trainable(
         return model, masks
     lora_names = lora_module_names(model, target_components)
     masks = zero_masks(model, {f"{n}.weight" for n in lora_names}) if keep_zero else {}
+    # deferred: peft takes seconds to import and pulls in bitsandbytes (which warns about
+    # missing kernels); only LoRA needs it
+    from peft import LoraConfig, get_peft_model
+
     conv1d = isinstance(model.get_submodule(lora_names[0]), Conv1D)
     cfg = LoraConfig(**lora, target_modules=lora_names, fan_in_fan_out=conv1d, bias="none")
     info.update({"lora_r": lora["r"], "lora_alpha": lora["lora_alpha"],

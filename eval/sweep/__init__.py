@@ -53,6 +53,11 @@ again, and never leaves a half-written report. One failing run is recorded as fa
     python -m eval.sweep recipes/default.toml --quick    # smoke version (under 10 min)
     python -m eval.sweep recipes/default.toml --dry-run  # list runs, done or to do
     python -m eval.sweep recipes/default.toml --budget size=0.5 --search-runs 2
+
+Modules: :mod:`eval.sweep.spec` (the file, its jobs and checks of keys, models and
+grids), :mod:`eval.sweep.checks` (what pipelines can work, from the recipes' traits),
+:mod:`eval.sweep.runner` (running, skipping, progress, the manifest),
+:mod:`eval.sweep.search` (the equal-budget knob search) and :mod:`eval.sweep.cli`.
 """
 
 from eval.sweep.checks import check_pipeline, model_widths, traits_of
