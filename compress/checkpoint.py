@@ -2,11 +2,12 @@
 
 A checkpoint folder (``checkpoint_dir`` of :func:`compress.training.train_loop`)::
 
-    last/<weights>                weights (shared tensors stored once)
+    last/<weights file>           weights (shared tensors stored once)
     last/optimizer.safetensors    optimizer moments and step counts, flattened
     last/rng.safetensors          torch RNG states (CPU and CUDA) at the step boundary
-    last/state.json               step, clock, best, loss curve, what the run was
-    best/<weights>                weights of the best evaluation so far (+ state.json)
+    last/state.json               step, clock, best, loss curve, what the run was, and
+                                  the name of the weights file (``weights_file``)
+    best/<weights file>           weights of the best evaluation so far (+ state.json)
 
 ``last`` and ``best`` are each replaced atomically (:func:`compress.fileio.atomic_dir`),
 so a run killed at any moment (SIGKILL included) leaves the previous complete checkpoint
@@ -28,6 +29,8 @@ from compress.errors import UserError
 from compress.fileio import atomic_dir, atomic_write_json, restore_interrupted_dir
 
 CHECKPOINT_VERSION = 1
+#: the weights file of a checkpoint unless the loop names another.
+WEIGHTS_FILE = "model.safetensors"
 
 
 def save_weights(model: nn.Module, path: Path) -> None:
@@ -73,11 +76,11 @@ def save_checkpoint(
     opt: torch.optim.Optimizer,
     rng: dict[str, torch.Tensor],
     state: dict[str, Any],
-    weights: str = "model.safetensors",
 ) -> None:
-    """Replace ``folder/last`` with the model, optimizer, RNG and loop state."""
+    """Replace ``folder/last`` with the model (in ``state["weights_file"]``), optimizer,
+    RNG and loop state."""
     with atomic_dir(folder / "last") as tmp:
-        save_weights(model, tmp / weights)
+        save_weights(model, tmp / state.get("weights_file", WEIGHTS_FILE))
         tensors, meta = _optimizer_tensors(opt)
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         save_file(rng, str(tmp / "rng.safetensors"))
@@ -85,7 +88,7 @@ def save_checkpoint(
 
 
 def save_best(folder: Path, model: nn.Module, step: int, ev: dict[str, float],
-              weights: str = "model.safetensors") -> None:
+              weights: str = WEIGHTS_FILE) -> None:
     """Replace ``folder/best`` with the model's weights and the evaluation that made it best."""
     with atomic_dir(folder / "best") as tmp:
         save_weights(model, tmp / weights)

@@ -47,15 +47,17 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+# the checkpoint writers are looked up on the module at each call, so a test can slow
+# them down to kill a process in the middle of one (tests/test_checkpoint_kill.py)
+from compress import checkpoint
 from compress.checkpoint import (
     CHECKPOINT_VERSION,
+    WEIGHTS_FILE,
     identity_mismatch,
     load_checkpoint,
     load_weights,
     restore_optimizer,
     rng_state,
-    save_best,
-    save_checkpoint,
     set_rng_state,
 )
 from compress.errors import UserError
@@ -89,7 +91,7 @@ class LoopSettings:
     #: what must match between a checkpoint and a resumed run (config, data, maps).
     identity: dict[str, Any] = field(default_factory=dict)
     #: name of the weights file in checkpoints.
-    weights_file: str = "model.safetensors"
+    weights_file: str = WEIGHTS_FILE
     max_minutes: float | None = None
     after_step: Callable[[], None] | None = None
     label: str = "train"
@@ -150,7 +152,7 @@ class _Loop:
         self.state: dict[str, Any] = {
             "version": CHECKPOINT_VERSION, "step": 0, "seconds": 0.0, "cpu_seconds": 0.0,
             "tokens": 0, "best_step": -1, "best_eval": None, "curve": [],
-            "identity": s.identity,
+            "identity": s.identity, "weights_file": s.weights_file,
         }
         self.resumed_from: int | None = None
         self.best_weights: dict[str, torch.Tensor] | None = None
@@ -175,7 +177,7 @@ class _Loop:
         load_weights(self.model, ckpt / "last" / self.s.weights_file)
         restore_optimizer(self.opt, opt_t, opt_meta)
         set_rng_state(rng)
-        self.state = saved
+        self.state = saved | {"weights_file": self.s.weights_file}
         self.resumed_from = saved["step"]
         log.info("resumed from step %d of %d", saved["step"], self.s.steps)
 
@@ -201,7 +203,8 @@ class _Loop:
         if best is None or ev["loss"] < best["loss"]:
             self.state["best_eval"], self.state["best_step"] = ev, step
             if self.s.keep_best and self.s.checkpoint_dir is not None:
-                save_best(self.s.checkpoint_dir, self.model, step, ev, self.s.weights_file)
+                checkpoint.save_best(self.s.checkpoint_dir, self.model, step, ev,
+                                     self.s.weights_file)
             elif self.s.keep_best:
                 self.best_weights = {
                     k: v.detach().clone() for k, v in self.model.state_dict().items()
@@ -257,8 +260,8 @@ class _Loop:
         except KeyboardInterrupt:
             if s.checkpoint_dir is not None and not in_update and step > 0:
                 state["step"], state["seconds"] = step, self.elapsed()
-                save_checkpoint(s.checkpoint_dir, self.model, self.opt, rng_at_step, state,
-                                s.weights_file)
+                checkpoint.save_checkpoint(s.checkpoint_dir, self.model, self.opt, rng_at_step,
+                                           state)
                 log.warning("interrupted: checkpoint of step %d saved in %s", step,
                             s.checkpoint_dir)
             raise
@@ -315,8 +318,8 @@ class _Loop:
             self.sums, self.n_micro = {}, 0
             self.tokens_window, self.t_window = 0, time.perf_counter()
             if s.checkpoint_dir is not None:
-                save_checkpoint(s.checkpoint_dir, self.model, self.opt, rng_state(), state,
-                                s.weights_file)
+                checkpoint.save_checkpoint(s.checkpoint_dir, self.model, self.opt, rng_state(),
+                                           state)
         if over_time:
             self.stopped_by = "time"
         return over_time
