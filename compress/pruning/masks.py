@@ -98,6 +98,7 @@ def prune_rows_(target: Target, score: ScoreFn, sparsity: float) -> int:
 # --- N:M --------------------------------------------------------------------------
 
 
+@torch.no_grad()
 def prune_nm_(target: Target, score: ScoreFn, n: int, m: int) -> int:
     """Keep the ``n`` highest scores of every ``m`` consecutive inputs of each row."""
     view = out_in(target)
