@@ -55,7 +55,8 @@ DEFAULT = ["dense", "rtn4-g128", "gptq4-g128", "rtn3-g128", "gptq3-g128", "rtn8"
 def _windows(model, tokenizer, n: int):
     """ppl_wiki / ppl_news on ``n`` evenly spaced 512-token windows (the full suite's
     windows are 24 of the same kind; these are a subset chosen the same way)."""
-    from eval.benchmark import _columns, perplexity
+    from eval.benchmark import perplexity
+    from eval.benchmark.suites import _columns
 
     metrics, protocols = {}, {}
     for name, corpus in (("ppl_wiki", "wiki"), ("ppl_news", "news")):

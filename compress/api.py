@@ -16,7 +16,9 @@ import torch.nn as nn
 from compress.config import RecipeConfig
 from compress.context import Context
 from compress.errors import UserError
-from compress.registry import recipe_for_config
+from compress.memory import require_memory
+from compress.registry import Recipe, recipe_for_config
+from compress.stats import parameter_counts
 
 log = logging.getLogger(__name__)
 
@@ -54,18 +56,16 @@ def _check_not_offloaded(model: nn.Module, name: str) -> None:
         )
 
 
-def _check_memory(model: nn.Module, config: RecipeConfig, name: str) -> None:
+def _check_memory(model: nn.Module, config: RecipeConfig, recipe: Recipe) -> None:
     """Stop with a clear message before a recipe needs more memory than is free."""
     from compress.arch import hidden_size
-    from compress.memory import require_memory
-    from compress.stats import parameter_counts
 
     hidden = hidden_size(model)
-    extra = config.extra_memory_bytes(parameter_counts(model)["bytes"], hidden)
+    extra = recipe.memory_bytes(config, parameter_counts(model)["bytes"], hidden)
     if extra > 0:
         require_memory(
             extra,
-            f"recipe {name!r} (calibration activations / optimizer state)",
+            f"recipe {recipe.name!r} (calibration activations / optimizer state)",
             "use fewer calibration samples (--nsamples) or a shorter --seq-len, LoRA instead "
             "of full fine-tuning, or load the model with --device-map auto",
         )
@@ -82,7 +82,7 @@ def compress(model: nn.Module, config: RecipeConfig, context: Context | None = N
     recipe = recipe_for_config(config)
     context = context or Context()
     _check_not_offloaded(model, recipe.name)
-    _check_memory(model, config, recipe.name)
+    _check_memory(model, config, recipe)
     torch.manual_seed(config.seed)
     log.info("applying recipe %s", recipe.name)
     out = recipe.handler(model, config, context)

@@ -11,7 +11,8 @@ from sweep_helpers import fake_report, write_reports
 
 from compress.errors import UserError
 from eval.plots import pareto_front, sparsity_point
-from eval.reportmd import SECTIONS, generate, main
+from eval.report.common import SECTIONS
+from eval.report.generate import generate, main
 
 
 def test_pareto_front_known_points():
@@ -251,7 +252,8 @@ def test_report_without_analysis_or_reports(tmp_path):
 
 
 def test_protocol_text_stays_on_one_table_line():
-    from eval.reportmd import _data_sources, _protocol_text
+    from eval.report.common import data_sources as _data_sources
+    from eval.report.common import protocol_text as _protocol_text
 
     protocol = {
         "corpus": "wiki",

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from compress.arch import Block, arch_for, find_module_list, iter_blocks, routed_through_proxies
+from compress.arch import Block, arch_for, iter_blocks, routed_through_proxies
 from compress.errors import UserError
 from compress.models import input_device, to_device
 from compress.pruning.masks import release_freed_memory
@@ -352,10 +352,3 @@ def _shared_stack(model: nn.Module, blocks: list[Block], batches: list[CalibBatc
         on_block(block, acc.sumsq)
         yield None
 
-
-def stack_blocks(model: nn.Module, role: str) -> list[nn.Module]:
-    spec = arch_for(model)
-    for stack in spec.stacks:
-        if stack.role == role:
-            return list(find_module_list(model, stack.layers)[1])
-    return []

@@ -28,6 +28,7 @@ from compress.quant.packing import model_size_summary
 from compress.quant.report import device_of, record
 from compress.quant.rtn import GRANULARITIES, SCHEMES, QuantSpec
 from compress.registry import register_recipe
+from compress.traits import Knob, Traits, config_memory
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,17 @@ class GPTQConfig(RecipeConfig):
         return QuantSpec(self.bits, self.scheme, self.granularity, self.group_size)
 
 
-@register_recipe("gptq", GPTQConfig)
+@register_recipe(
+    "gptq", GPTQConfig, family="quantization",
+    knobs=(Knob("bits", "down", values=(8, 6, 5, 4, 3, 2)),),
+    traits=Traits(
+        calibrates=True,
+        keeps_zeros=False,
+        zeros_note="GPTQ's error compensation updates every remaining weight, pruned ones "
+        "included",
+    ),
+    formats=(), memory=config_memory,
+)
 def gptq(model: nn.Module, config: GPTQConfig, context: Context) -> nn.Module:
     """GPTQ weight quantization at 2-8 bits with second-order error compensation."""
     spec = config.spec()

@@ -37,6 +37,7 @@ from compress.quant.packing import model_size_summary
 from compress.quant.report import device_of, record
 from compress.quant.rtn import GRANULARITIES, SCHEMES, QuantSpec, weight_matrix
 from compress.registry import register_recipe
+from compress.traits import Knob, Traits, config_memory
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,14 @@ class RTNConfig(RecipeConfig):
         return QuantSpec(self.bits, self.scheme, self.granularity, self.group_size)
 
 
-@register_recipe("rtn", RTNConfig)
+# symmetric and asymmetric grids both represent 0.0 exactly (the zero point is an
+# integer, compress.quant.rtn), so rounding keeps every zero a zero.
+@register_recipe(
+    "rtn", RTNConfig, family="quantization",
+    knobs=(Knob("bits", "down", values=(8, 6, 5, 4, 3, 2)),),
+    traits=Traits(calibrates=lambda c: c.outlier_threshold is not None),
+    formats=(), memory=config_memory,
+)
 def rtn(model: nn.Module, config: RTNConfig, context: Context) -> nn.Module:
     """Round-to-nearest weight quantization at 2-8 bits, simulated in float."""
     spec = config.spec()
