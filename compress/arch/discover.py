@@ -40,14 +40,9 @@ from transformers.models.auto import modeling_auto
 
 from compress.arch import probe
 from compress.arch.confignames import read_hidden, stack_names
-from compress.arch.roles import (
-    BlockContext,
-    find_hints,
-    find_layout,
-    in_out,
-    is_linear,
-)
+from compress.arch.roles import BlockContext, find_hints, find_layout
 from compress.arch.spec import ArchSpec, AttnLayout, BlockLayout, StackSpec
+from compress.arch.util import in_out, is_linear
 from compress.errors import UserError
 
 log = logging.getLogger(__name__)

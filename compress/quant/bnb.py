@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from compress.arch.roles import is_linear
+from compress.arch.util import is_linear
 from compress.errors import UserError
 
 
