@@ -74,7 +74,7 @@ def gptq(model: nn.Module, config: GPTQConfig, context: Context) -> nn.Module:
     targets = select_targets(model)
     packed, uncalibrated = gptq_model(model, targets, spec, batches, blocksize=config.blocksize,
                         damp=config.damp, act_order=config.act_order)
-    size = model_size_summary(model, packed)
+    size = model_size_summary(model, packed, targets)
     record(
         context, method="gptq", simulated=True, runs_faster_here=False, device=device_of(model),
         **spec.to_dict(), format=spec.describe(), layers=len(packed), act_order=config.act_order,

@@ -94,7 +94,7 @@ def rtn(model: nn.Module, config: RTNConfig, context: Context) -> nn.Module:
             keep = outlier_columns_by_weight(weight_matrix(module), config.outlier_fraction)
         kept += int(keep.numel())
         packed[name] = rtn_layer(module, spec, keep)
-    size = model_size_summary(model, packed)
+    size = model_size_summary(model, packed, targets)
     record(
         context, method="rtn", simulated=True, runs_faster_here=False, device=device_of(model),
         **spec.to_dict(), format=spec.describe(), layers=len(packed), outlier_columns=kept,
