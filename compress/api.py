@@ -18,7 +18,6 @@ from compress.context import Context
 from compress.errors import UserError
 from compress.memory import require_memory
 from compress.registry import Recipe, recipe_for_config
-from compress.stats import parameter_counts
 
 log = logging.getLogger(__name__)
 
@@ -56,19 +55,24 @@ def _check_not_offloaded(model: nn.Module, name: str) -> None:
         )
 
 
-def _check_memory(model: nn.Module, config: RecipeConfig, recipe: Recipe) -> None:
-    """Stop with a clear message before a recipe needs more memory than is free."""
-    from compress.arch import hidden_size
+def _check_memory(model: nn.Module, config: RecipeConfig, recipe: Recipe,
+                  context: Context | None = None) -> None:
+    """Stop with one line naming a cheaper option before a recipe needs more memory than
+    is free (the estimate declared with the recipe, :mod:`compress.footprint`)."""
+    from compress.footprint import fmt_bytes, model_facts
 
-    hidden = hidden_size(model)
-    extra = recipe.memory_bytes(config, parameter_counts(model)["bytes"], hidden)
-    if extra > 0:
-        require_memory(
-            extra,
-            f"recipe {recipe.name!r} (calibration activations / optimizer state)",
-            "use fewer calibration samples (--nsamples) or a shorter --seq-len, LoRA instead "
-            "of full fine-tuning, or load the model with --device-map auto",
-        )
+    need = recipe.memory_need(config, model_facts(model, context))
+    if need.bytes <= 0:
+        return
+    parts = need.describe()
+    require_memory(
+        need.bytes,
+        f"recipe {recipe.name!r}" + (f" ({parts})" if parts and "estimate" not in need.parts
+                                     else ""),
+        need.hint or "use fewer calibration samples (--nsamples) or a shorter --seq-len, LoRA "
+        "instead of full fine-tuning, or load the model with --device-map auto",
+    )
+    log.debug("memory check: %s needs about %s", recipe.name, fmt_bytes(need.bytes))
 
 
 def compress(model: nn.Module, config: RecipeConfig, context: Context | None = None) -> nn.Module:
@@ -82,7 +86,7 @@ def compress(model: nn.Module, config: RecipeConfig, context: Context | None = N
     recipe = recipe_for_config(config)
     context = context or Context()
     _check_not_offloaded(model, recipe.name)
-    _check_memory(model, config, recipe)
+    _check_memory(model, config, recipe, context)
     torch.manual_seed(config.seed)
     log.info("applying recipe %s", recipe.name)
     out = recipe.handler(model, config, context)

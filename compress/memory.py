@@ -72,9 +72,11 @@ def available_bytes() -> int:
 
 def require_memory(needed: int, what: str, hint: str) -> None:
     """Raise a one-line :class:`UserError` if ``needed`` bytes (plus headroom) do not fit."""
+    from compress.footprint import fmt_bytes
+
     have = available_bytes()
     if needed * SAFETY > have:
         raise UserError(
-            f"{what} needs about {needed / 2**30:.1f} GiB but only {have / 2**30:.1f} GiB "
+            f"{what} needs about {fmt_bytes(needed)} but only {fmt_bytes(have)} "
             f"is available; {hint}"
         )

@@ -27,12 +27,13 @@ from typing import TYPE_CHECKING, Any
 import compress.recipes
 from compress.config import RecipeConfig
 from compress.errors import UserError, did_you_mean
-from compress.traits import Knob, MemoryEstimate, Traits
+from compress.traits import Knob, MemoryEstimate, Traits, config_memory
 
 if TYPE_CHECKING:
     import torch.nn as nn
 
     from compress.context import Context
+    from compress.footprint import Need
 
 Handler = Callable[["nn.Module", Any, "Context"], "nn.Module"]
 
@@ -71,15 +72,22 @@ class Recipe:
             )
         return value
 
-    def memory_bytes(self, config: RecipeConfig, param_bytes: int, hidden: int) -> int:
-        """The declared estimate, else the config's own (``RecipeConfig.extra_memory_bytes``).
+    def memory_need(self, config: RecipeConfig, facts: Any, hidden: int | None = None) -> Need:
+        """What the recipe holds besides the model (:class:`compress.footprint.Need`).
 
-        The contract check of :func:`compress.compress` runs for every recipe, so an
-        undeclared estimate falls back to the documented config hook rather than zero.
+        ``facts`` are the model's :class:`compress.footprint.ModelFacts` (or, as the first
+        estimates took them, its parameter bytes with ``hidden``). The declared estimate
+        is used, else the config's own (``RecipeConfig.extra_memory_bytes``): the contract
+        check of :func:`compress.compress` runs for every recipe, so an undeclared estimate
+        falls back to the documented config hook rather than zero.
         """
-        if self.memory is not None:
-            return int(self.memory(config, param_bytes, hidden))
-        return config.extra_memory_bytes(param_bytes, hidden)
+        from compress.footprint import as_facts, call_estimate
+
+        return call_estimate(self.memory or config_memory, config, as_facts(facts, hidden))
+
+    def memory_bytes(self, config: RecipeConfig, facts: Any, hidden: int | None = None) -> int:
+        """Bytes of :meth:`memory_need`."""
+        return self.memory_need(config, facts, hidden).bytes
 
 
 _RECIPES: dict[str, Recipe] = {}
@@ -120,8 +128,8 @@ def register_recipe(
     if formats is not None:
         formats = tuple(formats)
     if memory is not None and not callable(memory):
-        raise TypeError(f"recipe {name!r}: memory must be a callable (config, param_bytes, "
-                        "hidden) -> bytes")
+        raise TypeError(f"recipe {name!r}: memory must be a callable (config, facts) -> "
+                        "bytes or Need")
 
     def wrap(handler: Handler) -> Handler:
         existing = _RECIPES.get(name)

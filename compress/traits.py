@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from compress.config import RecipeConfig
@@ -30,8 +30,11 @@ FAMILIES = ("pruning", "quantization", "distillation", "moefication")
 #: the family of the dense baseline (``identity``): it is no technique.
 BASELINE = "baseline"
 
-#: memory a recipe needs beyond the loaded model: ``(config, param_bytes, hidden) -> bytes``.
-MemoryEstimate = Callable[["RecipeConfig", int, int], int]
+#: memory a recipe needs beyond the loaded model: ``(config, facts) -> bytes`` or a
+#: :class:`compress.footprint.Need` (parts and the cheaper option a refusal names), where
+#: ``facts`` are the model's :class:`compress.footprint.ModelFacts`. The first estimates'
+#: form, ``(config, param_bytes, hidden) -> bytes``, is still accepted.
+MemoryEstimate = Callable[..., Any]
 
 
 @dataclass(frozen=True)
@@ -120,9 +123,13 @@ class Knob:
 # --------------------------------------------------------------------------- shared helpers
 
 
-def config_memory(config: RecipeConfig, param_bytes: int, hidden: int) -> int:
-    """The config's own estimate (:meth:`compress.config.RecipeConfig.extra_memory_bytes`)."""
-    return config.extra_memory_bytes(param_bytes, hidden)
+def config_memory(config: RecipeConfig, facts: Any, hidden: int | None = None) -> int:
+    """The config's own estimate (:meth:`compress.config.RecipeConfig.extra_memory_bytes`),
+    from the field conventions; for recipes that hold nothing sized by the model."""
+    from compress.footprint import as_facts
+
+    f = as_facts(facts, hidden)
+    return config.extra_memory_bytes(f.param_bytes, f.hidden)
 
 
 def pattern_sparsity(config: RecipeConfig) -> str | None:

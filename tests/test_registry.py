@@ -36,7 +36,7 @@ def test_every_builtin_recipe_declares_every_fact(recipe):
     assert isinstance(traits.runtime_format_for(config), bool)
     assert isinstance(traits.calibrates_for(config), bool)
     assert isinstance(traits.divides(config), list)
-    assert isinstance(recipe.memory(config, 4_000_000, 64), int)
+    assert isinstance(recipe.memory_bytes(config, 4_000_000, 64), int)  # legacy facts
     for fmt in recipe.formats:
         assert fmt in saving._FORMATS, f"{recipe.name} declares unregistered format {fmt!r}"
 
@@ -75,3 +75,26 @@ def test_registration_checks_its_facts():
         register_recipe("bad-traits-test", KnobConfig, traits={"trains": True})
     with pytest.raises(ValueError, match="more must be"):
         Knob("level", "sideways")
+
+
+@pytest.mark.parametrize("recipe", BUILTIN, ids=lambda r: r.name)
+def test_calibrating_and_training_recipes_estimate_their_own_memory(recipe):
+    """Every recipe that calibrates, trains or copies the model declares an estimate of its
+    own (not the generic field-name one), and it is positive on a tiny model."""
+    from compress.context import Context
+    from compress.footprint import Need, model_facts
+    from compress.tiny import tiny_model
+    from compress.traits import config_memory
+
+    model, _ = tiny_model("llama")
+    facts = model_facts(model, Context(calibration=["some text"] * 8, train=["more"] * 8,
+                                       task="causal-lm"))
+    config = recipe.config_cls()
+    need = recipe.memory_need(config, facts)
+    assert isinstance(need, Need) and need.bytes >= 0
+    if recipe.family == BASELINE:
+        return
+    assert recipe.memory is not config_memory, f"{recipe.name} declares no estimate of its own"
+    if recipe.traits.calibrates_for(config) or recipe.traits.trains or recipe.name in (
+            "bnb-4bit", "bnb-int8", "onnx-int8", "quanto", "dynamic-int8"):
+        assert need.bytes > 0 and need.hint, recipe.name

@@ -27,12 +27,13 @@ import torch.nn as nn
 from compress.config import RecipeConfig, option
 from compress.context import Context
 from compress.errors import UserError
+from compress.footprint import ModelFacts, Need
 from compress.quant import bnb as bnb_q
 from compress.quant.layers import select_targets
 from compress.quant.report import record
 from compress.registry import register_recipe
 from compress.stats import parameter_counts
-from compress.traits import Traits, config_memory
+from compress.traits import Traits
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -90,10 +91,34 @@ def _finish(model: nn.Module, out: nn.Module, context: Context, method: str, dev
     return out
 
 
+def reload_parts(facts: ModelFacts, bits: int) -> dict[str, int]:
+    """What :func:`compress.quant.bnb.requantize` holds: ``save_pretrained`` serialises
+    every tensor to bytes before writing (one copy of the model), then ``from_pretrained``
+    reads the file through a memory map (its pages count while the weights are
+    converted) into a new model: the quantized linears (``bits`` per weight) and the
+    other weights in float32."""
+    quantized = facts.linear_bytes * bits // (8 * max(facts.elem, 1))
+    other = max(facts.param_bytes - facts.linear_bytes, 0)
+    return {"file pages of the reload": facts.param_bytes,
+            "the quantized model": quantized + other}
+
+
+BNB_HINT = ("bitsandbytes reloads the model through a file; use rtn or gptq (simulated, in "
+            "place) or quanto, or free memory")
+
+
+def bnb_int8_memory(config: BnbInt8Config, facts: ModelFacts) -> Need:
+    return Need(reload_parts(facts, 8), BNB_HINT)
+
+
+def bnb_4bit_memory(config: Bnb4bitConfig, facts: ModelFacts) -> Need:
+    return Need(reload_parts(facts, 4), BNB_HINT)
+
+
 # int8 / NF4 / FP4 codes all hold an exact 0; bitsandbytes models save with
 # save_pretrained (their quantization_config), no format of the suite's own.
 @register_recipe("bnb-int8", BnbInt8Config, family="quantization", knobs=(),
-                 traits=Traits(runtime_format=True), formats=(), memory=config_memory)
+                 traits=Traits(runtime_format=True), formats=(), memory=bnb_int8_memory)
 def bnb_int8(model: nn.Module, config: BnbInt8Config, context: Context) -> nn.Module:
     """LLM.int8 via bitsandbytes: int8 weights, 16-bit outlier columns."""
     from transformers import BitsAndBytesConfig
@@ -110,7 +135,7 @@ def bnb_int8(model: nn.Module, config: BnbInt8Config, context: Context) -> nn.Mo
 
 
 @register_recipe("bnb-4bit", Bnb4bitConfig, family="quantization", knobs=(),
-                 traits=Traits(runtime_format=True), formats=(), memory=config_memory)
+                 traits=Traits(runtime_format=True), formats=(), memory=bnb_4bit_memory)
 def bnb_4bit(model: nn.Module, config: Bnb4bitConfig, context: Context) -> nn.Module:
     """4-bit NF4 or FP4 weights via bitsandbytes (blockwise, optional double quantization)."""
     from transformers import BitsAndBytesConfig

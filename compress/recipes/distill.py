@@ -76,11 +76,19 @@ from compress.distill.teacher import (
 )
 from compress.errors import UserError
 from compress.fileio import atomic_write_json
+from compress.footprint import (
+    ModelFacts,
+    Need,
+    forward_bytes,
+    hidden_states_bytes,
+    logits_bytes,
+    saved_activation_bytes,
+)
 from compress.models import check_model_name, input_device, load_model, task_of
 from compress.registry import register_recipe
 from compress.saving import save_model
 from compress.stats import parameter_counts
-from compress.traits import Traits, config_memory
+from compress.traits import Traits
 
 log = logging.getLogger(__name__)
 
@@ -226,6 +234,66 @@ def _fingerprint(*parts: Any) -> str:
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _kept_blocks(config: DistillConfig, facts: ModelFacts) -> dict[str, int]:
+    """Student blocks per stack role, as :func:`resolve_layer_maps` will choose them."""
+    counts = {s.role: s.blocks for s in facts.stacks}
+    if config.layer_map is not None:
+        try:
+            parsed = parse_layer_map(config.layer_map, tuple(counts))
+        except UserError:
+            parsed = {}
+        return {r: len(parsed.get(r, parsed.get("*", range(n)))) for r, n in counts.items()}
+    per_stack = {r: v for r, v in (("encoder", config.encoder_layers),
+                                   ("decoder", config.decoder_layers)) if v is not None}
+    out = {}
+    for role, n in counts.items():
+        want = per_stack.get(role, config.student_layers)
+        if want is None:
+            want = n if per_stack else max(1, n // 2)
+        out[role] = min(n, want)
+    return out
+
+
+#: a tokenized training example kept as Python ints (28 bytes each and a list slot,
+#: about four characters per token), per character of training text.
+TOKEN_LIST_BYTES_PER_CHAR = 11
+
+
+def distill_memory(config: DistillConfig, facts: ModelFacts) -> Need:
+    """The student is a deep copy of the teacher with blocks dropped (one whole copy
+    while it is built); training holds the student, its gradients and AdamW moments (plus
+    the largest parameter's two temporaries), the best weights so far (``keep_best``
+    without a checkpoint folder keeps them in memory), the tokenized training examples,
+    and a step's peak: the student's saved activations, the teacher's outputs (no grad),
+    the mapped blocks' hidden states of both, and the logits of both with the
+    softmax/log-softmax copies and gradients of the KD and task losses."""
+    kept = _kept_blocks(config, facts)
+    per_block = {s.role: sum(i * o for b in s.linears[:1] for i, o in b) * facts.elem
+                 for s in facts.stacks}
+    dropped = sum((s.blocks - kept.get(s.role, s.blocks)) * per_block[s.role]
+                  for s in facts.stacks)
+    student = max(facts.param_bytes - dropped, facts.param_bytes // 8)
+    b, t = config.batch_size, config.seq_len
+    mapped = sum(kept.values()) if config.alpha_cos > 0 else 0
+    train = {
+        "student with gradients and AdamW moments": 4 * student
+        + 2 * facts.largest_param_bytes,
+        "activations of a step": saved_activation_bytes(facts, b, t, kept)
+        + forward_bytes(facts, b, t, logits=False)
+        + hidden_states_bytes(facts, b * t, 4 + 2 * mapped),
+        "logits and losses": logits_bytes(facts, b, t, 3 if config.hard_labels_only else 7),
+        "tokenized training examples": facts.data.train_chars * TOKEN_LIST_BYTES_PER_CHAR,
+    }
+    if config.keep_best and not config.checkpoint_dir:
+        train["best student so far"] = student
+    hint = (f"use a smaller batch_size (batch_size={max(1, b // 4)}) with grad_accum, a "
+            "shorter seq_len, fewer student_layers, or checkpoint_dir (keeps the best "
+            "student on disk)")
+    build = Need({"copy of the teacher while the student is built": facts.param_bytes},
+                 "free memory: the student is built from a copy of the teacher")
+    return Need.peak(build, Need(train, hint))
+
+
 @register_recipe(
     "distill", DistillConfig, family="distillation", knobs=(),
     traits=Traits(
@@ -233,7 +301,7 @@ def _fingerprint(*parts: Any) -> str:
         trains=True,
         zeros_note="training updates every weight, pruned ones included",
     ),
-    formats=(), memory=config_memory,
+    formats=(), memory=distill_memory,
 )
 def distill(model: nn.Module, config: DistillConfig, context: Context) -> nn.Module:
     """Distil the model into a shallower student (DistilBERT-style KD + task + cosine losses)."""

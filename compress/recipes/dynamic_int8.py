@@ -25,13 +25,14 @@ import torch.nn as nn
 from compress.config import option
 from compress.context import Context
 from compress.errors import UserError
+from compress.footprint import F32, ModelFacts, Need, forward_bytes
 from compress.quant import dynamic
 from compress.quant.layers import KeepFloatConfig, select_targets
 from compress.quant.modules import conv1d_to_linear
 from compress.quant.report import device_of, record
 from compress.registry import register_recipe
 from compress.stats import parameter_counts
-from compress.traits import Traits, config_memory
+from compress.traits import Traits
 
 
 @dataclass(frozen=True)
@@ -42,11 +43,23 @@ class DynamicInt8Config(KeepFloatConfig):
     include_head: bool = option(False, "also quantize the LM head (an nn.Linear)")
 
 
+def dynamic_int8_memory(config: DynamicInt8Config, facts: ModelFacts) -> Need:
+    """The packed int8 weights made beside the float ones (one byte per weight) and the
+    largest linear's float temporaries; ``outlier_threshold`` adds calibration forwards."""
+    parts = {"int8 weights": facts.linear_bytes // max(facts.elem, 1),
+             "quantizing the largest linear": 2 * facts.largest_linear() * F32}
+    if getattr(config, "outlier_threshold", None) is not None:
+        b = min(8, getattr(config, "nsamples", 8))
+        parts["calibration forward"] = forward_bytes(facts, b, getattr(config, "seq_len", 512))
+    return Need(parts, "use outlier_fraction instead of outlier_threshold (no calibration), "
+                "or fewer calibration texts")
+
+
 # symmetric int8 codes hold an exact 0
 @register_recipe(
     "dynamic-int8", DynamicInt8Config, family="quantization", knobs=(),
     traits=Traits(runtime_format=True, calibrates=lambda c: c.outlier_threshold is not None),
-    formats=(dynamic.FORMAT.name,), memory=config_memory,
+    formats=(dynamic.FORMAT.name,), memory=dynamic_int8_memory,
 )
 def dynamic_int8(model: nn.Module, config: DynamicInt8Config, context: Context) -> nn.Module:
     """torch.ao dynamic int8: int8 weights, int8 activations quantized at run time (CPU)."""

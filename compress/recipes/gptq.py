@@ -21,6 +21,7 @@ import torch.nn as nn
 
 from compress.config import RecipeConfig, option
 from compress.context import Context
+from compress.footprint import F32, ModelFacts, Need, block_forward_bytes, hidden_states_bytes
 from compress.quant import calib
 from compress.quant.gptq import gptq_model
 from compress.quant.layers import select_targets
@@ -28,7 +29,7 @@ from compress.quant.packing import model_size_summary
 from compress.quant.report import device_of, record
 from compress.quant.rtn import GRANULARITIES, SCHEMES, QuantSpec
 from compress.registry import register_recipe
-from compress.traits import Knob, Traits, config_memory
+from compress.traits import Knob, Traits
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,32 @@ class GPTQConfig(RecipeConfig):
         return QuantSpec(self.bits, self.scheme, self.granularity, self.group_size)
 
 
+def gptq_memory(config: GPTQConfig, facts: ModelFacts) -> Need:
+    """What :func:`compress.quant.gptq.gptq_model` holds at once: the float64 Hessians of
+    every linear of one block (in_features^2 x 8 each, all accumulated before any is
+    solved); solving the widest one: its Hessian's copy, the identity, the dampened
+    Hessian, its Cholesky factor, the inverse and the inverse's factor (six float64
+    in^2), the float32 inverse and three weight-sized float32 copies; the calibration
+    hidden states (one sequence per batch, kept twice while a block's outputs replace
+    its inputs); one block's forward with the float64 copies the accumulator makes."""
+    n, t = config.nsamples, config.seq_len
+    blocks = facts.block_linears() or [((facts.hidden, facts.hidden),)]
+    hessians = max(sum(i * i * 8 for i, _ in b) for b in blocks)
+    i_max, o_max = max(((i, o) for b in blocks for i, o in b), key=lambda io: io[0])
+    solve = 6 * i_max * i_max * 8 + i_max * i_max * F32 + 3 * o_max * i_max * F32
+    forward = block_forward_bytes(facts, 1, t) + 2 * t * i_max * 8
+    hidden = hidden_states_bytes(facts, n * t)
+    parts = {
+        "Hessians of one block (float64)": hessians,
+        "solving the widest linear": max(solve, forward + hidden),
+        "calibration hidden states": hidden,
+    }
+    hint = ("gptq needs in_features^2 float64 Hessians per linear; use rtn (no Hessians), "
+            f"fewer calibration samples (nsamples={max(1, n // 4)}), or a machine with more "
+            "memory")
+    return Need(parts, hint)
+
+
 @register_recipe(
     "gptq", GPTQConfig, family="quantization",
     knobs=(Knob("bits", "down", values=(8, 6, 5, 4, 3, 2)),),
@@ -61,7 +88,7 @@ class GPTQConfig(RecipeConfig):
         zeros_note="GPTQ's error compensation updates every remaining weight, pruned ones "
         "included",
     ),
-    formats=(), memory=config_memory,
+    formats=(), memory=gptq_memory,
 )
 def gptq(model: nn.Module, config: GPTQConfig, context: Context) -> nn.Module:
     """GPTQ weight quantization at 2-8 bits with second-order error compensation."""

@@ -44,6 +44,7 @@ from compress.arch import iter_blocks
 from compress.config import RecipeConfig, option
 from compress.context import Context
 from compress.errors import UserError
+from compress.footprint import F32, ModelFacts, Need
 from compress.moe import calib
 from compress.moe.convert import DenseFFN, Site, build_moe, find_sites, install, use
 from compress.moe.format import FORMAT_NAME as MOE_FORMAT
@@ -58,7 +59,7 @@ from compress.moe.routers import (
     train_mlp_router,
 )
 from compress.registry import register_recipe
-from compress.traits import Traits, config_memory
+from compress.traits import Traits
 
 log = logging.getLogger(__name__)
 
@@ -283,6 +284,29 @@ def _timings(
     return out
 
 
+def moefy_memory(config: MoefyConfig, facts: ModelFacts) -> Need:
+    """Every FFN's calibration inputs at once (``calibration_tokens`` plus up to one
+    text's overshoot, float32, all FFNs), the experts built beside the dense FFNs (kept
+    until the recipe returns), and the last FFN's work: its activations h (tokens x
+    ffn), the training share of h and its transposed profiles for the co-activation
+    partition, the train/held-out copies of its inputs, and both router candidates'
+    experts."""
+    n_ffn = sum(s.blocks for s in facts.stacks if s.ffn) or 1
+    tokens = (config.calibration_tokens + config.seq_len) if _needs_data(config) else 0
+    ffn = facts.ffn
+    site = facts.ffn_linear_bytes() // n_ffn
+    parts = {
+        "experts beside the dense FFNs": facts.ffn_linear_bytes(),
+        "calibration inputs of every FFN": n_ffn * tokens * facts.hidden * F32
+        + tokens * facts.hidden * F32,
+        "one FFN's activations and partition": tokens * (2 * facts.hidden + 4 * ffn) * F32
+        + 2 * site,
+    }
+    hint = (f"use fewer calibration tokens (calibration_tokens={max(64, config.calibration_tokens // 4)}) "
+            "or partition=weights with router=similarity (no calibration)")
+    return Need(parts, hint)
+
+
 @register_recipe(
     "moefy", MoefyConfig, family="moefication", knobs=(),
     traits=Traits(
@@ -292,7 +316,7 @@ def _timings(
         divides=_experts_divide,
         hides_ffn=True,
     ),
-    formats=(MOE_FORMAT,), memory=config_memory,
+    formats=(MOE_FORMAT,), memory=moefy_memory,
 )
 def moefy(model: nn.Module, config: MoefyConfig, context: Context) -> nn.Module:
     """MoEfication: split every FFN into experts and route each token to a few of them."""

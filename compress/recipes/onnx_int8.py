@@ -23,13 +23,14 @@ import torch.nn as nn
 from compress.config import option
 from compress.context import Context
 from compress.errors import UserError
+from compress.footprint import ModelFacts, Need, forward_bytes
 from compress.quant import onnx as onnx_q
 from compress.quant.layers import KeepFloatConfig, select_targets
 from compress.quant.modules import conv1d_to_linear
 from compress.quant.report import device_of, record
 from compress.registry import register_recipe
 from compress.stats import parameter_counts
-from compress.traits import Traits, config_memory
+from compress.traits import Traits
 
 
 @dataclass(frozen=True)
@@ -44,11 +45,24 @@ class OnnxInt8Config(KeepFloatConfig):
                             "generation feeds one token per step")
 
 
+def onnx_int8_memory(config: OnnxInt8Config, facts: ModelFacts) -> Need:
+    """The export and quantization copies of :func:`compress.quant.onnx.build`: the
+    traced graph's initializers (one copy of the weights) and their serialised protobuf
+    (another), the fp32 graph loaded by the quantizer beside its int8 weights, then the
+    int8 graph's bytes, its ONNX Runtime session and the initializer count."""
+    parts = {"exported graph and its bytes": 2 * facts.param_bytes,
+             "int8 graph, session and counts": facts.param_bytes // 2}
+    if config.outlier_threshold is not None:
+        parts["calibration forward"] = forward_bytes(facts, min(8, config.nsamples),
+                                                     config.seq_len)
+    return Need(parts, "use dynamic-int8 (quantizes in place, no export) or free memory")
+
+
 # symmetric int8 codes hold an exact 0
 @register_recipe(
     "onnx-int8", OnnxInt8Config, family="quantization", knobs=(),
     traits=Traits(runtime_format=True, calibrates=lambda c: c.outlier_threshold is not None),
-    formats=(onnx_q.FORMAT.name,), memory=config_memory,
+    formats=(onnx_q.FORMAT.name,), memory=onnx_int8_memory,
 )
 def onnx_int8(model: nn.Module, config: OnnxInt8Config, context: Context) -> nn.Module:
     """Export to ONNX, quantize to dynamic int8 with ONNX Runtime, wrap as a model."""

@@ -27,12 +27,13 @@ import torch.nn as nn
 from compress.config import RecipeConfig, option
 from compress.context import Context
 from compress.errors import UserError
+from compress.footprint import ModelFacts, Need
 from compress.quant import bnb as bnb_q
 from compress.quant.layers import select_targets
 from compress.quant.report import record
 from compress.registry import register_recipe
 from compress.stats import parameter_counts
-from compress.traits import Traits, config_memory
+from compress.traits import Traits
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,25 @@ class QLoRAConfig(RecipeConfig):
                         "NF4 base and merge in fp32", choices=("nf4", "fp32"))
 
 
+def qlora_memory(config: QLoRAConfig, facts: ModelFacts) -> Need:
+    """The 4-bit reload (as bnb-4bit: the serialised copy, the file's pages and the new
+    model), then LoRA training on the 4-bit base beside the original model: adapters,
+    their optimizer and inputs, the saved activations, logits and loss, one weight
+    dequantized at a time, and for a causal LM the training split tokenized as one
+    text."""
+    from compress.footprint import finetune_parts
+    from compress.recipes.bnb import BNB_HINT, reload_parts
+
+    reload = reload_parts(facts, 4)
+    train = finetune_parts(facts, steps=config.steps, method="lora", batch=config.batch_size,
+                           seq=config.seq_len, lora_r=config.lora_r)
+    train["the quantized model"] = reload["the quantized model"]
+    train["dequantized weight"] = 2 * facts.largest_linear() * 4
+    return Need.peak(Need(reload, BNB_HINT),
+                     Need(train, f"use a smaller batch_size or seq_len (seq_len="
+                                 f"{max(8, config.seq_len // 2)}), or fewer lora_r"))
+
+
 # merge=nf4 leaves bitsandbytes 4-bit layers (a runtime format); merge=fp32 plain fp32
 @register_recipe(
     "qlora", QLoRAConfig, family="quantization", knobs=(),
@@ -60,7 +80,7 @@ class QLoRAConfig(RecipeConfig):
         runtime_format=lambda c: getattr(c, "merge", "nf4") == "nf4",
         zeros_note="the merged low-rank update is dense",
     ),
-    formats=(), memory=config_memory,
+    formats=(), memory=qlora_memory,
 )
 def qlora(model: nn.Module, config: QLoRAConfig, context: Context) -> nn.Module:
     """4-bit NF4 base plus LoRA (peft) trained on the training split, merged."""

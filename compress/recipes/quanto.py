@@ -21,6 +21,7 @@ import torch.nn as nn
 
 from compress.config import RecipeConfig, option
 from compress.context import Context
+from compress.footprint import F32, ModelFacts, Need, forward_bytes
 from compress.quant import calib
 from compress.quant import quanto as quanto_q
 from compress.quant.layers import select_targets
@@ -28,7 +29,7 @@ from compress.quant.modules import conv1d_to_linear, state_counts
 from compress.quant.report import device_of, record
 from compress.registry import register_recipe
 from compress.stats import parameter_counts
-from compress.traits import Traits, config_memory
+from compress.traits import Traits
 
 
 @dataclass(frozen=True)
@@ -43,10 +44,25 @@ class QuantoConfig(RecipeConfig):
     include_head: bool = option(False, "also quantize the LM head")
 
 
+def quanto_memory(config: QuantoConfig, facts: ModelFacts) -> Need:
+    """The quantized weights made beside the float ones (one byte per int8 weight, half
+    for int4, plus scales), two weight-sized temporaries of the largest linear; int8
+    activations add whole-model calibration forwards (batches of 8, logits included)."""
+    per_weight = 1.0 if config.weights == "int8" else 0.5
+    parts = {"quantized weights": int(facts.linear_bytes / max(facts.elem, 1) * per_weight),
+             "quantizing the largest linear": 2 * facts.largest_linear() * F32}
+    if config.activations != "none":
+        b = min(8, config.nsamples)
+        parts["calibration forward"] = forward_bytes(facts, b, config.seq_len)
+    hint = (f"use fewer or shorter calibration texts (nsamples={max(1, config.nsamples // 4)}, "
+            "seq_len) or activations=none")
+    return Need(parts, hint)
+
+
 @register_recipe(
     "quanto", QuantoConfig, family="quantization", knobs=(),
     traits=Traits(runtime_format=True, calibrates=lambda c: c.activations != "none"),
-    formats=(quanto_q.FORMAT.name,), memory=config_memory,
+    formats=(quanto_q.FORMAT.name,), memory=quanto_memory,
 )
 def quanto(model: nn.Module, config: QuantoConfig, context: Context) -> nn.Module:
     """optimum-quanto int8/int4 weights, optional int8 activations after calibration."""

@@ -26,6 +26,7 @@ import torch.nn as nn
 from compress.config import RecipeConfig, option
 from compress.context import Context
 from compress.errors import UserError
+from compress.footprint import F32, ModelFacts, Need, forward_bytes
 from compress.quant import calib
 from compress.quant.layers import (
     outlier_columns_by_activation,
@@ -37,7 +38,7 @@ from compress.quant.packing import model_size_summary
 from compress.quant.report import device_of, record
 from compress.quant.rtn import GRANULARITIES, SCHEMES, QuantSpec, weight_matrix
 from compress.registry import register_recipe
-from compress.traits import Knob, Traits, config_memory
+from compress.traits import Knob, Traits
 
 
 @dataclass(frozen=True)
@@ -67,13 +68,27 @@ class RTNConfig(RecipeConfig):
         return QuantSpec(self.bits, self.scheme, self.granularity, self.group_size)
 
 
+def rtn_memory(config: RTNConfig, facts: ModelFacts) -> Need:
+    """Rounding works layer by layer (a few weight-sized temporaries of the largest
+    linear); ``outlier_threshold`` adds whole-model calibration forwards (batches of 8,
+    logits included) with the hooks' |x| copies."""
+    parts = {"rounding the largest linear": 4 * facts.largest_linear() * F32}
+    if config.outlier_threshold is not None:
+        b = min(8, config.nsamples)
+        parts["calibration forward"] = (forward_bytes(facts, b, config.seq_len)
+                                        + b * config.seq_len * facts.widest_in() * F32)
+    hint = (f"use fewer or shorter calibration texts (nsamples={max(1, config.nsamples // 4)}, "
+            "seq_len) or outlier_fraction instead of outlier_threshold (no calibration)")
+    return Need(parts, hint)
+
+
 # symmetric and asymmetric grids both represent 0.0 exactly (the zero point is an
 # integer, compress.quant.rtn), so rounding keeps every zero a zero.
 @register_recipe(
     "rtn", RTNConfig, family="quantization",
     knobs=(Knob("bits", "down", values=(8, 6, 5, 4, 3, 2)),),
     traits=Traits(calibrates=lambda c: c.outlier_threshold is not None),
-    formats=(), memory=config_memory,
+    formats=(), memory=rtn_memory,
 )
 def rtn(model: nn.Module, config: RTNConfig, context: Context) -> nn.Module:
     """Round-to-nearest weight quantization at 2-8 bits, simulated in float."""

@@ -24,6 +24,18 @@ import torch.nn as nn
 from compress.config import option
 from compress.context import Context
 from compress.errors import UserError
+from compress.footprint import (
+    F32,
+    FINETUNE_HINT,
+    ModelFacts,
+    Need,
+    forward_bytes,
+    hidden_states_bytes,
+    joined_text_bytes,
+    logits_bytes,
+    recovery_need,
+    saved_activation_bytes,
+)
 from compress.pruning.calibration import make_batches
 from compress.pruning.config import RecoveryConfig
 from compress.pruning.importance import (
@@ -46,7 +58,7 @@ from compress.pruning.surgery import (
 )
 from compress.registry import register_recipe
 from compress.stats import parameter_counts
-from compress.traits import Knob, Traits, config_memory
+from compress.traits import Knob, Traits
 
 
 @dataclass(frozen=True)
@@ -127,11 +139,37 @@ def _sizes(model: nn.Module, gqa: str) -> tuple[dict[str, int], dict[str, int], 
     return ffn, units, geometry
 
 
+def structured_memory(config: StructuredConfig, facts: ModelFacts) -> Need:
+    """Scoring: activation importance runs whole-model forwards on a calibration batch
+    (logits included) with squared copies of the watched inputs; taylor adds a backward
+    (the block linears' gradients, saved activations, the loss's logits copies); a causal
+    LM's calibration text is tokenized as one text. Removal copies the removed columns
+    aside to check the result. Then recovery fine-tuning, if any."""
+    n, t = config.nsamples, config.seq_len
+    b = min(config.calib_batch_size, n)
+    parts: dict[str, int] = {}
+    if config.importance != "magnitude" and facts.causal:
+        parts["tokenized calibration text"] = joined_text_bytes(facts.data.calibration_chars)
+    if config.importance == "activation":
+        parts["calibration forward"] = (forward_bytes(facts, b, t)
+                                        + 2 * b * t * facts.widest_in() * F32)
+    elif config.importance == "taylor":
+        parts["gradients of the block linears"] = facts.linear_bytes
+        parts["calibration forward and backward"] = (
+            saved_activation_bytes(facts, b, t) + hidden_states_bytes(facts, b * t, 4)
+            + logits_bytes(facts, b, t, 4))
+    parts["removed columns kept to check the result"] = int(
+        (config.ffn_ratio + config.heads_ratio) * facts.linear_bytes / 4)
+    hint = (f"use fewer or shorter calibration sequences (calib_batch_size={max(1, b // 4)}, "
+            "seq_len) or importance=magnitude (no calibration)")
+    return Need.peak(Need(parts, hint), recovery_need(config, facts, FINETUNE_HINT))
+
+
 @register_recipe(
     "structured", StructuredConfig, family="pruning",
     knobs=(Knob("ffn_ratio", "up", 0.05, 0.95, 0.05),),
     traits=Traits(calibrates=lambda c: c.importance != "magnitude", widths=structured_widths),
-    formats=(FORMAT_NAME,), memory=config_memory,
+    formats=(FORMAT_NAME,), memory=structured_memory,
 )
 def structured(model: nn.Module, config: StructuredConfig, context: Context) -> nn.Module:
     """Remove the least important FFN neurons and attention heads from every block."""

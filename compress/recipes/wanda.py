@@ -20,13 +20,23 @@ import torch.nn as nn
 from compress.config import option
 from compress.context import Context
 from compress.errors import UserError
+from compress.footprint import (
+    F32,
+    FINETUNE_HINT,
+    ModelFacts,
+    Need,
+    block_forward_bytes,
+    hidden_states_bytes,
+    joined_text_bytes,
+    recovery_need,
+)
 from compress.pruning.config import UnstructuredConfig
 from compress.pruning.recovery import run_with_recovery, task_for
 from compress.pruning.sparse_format import NAME as SPARSE_FORMAT
 from compress.pruning.targets import select_targets
 from compress.pruning.unstructured import plan, record_sparsity, wanda_step
 from compress.registry import register_recipe
-from compress.traits import Knob, Traits, config_memory, nm_divides, pattern_sparsity
+from compress.traits import Knob, Traits, nm_divides, pattern_sparsity
 
 
 @dataclass(frozen=True)
@@ -46,11 +56,30 @@ class WandaConfig(UnstructuredConfig):
                             "activations); prune them with the magnitude recipe")
 
 
+def wanda_memory(config: WandaConfig, facts: ModelFacts) -> Need:
+    """Calibration block by block: one stack's hidden states (plus the batch a block
+    replaces), one block's forward on a batch with the hooks' squared copies of the widest
+    input, the per-batch masks; a causal LM's calibration text tokenized as one text.
+    Then recovery fine-tuning, if any."""
+    n, t = config.nsamples, config.seq_len
+    b = min(config.calib_batch_size, n)
+    parts = {
+        "calibration hidden states": hidden_states_bytes(facts, (n + b) * t),
+        "one block's forward": block_forward_bytes(facts, b, t)
+        + 2 * b * t * facts.widest_in() * F32 + (0 if facts.causal else n * t * t),
+    }
+    if facts.causal:
+        parts["tokenized calibration text"] = joined_text_bytes(facts.data.calibration_chars)
+    hint = (f"use fewer calibration samples (nsamples={max(1, n // 4)}) or a shorter seq_len, "
+            "or magnitude pruning (no calibration)")
+    return Need.peak(Need(parts, hint), recovery_need(config, facts, FINETUNE_HINT))
+
+
 @register_recipe(
     "wanda", WandaConfig, family="pruning",
     knobs=(Knob("sparsity", "up", 0.01, 0.99, 0.01, fixed_by=("pattern",)),),
     traits=Traits(calibrates=True, sparsity=pattern_sparsity, divides=nm_divides),
-    formats=(SPARSE_FORMAT,), memory=config_memory,
+    formats=(SPARSE_FORMAT,), memory=wanda_memory,
 )
 def wanda(model: nn.Module, config: WandaConfig, context: Context) -> nn.Module:
     """Set the weights with the smallest |weight| x input-norm scores to zero."""
