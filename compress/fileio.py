@@ -4,6 +4,10 @@ A process killed mid-write leaves either the old complete file (or folder) or th
 new complete one, never a truncated one. Temporary names start with ``.tmp-`` so
 readers skip them and the next run can clean them up.
 
+A write that fails because the disk is full (``ENOSPC``/``EDQUOT``, also when raised
+by a library such as safetensors as its own error) removes its temporary and raises
+:class:`DiskFull`, one line saying so; the previous file or folder is untouched.
+
 Replacing an existing folder is one atomic swap on Linux (``renameat2`` with
 ``RENAME_EXCHANGE``). Elsewhere it takes two renames (old folder aside, new one in);
 a process killed between them leaves the old folder under ``.tmp-<name>.old``, and
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import json
 import os
 import shutil
@@ -24,22 +29,65 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from compress.errors import UserError
+
 TMP_PREFIX = ".tmp-"
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+_FULL_TEXT = ("no space left on device", "disk quota exceeded", "storagefull", "os error 28",
+              "os error 122")
+
+
+class DiskFull(UserError):
+    """A write failed because the disk (or quota) is full; nothing half-written is left."""
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for ``ENOSPC``/``EDQUOT``, also wrapped by a library (safetensors reports
+    ``No space left on device (os error 28)`` as its own error type)."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, OSError) and exc.errno in _FULL:
+            return True
+        if any(t in str(exc).lower() for t in _FULL_TEXT):
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
+
+
+def disk_full(path: str | os.PathLike) -> DiskFull:
+    """The one-line error for a full disk while writing ``path``."""
+    path = Path(path)
+    try:
+        free = shutil.disk_usage(path.parent if path.parent.exists() else ".").free
+        room = f"{free / 2**20:.1f} MiB free"
+    except OSError:
+        room = "free space unknown"
+    return DiskFull(f"disk full while writing {path} ({room}); the previous version is intact "
+                    "and no temporary file is left; free space and run again")
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full(path) from None
+        raise
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if is_disk_full(exc):
+            raise disk_full(path) from None
         raise
     return path
 
@@ -101,13 +149,20 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     ...     model.save_pretrained(tmp)
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    restore_interrupted_dir(path)
-    tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        restore_interrupted_dir(path)
+        tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent))
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full(path) from None
+        raise
     try:
         yield tmp
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_full(exc):
+            raise disk_full(path) from None
         raise
     if path.is_dir() and _exchange(tmp, path):
         shutil.rmtree(tmp, ignore_errors=True)  # ``tmp`` now holds the old folder

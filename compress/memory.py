@@ -14,30 +14,17 @@ the model goes there).
 
 from __future__ import annotations
 
-import json
 import os
-import struct
 from pathlib import Path
 
 from compress.errors import UserError
+from compress.safety import DTYPE_BYTES  # re-exported: where callers have looked for it
+from compress.safety import safetensors_header as safetensors_header
 
-DTYPE_BYTES = {
-    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
-    "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1,
-}
 #: headroom on top of an estimate: allocator slack, Python objects, temporary copies.
 SAFETY = 1.15
 #: environment variable to override the available memory (tests, containers with odd limits).
 AVAILABLE_ENV = "COMPRESS_AVAILABLE_MEMORY"
-
-
-def safetensors_header(path: Path) -> dict:
-    """Parse a safetensors file's JSON header without reading tensors."""
-    with open(path, "rb") as fh:
-        (n,) = struct.unpack("<Q", fh.read(8))
-        if n > 100_000_000:
-            raise UserError(f"{path} is not a valid safetensors file (header of {n} bytes)")
-        return json.loads(fh.read(n))
 
 
 def checkpoint_numel(folder: str | os.PathLike) -> tuple[int, int]:

@@ -24,7 +24,7 @@ import transformers as tf
 from compress import zoo
 from compress.errors import UserError
 from compress.memory import estimate_load_bytes, require_memory
-from compress.safety import check_weights_safe
+from compress.safety import check_remote_code, check_weight_files, check_weights_safe
 from compress.tasks import TASKS as TASKS  # re-exported: where callers have looked for it
 from compress.tasks import check_task
 
@@ -146,6 +146,94 @@ def resolve_path(name: str) -> tuple[str, str]:
     return f"hub:{name}", zoo.HUB_ALIASES.get(name, name)
 
 
+#: layer counts above this are sized by extrapolation (a model with 1 and 2 blocks per
+#: stack, built on the meta device) instead of building every block's modules.
+EXTRAPOLATE_LAYERS = 64
+
+
+def _meta_params(config: Any, task: str) -> int:
+    """Parameters of the model ``config`` describes, built on the meta device (no storage)."""
+    with torch.device("meta"):
+        model = build_skeleton(config, task=task)
+    seen: set[int] = set()
+    total = 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    return total
+
+
+def config_param_count(config: Any, task: str) -> int:
+    """Parameters of the model a config describes, without allocating any weight.
+
+    The model is built on the meta device. A config declaring more than
+    ``EXTRAPOLATE_LAYERS`` blocks per stack is sized from models of 1 and 2 blocks
+    (parameters grow linearly with depth), so an absurd depth costs no time either.
+    Whatever the config makes the model's constructor fail on is a one-line error.
+    """
+    import copy
+    import re
+
+    from compress.arch.confignames import attrs_of
+
+    depth_name = re.compile(r"(^|_)(layers?|n_layer|num_layers|depth|blocks?)$")
+
+    def build(cfg: Any) -> int:
+        try:
+            return _meta_params(cfg, task)
+        except UserError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any constructor failure: the config is bad
+            raise UserError(
+                f"config.json describes a {getattr(cfg, 'model_type', '?')} model that cannot "
+                f"be built ({type(exc).__name__}: {str(exc).splitlines()[0][:140] if str(exc) else ''})"
+            ) from None
+
+    deep = {
+        name: v for name, v in attrs_of(config).items()
+        if isinstance(v, int) and not isinstance(v, bool) and v > EXTRAPOLATE_LAYERS
+        and depth_name.search(name.lower())
+    }
+    if not deep:
+        return build(config)
+
+    def with_layers(n: int, only: str | None = None) -> Any:
+        # per-layer lists (layer_types) stay as long as they are: the blocks built index them
+        cfg = copy.deepcopy(config)
+        for name in deep:
+            setattr(cfg, name, n if only in (None, name) else 1)
+        return cfg
+
+    one = build(with_layers(1))
+    total = one
+    for name, depth in deep.items():
+        per_block = build(with_layers(2, name)) - one
+        total += per_block * (depth - 1)
+    return total
+
+
+def _read_config(path: str, name: str, source: str, trust_remote_code: bool) -> Any:
+    """The model's config, every way it can fail as one line."""
+    try:
+        return tf.AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        if source.startswith("hub:"):
+            raise UserError(
+                f"cannot load model {name!r} from the hub ({str(exc).splitlines()[0]}); "
+                "offline, use a zoo model (smollm2-135m, minilm-l6, minilm-l6-sentiment, "
+                "bert2bert-punct) or a local folder"
+            ) from None
+        raise UserError(f"cannot load model {name!r}: {str(exc).splitlines()[0]}") from None
+    except Exception as exc:  # noqa: BLE001 - malformed JSON, wrong types, unknown model types
+        first = str(exc).splitlines()[0][:160] if str(exc) else ""
+        if "trust_remote_code" in str(exc):
+            raise UserError(f"{name}: the config asks for the folder's own Python code; pass "
+                            "--trust-remote-code to run it (only for code you trust)") from None
+        raise UserError(f"{name}: config.json cannot be read ({type(exc).__name__}: {first})"
+                        ) from None
+
+
 def load_model(
     name: str,
     task: str | None = None,
@@ -155,29 +243,31 @@ def load_model(
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
 ) -> Loaded:
-    """Load ``name`` (zoo name, folder or hub id) with its tokenizer and task."""
+    """Load ``name`` (zoo name, folder or hub id) with its tokenizer and task.
+
+    Before any weight is allocated: a folder carrying its own Python code is refused
+    unless ``trust_remote_code``; pickle-only weights unless ``allow_pickle``; every
+    safetensors file's header is checked against its size (and the suite's checksums,
+    where it saved the folder); the checkpoint's size and the parameter count the config
+    describes (the model built on the meta device) are checked against free memory.
+    """
     source, path = resolve_path(name)
+    per_param = torch.tensor([], dtype=dtype or torch.float32).element_size()
+    hint = ("pass --device-map auto to spread it over devices and disk, or load it in a "
+            "smaller dtype")
     if source.startswith("local:") or source.startswith("zoo:"):
-        check_weights_safe(Path(path), allow_pickle=allow_pickle)
+        folder = Path(path)
+        check_remote_code(folder, trust_remote_code)
+        check_weights_safe(folder, allow_pickle=allow_pickle)
+        check_weight_files(folder)
         if device_map is None:
-            per_param = torch.tensor([], dtype=dtype or torch.float32).element_size()
-            require_memory(
-                estimate_load_bytes(path, per_param),
-                f"loading {name}",
-                "pass --device-map auto to spread it over devices and disk, or load it in a "
-                "smaller dtype",
-            )
-    try:
-        config = tf.AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except OSError as exc:
-        if source.startswith("hub:"):
-            raise UserError(
-                f"cannot load model {name!r} from the hub ({str(exc).splitlines()[0]}); "
-                "offline, use a zoo model (smollm2-135m, minilm-l6, minilm-l6-sentiment, "
-                "bert2bert-punct) or a local folder"
-            ) from None
-        raise UserError(f"cannot load model {name!r}: {str(exc).splitlines()[0]}") from None
+            require_memory(estimate_load_bytes(path, per_param), f"loading {name}", hint)
+    config = _read_config(path, name, source, trust_remote_code)
     task = check_task(task or task_of(config))
+    if device_map is None and not trust_remote_code:
+        n = config_param_count(config, task)
+        require_memory(n * per_param, f"loading {name} (its config describes {n:,} "
+                       "parameters)", hint)
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if not allow_pickle:
         kwargs["use_safetensors"] = True
@@ -185,10 +275,40 @@ def load_model(
         kwargs["dtype"] = dtype
     if device_map is not None:
         kwargs["device_map"] = device_map
-    model = AUTO_CLASSES[task].from_pretrained(path, **kwargs)
+    try:
+        model, info = AUTO_CLASSES[task].from_pretrained(path, output_loading_info=True,
+                                                         **kwargs)
+    except (UserError, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - a checkpoint that does not fit its config
+        if allow_pickle and "weights_only" in str(exc).lower():
+            raise
+        first = str(exc).splitlines()[0][:160] if str(exc) else ""
+        raise UserError(f"cannot load the weights of {name} ({type(exc).__name__}: {first})"
+                        ) from None
+    _check_loading_info(name, info)
     model.eval()
-    tokenizer = tf.AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    try:
+        tokenizer = tf.AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except Exception as exc:  # noqa: BLE001 - corrupt or foreign tokenizer files
+        first = str(exc).splitlines()[0][:160] if str(exc) else ""
+        raise UserError(f"{name}: the tokenizer cannot be loaded ({type(exc).__name__}: "
+                        f"{first})") from None
     return Loaded(model, tokenizer, task, source, path)
+
+
+def _check_loading_info(name: str, info: dict[str, Any]) -> None:
+    """A checkpoint whose tensor names do not match the model's (a renamed tensor: a bit
+    flipped in a name, or weights of another model) would leave weights randomly
+    initialised; refuse it in one line."""
+    missing = sorted(info.get("missing_keys") or [])
+    unexpected = sorted(info.get("unexpected_keys") or [])
+    if missing and unexpected:
+        raise UserError(
+            f"{name}: the checkpoint holds {unexpected[0]!r} ({len(unexpected)} unexpected "
+            f"tensor(s)) but not {missing[0]!r} ({len(missing)} missing): the file is corrupt "
+            "or belongs to another model"
+        )
 
 
 def input_device(model: nn.Module) -> torch.device:

@@ -9,7 +9,10 @@ format, and :func:`load_compressed` (the documented loader) dispatches on it; a 
 without that file is an ordinary Hugging Face folder. When several formats apply to a
 model, the one with the highest ``priority`` wins (default 0; ties: registration order).
 
-Formats are safetensors plus JSON, never pickle.
+Formats are safetensors plus JSON, never pickle. Every saved folder carries
+``compress_checksums.json`` (sha256 of each tensor and file); :func:`load_compressed`
+checks headers, sizes and checksums before reading a weight, so a truncated file or a
+flipped bit is one line naming the file and the tensor (:mod:`compress.safety`).
 
 >>> save_model(model, tokenizer, "out/m")          # doctest: +SKIP
 >>> model = load_compressed("out/m")               # doctest: +SKIP
@@ -27,6 +30,7 @@ import torch.nn as nn
 
 from compress.errors import UserError, did_you_mean
 from compress.fileio import atomic_dir, atomic_write_json
+from compress.safety import check_weight_files, write_checksums
 
 FORMAT_FILE = "compress_format.json"
 
@@ -82,6 +86,7 @@ def save_model(
             atomic_write_json(tmp / FORMAT_FILE, {"format": chosen.name, "version": 1})
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        write_checksums(tmp)
     return out
 
 
@@ -90,6 +95,7 @@ def load_compressed(folder: str | Path, **from_pretrained_kwargs: Any) -> nn.Mod
     folder = Path(folder)
     marker = folder / FORMAT_FILE
     if marker.exists():
+        check_weight_files(folder)  # a plain folder is checked by load_model
         try:
             name = json.loads(marker.read_text())["format"]
         except (ValueError, KeyError) as exc:
