@@ -210,9 +210,9 @@ def test_config_larger_than_memory_is_refused_before_allocating(llama_dir, chang
 
 
 def test_config_that_fits_only_when_memory_allows(llama_dir, monkeypatch):
-    from compress.models import config_param_count
-
     import transformers as tf
+
+    from compress.models import config_param_count
 
     n = config_param_count(tf.AutoConfig.from_pretrained(llama_dir), "causal-lm")
     model, _ = tiny_model("llama")
@@ -378,9 +378,8 @@ class _HalfWriter:
 
 
 def test_disk_full_during_a_report_write_keeps_the_previous_report(tmp_path, monkeypatch):
-    from eval.report import Report, read_reports
-
     import compress.fileio as fileio
+    from eval.report import Report, read_reports
 
     report = Report(model={"name": "m", "task": "causal-lm"}, pipeline=[], quick=True,
                     status="ok")
