@@ -28,6 +28,8 @@ from typing import Any
 
 import torch.nn as nn
 
+from compress.memory import fmt_bytes  # re-exported: the estimates' messages use it
+
 #: bytes of a float32 (what calibration statistics, activations and optimizer state use).
 F32 = 4
 
@@ -287,13 +289,6 @@ class Need:
         """The largest parts, e.g. "Hessians 1.2 GiB, calibration hidden states 0.3 GiB"."""
         parts = sorted(((v, k) for k, v in self.parts.items() if v > 0), reverse=True)
         return ", ".join(f"{k} {fmt_bytes(v)}" for v, k in parts[:top])
-
-
-def fmt_bytes(n: float) -> str:
-    """``1.2 GiB``, ``340 MiB``."""
-    if n >= 2**30:
-        return f"{n / 2**30:.1f} GiB"
-    return f"{n / 2**20:.0f} MiB"
 
 
 def call_estimate(fn: Any, config: Any, facts: ModelFacts) -> Need:

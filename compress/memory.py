@@ -57,10 +57,15 @@ def available_bytes() -> int:
     return int(psutil.virtual_memory().available)
 
 
+def fmt_bytes(n: float) -> str:
+    """``1.2 GiB``, ``340 MiB``."""
+    if n >= 2**30:
+        return f"{n / 2**30:.1f} GiB"
+    return f"{n / 2**20:.0f} MiB"
+
+
 def require_memory(needed: int, what: str, hint: str) -> None:
     """Raise a one-line :class:`UserError` if ``needed`` bytes (plus headroom) do not fit."""
-    from compress.footprint import fmt_bytes
-
     have = available_bytes()
     if needed * SAFETY > have:
         raise UserError(

@@ -29,6 +29,7 @@ class ProbeConfig(RecipeConfig):
     sleep: float = option(0.0, "seconds to sleep inside the recipe", low=0.0)
     fail: bool = option(False, "raise an error instead of returning the model")
     log: str = option("", "file to append 'level' to when the recipe runs")
+    hold: str = option("", "while this file exists, wait (holds a run open; at most 10 min)")
 
 
 @register_recipe("sweep-probe-test", ProbeConfig, family="test", knobs=(), traits=Traits(),
@@ -41,6 +42,9 @@ def sweep_probe(model: nn.Module, config: ProbeConfig, context: Context) -> nn.M
             fh.flush()
     if config.sleep:
         time.sleep(config.sleep)
+    deadline = time.time() + 600
+    while config.hold and Path(config.hold).exists() and time.time() < deadline:
+        time.sleep(0.05)
     if config.fail:
         raise RuntimeError("sweep-probe failed on purpose")
     return model

@@ -1,9 +1,19 @@
-"""``python -m eval.sweep FILE``: the command line of the sweep (run, dry run, budgets)."""
+"""``python -m eval.sweep FILE``: the command line of the sweep (run, dry run, budgets).
+
+``--workers W`` runs W sweeps of the file at once on this machine (each claims runs as
+it goes, :mod:`eval.sweep.claims`), then finishes with the budget search and tables;
+``--shard K/N`` runs only the K-th of N deterministic, disjoint shares of the runs, so a
+Slurm array or a Ray job runs one sweep across machines on a shared reports folder.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 from rich import box
@@ -13,7 +23,15 @@ from rich.table import Table
 from compress.errors import UserError
 from eval.budget import family_of, parse_budget, pick, rich_table
 from eval.report import read_reports
-from eval.sweep.runner import Estimator, existing_reports, fmt_seconds, run_sweep, same_threads
+from eval.sweep.claims import held_elsewhere, parse_shard
+from eval.sweep.runner import (
+    Estimator,
+    existing_reports,
+    fmt_seconds,
+    run_sweep,
+    same_threads,
+    shard_jobs,
+)
 from eval.sweep.spec import Sweep, load_sweep
 
 log = logging.getLogger(__name__)
@@ -77,6 +95,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="extra runs per model, family and budget to find a setting that "
         "meets the budget (default: the file's search_runs)",
     )
+    parser.add_argument(
+        "--shard",
+        default=None,
+        metavar="K/N",
+        help="run only the K-th of N disjoint shares of the runs (by run key), e.g. one "
+        "task of a Slurm array (--shard $((SLURM_ARRAY_TASK_ID+1))/$SLURM_ARRAY_TASK_COUNT); "
+        "shards may share one reports folder",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="run W sweep processes at once on this machine, each claiming runs as it goes "
+        "(mind threads x workers <= CPU cores); default 1",
+    )
+    parser.add_argument("--no-search", action="store_true", help=argparse.SUPPRESS)
     return parser
 
 
@@ -86,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError("--threads must be at least 1")
     if args.search_runs is not None and args.search_runs < 0:
         raise UserError("--search-runs must be at least 0")
+    if args.workers < 1:
+        raise UserError("--workers must be at least 1")
+    shard = parse_shard(args.shard) if args.shard is not None else None
     sweep = load_sweep(
         args.file,
         quick=True if args.quick else None,
@@ -98,12 +135,22 @@ def main(argv: list[str] | None = None) -> int:
         sweep.budgets = [parse_budget(b) for b in args.budget]
     if args.search_runs is not None:
         sweep.search_runs = args.search_runs
+    sweep.shard = shard
+    sweep.no_search = args.no_search
 
     console = Console(stderr=True)
     if args.dry_run:
         return _dry_run(sweep, console, retry_failed=not args.no_retry_failed)
-    outcome = run_sweep(sweep, retry_failed=not args.no_retry_failed, console=console)
-    failed = outcome.count("failed")
+    if args.workers > 1:
+        failed_workers = _run_workers(argv if argv is not None else sys.argv[1:], args.workers,
+                                      console)
+        if failed_workers:
+            console.print(f"{failed_workers} of {args.workers} workers failed; finishing what "
+                          "they left here")
+    # after workers, failed runs were retried by them already: report them, do not rerun
+    retry = not args.no_retry_failed and args.workers == 1
+    outcome = run_sweep(sweep, retry_failed=retry, console=console)
+    failed = outcome.count("failed") + (outcome.count("skipped-failed") if args.workers > 1 else 0)
     console.print(
         f"sweep {sweep.name}: ran {outcome.ran} in {fmt_seconds(outcome.seconds)}, "
         f"{outcome.count('skipped-ok', 'skipped-failed')} skipped (done before), "
@@ -121,6 +168,45 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
+def _worker_argv(argv: list[str]) -> list[str]:
+    """The command line of one worker: the same, without --workers, and no search."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == "--workers":
+            skip = True
+            continue
+        if a.startswith("--workers="):
+            continue
+        out.append(a)
+    return [*out, "--no-search"]
+
+
+def _run_workers(argv: list[str], workers: int, console: Console) -> int:
+    """Run ``workers`` sweep processes of the same command line; returns how many failed.
+
+    They share the reports folder and claim runs one by one, so each run happens once.
+    Ctrl-C stops them all (each leaves its finished reports; unfinished runs rerun later).
+    """
+    cmd = [sys.executable, "-m", "eval.sweep", *_worker_argv(argv)]
+    console.print(f"starting {workers} workers: {' '.join(cmd[1:])}")
+    procs = [subprocess.Popen(cmd, env=os.environ | {"COMPRESS_SWEEP_WORKER": str(i + 1)})
+             for i in range(workers)]
+    try:
+        codes = [p.wait() for p in procs]
+    except KeyboardInterrupt:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        for p in procs:
+            p.wait()
+        raise
+    # 1: some runs failed (their reports say so); anything else: the worker itself failed
+    return sum(1 for c in codes if c not in (0, 1))
+
+
 def _dry_run(sweep: Sweep, console: Console, retry_failed: bool) -> int:
     done = existing_reports(sweep.reports)
     estimate = Estimator(done.values())
@@ -131,9 +217,14 @@ def _dry_run(sweep: Sweep, console: Console, retry_failed: bool) -> int:
         table.add_column(col, justify="right" if col in ("#", "estimate") else "left")
     total = 0.0
     guessed = 0
+    mine = {j.key for j in shard_jobs(sweep.jobs, sweep.shard)}
     for i, job in enumerate(sweep.jobs, 1):
+        if job.key not in mine:
+            continue
         prior = done.get(job.key)
         state = "to run" if prior is None else prior["status"]
+        if prior is None and held_elsewhere(sweep.reports, job.key):
+            state = "running elsewhere"
         will_run = prior is None or (prior["status"] != "ok" and retry_failed)
         if prior is not None and prior["status"] == "ok" and not same_threads(prior, sweep.threads):
             state, will_run = "ok, other threads: rerun", True

@@ -5,6 +5,12 @@ says ``ok`` (and was measured with the sweep's thread count) and retries failed 
 unless told not to. Reports are written atomically at the end of each run, so an
 interrupted sweep resumes where it stopped. ``reports/sweeps/<name>.json`` (the
 manifest) lists the sweep's runs, their keys and state.
+
+Several sweeps may share one reports folder (``--workers``, ``--shard``, or two people
+at once): each run is claimed with a lock first (:mod:`eval.sweep.claims`); a run
+claimed elsewhere is left to its holder and waited for at the end, and a run whose
+report appeared since the sweep started is not run again. The manifest is merged
+under a lock from what every sweep has finished.
 """
 
 from __future__ import annotations
@@ -31,9 +37,10 @@ from rich.text import Text
 from compress.errors import UserError
 from compress.fileio import TMP_PREFIX, atomic_write_json
 from eval.budget import family_of, primary_metric
-from eval.report import Report, read_reports
+from eval.report import Report, read_reports, validate_report
 from eval.run import run_pipeline
 from eval.sweep.checks import check_pipeline, traits_of
+from eval.sweep.claims import folder_lock, held_elsewhere, holder, shard_of, try_claim, wait_claim
 from eval.sweep.search import run_searches
 from eval.sweep.spec import MANIFESTS, Job, Sweep, model_config_loader
 
@@ -49,6 +56,20 @@ def existing_reports(folder: Path) -> dict[str, dict[str, Any]]:
         if key and (key not in out or r.get("created", "") >= out[key].get("created", "")):
             out[key] = r
     return out
+
+
+def report_on_disk(folder: Path, key: str) -> dict[str, Any] | None:
+    """The report of run ``key`` as it is on disk now (written by any sweep), or None."""
+    import json
+
+    for path in sorted(Path(folder).glob(f"*__{key}.json")):
+        try:
+            data = validate_report(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError):
+            continue
+        if data.get("key") == key:
+            return dict(data, _path=str(path))
+    return None
 
 
 def same_threads(report: dict[str, Any], threads: int | None) -> bool:
@@ -139,6 +160,9 @@ class Runner:
         self.retry_failed = retry_failed
         self.run_fn = run_fn
         self.done = existing_reports(sweep.reports)
+        #: when each report found at the start was written: one written later was
+        #: written by another sweep sharing the folder, and is not redone here.
+        self.seen = {k: r.get("created") for k, r in self.done.items()}
         self.estimate = Estimator(self.done.values())
         self.outcome = Outcome()
         self.jobs: list[Job] = list(sweep.jobs)  # every job of the sweep, search runs included
@@ -182,44 +206,81 @@ class Runner:
             transient=True,
         )
 
+    def _skip(self, job: Job, prior: dict[str, Any]) -> None:
+        self.outcome.status[job.key] = f"skipped-{prior['status']}"
+        self.outcome.paths[job.key] = prior.get("_path", "")
+
+    def done_elsewhere(self, job: Job) -> bool:
+        """After claiming ``job``: True (and recorded as skipped) when its report is now
+        on disk and either was written by another sweep since this one started or says
+        the job needs no run."""
+        prior = report_on_disk(self.sweep.reports, job.key)
+        if prior is None:
+            return False
+        fresh = prior.get("created") != self.seen.get(job.key)
+        self.done[job.key] = prior
+        if fresh or not self.needs_run(job):
+            self._skip(job, prior)
+            return True
+        return False
+
     def run_jobs(self, jobs: list[Job], title: str) -> None:
         todo = [j for j in jobs if self.needs_run(j)]
         for j in jobs:
             if j not in todo:
-                prior = self.done[j.key]
-                self.outcome.status[j.key] = f"skipped-{prior['status']}"
-                self.outcome.paths[j.key] = prior.get("_path", "")
+                self._skip(j, self.done[j.key])
         if not todo:
             return
         self.pending = list(todo)
         progress = self._progress()
         with progress:
             overall = progress.add_task(title, total=len(todo), overall=True)
-            for i, job in enumerate(todo, 1):
-                self.pending.remove(job)
-                self.current = (job, time.perf_counter())
-                desc = f"[{i}/{len(todo)}] {job.model} · {job.label}"
-                task = progress.add_task(f"{desc} · starting", total=None, overall=False)
+            deferred: list[Job] = []
+            for job in todo:
+                claim = try_claim(self.sweep.reports, job.key)
+                if claim is None:  # another sweep is running it: come back at the end
+                    deferred.append(job)
+                    continue
+                with claim:
+                    self._claimed(job, progress, overall, len(todo))
+            for job in deferred:
+                who = holder(self.sweep.reports, job.key)
+                progress.console.print(
+                    f"waiting for {job.model} {job.label}, running in another sweep"
+                    + (f" ({who})" if who else ""))
+                with wait_claim(self.sweep.reports, job.key):
+                    self._claimed(job, progress, overall, len(todo))
 
-                def stage(name: str, task=task, desc=desc) -> None:
-                    progress.update(task, description=f"{desc} · {name}")
+    def _claimed(self, job: Job, progress: Progress, overall: Any, total: int) -> None:
+        """Run ``job`` (claimed by this sweep) unless another sweep has done it."""
+        if job in self.pending:
+            self.pending.remove(job)
+        if self.done_elsewhere(job):
+            progress.advance(overall)
+            return
+        i = self.outcome.ran + 1
+        self.current = (job, time.perf_counter())
+        desc = f"[{i}/{total}] {job.model} · {job.label}"
+        task = progress.add_task(f"{desc} · starting", total=None, overall=False)
 
-                path, report = self._run_one(job, stage)
-                self.current = None
-                progress.remove_task(task)
-                progress.advance(overall)
-                self._record(job, path, report)
-                wall = fmt_seconds(report.get("wall_time_s") or 0)
-                if report["status"] == "ok":
-                    progress.console.print(
-                        f"[green]ok[/] [{i}/{len(todo)}] {job.model} {job.label}: "
-                        f"{_summary(report)} ({wall})"
-                    )
-                else:
-                    progress.console.print(
-                        f"[red]failed[/] [{i}/{len(todo)}] {job.model} {job.label}: "
-                        f"{report.get('error')} ({wall})"
-                    )
+        def stage(name: str) -> None:
+            progress.update(task, description=f"{desc} · {name}")
+
+        path, report = self._run_one(job, stage)
+        self.current = None
+        progress.remove_task(task)
+        progress.advance(overall)
+        self._record(job, path, report)
+        wall = fmt_seconds(report.get("wall_time_s") or 0)
+        if report["status"] == "ok":
+            progress.console.print(
+                f"[green]ok[/] [{i}/{total}] {job.model} {job.label}: {_summary(report)} ({wall})"
+            )
+        else:
+            progress.console.print(
+                f"[red]failed[/] [{i}/{total}] {job.model} {job.label}: "
+                f"{report.get('error')} ({wall})"
+            )
 
     def _record(self, job: Job, path: Path, report: dict[str, Any]) -> None:
         report = dict(report, _path=str(path))
@@ -260,7 +321,31 @@ class Runner:
 
 
 def write_manifest(sweep: Sweep, outcome: Outcome, jobs: list[Job]) -> Path:
-    """``reports/sweeps/<name>.json``: which runs the sweep holds, their keys and state."""
+    """``reports/sweeps/<name>.json``: which runs the sweep holds, their keys and state.
+
+    Runs this process did not run take their state from the reports on disk (written by
+    other sweeps sharing the folder), else "running" while another sweep holds their
+    claim, else "pending". Written under a lock, so concurrent sweeps merge, not race.
+    """
+    with folder_lock(sweep.reports, f"manifest-{sweep.name}"):
+        return _write_manifest(sweep, outcome, jobs)
+
+
+def _write_manifest(sweep: Sweep, outcome: Outcome, jobs: list[Job]) -> Path:
+    disk = existing_reports(sweep.reports)
+
+    def state(j: Job) -> str:
+        mine = outcome.status.get(j.key)
+        if mine is not None:
+            return mine
+        if j.key in disk:
+            return str(disk[j.key].get("status"))
+        return "running" if held_elsewhere(sweep.reports, j.key) else "pending"
+
+    def report(j: Job) -> str | None:
+        path = outcome.paths.get(j.key) or (disk.get(j.key) or {}).get("_path", "")
+        return os.path.basename(path) or None
+
     data = {
         "sweep": sweep.name,
         "file": str(sweep.path),
@@ -275,13 +360,22 @@ def write_manifest(sweep: Sweep, outcome: Outcome, jobs: list[Job]) -> Path:
                 "label": j.label,
                 "family": family_of(j.pipeline),
                 "origin": j.origin,
-                "state": outcome.status.get(j.key, "pending"),
-                "report": os.path.basename(outcome.paths.get(j.key, "")) or None,
+                "state": state(j),
+                "report": report(j),
             }
             for j in jobs
         ],
     }
     return atomic_write_json(sweep.reports / MANIFESTS / f"{sweep.name}.json", data)
+
+
+def shard_jobs(jobs: list[Job], shard: tuple[int, int] | None) -> list[Job]:
+    """The jobs of shard ``K/N`` (1-based): those whose run key falls in it
+    (:func:`eval.sweep.claims.shard_of`); all jobs without a shard."""
+    if shard is None:
+        return list(jobs)
+    k, n = shard
+    return [j for j in jobs if shard_of(j.key, n) == k - 1]
 
 
 def _clean_stale_tmp(folder: Path, older_than_s: float = 600) -> None:
@@ -306,21 +400,30 @@ def run_sweep(
     ``run_fn`` defaults to :func:`eval.run.run_pipeline` (tests pass their own).
     """
     console = console or Console(stderr=True)
-    sweep.reports.mkdir(parents=True, exist_ok=True)
+    try:
+        sweep.reports.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the reports folder {sweep.reports} ({exc.strerror})"
+                        ) from None
     _clean_stale_tmp(sweep.reports)
     runner = Runner(sweep, console, retry_failed, run_fn)
-    todo = [j for j in sweep.jobs if runner.needs_run(j)]
+    mine = shard_jobs(sweep.jobs, sweep.shard)
+    todo = [j for j in mine if runner.needs_run(j)]
     est = sum(runner.estimate(j) for j in todo)
+    part = f" (shard {sweep.shard[0]}/{sweep.shard[1]}: {len(mine)} of them)" if sweep.shard else ""
     console.print(
         f"sweep [bold]{sweep.name}[/]: {len(sweep.jobs)} runs on "
-        f"{len({j.model for j in sweep.jobs})} models, "
-        f"{len(sweep.jobs) - len(todo)} done already, {len(todo)} to run"
+        f"{len({j.model for j in sweep.jobs})} models{part}, "
+        f"{len(mine) - len(todo)} done already, {len(todo)} to run"
         + (f" (estimate {fmt_seconds(est)})" if todo else "")
     )
     t0 = time.perf_counter()
-    runner.run_jobs(sweep.jobs, f"sweep {sweep.name}")
-    if sweep.budgets and sweep.search_runs > 0:
+    runner.run_jobs(mine, f"sweep {sweep.name}")
+    if sweep.budgets and sweep.search_runs > 0 and sweep.shard is None and not sweep.no_search:
         run_searches(sweep, runner)
+    elif sweep.budgets and sweep.search_runs > 0 and sweep.shard is not None:
+        console.print("budget search runs are not sharded: once every shard has finished, run "
+                      "the sweep once without --shard (it skips the finished runs and searches)")
     runner.outcome.seconds = time.perf_counter() - t0
     write_manifest(sweep, runner.outcome, runner.jobs)
     return runner.outcome

@@ -100,6 +100,10 @@ class Sweep:
     task: str | None = None
     budgets: list[Budget] = field(default_factory=list)
     search_runs: int = 0
+    #: run only shard K of N of the jobs (``--shard K/N``, 1-based); None: all of them.
+    shard: tuple[int, int] | None = None
+    #: leave the budget search to another process (``--workers`` children).
+    no_search: bool = False
 
 
 def _where(path: Path, *parts: Any) -> str:
