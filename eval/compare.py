@@ -24,6 +24,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from eval.budget import latency_ratio
+from eval.machine import QUIET_OTHER_CORES
 from eval.report import dig, fmt_value, runs_by_model
 
 
@@ -64,6 +66,9 @@ PROFILE_COLUMNS = (
     Column("nonzero", _first(("params_nonzero",)), False, _count),
     Column("lat 1x128", _first(("latency", "1x128", "median_ms")), False, _ms, timing=True),
     Column("lat 8x128", _first(("latency", "8x128", "median_ms")), False, _ms, timing=True),
+    # same-process ratio to dense (eval.paired); 1.00x where its 95% interval contains 1.0
+    Column("x dense 1x128", latency_ratio, False, lambda v: f"{v:.2f}x",
+           timing=True),
     Column(
         "ms/token", _first(("generate", "ms_per_token"), ("ms_per_token",)), False, _ms, timing=True
     ),
@@ -194,7 +199,8 @@ def build_tables(reports: list[dict[str, Any]], columns: list[str] | None = None
         if any(r.get("profile", {}).get("busy_machine") for r in runs) and any(
             c.timing for c in shown
         ):
-            caption += "; * timed on a busy machine (load above 1.5x cores): not comparable"
+            caption += ("; * timed on a busy machine (other processes used more than "
+                        f"{QUIET_OTHER_CORES} cores): not comparable")
         table = Table(title=title, caption=caption, box=box.SIMPLE_HEAVY, title_justify="left")
         table.add_column("run", no_wrap=True)
         table.add_column("status")

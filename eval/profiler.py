@@ -22,11 +22,25 @@
   life); the delta over the RSS at the start; on CUDA, ``torch.cuda.max_memory_allocated``.
 
 Threads: ``threads`` pins ``torch.set_num_threads`` for the measurement; the previous
-count is restored afterwards; the count used is recorded. On a shared machine compare
-methods in alternating rounds within one process and report medians.
+count is restored afterwards; the count used is recorded.
 
->>> report = profile(model, tokenizer, "causal-lm", threads=2, quick=True)   # doctest: +SKIP
->>> report["latency"]["1x128"]["median_ms"]                                 # doctest: +SKIP
+**Speed against dense** (``dense=``, what every ``eval.run`` report uses): a latency from
+one process compared with one from another moves by 30-40% on a shared machine, so the
+profiler times the run against its dense model *in the same process*, in alternating
+rounds after warm-up (:mod:`eval.paired`), per input shape and for generation. Each gets
+``latency_vs_dense[shape]`` / ``generate_vs_dense``: the median per-round ratio
+(model / dense, below 1 = faster) with a 95% bootstrap interval over rounds and a verdict
+(``faster``, ``slower``, or ``no measurable change`` when the interval contains 1.0);
+absolute milliseconds are secondary. Memory is measured first, on the compressed model
+alone (a ``dense`` given as a loader is only loaded after that). ``machine`` records the
+CPU (model, ISA flags: AVX2, AVX-512, VNNI, AMX) and the CPU other processes used while
+timing (:mod:`eval.machine`); ``busy_machine`` is true above
+:data:`eval.machine.QUIET_OTHER_CORES` cores.
+
+>>> report = profile(model, tok, "causal-lm", threads=2, dense=lambda: load_model(name).model)
+...                                                                        # doctest: +SKIP
+>>> report["latency_vs_dense"]["1x128"]["ratio"], report["latency_vs_dense"]["1x128"]["ci95"]
+(0.62, [0.58, 0.66])                                                       # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -49,6 +63,8 @@ import torch.nn as nn
 from compress.errors import UserError, did_you_mean
 from compress.stats import own_counts, parameter_counts
 from eval.benchmark import decoder_start_id, input_device
+from eval.machine import QUIET_OTHER_CORES, OtherCPU, cpu_info, quiet_reading
+from eval.paired import alternate, ratio_interval
 
 __all__ = ["dir_bytes", "memory_bytes", "profile", "weight_bytes"]
 
@@ -263,18 +279,26 @@ def profile(
     warmup: int | None = None,
     repeats: int | None = None,
     gen_repeats: int | None = None,
+    dense: nn.Module | Callable[[], nn.Module] | None = None,
 ) -> dict[str, Any]:
     """Size, latency, throughput and peak memory of ``model`` for ``task``.
 
-    Defaults: ``warmup=3, repeats=10, gen_repeats=3`` (``quick``: 1, 3, 1). Returns a
-    JSON-ready dict: params_total, params_nonzero, bytes_in_memory, bytes_on_disk,
-    bytes_on_disk_weights, peak_rss_bytes, peak_rss_delta_bytes, cuda_max_memory_allocated
-    (CUDA only), latency {"BxL": {median_ms, p90_ms, mean_ms, min_ms, tokens_per_second}},
-    generate (causal-lm / seq2seq: ms_per_token, tokens_per_second, ...), device, dtype,
-    threads, torch and transformers versions, and the settings used.
+    Defaults: ``warmup=3, repeats=10, gen_repeats=5`` (``quick``: 1, 3, 2); with ``dense``
+    these are the alternating rounds. Returns a JSON-ready dict: params_total,
+    params_nonzero, bytes_in_memory, bytes_on_disk, bytes_on_disk_weights, peak_rss_bytes,
+    peak_rss_delta_bytes, cuda_max_memory_allocated (CUDA only), latency {"BxL":
+    {median_ms, p90_ms, mean_ms, min_ms, tokens_per_second}}, generate (causal-lm /
+    seq2seq: ms_per_token, tokens_per_second, ...), with ``dense`` also
+    latency_vs_dense {"BxL": {ratio, ci95, verdict, ...}} and generate_vs_dense; machine
+    (CPU model and ISA flags, other processes' CPU while timing), busy_machine, device,
+    dtype, threads, torch and transformers versions, and the settings used.
 
-    >>> profile(model, tok, "embedding", threads=1, quick=True)["latency"]["8x128"]   # doctest: +SKIP
-    {'median_ms': 41.2, 'p90_ms': 44.0, 'mean_ms': 41.9, 'min_ms': 40.7, 'tokens_per_second': 24854.4}
+    ``dense`` is the uncompressed model (or a callable that loads it, called after the
+    memory measurement so that its weights do not count in the peak).
+
+    >>> r = profile(model, tok, "embedding", threads=1, dense=dense_model)   # doctest: +SKIP
+    >>> r["latency_vs_dense"]["8x128"]                                         # doctest: +SKIP
+    {'ratio': 0.61, 'ci95': [0.57, 0.66], 'verdict': 'faster', 'speedup': 1.64, ...}
     """
     import transformers
 
@@ -282,7 +306,7 @@ def profile(
         raise did_you_mean("task", task, TASKS)
     warmup = (1 if quick else 3) if warmup is None else warmup
     repeats = (3 if quick else 10) if repeats is None else repeats
-    gen_repeats = (1 if quick else 3) if gen_repeats is None else gen_repeats
+    gen_repeats = (2 if quick else 5) if gen_repeats is None else gen_repeats
     if repeats < 1 or gen_repeats < 1 or warmup < 0 or gen_tokens < 1:
         raise UserError("repeats, gen_repeats and gen_tokens must be at least 1, warmup at least 0")
     if threads is not None and threads < 1:
@@ -296,6 +320,7 @@ def profile(
 
     counts = parameter_counts(model)
     device = input_device(model)
+    generates = task in ("causal-lm", "seq2seq")
     result: dict[str, Any] = {
         "task": task,
         "params_total": counts["total"],
@@ -311,7 +336,11 @@ def profile(
         "repeats": repeats,
         "gen_repeats": gen_repeats,
         "peak_rss_method": f"psutil RSS sampled every {RSS_SAMPLE_S * 1000:g} ms "
-        "by a background thread during warm-up and timed runs",
+        "by a background thread during warm-up and timed runs"
+        + (" of the compressed model alone (before the dense model is timed)" if dense is not None
+           else ""),
+        "timing": "paired: alternating rounds against the dense model in this process"
+        if dense is not None else "unpaired: this model alone",
     }
 
     old_threads = torch.get_num_threads()
@@ -325,30 +354,45 @@ def profile(
             torch.cuda.reset_peak_memory_stats(device)
         latency: dict[str, dict[str, float]] = {}
         load_before = _load_average()
+        meter = OtherCPU()
+        inputs = {(b, n): _shape_inputs(model, tokenizer, task, b, n, device) for b, n in shapes}
         with _PeakRSS() as rss, torch.inference_mode():
-            for batch, length in shapes:
-                inputs = _shape_inputs(model, tokenizer, task, batch, length, device)
-                times = _time(lambda inputs=inputs: model(**inputs), device, warmup, repeats)
-                stats = _summary(times)
-                stats["tokens_per_second"] = batch * length / (stats["median_ms"] / 1000.0)
-                latency[f"{batch}x{length}"] = stats
-            if task in ("causal-lm", "seq2seq"):
-                result["generate"] = _generation(
-                    model, tokenizer, device, gen_tokens, min(warmup, 1), gen_repeats
-                )
-        result["latency"] = latency
-        # Timings are only comparable on a quiet machine: record how busy it was.
-        load_after = _load_average()
-        result["load_average"] = {"before": load_before, "after": load_after}
-        result["busy_machine"] = bool(
-            load_before is not None
-            and load_after is not None
-            and max(load_before, load_after) > 1.5 * (os.cpu_count() or 1)
-        )
+            if dense is None:
+                for (batch, length), x in inputs.items():
+                    times = _time(lambda x=x: model(**x), device, warmup, repeats)
+                    latency[f"{batch}x{length}"] = _latency_stats(times, batch, length)
+                if generates:
+                    run, produced = _generator(model, tokenizer, device, gen_tokens)
+                    times = _time(run, device, min(warmup, 1), gen_repeats)
+                    result["generate"] = _generation_stats(times, produced, model, gen_tokens)
+            else:  # the compressed model alone, for its memory peak; timed below
+                for x in inputs.values():
+                    for _ in range(max(warmup, 1)):
+                        model(**x)
+                if generates:
+                    _generator(model, tokenizer, device, gen_tokens)[0]()
         result["peak_rss_bytes"] = rss.peak
         result["peak_rss_delta_bytes"] = rss.peak - rss.start_rss
         if device.type == "cuda":
             result["cuda_max_memory_allocated"] = torch.cuda.max_memory_allocated(device)
+        if dense is not None:
+            meter = OtherCPU()
+            _paired(result, latency, model, dense, tokenizer, task, inputs, device, warmup,
+                    repeats, gen_repeats, gen_tokens, generates)
+        result["latency"] = latency
+        # Timings are only comparable on a quiet machine: record how busy it was.
+        other = meter.cores()
+        load_after = _load_average()
+        result["load_average"] = {"before": load_before, "after": load_after}
+        result["machine"] = {"cpu": cpu_info(), **quiet_reading(other)}
+        if other is not None:
+            result["busy_machine"] = other > QUIET_OTHER_CORES
+        else:  # no /proc/stat: the load average, which counts this process's threads too
+            result["busy_machine"] = bool(
+                load_before is not None
+                and load_after is not None
+                and max(load_before, load_after) > 1.5 * (os.cpu_count() or 1)
+            )
     finally:
         torch.set_num_threads(old_threads)
         if was_training:
@@ -356,8 +400,53 @@ def profile(
     return result
 
 
-def _generation(model, tokenizer, device, gen_tokens: int, warmup: int, repeats: int) -> dict:
-    """Greedy generation of exactly ``gen_tokens`` tokens after a fixed prompt, batch 1."""
+def _paired(result, latency, model, dense, tokenizer, task, inputs, device, warmup, repeats,
+            gen_repeats, gen_tokens, generates) -> None:
+    """Alternating rounds of ``model`` and ``dense`` per shape and for generation."""
+    if not isinstance(dense, nn.Module):
+        dense = dense()
+    dense_was_training = dense.training
+    dense.eval()
+    dense_device = input_device(dense)
+    sync = (lambda: (_sync(device), _sync(dense_device))) if "cuda" in (
+        device.type, dense_device.type) else None
+    vs: dict[str, dict[str, Any]] = {}
+    try:
+        with torch.inference_mode():
+            for (batch, length), x in inputs.items():
+                xd = {k: v.to(dense_device) for k, v in x.items()}
+                times = alternate(
+                    {"dense": lambda xd=xd: dense(**xd), "model": lambda x=x: model(**x)},
+                    rounds=repeats, warmup=warmup, sync=sync,
+                )
+                key = f"{batch}x{length}"
+                latency[key] = _latency_stats(times["model"], batch, length)
+                vs[key] = ratio_interval(times["dense"], times["model"])
+            result["latency_vs_dense"] = vs
+            if generates:
+                run, produced = _generator(model, tokenizer, device, gen_tokens)
+                run_d, _ = _generator(dense, tokenizer, dense_device, gen_tokens)
+                times = alternate({"dense": run_d, "model": run}, rounds=gen_repeats,
+                                  warmup=min(warmup, 1), sync=sync)
+                result["generate"] = _generation_stats(times["model"], produced, model, gen_tokens)
+                gen_vs = ratio_interval(times["dense"], times["model"])
+                gen_vs["dense_ms_per_token"] = round(gen_vs["dense_median_ms"] / gen_tokens, 4)
+                gen_vs["ms_per_token"] = round(gen_vs["median_ms"] / gen_tokens, 4)
+                result["generate_vs_dense"] = gen_vs
+    finally:
+        if dense_was_training:
+            dense.train()
+
+
+def _latency_stats(times: Sequence[float], batch: int, length: int) -> dict[str, float]:
+    stats = _summary(times)
+    stats["tokens_per_second"] = batch * length / (stats["median_ms"] / 1000.0)
+    return stats
+
+
+def _generator(model, tokenizer, device, gen_tokens: int) -> tuple[Callable[[], None], list[int]]:
+    """A callable running greedy generation of exactly ``gen_tokens`` tokens after a fixed
+    prompt, batch 1, and the list it appends each output length to."""
     prompt = (
         _token_stream(tokenizer, PROMPT_TOKENS)[:PROMPT_TOKENS].unsqueeze(0).to(device)
     )  # (1, P)
@@ -378,9 +467,12 @@ def _generation(model, tokenizer, device, gen_tokens: int, warmup: int, repeats:
         )
         produced.append(out.shape[-1])
 
-    times = _time(run, device, warmup, repeats)
+    return run, produced
+
+
+def _generation_stats(times, produced: list[int], model, gen_tokens: int) -> dict[str, Any]:
     # decoder-only outputs include the prompt; encoder-decoder outputs start with the start token
-    new = produced[-1] - (prompt.shape[-1] if not _is_encoder_decoder(model) else 1)
+    new = produced[-1] - (PROMPT_TOKENS if not _is_encoder_decoder(model) else 1)
     stats = _summary(times)
     return {
         "gen_tokens": gen_tokens,

@@ -374,6 +374,16 @@ def _ratio(v: float | None) -> str:
     return "–" if v is None else f"{v:.2f}x"
 
 
+def _vs_dense(report: dict[str, Any]) -> str:
+    """The run's same-process latency ratio to dense at 1 x 128 with its 95% interval."""
+    vs = dig(report, "profile", "latency_vs_dense", "1x128")
+    if not isinstance(vs, dict) or vs.get("ratio") is None:
+        return "not measured"
+    lo, hi = vs.get("ci95") or (None, None)
+    span = f" [{lo:.2f}, {hi:.2f}]" if lo is not None and hi is not None else ""
+    return f"{vs['ratio']:.2f}x{span} ({vs.get('verdict', '?')})"
+
+
 def _protocol_text(protocol: dict[str, Any] | None) -> str:
     """``key=value, ...`` of a metric's protocol (the data source goes in its own list)."""
     if not protocol:
@@ -923,13 +933,13 @@ def _section_size_runtime(w: Writer, reports: list[dict[str, Any]]) -> None:
             "once packed (codes + scales + zero points + kept outliers):"
         )
         w()
-        w("| model | run | format | on disk | packed | runs faster here |")
+        w("| model | run | format | on disk | packed | latency / dense (same process) |")
         w("|---|---|---|--:|--:|---|")
         for r, q in sorted(packed, key=lambda x: (x[0]["model"]["name"], x[0]["label"])):
             w(
                 f"| {r['model']['name']} | `{r['label']}` | {q.get('format', '?')} | "
                 f"{_mb(dig(r, 'profile', 'bytes_on_disk'))} | {_mb(q.get('packed_bytes'))} | "
-                f"{q.get('runs_faster_here')} |"
+                f"{_vs_dense(r)} |"
             )
         w()
 

@@ -158,6 +158,15 @@ def run_pipeline(
                 threads=threads,
                 quick=quick,
                 saved_dir=out_dir,
+                # the dense model, reloaded: recipes compress in place. Timed against the
+                # result in alternating rounds in this process (eval.paired).
+                dense=lambda: load_model(
+                    model_name,
+                    task,
+                    device_map=device_map,
+                    allow_pickle=allow_pickle,
+                    trust_remote_code=trust_remote_code,
+                ).model,
             ),
         )
         report.status = "ok"

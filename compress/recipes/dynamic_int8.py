@@ -57,7 +57,7 @@ def dynamic_int8(model: nn.Module, config: DynamicInt8Config, context: Context) 
     after = dynamic.size_counts(model)
     model.compress_parameter_counts = after
     record(
-        context, method="dynamic-int8", simulated=False, runs_faster_here=True, device="cpu",
+        context, method="dynamic-int8", simulated=False, device="cpu",
         bits=8, weights="int8 " + ("per-channel" if config.per_channel else "per-tensor"),
         activations="int8 dynamic (per batch)", layers=len(quantized),
         kept_in_float=kept or None,

@@ -65,7 +65,7 @@ def gptq(model: nn.Module, config: GPTQConfig, context: Context) -> nn.Module:
                         damp=config.damp, act_order=config.act_order)
     size = model_size_summary(model, packed)
     record(
-        context, method="gptq", simulated=True, runs_faster_here=False, device=device_of(model),
+        context, method="gptq", simulated=True, device=device_of(model),
         **spec.to_dict(), format=spec.describe(), layers=len(packed), act_order=config.act_order,
         uncalibrated_layers=uncalibrated,
         calibration_sequences=len(batches),

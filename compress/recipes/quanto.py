@@ -60,7 +60,7 @@ def quanto(model: nn.Module, config: QuantoConfig, context: Context) -> nn.Modul
     counts = state_counts(model, before)
     model.compress_parameter_counts = counts
     record(
-        context, method="quanto", simulated=False, runs_faster_here=False, device=device_of(model),
+        context, method="quanto", simulated=False, device=device_of(model),
         weights=config.weights, activations=config.activations, layers=len(targets),
         bits=8 if config.weights == "int8" else 4,
         group_size=128 if config.weights == "int4" else None,

@@ -88,7 +88,7 @@ def rtn(model: nn.Module, config: RTNConfig, context: Context) -> nn.Module:
         packed[name] = rtn_layer(module, spec, keep)
     size = model_size_summary(model, packed)
     record(
-        context, method="rtn", simulated=True, runs_faster_here=False, device=device_of(model),
+        context, method="rtn", simulated=True, device=device_of(model),
         **spec.to_dict(), format=spec.describe(), layers=len(packed), outlier_columns=kept,
         outlier_rule=(f"activation>{config.outlier_threshold:g}" if config.outlier_threshold
                       else f"weight top {config.outlier_fraction:g}" if config.outlier_fraction
