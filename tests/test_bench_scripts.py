@@ -31,3 +31,17 @@ def test_quant_speed_smoke_run_on_a_tiny_decoder(tmp_path):
         assert entry["generate_per_token_speedup_vs_fp32"] > 0, name
         assert entry["argmax_agreement"] > 0.9, name  # a speed-up from a broken model is no speed-up
     assert methods["fp32"]["generate_per_token_speedup_vs_fp32"] == 1.0
+
+
+def test_moe_ffn_smoke_run_records_ratio_interval_path_and_machine(tmp_path):
+    spec = importlib.util.spec_from_file_location("moe_ffn", BENCH / "moe_ffn.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--quick", "--threads", "1", "--out", str(tmp_path)]) == 0
+    doc = json.loads((tmp_path / "moe_ffn-quick.json").read_text())
+    assert doc["meta"]["cpu"]["isa_summary"] and "quiet" in doc["meta"]["machine_quiet"]
+    for row in doc["rows"]:
+        lo, hi = row["ci95"]
+        assert lo <= row["ratio"] <= hi and row["path"] in ("single", "batched", "grouped", "dense")
+    # every expert active: the layer falls back to the dense computation
+    assert {r["path"] for r in doc["rows"] if r["active_fraction"] == 1.0} == {"dense"}

@@ -16,12 +16,23 @@ fewest experts whose predicted share of activation energy reaches ``threshold``)
 and the outputs are summed with no reweighting, so with every expert selected the
 module computes exactly the dense FFN (up to summation order).
 
-Tokens are grouped by expert: per expert, one gather of its tokens (skipped when it
-has them all), two or three matmuls on its contiguous weight slices, one
-scatter-add back (per-expert buffers: one (tokens x k, d) buffer of all pairs was
-slower at large k, where it copies every token k times).
-A single token (decoding) instead gathers the chosen experts' weights and runs one
-matmul per projection.
+Four ways to compute the same function (:meth:`MoEFFN.path_for` picks one per call,
+from the token count and the number of selected (token, expert) pairs; no per-token
+Python loop in any of them):
+
+* ``grouped``: tokens grouped by expert; per expert, one gather of its tokens (skipped
+  when it has them all), two or three matmuls on its contiguous weight slices, one
+  scatter-add back (per-expert buffers: one (tokens x k, d) buffer of all pairs was
+  slower at large k, where it copies every token k times);
+* ``batched``: few tokens per expert: every expert's tokens gathered into one
+  (E, C, d) buffer padded to the busiest expert's count, one batched matmul per
+  projection, so the op count does not grow with E;
+* ``single``: one token (decoding): the chosen experts' weights gathered, one batched
+  matmul per projection;
+* ``dense``: the dense fallback when the active fraction reaches ``dense_above``: all
+  experts in three large matmuls, unselected experts' outputs zeroed.
+
+Speed against the dense FFN: ``bench/moe_ffn.py`` (writes reports/bench/moe_ffn.json).
 """
 
 from __future__ import annotations
@@ -33,6 +44,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 ROUTINGS = ("topk", "threshold")
+
+#: active fraction (selected (token, expert) pairs / all pairs) at or above which the
+#: MoE FFN computes every expert densely and zeroes the unselected ones: past it the
+#: gathers, scatters and small matmuls cost more than the skipped work saves. From
+#: reports/bench/moe_ffn.json as of commit 7323fa9 (1 thread, quiet machine, the
+#: per-expert loop only): at 3/4 active that loop ran at 0.61-1.28x dense's speed at
+#: 8x128 (slower than dense with 16-32 experts), at 1/2 at 0.82-1.6x.
+DENSE_ABOVE = 0.7
+#: below this many tokens per expert on average, one batched matmul per projection over
+#: all experts (padded) beats the per-expert loop, whose ~5 ops per expert dominate.
+LOOP_MIN_ROWS = 48
+PATHS = ("single", "batched", "grouped", "dense")
 
 
 class SimilarityRouter(nn.Module):
@@ -159,6 +182,10 @@ class MoEFFN(nn.Module):
         self.track_usage = False
         self.usage: torch.Tensor | None = None
         self.tokens_seen = 0
+        #: speed settings (plain attributes, not saved): see :meth:`path_for`
+        self.dense_above = DENSE_ABOVE
+        self.loop_min_rows = LOOP_MIN_ROWS
+        self.last_path: str | None = None
 
     # -- description ---------------------------------------------------------
     def spec(self) -> dict[str, Any]:
@@ -222,7 +249,8 @@ class MoEFFN(nn.Module):
         return h @ self.w_out[e]  # (n, d_e) @ (d_e, d) -> (n, d)
 
     def _single_token(self, x2: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
-        """One token (decoding): the chosen experts' weights gathered, one batched matmul each."""
+        """One token (decoding): the chosen experts' weights gathered, one batched matmul
+        per projection (a fixed number of ops whatever k is)."""
         k = experts.numel()
         xk = x2.expand(k, 1, self.hidden)  # (k, 1, d)
         h = torch.bmm(xk, self.w_in.index_select(0, experts))  # (k, 1, d_e)
@@ -254,6 +282,69 @@ class MoEFFN(nn.Module):
             start += c
         return y
 
+    def _batched(self, x2: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """All experts in one batched matmul per projection: each expert's tokens gathered
+        into a (E, C, d) buffer padded to the busiest expert's count C. A dozen ops
+        whatever E is (the per-expert loop issues ~5 per expert), for few tokens per
+        expert, where per-op overhead outweighs the padding."""
+        N, d = x2.shape
+        E = self.n_experts
+        pairs = mask.t().nonzero()  # (P, 2) (expert, token), expert-major
+        experts, tokens = pairs[:, 0], pairs[:, 1]
+        counts = mask.sum(0)  # (E,)
+        C = int(counts.max())
+        starts = counts.cumsum(0) - counts
+        slot = experts * C + (torch.arange(tokens.numel(), device=x2.device) - starts[experts])
+        gather = torch.full((E * C,), N, dtype=torch.long, device=x2.device)  # N: a zero row
+        gather[slot] = tokens
+        xb = torch.cat([x2, x2.new_zeros(1, d)]).index_select(0, gather).view(E, C, d)
+        h = torch.bmm(xb, self.w_in)  # (E, C, d_e)
+        if self.b_in is not None:
+            h = h + self.b_in[:, None]
+        if self.gated:
+            g = torch.bmm(xb, self.w_gate)
+            if self.b_gate is not None:
+                g = g + self.b_gate[:, None]
+            h = self.act(g) * h
+        else:
+            h = self.act(h)
+        yb = torch.bmm(h, self.w_out).view(E * C, d)  # (E*C, d); padded slots unused
+        return torch.zeros_like(x2).index_add_(0, tokens, yb.index_select(0, slot))
+
+    def _dense(self, x2: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The dense fallback: every expert on every token in three large matmuls, the
+        outputs of experts a token did not select multiplied by 0 (the same function)."""
+        N, d = x2.shape
+        E, de = self.n_experts, self.expert_size
+        h = torch.matmul(x2, self.w_in)  # (N, d) x (E, d, d_e) -> (E, N, d_e)
+        if self.b_in is not None:
+            h = h + self.b_in[:, None]
+        if self.gated:
+            g = torch.matmul(x2, self.w_gate)
+            if self.b_gate is not None:
+                g = g + self.b_gate[:, None]
+            h = self.act(g) * h
+        else:
+            h = self.act(h)
+        h = h * mask.t().unsqueeze(-1).to(h.dtype)  # (E, N, d_e), unselected experts zeroed
+        # (N, E * d_e) @ (E * d_e, d): w_out is (E, d_e, d), so its view is free
+        return h.transpose(0, 1).reshape(N, E * de) @ self.w_out.view(E * de, d)
+
+    def path_for(self, n_tokens: int, pairs: int) -> str:
+        """Which computation runs for ``n_tokens`` tokens selecting ``pairs`` (token,
+        expert) pairs in all: ``single`` (one token), ``dense`` (the active fraction
+        ``pairs / (n_tokens * E)`` at least :attr:`dense_above`: routing would cost
+        more than it saves), ``batched`` (fewer than :attr:`loop_min_rows` tokens per
+        expert on average) or ``grouped`` (the per-expert loop)."""
+        E = self.n_experts
+        if pairs >= self.dense_above * n_tokens * E:
+            return "dense"
+        if n_tokens == 1:
+            return "single"
+        if pairs < self.loop_min_rows * E:
+            return "batched"
+        return "grouped"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, self.hidden)  # (N, d)
@@ -262,8 +353,16 @@ class MoEFFN(nn.Module):
             counts = mask.sum(0).to("cpu", torch.long)
             self.usage = counts if self.usage is None else self.usage + counts
             self.tokens_seen += x2.shape[0]
-        if x2.shape[0] == 1:
+        N = x2.shape[0]
+        pairs = N * self.top_k if self.routing == "topk" else int(mask.sum())
+        path = self.path_for(N, pairs)
+        self.last_path = path
+        if path == "single":
             y = self._single_token(x2, mask[0].nonzero().squeeze(1))
+        elif path == "dense":
+            y = self._dense(x2, mask)
+        elif path == "batched":
+            y = self._batched(x2, mask)
         else:
             y = self._grouped(x2, mask)
         if self.b_out is not None:
