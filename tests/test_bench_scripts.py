@@ -34,9 +34,15 @@ def test_quant_speed_smoke_run_on_a_tiny_decoder(tmp_path):
 
 
 def test_moe_ffn_smoke_run_records_ratio_interval_path_and_machine(tmp_path):
+    import sys
+
     spec = importlib.util.spec_from_file_location("moe_ffn", BENCH / "moe_ffn.py")
     mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    sys.modules["moe_ffn"] = mod  # its dataclass looks its module up
+    try:
+        spec.loader.exec_module(mod)
+    finally:
+        sys.modules.pop("moe_ffn", None)
     assert mod.main(["--quick", "--threads", "1", "--out", str(tmp_path)]) == 0
     doc = json.loads((tmp_path / "moe_ffn-quick.json").read_text())
     assert doc["meta"]["cpu"]["isa_summary"] and "quiet" in doc["meta"]["machine_quiet"]
