@@ -38,8 +38,10 @@ __all__ = ["BOOTSTRAP", "alternate", "ratio_interval", "verdict"]
 BOOTSTRAP = 2000
 CONFIDENCE = 0.95
 NO_CHANGE = "no measurable change"
-METHOD = ("median over alternating rounds of (model time / dense time) within the round; "
-          f"95% interval: percentile bootstrap over rounds ({BOOTSTRAP} resamples, seed 0)")
+METHOD = (
+    "median over alternating rounds of (model time / dense time) within the round; "
+    f"95% interval: percentile bootstrap over rounds ({BOOTSTRAP} resamples, seed 0)"
+)
 
 
 def alternate(

@@ -21,6 +21,7 @@ import torch.nn as nn
 
 from compress.config import RecipeConfig, option
 from compress.context import Context
+from compress.export.grid import mark
 from compress.quant import calib
 from compress.quant.gptq import gptq_model
 from compress.quant.layers import select_targets
@@ -64,6 +65,8 @@ def gptq(model: nn.Module, config: GPTQConfig, context: Context) -> nn.Module:
     packed, uncalibrated = gptq_model(model, targets, spec, batches, blocksize=config.blocksize,
                         damp=config.damp, act_order=config.act_order)
     size = model_size_summary(model, packed)
+    # the grid's shape on the model: compress.export writes it as integer codes
+    mark(model, spec, targets)
     record(
         context, method="gptq", simulated=True, device=device_of(model),
         **spec.to_dict(), format=spec.describe(), layers=len(packed), act_order=config.act_order,

@@ -26,6 +26,7 @@ import torch.nn as nn
 from compress.config import RecipeConfig, option
 from compress.context import Context
 from compress.errors import UserError
+from compress.export.grid import mark
 from compress.quant import calib
 from compress.quant.layers import (
     outlier_columns_by_activation,
@@ -87,6 +88,8 @@ def rtn(model: nn.Module, config: RTNConfig, context: Context) -> nn.Module:
         kept += int(keep.numel())
         packed[name] = rtn_layer(module, spec, keep)
     size = model_size_summary(model, packed)
+    # the grid's shape on the model: compress.export writes it as integer codes
+    mark(model, spec, targets, outlier_columns=kept)
     record(
         context, method="rtn", simulated=True, device=device_of(model),
         **spec.to_dict(), format=spec.describe(), layers=len(packed), outlier_columns=kept,
