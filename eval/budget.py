@@ -51,6 +51,7 @@ RECIPE_FAMILY: dict[str, str] = {
     "bnb-4bit": "quantization",
     "dynamic-int8": "quantization",
     "onnx-int8": "quantization",
+    "runtime": "quantization",
     "quanto": "quantization",
     "qlora": "quantization",
     "distill": "distillation",

@@ -206,6 +206,7 @@ TRAITS: dict[str, Traits] = {
     # the runtime formats below use symmetric int8 / NF4 / FP4 codes, all with an exact 0
     "dynamic-int8": Traits(runtime_format=True),
     "onnx-int8": Traits(runtime_format=True),
+    "runtime": Traits(runtime_format=True),
     "bnb-int8": Traits(runtime_format=True),
     "bnb-4bit": Traits(runtime_format=True),
     "quanto": Traits(runtime_format=True),
