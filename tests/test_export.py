@@ -124,6 +124,10 @@ def test_rtn_result_saves_as_compressed_tensors_and_reloads(tmp_path):
     save_model(model, tok, tmp_path / "ct")
     assert json.loads((tmp_path / "ct" / FORMAT_FILE).read_text())["format"] == "compressed-tensors"
     again = load_compressed(tmp_path / "ct")
+    # a plain float model: no compressed-tensors parameters, patched forwards or config left
+    assert not [k for k in again.state_dict() if "weight_scale" in k or "weight_packed" in k]
+    assert "forward" not in again.model.layers[0].mlp.down_proj.__dict__
+    assert getattr(again.config, "quantization_config", None) is None
     x = sample_inputs("llama")
     with torch.no_grad():
         torch.testing.assert_close(again(**x).logits, model(**x).logits, rtol=0, atol=1e-6)
@@ -154,3 +158,42 @@ def test_conv1d_and_kept_outliers_fall_back_to_the_other_formats():
     assert marked(kept) is None
     with pytest.raises(UserError):
         export(gpt2, "/tmp/never-written")
+
+
+@pytest.mark.parametrize("steps,types", [
+    ([], {"F32"}),
+    ([("rtn", {"bits": 4, "granularity": "group", "group_size": 32})], {"F32", "Q4_0"}),
+    ([("gptq", dict(GPTQ4, granularity="channel"))], {"F32", "Q4_0"}),
+    ([("rtn", {"bits": 8})], {"F32", "Q8_0"}),
+    ([("rtn", {"bits": 4, "scheme": "asym"})], {"F32"}),  # no exact GGUF type: floats
+], ids=["dense", "rtn4-g32", "gptq4-channel", "rtn8", "rtn4-asym"])
+def test_gguf_export_reloads_in_transformers_with_the_same_logits(steps, types, tmp_path):
+    pytest.importorskip("gguf")
+    import transformers as tf
+
+    from compress.export.gguf import export as to_gguf
+
+    model, tok = _compressed(steps)
+    info = to_gguf(model, tok, tmp_path / "m.gguf")
+    assert set(info["types"]) == types
+    again = tf.AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file="m.gguf",
+                                                    dtype=torch.float32)
+    x = sample_inputs("llama")
+    with torch.no_grad():
+        torch.testing.assert_close(again(**x).logits, model(**x).logits, rtol=0, atol=1e-6)
+    if "Q4_0" in types:  # 4.5 bits a weight for the linears instead of 32
+        dense = to_gguf(tiny_model("llama")[0], tok, tmp_path / "dense.gguf")
+        assert info["bytes"] < dense["bytes"]
+
+
+def test_export_cli_reads_the_grid_from_a_saved_folder(tmp_path, capsys):
+    from compress.export.__main__ import main
+
+    model, tok = _compressed([("rtn", {"bits": 4, "granularity": "group", "group_size": 32})])
+    save_model(model, tok, tmp_path / "rtn4")
+    assert main([str(tmp_path / "rtn4"), "--to", "gguf", "--out", str(tmp_path / "m.gguf")]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["types"]["Q4_0"] == 14 and info["spec"]["bits"] == 4
+    assert main([str(tmp_path / "rtn4"), "--to", "compressed-tensors",
+                 "--out", str(tmp_path / "ct")]) == 0
+    assert (tmp_path / "ct" / "config.json").exists()

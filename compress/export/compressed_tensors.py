@@ -226,8 +226,40 @@ def export(
     }
 
 
+#: what compressed-tensors attaches to a linear it manages
+_CT_PARAMS = ("weight_packed", "weight_scale", "weight_zero_point", "weight_shape",
+              "weight_g_idx", "weight_global_scale")
+_CT_ATTRS = ("quantization_scheme", "quantization_status", "forward")
+
+
+def plain(model: nn.Module) -> nn.Module:
+    """Decompress a model transformers loaded from a compressed-tensors folder into a plain
+    float model: weights restored, compressed-tensors' parameters, patched forwards and
+    quantization config removed (what save/load round-trips and later recipes expect)."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    compressor = getattr(quantizer, "compressor", None)
+    if compressor is not None:
+        compressor.decompress_model(model)
+    for module in model.modules():
+        for name in _CT_PARAMS:
+            if name in module._parameters:
+                del module._parameters[name]
+            if name in module._buffers:
+                del module._buffers[name]
+        for name in _CT_ATTRS:
+            module.__dict__.pop(name, None)  # the instance's, never the class's
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    return model
+
+
 def load(folder: Path) -> nn.Module:
-    """Reload through transformers, dequantized to a plain float model."""
+    """Reload through transformers and decompress to a plain float model (:func:`plain`).
+
+    (transformers' own ``dequantize=True`` load path mixes up the schemes of a folder
+    with several config groups, so the weights are decompressed after loading.)
+    """
     _require()
     import transformers as tf
 
@@ -235,14 +267,11 @@ def load(folder: Path) -> nn.Module:
 
     folder = Path(folder)
     config = tf.AutoConfig.from_pretrained(folder)
-    kwargs: dict[str, Any] = {}
-    if (getattr(config, "quantization_config", None) or {}).get("config_groups"):
-        kwargs["quantization_config"] = tf.CompressedTensorsConfig(dequantize=True)
     model = _auto_class(task_of(config)).from_pretrained(
-        folder, use_safetensors=True, dtype=torch.float32, **kwargs
+        folder, use_safetensors=True, dtype=torch.float32
     )
     model.eval()
-    return model
+    return plain(model)
 
 
 def applies(model: nn.Module) -> bool:

@@ -106,15 +106,28 @@ def unit_width(in_features: int, spec: QuantSpec) -> int:
 
 
 @torch.no_grad()
-def recover(weight: torch.Tensor, spec: QuantSpec, *, transposed: bool = False) -> Grid:
+def recover(
+    weight: torch.Tensor,
+    spec: QuantSpec,
+    *,
+    transposed: bool = False,
+    width: int | None = None,
+    fp16_scales: bool = False,
+) -> Grid:
     """The exact grid of an ``[out, in]`` weight (``transposed``: stored ``[in, out]``).
 
-    Raises :class:`UserError` when some unit is not on any grid of ``spec`` (the weight
-    was changed after quantization, or quantized another way).
+    ``width``: input columns per recovered scale (default :func:`unit_width`; a format
+    with fixed blocks asks for its block). ``fp16_scales``: only scales that are fp16
+    values (formats storing fp16 scales; the recipes' scales are, see
+    :func:`compress.quant.rtn.scale_zero`). Raises :class:`UserError` when some unit is
+    not on any such grid (the weight was changed after quantization, quantized another
+    way, or a block straddles two groups).
     """
     w = (weight.t() if transposed else weight).detach().float().cpu()
     out_f, in_f = w.shape
-    width = unit_width(in_f, spec)
+    width = width or unit_width(in_f, spec)
+    if in_f % width:
+        raise UserError(f"{in_f} input columns do not split into blocks of {width}")
     units = w.reshape(out_f * (in_f // width), width)  # (U, width), row-major
     n_units = units.shape[0]
     peak = units.abs().amax(dim=1)  # (U,)
@@ -130,6 +143,8 @@ def recover(weight: torch.Tensor, spec: QuantSpec, *, transposed: bool = False) 
         v = units[todo]
         n = torch.round(v / s[:, None])
         ok = (n * s[:, None] == v).all(dim=1)
+        if fp16_scales:
+            ok &= s.half().float() == s
         if spec.scheme == "sym":
             ok &= (n >= spec.qmin).all(dim=1) & (n <= spec.qmax).all(dim=1)
         else:
