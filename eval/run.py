@@ -169,6 +169,13 @@ def run_pipeline(
                 ).model,
             ),
         )
+        # what the result takes in the formats other tools load (compressed-tensors, GGUF)
+        try:
+            from compress.export import interchange_sizes
+
+            report.profile["interchange"] = interchange_sizes(model, loaded.tokenizer, loaded.task)
+        except Exception as exc:  # noqa: BLE001 - a size we could not measure is not a failed run
+            report.profile["interchange"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
         report.status = "ok"
     except UserError as exc:
         report.status, report.error = "failed", str(exc)

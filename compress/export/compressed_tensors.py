@@ -62,10 +62,16 @@ def _require() -> None:
         ) from None
 
 
+#: below these fractions of exact zeros a model counts as dense: float weights are almost
+#: never exactly 0 unless pruned; a 4-bit grid rounds 10-15% of the weights to its 0 code
+MIN_SPARSITY = {"float": 0.05, "quantized": 0.25}
+
+
 def sparsity_of(
-    model: nn.Module, modules: dict[str, nn.Module] | None = None
+    model: nn.Module, modules: dict[str, nn.Module] | None = None, quantized: bool = False
 ) -> dict[str, Any] | None:
-    """``{"structure", "global_sparsity"}`` over the targeted linears, or None when dense.
+    """``{"structure", "global_sparsity"}`` over the targeted linears, or None when dense
+    (:data:`MIN_SPARSITY`).
 
     ``2:4`` when every group of 4 consecutive input weights holds at least 2 zeros.
     """
@@ -82,7 +88,7 @@ def sparsity_of(
             two_four = bool(((w.reshape(-1, 4) == 0).sum(1) >= 2).all())
         else:
             two_four = False
-    if total == 0 or zeros / total < 0.05:
+    if total == 0 or zeros / total < MIN_SPARSITY["quantized" if quantized else "float"]:
         return None
     return {
         "structure": "2:4" if two_four else "unstructured",
@@ -205,7 +211,7 @@ def export(
         del state[f"{name}.weight"]
         state.update(_tensors(name, grid))
         layouts[name] = (unit_width(mod.in_features, spec), mod.in_features)
-    sparsity = sparsity_of(model)
+    sparsity = sparsity_of(model, quantized=bool(layouts))
     qconfig = quantization_config(spec, layouts, sparsity)
     had = hasattr(model.config, "quantization_config")
     old = getattr(model.config, "quantization_config", None)
