@@ -7,8 +7,9 @@
   ``compute_dtype`` is the dtype the weights are dequantized to for each matmul.
 
 bitsandbytes has 8-bit and 4-bit formats only: other bit widths are an error (use
-``rtn`` or ``gptq``). On this CPU both save memory but run slower than fp32; on CUDA
-they use bitsandbytes' kernels. The report's ``quant.device`` records which, and its
+``rtn`` or ``gptq``). On a CPU both save memory; their speed against fp32 is each run's
+``profile.latency_vs_dense`` and ``bench/quant_speed.py --extra bnb-int8 bnb-4bit``
+(reports/bench/quant_speed.json); on CUDA they use bitsandbytes' kernels. The report's ``quant.device`` records which, and its
 ``profile.latency_vs_dense`` the measured speed against fp32. The result is a plain transformers model
 with the quantization config in ``config.json`` (``from_pretrained`` reloads it).
 
