@@ -32,8 +32,7 @@ def _text_pair(item: Any) -> tuple[str, str | None]:
 
 def _is_seq2seq(model: nn.Module) -> bool:
     cfg = getattr(model, "config", None)
-    return bool(getattr(cfg, "is_encoder_decoder", False)) or (
-        getattr(cfg, "model_type", "") == "encoder-decoder")
+    return bool(getattr(cfg, "is_encoder_decoder", False))
 
 
 def calibration_inputs(

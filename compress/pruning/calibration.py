@@ -39,7 +39,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from compress.arch import Block, arch_for, find_module_list, iter_blocks
+from compress.arch import Block, arch_for, find_module_list, iter_blocks, routed_through_proxies
 from compress.errors import UserError
 from compress.models import input_device, to_device
 from compress.pruning.masks import release_freed_memory
@@ -188,7 +188,7 @@ class _SumSq:
 
 def _mask_role(component: str, role: str) -> str:
     # cross-attention keys and values read the encoder's outputs
-    return "encoder" if component in ("cross_k", "cross_v") else role
+    return "encoder" if component.split(".")[0] in ("cross_k", "cross_v", "cross_kv") else role
 
 
 def _forward_kwargs(model: nn.Module) -> dict[str, Any]:
@@ -308,26 +308,49 @@ def sequential_blocks(
     it yields once per block.
     """
     for blocks in stacks_of(model):
-        cap = _capture_stack(model, blocks, batches)
         role = blocks[0].role
+        if blocks[0].stack.shared:
+            yield from _shared_stack(model, blocks, batches, on_block, components)
+            continue
+        with routed_through_proxies(model):
+            cap = _capture_stack(model, blocks, batches)
         for i, block in enumerate(blocks):
             watched = {
                 name: (block.linears[comp], _mask_role(comp, role))
                 for comp, name in components(block).items()
             }
-            with _SumSq(watched) as acc:
+            with _SumSq(watched) as acc, routed_through_proxies(model):
                 for j, batch in enumerate(batches):
                     acc.masks = batch.token_masks
                     args, kw = cap.calls[i][j]
                     block.module(cap.hidden[j], *args, **kw)
             on_block(block, acc.sumsq)
-            for j in range(len(batches)):
-                args, kw = cap.calls[i][j]
-                cap.hidden[j] = _first(block.module(cap.hidden[j], *args, **kw)).detach()
+            with routed_through_proxies(model):
+                for j in range(len(batches)):
+                    args, kw = cap.calls[i][j]
+                    cap.hidden[j] = _first(block.module(cap.hidden[j], *args, **kw)).detach()
             cap.calls[i] = []  # free this block's arguments
             release_freed_memory()
             yield None
         del cap
+
+
+def _shared_stack(model: nn.Module, blocks: list[Block], batches: list[CalibBatch],
+                  on_block: Callable, components: Callable) -> Iterator[None]:
+    """A stack whose blocks run several times per forward (weights shared across depth,
+    ALBERT): every call adds to the block's statistics, from whole-model forwards."""
+    role = blocks[0].role
+    for block in blocks:
+        watched = {name: (block.linears[comp], _mask_role(comp, role))
+                   for comp, name in components(block).items()}
+        extra = _forward_kwargs(model)
+        device = input_device(model)
+        with _SumSq(watched) as acc, routed_through_proxies(model):
+            for batch in batches:
+                acc.masks = batch.token_masks
+                model(**to_device(batch.inputs, device), **extra)
+        on_block(block, acc.sumsq)
+        yield None
 
 
 def stack_blocks(model: nn.Module, role: str) -> list[nn.Module]:

@@ -19,7 +19,7 @@ from compress.errors import UserError
 
 def _is_seq2seq(model: nn.Module) -> bool:
     cfg = getattr(model, "config", None)
-    return bool(getattr(cfg, "is_encoder_decoder", False)) or getattr(cfg, "model_type", "") == "encoder-decoder"
+    return bool(getattr(cfg, "is_encoder_decoder", False))
 
 
 def _first(item: Any) -> tuple[str, str | None]:

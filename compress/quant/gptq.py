@@ -26,7 +26,7 @@ import math
 import torch
 import torch.nn as nn
 
-from compress.arch import arch_for, find_module_list
+from compress.arch import arch_for, routed_through_proxies
 from compress.quant import calib
 from compress.quant.packing import INDEX_BYTES, layer_bytes
 from compress.quant.rtn import (
@@ -230,23 +230,30 @@ def gptq_model(
     which were rounded to nearest instead).
     """
     arch = arch_for(model)
-    by_module = {id(m): n for n, m in targets.items()}
     packed: dict[str, dict[str, int]] = {}
     uncalibrated: list[str] = []
     for stack in arch.stacks:
-        list_name, blocks = find_module_list(model, stack.layers)
-        hidden, calls = _capture_stack(model, blocks, batches)
-        if not hidden:
-            raise RuntimeError(f"gptq: calibration never reached {list_name}")
+        list_name, blocks = stack.path, model.get_submodule(stack.path)
+        if stack.shared:
+            hidden, calls = [], [[] for _ in blocks]  # replayed below as whole-model passes
+        else:
+            with routed_through_proxies(model):
+                hidden, calls = _capture_stack(model, blocks, batches)
+            if not hidden:
+                raise RuntimeError(f"gptq: calibration never reached {list_name}")
         for i, block in enumerate(blocks):
-            layers = {by_module[id(m)]: m for m in block.modules() if id(m) in by_module}
+            prefix = f"{list_name}.{i}."
+            layers = {n: m for n, m in targets.items() if n.startswith(prefix)}
             acc = {name: HessianAccumulator(weight_matrix(m).shape[1]) for name, m in layers.items()}
 
             def make(a: HessianAccumulator):
                 return lambda _mod, args: a.add(args[0])
 
             handles = [m.register_forward_pre_hook(make(acc[name])) for name, m in layers.items()]
-            with calib.hooks(handles):
+            with calib.hooks(handles), routed_through_proxies(model):
+                if stack.shared:  # one block run many times: every call adds to its Hessians
+                    for batch in batches:
+                        calib.forward(model, batch)
                 for h, call in zip(hidden, calls[i], strict=False):
                     _run_block(block, h, call)
             for name, m in layers.items():
@@ -268,7 +275,9 @@ def gptq_model(
                     packed[name]["g_idx"] = INDEX_BYTES * in_f
                     packed[name]["total"] += INDEX_BYTES * in_f
                 log.debug("gptq %s loss %.4g", name, loss)
-            hidden = [_run_block(block, h, call) for h, call in zip(hidden, calls[i], strict=False)]
+            with routed_through_proxies(model):
+                hidden = [_run_block(block, h, call)
+                          for h, call in zip(hidden, calls[i], strict=False)]
     missing = set(targets) - set(packed)
     if missing:
         raise RuntimeError(f"gptq: {len(missing)} targeted linears sit outside the blocks: "
