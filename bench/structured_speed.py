@@ -54,9 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     from compress import Context, compress, make_config
     from compress.fileio import atomic_write_json
     from compress.models import load_model
+    from eval.machine import OtherCPU, cpu_info, quiet_reading
+    from eval.paired import ratio_interval
 
     torch.set_num_threads(args.threads)
     load_start = os.getloadavg()
+    others = OtherCPU()
     loaded = load_model(args.model)
     dense = loaded.model.eval()
     if args.student_layers:
@@ -95,13 +98,17 @@ def main(argv: list[str] | None = None) -> int:
         p = statistics.median(times[("pruned", s)])
         rows.append({"batch": s[0], "seq_len": s[1], "dense_ms": round(d * 1e3, 2),
                      "pruned_ms": round(p * 1e3, 2), "speedup": round(d / p, 3),
+                     # the same rounds paired: pruned / dense with its 95% interval
+                     "pruned_vs_dense": ratio_interval(times[("dense", s)], times[("pruned", s)]),
                      "dense_all_ms": [round(t * 1e3, 2) for t in times[("dense", s)]],
                      "pruned_all_ms": [round(t * 1e3, 2) for t in times[("pruned", s)]]})
         print(f"{s[0]} x {s[1]}: dense {d * 1e3:8.1f} ms   pruned {p * 1e3:8.1f} ms   "
               f"speedup {d / p:.2f}x")
     n_dense = sum(p.numel() for p in dense.parameters())
     n_pruned = sum(p.numel() for p in pruned.parameters())
-    quiet = max(load_start[0], load_end[0]) <= args.threads + 0.5
+    machine = quiet_reading(others.cores())
+    quiet = (machine["quiet"] if machine["quiet"] is not None
+             else max(load_start[0], load_end[0]) <= args.threads + 0.5)
     result = {
         "benchmark": "distill_speed" if args.student_layers else "structured_speed",
         "model": args.model,
@@ -119,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         "results": rows,
         "loadavg_start": load_start,
         "loadavg_end": load_end,
+        "cpu": cpu_info(),
+        "machine": machine,
         "provisional": not quiet,
         "protocol": __doc__,
     }
