@@ -215,6 +215,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decode", action="store_true",
                         help="one token per sequence (decoding) instead of 128")
     parser.add_argument("--quick", action="store_true", help="small grid, 3 rounds (smoke run)")
+    parser.add_argument("--experts", type=int, nargs="+", default=[8, 16, 32])
+    parser.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS),
+                        help="active fractions k/E")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8],
+                        help="sequences of 128 tokens")
     parser.add_argument("--out", type=Path, default=Path("reports/bench"),
                         help="folder for moe_ffn[-decode].json and .md (default: reports/bench)")
     parser.add_argument("--no-write", action="store_true", help="print only")
@@ -222,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads < 1 or args.rounds < 1:
         parser.error("--threads and --rounds must be at least 1")
     torch.set_num_threads(args.threads)
-    grid = {}
+    grid = dict(experts=tuple(args.experts), fractions=tuple(args.fractions),
+                batches=tuple(args.batches))
     if args.quick:
         grid = dict(shapes=(Shape("tiny-swiglu", 32, 64, True), Shape("tiny-gelu", 32, 64, False)),
                     batches=(1,), experts=(8,), fractions=(0.25, 1.0), tokens=16)

@@ -246,10 +246,16 @@ def test_every_compute_path_equals_the_dense_loop_reference(gated, routing):
             moe.dense_above, moe.loop_min_rows = above, rows
             torch.testing.assert_close(moe(x), ref, rtol=1e-4, atol=1e-4)
             assert moe.last_path == path
-        moe.dense_above = 2.0
+        moe.dense_above_single = 2.0
         for t in range(3):
             torch.testing.assert_close(moe(x[t : t + 1]), ref[t : t + 1], rtol=1e-4, atol=1e-4)
             assert moe.last_path == "single"
+        moe.dense_above_single = moe.dense_above = 0.0  # the fallback at one token, and at 64+
+        big = torch.randn(70, 16)
+        torch.testing.assert_close(moe(big), _reference(moe, big), rtol=1e-4, atol=1e-4)
+        assert moe.last_path == "dense"
+        torch.testing.assert_close(moe(x[:1]), ref[:1], rtol=1e-4, atol=1e-4)
+        assert moe.last_path == "dense"
 
 
 def test_path_choice_follows_active_fraction_and_tokens_per_expert():
@@ -258,6 +264,7 @@ def test_path_choice_follows_active_fraction_and_tokens_per_expert():
     moe, _ = _random_moe(False, E=8, k=2)
     assert (moe.dense_above, moe.loop_min_rows) == (DENSE_ABOVE, LOOP_MIN_ROWS)
     assert moe.path_for(1, 2) == "single"
+    assert moe.path_for(1, 4) == "dense"  # half the experts for one token: overhead wins
     assert moe.path_for(1, 8) == "dense"  # every expert: routing saves nothing
     assert moe.path_for(1024, 1024 * 2) == "grouped"  # 256 tokens per expert
     assert moe.path_for(16, 16 * 2) == "batched"  # 4 tokens per expert

@@ -47,14 +47,21 @@ ROUTINGS = ("topk", "threshold")
 
 #: active fraction (selected (token, expert) pairs / all pairs) at or above which the
 #: MoE FFN computes every expert densely and zeroes the unselected ones: past it the
-#: gathers, scatters and small matmuls cost more than the skipped work saves. From
-#: reports/bench/moe_ffn.json as of commit 7323fa9 (1 thread, quiet machine, the
-#: per-expert loop only): at 3/4 active that loop ran at 0.61-1.28x dense's speed at
-#: 8x128 (slower than dense with 16-32 experts), at 1/2 at 0.82-1.6x.
-DENSE_ABOVE = 0.7
+#: gathers, scatters and small matmuls cost more than the skipped work saves. Measured
+#: with ``bench/moe_ffn.py`` (reports/bench/moe_ffn.json) on MiniLM's FFN, 16 experts,
+#: 8x128 tokens, 1 thread, a busy machine (provisional): the grouped path took 0.53 /
+#: 0.81 / 0.98 of dense's time at 1/2, 3/4 and 7/8 active, the dense fallback 0.87-1.07.
+DENSE_ABOVE = 0.85
+#: the same for one token (decoding), where per-op overhead dominates: the single-token
+#: path took 1.5x dense's time at 1/2 active and 2-2.6x above, the fallback about 1.45x
+#: (same measurement, one token).
+DENSE_ABOVE_SINGLE = 0.5
 #: below this many tokens per expert on average, one batched matmul per projection over
 #: all experts (padded) beats the per-expert loop, whose ~5 ops per expert dominate.
 LOOP_MIN_ROWS = 48
+#: from this many tokens the dense fallback runs one GEMM per projection (else a batched
+#: matmul over experts, which needs no weight copy)
+DENSE_GEMM_TOKENS = 64
 PATHS = ("single", "batched", "grouped", "dense")
 
 
@@ -189,6 +196,7 @@ class MoEFFN(nn.Module):
         self.tokens_seen = 0
         #: speed settings (plain attributes, not saved): see :meth:`path_for`
         self.dense_above = DENSE_ABOVE
+        self.dense_above_single = DENSE_ABOVE_SINGLE
         self.loop_min_rows = LOOP_MIN_ROWS
         self.last_path: str | None = None
 
@@ -321,31 +329,44 @@ class MoEFFN(nn.Module):
         outputs of experts a token did not select multiplied by 0 (the same function)."""
         N, d = x2.shape
         E, de = self.n_experts, self.expert_size
-        h = torch.matmul(x2, self.w_in)  # (N, d) x (E, d, d_e) -> (E, N, d_e)
-        if self.b_in is not None:
-            h = h + self.b_in[:, None]
-        if self.gated:
-            g = torch.matmul(x2, self.w_gate)
-            if self.b_gate is not None:
-                g = g + self.b_gate[:, None]
-            h = self.act(g) * h
+        if N >= DENSE_GEMM_TOKENS:
+            # one GEMM per projection: the (d, E * d_e) weight layout is copied per call,
+            # cheap next to the matmul at this many tokens (no second copy kept in memory)
+            def proj(w, b):
+                wide = w.permute(1, 0, 2).reshape(d, E * de)  # (d, E * d_e)
+                return x2 @ wide if b is None else torch.addmm(b.reshape(-1), x2, wide)
+
+            h = proj(self.w_in, self.b_in)  # (N, E * d_e)
+            h = self.act(proj(self.w_gate, self.b_gate)) * h if self.gated else self.act(h)
+            h = (h.view(N, E, de) * mask.unsqueeze(-1).to(h.dtype)).view(N, E * de)
         else:
-            h = self.act(h)
-        h = h * mask.t().unsqueeze(-1).to(h.dtype)  # (E, N, d_e), unselected experts zeroed
+            h = torch.matmul(x2, self.w_in)  # (N, d) x (E, d, d_e) -> (E, N, d_e)
+            if self.b_in is not None:
+                h = h + self.b_in[:, None]
+            if self.gated:
+                g = torch.matmul(x2, self.w_gate)
+                if self.b_gate is not None:
+                    g = g + self.b_gate[:, None]
+                h = self.act(g) * h
+            else:
+                h = self.act(h)
+            h = h * mask.t().unsqueeze(-1).to(h.dtype)  # (E, N, d_e), unselected zeroed
+            h = h.transpose(0, 1).reshape(N, E * de)
         # (N, E * d_e) @ (E * d_e, d): w_out is (E, d_e, d), so its view is free
-        return h.transpose(0, 1).reshape(N, E * de) @ self.w_out.view(E * de, d)
+        return h @ self.w_out.view(E * de, d)
 
     def path_for(self, n_tokens: int, pairs: int) -> str:
         """Which computation runs for ``n_tokens`` tokens selecting ``pairs`` (token,
         expert) pairs in all: ``single`` (one token), ``dense`` (the active fraction
-        ``pairs / (n_tokens * E)`` at least :attr:`dense_above`: routing would cost
-        more than it saves), ``batched`` (fewer than :attr:`loop_min_rows` tokens per
+        ``pairs / (n_tokens * E)`` at least :attr:`dense_above`, or
+        :attr:`dense_above_single` for one token: routing would cost more than it
+        saves), ``batched`` (fewer than :attr:`loop_min_rows` tokens per
         expert on average) or ``grouped`` (the per-expert loop)."""
         E = self.n_experts
+        if n_tokens == 1:
+            return "dense" if pairs >= self.dense_above_single * E else "single"
         if pairs >= self.dense_above * n_tokens * E:
             return "dense"
-        if n_tokens == 1:
-            return "single"
         if pairs < self.loop_min_rows * E:
             return "batched"
         return "grouped"
