@@ -324,9 +324,10 @@ class MoEFFN(nn.Module):
         yb = torch.bmm(h, self.w_out).view(E * C, d)  # (E*C, d); padded slots unused
         return torch.zeros_like(x2).index_add_(0, tokens, yb.index_select(0, slot))
 
-    def _dense(self, x2: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def _dense(self, x2: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """The dense fallback: every expert on every token in three large matmuls, the
-        outputs of experts a token did not select multiplied by 0 (the same function)."""
+        outputs of experts a token did not select multiplied by 0 (the same function;
+        ``mask=None``: every expert selected, nothing to zero)."""
         N, d = x2.shape
         E, de = self.n_experts, self.expert_size
         if N >= DENSE_GEMM_TOKENS:
@@ -338,7 +339,8 @@ class MoEFFN(nn.Module):
 
             h = proj(self.w_in, self.b_in)  # (N, E * d_e)
             h = self.act(proj(self.w_gate, self.b_gate)) * h if self.gated else self.act(h)
-            h = (h.view(N, E, de) * mask.unsqueeze(-1).to(h.dtype)).view(N, E * de)
+            if mask is not None:
+                h = (h.view(N, E, de) * mask.unsqueeze(-1).to(h.dtype)).view(N, E * de)
         else:
             h = torch.matmul(x2, self.w_in)  # (N, d) x (E, d, d_e) -> (E, N, d_e)
             if self.b_in is not None:
@@ -350,7 +352,8 @@ class MoEFFN(nn.Module):
                 h = self.act(g) * h
             else:
                 h = self.act(h)
-            h = h * mask.t().unsqueeze(-1).to(h.dtype)  # (E, N, d_e), unselected zeroed
+            if mask is not None:
+                h = h * mask.t().unsqueeze(-1).to(h.dtype)  # (E, N, d_e), unselected zeroed
             h = h.transpose(0, 1).reshape(N, E * de)
         # (N, E * d_e) @ (E * d_e, d): w_out is (E, d_e, d), so its view is free
         return h @ self.w_out.view(E * de, d)
@@ -374,6 +377,11 @@ class MoEFFN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, self.hidden)  # (N, d)
+        if self.routing == "topk" and self.top_k == self.n_experts and not self.track_usage:
+            # every expert for every token: no routing to compute, the dense FFN
+            self.last_path = "dense"
+            y = self._dense(x2, None)
+            return (y if self.b_out is None else y + self.b_out).reshape(shape)
         mask = self.route(x2)  # (N, E) bool
         if self.track_usage:
             counts = mask.sum(0).to("cpu", torch.long)
