@@ -99,3 +99,20 @@ def test_fusion_is_recorded_for_an_encoder():
     fused = ctx.info["quant"]["fused"]["model"]
     assert fused.get("Attention", 0) == model.config.num_hidden_layers  # eager-attention export
     assert fused.get("SkipLayerNormalization", 0) >= model.config.num_hidden_layers
+
+
+@pytest.mark.parametrize("family,task", [("llama", "causal-lm"), ("t5", "seq2seq")])
+def test_min_new_tokens_holds_back_the_end_of_sequence(family, task):
+    """The profiler asks for exactly N new tokens: an engine must not stop early."""
+    model, tok = tiny_model(family)
+    fast = compress(model, make_config("runtime", weights="fp32"), Context(tokenizer=tok, task=task))
+    prompt = _prompt(tok)
+    first = _generate(fast, tok, prompt)
+    start = prompt["input_ids"].shape[1] if task == "causal-lm" else 1
+    eos = int(first[0, start])  # pretend the first generated token ends the sequence
+    with torch.no_grad():
+        out = fast.generate(**prompt, max_new_tokens=4, min_new_tokens=4, eos_token_id=eos)
+    assert out.shape[1] - start == 4
+    with torch.no_grad():
+        short = fast.generate(**prompt, max_new_tokens=4, eos_token_id=eos)
+    assert short.shape[1] - start < 4 or bool((short[:, start:] == eos).any())
