@@ -265,10 +265,10 @@ def _expert_containers(block: nn.Module) -> list[tuple[str, nn.Module]]:
     """Modules holding several experts: a 3-D parameter, or a list/dict of identical FFNs."""
     found = []
     for rel, m in block.named_modules():
-        if not rel:
+        if not rel or isinstance(m, nn.modules.conv._ConvNd):
             continue
         own = [p for p in m.parameters(recurse=False) if p.dim() == 3]
-        if own:
+        if own and own[0].shape[0] > 1 and all(p.shape[0] == own[0].shape[0] for p in own):
             found.append((rel, m))
         elif isinstance(m, (nn.ModuleList, nn.ModuleDict)) and len(m) > 1:
             kids = list(m.values() if isinstance(m, nn.ModuleDict) else m)
