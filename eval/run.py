@@ -38,6 +38,7 @@ from compress.cli import (
 )
 from compress.config import RecipeConfig
 from compress.errors import UserError
+from compress.export import interchange_sizes
 from compress.models import check_model_name, load_model
 from compress.registry import get_recipe
 from compress.saving import save_model
@@ -145,9 +146,19 @@ def _run_stages(
     report.metrics = [_metric_dict(m) for m in metrics]
     report.profile = timed(
         "profile",
-        lambda: profile(model, loaded.tokenizer, loaded.task, threads=threads, quick=quick,
-                        saved_dir=out_dir),
+        lambda: profile(
+            model, loaded.tokenizer, loaded.task, threads=threads, quick=quick,
+            saved_dir=out_dir,
+            # the dense model, reloaded: recipes compress in place. Timed against the
+            # result in alternating rounds in this process (eval.paired).
+            dense=lambda: load_model(model_name, task, **load_kwargs).model,
+        ),
     )
+    # what the result takes in the formats other tools load (compressed-tensors, GGUF)
+    try:
+        report.profile["interchange"] = interchange_sizes(model, loaded.tokenizer, loaded.task)
+    except Exception as exc:  # noqa: BLE001 - a size we could not measure is not a failed run
+        report.profile["interchange"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
 
 
 def _metric_dict(metric: Any) -> dict[str, Any]:

@@ -31,7 +31,7 @@ FAMILIES = {
     "bart": ("bart", False, "seq2seq"),
 }
 #: recipes that exist for the CPU only and must say so in one line.
-CPU_ONLY = {"dynamic-int8", "onnx-int8"}
+CPU_ONLY = {"dynamic-int8", "onnx-int8", "runtime"}
 #: small settings so training recipes finish in seconds.
 SMALL = {
     "distill": {"steps": 4, "batch_size": 4, "eval_every": 2, "seq_len": 16},

@@ -130,7 +130,7 @@ def test_model_size_summary_adds_up():
     assert info["packed_bytes"] == dense - info["target_dense_bytes"] + info["target_packed_bytes"]
     # 4 bits + one fp16 scale per 16 weights = 5 bits per weight
     assert info["target_bits_per_weight"] == pytest.approx(5.0)
-    assert info["simulated"] is True and info["runs_faster_here"] is False
+    assert info["simulated"] is True and "runs_faster_here" not in info  # measured, not stated
 
 
 def _correlated_layer(seed=0, n=2048, d_in=128, d_out=64):

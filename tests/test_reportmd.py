@@ -81,7 +81,6 @@ def fixture_reports():
                 "quant": {
                     "packed_bytes": 14e6,
                     "format": "int4 sym per-channel",
-                    "runs_faster_here": False,
                 }
             },
         ),

@@ -21,6 +21,8 @@ import torch.nn as nn
 
 from compress.config import RecipeConfig, option
 from compress.context import Context
+from compress.export import compressed_tensors
+from compress.export.grid import mark
 from compress.quant import calib
 from compress.quant.gptq import gptq_model
 from compress.quant.layers import select_targets
@@ -61,7 +63,7 @@ class GPTQConfig(RecipeConfig):
         zeros_note="GPTQ's error compensation updates every remaining weight, pruned ones "
         "included",
     ),
-    formats=(), memory=config_memory,
+    formats=(compressed_tensors.FORMAT.name,), memory=config_memory,
 )
 def gptq(model: nn.Module, config: GPTQConfig, context: Context) -> nn.Module:
     """GPTQ weight quantization at 2-8 bits with second-order error compensation."""
@@ -75,8 +77,10 @@ def gptq(model: nn.Module, config: GPTQConfig, context: Context) -> nn.Module:
     packed, uncalibrated = gptq_model(model, targets, spec, batches, blocksize=config.blocksize,
                         damp=config.damp, act_order=config.act_order)
     size = model_size_summary(model, packed)
+    # the grid's shape on the model: compress.export writes it as integer codes
+    mark(model, spec, targets)
     record(
-        context, method="gptq", simulated=True, runs_faster_here=False, device=device_of(model),
+        context, method="gptq", simulated=True, device=device_of(model),
         **spec.to_dict(), format=spec.describe(), layers=len(packed), act_order=config.act_order,
         uncalibrated_layers=uncalibrated,
         calibration_sequences=len(batches),

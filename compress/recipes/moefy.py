@@ -7,7 +7,9 @@ over calibration tokens; a neuron's gate, up and down slices move together), and
 router per layer picks which experts each token runs: top-k (``k = round(E *
 active_fraction)``) or, per token, the fewest experts whose predicted share of
 activation energy reaches ``threshold``. Nothing is removed; the MoE FFN computes only
-the experts it runs (:class:`compress.moe.layer.MoEFFN`), so FLOPs and time drop.
+the experts it runs (:class:`compress.moe.layer.MoEFFN`), so FLOPs drop. Whether time
+drops is measured: the MoE FFN against the dense FFN in ``bench/moe_ffn.py``
+(reports/bench/moe_ffn.json), the whole model in each run's ``profile.latency_vs_dense``.
 
 Routers: ``similarity`` (no training; expert centroid . hidden state), ``learned``
 (a small MLP trained on calibration tokens to predict each expert's activation

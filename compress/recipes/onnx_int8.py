@@ -68,7 +68,7 @@ def onnx_int8(model: nn.Module, config: OnnxInt8Config, context: Context) -> nn.
                            kv_cache=config.kv_cache)
     counts = wrapped.compress_parameter_counts
     record(
-        context, method="onnx-int8", simulated=False, runs_faster_here=True, device="cpu",
+        context, method="onnx-int8", simulated=False, device="cpu",
         bits=8, weights=("int7" if reduce_range else "int8") + " "
         + ("per-channel" if config.per_channel else "per-tensor"),
         activations="int8 dynamic (per batch)", task=task, reduce_range=reduce_range,

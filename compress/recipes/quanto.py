@@ -3,8 +3,9 @@
 The optimum route: ``optimum.quanto.quantize`` + ``freeze`` on the targeted linears
 (GPT-2 ``Conv1D`` converted to ``Linear`` first); with ``activations=int8`` a
 calibration pass records activation scales first. Weights are really stored in int8 /
-packed int4 (int4 in groups of 128 with scale and shift). On this CPU quanto's
-kernels are slower than fp32 (measured in ``bench/quant_speed.py``). The weights are
+packed int4 (int4 in groups of 128 with scale and shift). Its speed against fp32 is
+each run's ``profile.latency_vs_dense``, and ``bench/quant_speed.py --extra quanto-int8``
+(reports/bench/quant_speed.json) compares it with the other int8 paths. The weights are
 frozen inside ``torch.inference_mode`` (optimum-quanto 0.2.7's int4 weights frozen
 outside it fail under ``inference_mode``), so the result is for inference only. Reload with
 :func:`compress.saving.load_compressed` (format ``quanto``).
@@ -65,12 +66,13 @@ def quanto(model: nn.Module, config: QuantoConfig, context: Context) -> nn.Modul
     counts = state_counts(model, before)
     model.compress_parameter_counts = counts
     record(
-        context, method="quanto", simulated=False, runs_faster_here=False, device=device_of(model),
+        context, method="quanto", simulated=False, device=device_of(model),
         weights=config.weights, activations=config.activations, layers=len(targets),
         bits=8 if config.weights == "int8" else 4,
         group_size=128 if config.weights == "int4" else None,
         dense_bytes=before["bytes"], packed_bytes=counts["bytes"],
-        note="optimum-quanto: real packed weights, inference only; slower than fp32 on this CPU",
+        note="optimum-quanto: real packed weights, inference only; speed against fp32: "
+        "profile.latency_vs_dense",
     )
     return model
 

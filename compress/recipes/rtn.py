@@ -26,6 +26,8 @@ import torch.nn as nn
 from compress.config import RecipeConfig, option
 from compress.context import Context
 from compress.errors import UserError
+from compress.export import compressed_tensors
+from compress.export.grid import mark
 from compress.quant import calib
 from compress.quant.layers import (
     outlier_columns_by_activation,
@@ -73,7 +75,7 @@ class RTNConfig(RecipeConfig):
     "rtn", RTNConfig, family="quantization",
     knobs=(Knob("bits", "down", values=(8, 6, 5, 4, 3, 2)),),
     traits=Traits(calibrates=lambda c: c.outlier_threshold is not None),
-    formats=(), memory=config_memory,
+    formats=(compressed_tensors.FORMAT.name,), memory=config_memory,
 )
 def rtn(model: nn.Module, config: RTNConfig, context: Context) -> nn.Module:
     """Round-to-nearest weight quantization at 2-8 bits, simulated in float."""
@@ -95,8 +97,10 @@ def rtn(model: nn.Module, config: RTNConfig, context: Context) -> nn.Module:
         kept += int(keep.numel())
         packed[name] = rtn_layer(module, spec, keep)
     size = model_size_summary(model, packed)
+    # the grid's shape on the model: compress.export writes it as integer codes
+    mark(model, spec, targets, outlier_columns=kept)
     record(
-        context, method="rtn", simulated=True, runs_faster_here=False, device=device_of(model),
+        context, method="rtn", simulated=True, device=device_of(model),
         **spec.to_dict(), format=spec.describe(), layers=len(packed), outlier_columns=kept,
         outlier_rule=(f"activation>{config.outlier_threshold:g}" if config.outlier_threshold
                       else f"weight top {config.outlier_fraction:g}" if config.outlier_fraction

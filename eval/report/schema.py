@@ -150,6 +150,8 @@ def environment(threads: int | None = None) -> dict[str, Any]:
     # which takes seconds to import
     import torch
 
+    from eval.machine import cpu_info
+
     versions = {}
     for lib in LIBRARIES:
         try:
@@ -161,6 +163,7 @@ def environment(threads: int | None = None) -> dict[str, Any]:
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
+        "cpu": cpu_info(),  # model and ISA flags (AVX2, AVX-512, VNNI, AMX): int8 gains depend on them
         "threads": threads if threads is not None else torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "libraries": versions,
