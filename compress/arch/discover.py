@@ -182,7 +182,27 @@ def _discover(model: nn.Module) -> ArchSpec:
     if not lists:
         raise UserError(_no_blocks_message(model))
     seq2seq = _is_seq2seq(model)
-    enc_path = _encoder_path(model) if seq2seq else None
+    reps, blocks = _representatives(lists)
+    method, notes, trace = _probe(model, reps, blocks, seq2seq, family)
+    stacks_info = _stack_roles(model, lists, seq2seq, trace, notes)
+    kind = "encoder-decoder" if seq2seq and len(stacks_info) == 2 else stacks_info[0][0]
+    layouts, stacks = _stacks(model, stacks_info, reps, blocks, trace, seq2seq)
+    emb, head, tied = _embeddings(model, [s.path for s in stacks])
+    all_layouts = list(layouts.values())
+    if not any(lay.attn for lay in all_layouts):
+        raise UserError(_no_blocks_message(model, "none of its blocks has attention"))
+    act = next((lay.ffn.act_name for lay in all_layouts if lay.ffn and lay.ffn.act_name), None)
+    spec = ArchSpec(
+        family=family, kind=kind, stacks=tuple(stacks), layouts=layouts, embeddings=emb,
+        lm_head=head, tied_embeddings=tied, hidden=stacks[0].hidden, activation=act,
+        conv1d=any(type(m).__name__ == "Conv1D" for m in model.modules()),
+        gated_ffn=any(lay.ffn is not None and lay.ffn.gated for lay in all_layouts),
+        method=method, notes=tuple(notes))
+    return apply_overrides(model, spec)
+
+
+def _representatives(lists) -> tuple[dict[tuple, str], dict[str, nn.Module]]:
+    """Every block by name, and the first block of each (stack, structure) signature."""
     reps: dict[tuple, str] = {}
     blocks: dict[str, nn.Module] = {}
     for path, ml in lists:
@@ -190,25 +210,34 @@ def _discover(model: nn.Module) -> ArchSpec:
             name = f"{path}.{i}"
             blocks[name] = b
             reps.setdefault((path, _signature(b)), name)
-    method, notes = "traced", []
-    trace = None
+    return reps, blocks
+
+
+def _probe(model: nn.Module, reps: dict[tuple, str], blocks: dict[str, nn.Module],
+           seq2seq: bool, family: str) -> tuple[str, list[str], Any]:
+    """One traced forward watching the representative blocks' modules: (method, notes,
+    trace); names and shapes only (trace None) on a meta model or a failed forward."""
     if _is_meta(model):
-        method = "names"
-    else:
-        watch = {}
-        for name in set(reps.values()):
-            for rel, m in blocks[name].named_modules():
-                if rel:
-                    watch[f"{name}.{rel}"] = m
-        try:
-            trace = probe.run(model, watch, blocks, seq2seq)
-        except Exception as exc:  # noqa: BLE001 - fall back to names and shapes
-            method = "names"
-            notes.append(f"probe forward failed ({type(exc).__name__}: "
+        return "names", [], None
+    watch = {}
+    for name in set(reps.values()):
+        for rel, m in blocks[name].named_modules():
+            if rel:
+                watch[f"{name}.{rel}"] = m
+    try:
+        return "traced", [], probe.run(model, watch, blocks, seq2seq)
+    except Exception as exc:  # noqa: BLE001 - fall back to names and shapes
+        log.info("architecture probe failed for %s: %s", family, exc)
+        return "names", [f"probe forward failed ({type(exc).__name__}: "
                          f"{str(exc).splitlines()[0][:120] if str(exc) else ''}); "
-                         "roles from names and shapes only")
-            log.info("architecture probe failed for %s: %s", family, exc)
-    # roles of stacks
+                         "roles from names and shapes only"], None
+
+
+def _stack_roles(model: nn.Module, lists, seq2seq: bool, trace: Any,
+                 notes: list[str]) -> list[tuple]:
+    """(role, path, ModuleList) per block stack, encoder first; one stack per role (the
+    largest; the others are named in ``notes``)."""
+    enc_path = _encoder_path(model) if seq2seq else None
     causal = None
     stacks_info = []
     for path, ml in lists:
@@ -237,11 +266,14 @@ def _discover(model: nn.Module) -> ArchSpec:
         dropped = [i[1] for i in stacks_info if best[i[0]][1] is not i]
         notes.append(f"block lists not handled (one stack per role): {', '.join(dropped)}")
         stacks_info = [b[1] for b in best.values()]
-        stacks_info.sort(key=lambda i: i[0] != "encoder")
-    else:
-        stacks_info.sort(key=lambda i: i[0] != "encoder")
-    kind = "encoder-decoder" if seq2seq and len(stacks_info) == 2 else stacks_info[0][0]
+    stacks_info.sort(key=lambda i: i[0] != "encoder")
+    return stacks_info
 
+
+def _stacks(model: nn.Module, stacks_info: list[tuple], reps: dict[tuple, str],
+            blocks: dict[str, nn.Module], trace: Any,
+            seq2seq: bool) -> tuple[dict[str, BlockLayout], list[StackSpec]]:
+    """The layout of every block (found once per representative) and each stack's spec."""
     layouts: dict[str, BlockLayout] = {}
     stacks = []
     for role, path, ml in stacks_info:
@@ -274,18 +306,7 @@ def _discover(model: nn.Module) -> ArchSpec:
         stacks.append(StackSpec(role=role, path=path, n_blocks=len(ml), config_path=cpath,
                                 private_configs=private, names=names,
                                 calls_per_block=max(calls, 1), hidden=hidden))
-    emb, head, tied = _embeddings(model, [s.path for s in stacks])
-    all_layouts = list(layouts.values())
-    if not any(lay.attn for lay in all_layouts):
-        raise UserError(_no_blocks_message(model, "none of its blocks has attention"))
-    act = next((lay.ffn.act_name for lay in all_layouts if lay.ffn and lay.ffn.act_name), None)
-    spec = ArchSpec(
-        family=family, kind=kind, stacks=tuple(stacks), layouts=layouts, embeddings=emb,
-        lm_head=head, tied_embeddings=tied, hidden=stacks[0].hidden, activation=act,
-        conv1d=any(type(m).__name__ == "Conv1D" for m in model.modules()),
-        gated_ffn=any(lay.ffn is not None and lay.ffn.gated for lay in all_layouts),
-        method=method, notes=tuple(notes))
-    return apply_overrides(model, spec)
+    return layouts, stacks
 
 
 def _hidden_of(block: nn.Module, cfg: Any) -> int:

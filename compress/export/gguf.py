@@ -113,6 +113,24 @@ def _vocab(tokenizer: Any, writer: Any, gguf: Any) -> None:
             quiet.setLevel(level)
 
 
+def _hyperparameters(writer: Any, cfg: Any, arch: str, mapping: dict[str, str | None]) -> None:
+    """The config values transformers' GGUF table names (``{arch}.{key}``), head_dim derived
+    where the config has none."""
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // int(cfg.num_attention_heads)
+    values = {"head_dim": head_dim}
+    for key, attr in mapping.items():
+        if attr is None:
+            continue
+        value = values.get(attr, getattr(cfg, attr, None))
+        if value is None:
+            continue
+        full = f"{arch}.{key}"
+        if isinstance(value, float):
+            writer.add_float32(full, value)
+        else:
+            writer.add_uint32(full, int(value))
+
+
 def export(model: nn.Module, tokenizer: Any, path: str | Path) -> dict[str, Any]:
     """Write ``model`` (a decoder of a GGUF architecture) and its tokenizer to ``path``."""
     gguf = _require()
@@ -135,19 +153,7 @@ def export(model: nn.Module, tokenizer: Any, path: str | Path) -> dict[str, Any]
     path.parent.mkdir(parents=True, exist_ok=True)
     writer = gguf.GGUFWriter(str(path), arch)
     writer.add_name(getattr(cfg, "_name_or_path", "") or type(model).__name__)
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
-    values = {"head_dim": head_dim}
-    for key, attr in GGUF_CONFIG_MAPPING[arch].items():
-        if attr is None:
-            continue
-        value = values.get(attr, getattr(cfg, attr, None))
-        if value is None:
-            continue
-        full = f"{arch}.{key}"
-        if isinstance(value, float):
-            writer.add_float32(full, value)
-        else:
-            writer.add_uint32(full, int(value))
+    _hyperparameters(writer, cfg, arch, GGUF_CONFIG_MAPPING[arch])
     writer.add_file_type(
         gguf.LlamaFileType.ALL_F32
         if not quantized
