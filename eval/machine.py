@@ -7,7 +7,10 @@ subtracts this process's own CPU time (``getrusage``), so what remains is what o
 processes used during the interval, in cores. :func:`is_busy` is the rule every timing
 uses (the profiler, the ``bench/`` scripts): other processes above
 :data:`BUSY_OTHER_CORES` cores, or, where ``/proc/stat`` cannot be read, a load average
-above 1.5x the cores; :class:`BusyMeter` measures an interval and applies it.
+above 1.5x the cores; :class:`BusyMeter` measures an interval and applies it, and
+:func:`quiet_reading` is the same verdict as the record a bench JSON carries.
+:func:`cpu_info` names the CPU and the ISA flags (AVX2, AVX-512, VNNI, AMX) every
+report and bench records beside its timings: int8 gains depend on them.
 """
 
 from __future__ import annotations

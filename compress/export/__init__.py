@@ -1,7 +1,16 @@
 """Interchange formats other tools load without this suite: compressed-tensors
 (:mod:`compress.export.compressed_tensors`) and GGUF (:mod:`compress.export.gguf`)."""
 
-from compress.export import compressed_tensors  # noqa: F401,E402  (registers the save format)
+import shutil
+import tempfile
+from pathlib import Path
+
+from transformers import PreTrainedModel
+
+from compress.errors import UserError
+from compress.export import compressed_tensors  # registers the save format
+from compress.export import gguf as gguf_export
+from compress.moe.format import is_moe_model
 
 
 def interchange_sizes(model, tokenizer, task: str | None = None) -> dict:
@@ -13,16 +22,6 @@ def interchange_sizes(model, tokenizer, task: str | None = None) -> dict:
     get nothing. Used by ``eval.run`` so a report carries what the result really takes
     in the formats other tools load.
     """
-    import shutil
-    import tempfile
-    from pathlib import Path
-
-    from transformers import PreTrainedModel
-
-    from compress.errors import UserError
-    from compress.export import gguf as gguf_export
-    from compress.moe.format import is_moe_model
-
     if not isinstance(model, PreTrainedModel) or is_moe_model(model):
         return {}
     out: dict = {}

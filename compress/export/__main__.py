@@ -18,13 +18,21 @@ import json
 import sys
 from pathlib import Path
 
+from transformers import AutoTokenizer
+
+from compress.errors import run_main
+from compress.export import compressed_tensors, gguf
+from compress.export.grid import mark
+from compress.models import load_model, resolve_path
+from compress.quant.layers import select_targets
+from compress.quant.rtn import QuantSpec
+from compress.saving import FORMAT_FILE, load_compressed
+
 FORMATS = ("compressed-tensors", "gguf")
 
 
 def grid_from_folder(folder: Path):
     """The :class:`QuantSpec` of a compressed-tensors folder's (single) weight scheme."""
-    from compress.quant.rtn import QuantSpec
-
     try:
         qc = json.loads((folder / "config.json").read_text()).get("quantization_config") or {}
     except (OSError, ValueError):
@@ -60,19 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--group-size", type=int, default=128)
     args = p.parse_args(argv)
 
-    from compress.export import compressed_tensors, gguf
-    from compress.export.grid import mark
-    from compress.models import load_model, resolve_path
-    from compress.quant.layers import select_targets
-    from compress.quant.rtn import QuantSpec
-    from compress.saving import FORMAT_FILE, load_compressed
-
     _, path = resolve_path(args.model)
     folder = Path(path)
     if (folder / FORMAT_FILE).exists():
         model = load_compressed(folder)
-        from transformers import AutoTokenizer
-
         tokenizer = AutoTokenizer.from_pretrained(folder)
     else:
         loaded = load_model(args.model)
@@ -94,6 +93,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from compress.cli import run_main
-
     sys.exit(run_main(main))

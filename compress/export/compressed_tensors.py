@@ -46,6 +46,7 @@ import torch.nn as nn
 from compress.errors import UserError
 from compress.export.grid import GRID_ATTR, Grid, marked, recover, unit_width
 from compress.models import model_class
+from compress.quant.layers import select_targets
 from compress.quant.rtn import QuantSpec
 from compress.saving import Format, register_format
 
@@ -76,8 +77,6 @@ def sparsity_of(
 
     ``2:4`` when every group of 4 consecutive input weights holds at least 2 zeros.
     """
-    from compress.quant.layers import select_targets
-
     modules = modules if modules is not None else select_targets(model)
     zeros = total = 0
     two_four = True

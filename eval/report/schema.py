@@ -30,6 +30,7 @@ from typing import Any
 
 from compress.errors import UserError
 from compress.fileio import TMP_PREFIX, atomic_write_json
+from eval.machine import cpu_info
 
 log = logging.getLogger(__name__)
 
@@ -149,8 +150,6 @@ def environment(threads: int | None = None) -> dict[str, Any]:
     # deferred: the readers of reports (eval.compare, eval.report) never need torch,
     # which takes seconds to import
     import torch
-
-    from eval.machine import cpu_info
 
     versions = {}
     for lib in LIBRARIES:
