@@ -43,9 +43,7 @@ class Loaded:
 
 def task_of(config: Any) -> str:
     """Guess the task from a config's ``architectures`` / ``model_type``."""
-    if getattr(config, "model_type", None) == "encoder-decoder" or getattr(
-        config, "is_encoder_decoder", False
-    ):
+    if getattr(config, "is_encoder_decoder", False):
         return "seq2seq"
     archs = getattr(config, "architectures", None) or []
     for arch in archs:

@@ -181,11 +181,14 @@ def _bert_config(**kw) -> tf.BertConfig:
     return tiny_config("bert", **kw)
 
 
-def tiny_config(family: str, **overrides) -> tf.PretrainedConfig:
-    """A small config of ``family`` (a transformers ``model_type``, or "bert2bert")."""
+def tiny_config(family: str, width: int = 32, **overrides) -> tf.PretrainedConfig:
+    """A small config of ``family`` (a transformers ``model_type``, or "bert2bert").
+
+    ``width`` is the hidden size (heads of ``width // 4``, FFN of ``2 * width``).
+    """
     if family == "bert2bert":
-        enc = tiny_config("bert")
-        dec = tiny_config("bert", is_decoder=True, add_cross_attention=True)
+        enc = tiny_config("bert", width)
+        dec = tiny_config("bert", width, is_decoder=True, add_cross_attention=True)
         cfg = tf.EncoderDecoderConfig.from_encoder_decoder_configs(enc, dec)
         cfg.decoder_start_token_id = 1
         cfg.pad_token_id = 0
@@ -196,10 +199,17 @@ def tiny_config(family: str, **overrides) -> tf.PretrainedConfig:
     cls = tf.CONFIG_MAPPING[family]
     params = inspect.signature(cls.__init__).parameters
     kwargs: dict[str, Any] = {}
+    scaled = {32: width, 64: 2 * width, 8: width // 4}
     for names, value in _SIZES:
+        if names[0] in ("vocab_size", "max_position_embeddings", "num_hidden_layers",
+                        "num_attention_heads", "num_key_value_heads", "num_local_experts",
+                        "num_experts_per_tok"):
+            scaled_value = value
+        else:
+            scaled_value = scaled.get(value, value)
         for name in names:
             if name in params:
-                kwargs[name] = value
+                kwargs[name] = scaled_value
     kwargs.update({k: v for k, v in _IDS.items() if k in params})
     if "tie_word_embeddings" in params:
         kwargs["tie_word_embeddings"] = True
@@ -225,14 +235,15 @@ def _model_class(config: tf.PretrainedConfig, classifier: bool) -> type:
     return tf.AutoModel._model_mapping[type(config)]
 
 
-def tiny_model(family: str, seed: int = 0, classifier: bool = False, **overrides):
+def tiny_model(family: str, seed: int = 0, classifier: bool = False, width: int = 32,
+               **overrides):
     """(model, tokenizer) for a randomly initialised tiny model of ``family``.
 
     Decoders come with their causal-LM head, encoder-decoders with their seq2seq head,
     encoders as the bare encoder (``classifier=True``: with a 3-label classification head).
     """
     torch.manual_seed(seed)
-    config = tiny_config(family, **overrides)
+    config = tiny_config(family, width, **overrides)
     if classifier:
         config.num_labels = 3
     if family == "bert2bert":

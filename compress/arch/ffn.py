@@ -127,10 +127,15 @@ def find_ffns(block: nn.Module, paths: list[str], ctx: Any, rec
     found: list[FFNLayout] = []
     rec = rec or (lambda _p: None)
     acts = _act_modules(block, ctx.prefix, ctx.trace) if ctx.trace and rec else {}
-    outs = [p for p in paths if in_out(mods[p])[1] == ctx.hidden and in_out(mods[p])[0] != ctx.hidden]
-    if not outs:
-        outs = [p for p in paths if in_out(mods[p])[1] == ctx.hidden]
+    traced = rec(paths[0]) is not None if paths else False
+    outs = [p for p in paths if in_out(mods[p])[1] == ctx.hidden]
+    # output projections run after their inputs; a square FFN (width == hidden) is
+    # ambiguous by shape, so the trace decides, trying the latest-called first
+    outs.sort(key=lambda p: (-(rec(p).order if rec(p) else 0),
+                             in_out(mods[p])[0] == ctx.hidden))
     for out in outs:
+        if out not in left:
+            continue
         ff = in_out(mods[out])[0]
         ins = [p for p in paths if p != out and p in left and in_out(mods[p])[0] == ctx.hidden
                and in_out(mods[p])[1] in (ff, 2 * ff)]
@@ -141,10 +146,10 @@ def find_ffns(block: nn.Module, paths: list[str], ctx: Any, rec
         if r_out is not None and r_out.inp is not None:
             ys = {p: rec(p).out for p in ins if rec(p) is not None and rec(p).out is not None}
             result = match_ffn(ys, r_out.inp, acts)
-        if result is None:
+        if result is None and not traced:
             result = _ffn_by_name(ins, ff, mods)
-            if result is None:
-                continue
+        if result is None:
+            continue
         parts, order, act = result
         parts = {**parts, "out": out}
         common = lca(list(parts.values()))

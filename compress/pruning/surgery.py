@@ -31,6 +31,7 @@ Importance scores and the choice of units are in :mod:`compress.pruning.importan
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,8 +58,10 @@ log = logging.getLogger(__name__)
 
 #: attention-module attributes holding heads x head_dim.
 HEAD_WIDTH_ATTRS = ("all_head_size", "inner_dim", "split_size", "embed_dim_per_partition")
-#: config attribute recording head counts that the config cannot express.
+#: config attributes recording head counts / FFN widths that the config cannot express.
 PRUNED_HEADS_ATTR = "compress_pruned_heads"
+PRUNED_FFN_ATTR = "compress_pruned_ffn"
+_MISSING = object()
 
 
 # --- geometry --------------------------------------------------------------------------
@@ -322,13 +325,101 @@ def _probe(model: nn.Module) -> torch.Tensor:
     return y.detach().float()
 
 
+def _reference(model: nn.Module, sel: Selection) -> torch.Tensor:
+    """Probe outputs of ``model`` with the removed units' outgoing weights zeroed."""
+    saved = mask_selection(model, sel)
+    try:
+        return _probe(model)
+    finally:
+        unmask(model, saved)
+
+
+def _shrink(model: nn.Module, sel: Selection) -> tuple[dict[str, int], dict[str, AttnUnit]]:
+    """Remove the units; returns the new FFN width per block and the shrunk attention units."""
+    blocks = {b.name: b for b in ffn_blocks(model)}
+    widths: dict[str, int] = {}
+    for name, keep in sel.ffn.items():
+        if len(keep) != ffn_width(blocks[name]):
+            shrink_ffn(blocks[name], keep)
+            widths[name] = len(keep)
+    units = {u.name: u for u in attention_units(model)}
+    changed: dict[str, AttnUnit] = {}
+    for name, (keep_q, keep_kv) in sel.heads.items():
+        u = units[name]
+        if len(keep_q) != u.n_heads or len(keep_kv) != u.n_kv:
+            shrink_heads(u, keep_q, keep_kv)
+            changed[name] = u
+    return widths, changed
+
+
+def _uniform(values: list) -> Any:
+    return values[0] if values and all(v == values[0] for v in values) else None
+
+
+def _express_in_config(model: nn.Module, spec: Any, widths: dict[str, int],
+                       units: dict[str, AttnUnit], undo: list) -> dict[str, Any]:
+    """Write each stack's new sizes where the config holds them, when uniform per stack
+    (every write is appended to ``undo`` as (config, attribute, old value or _MISSING)).
+    ``spec`` is the architecture before the removal: its config names were found by the
+    old sizes."""
+    sizes: dict[str, Any] = {"ffn": {}, "heads": {}}
+
+    def _write(cfg: Any, names: tuple[str, ...], value: int) -> None:
+        for name in names:
+            old = getattr(cfg, name, _MISSING)
+            try:
+                setattr(cfg, name, value)
+            except AttributeError:  # a read-only property (derived from other sizes)
+                continue
+            undo.append((cfg, name, old))
+
+    for stack in spec.stacks:
+        configs = [stack_config(model, spec, stack)] + [
+            model.get_submodule(p).config for p in stack.private_configs]
+        ffn = _uniform([w for b, w in widths.items() if b.startswith(stack.path + ".")])
+        mine = [u for u in units.values() if u.block.stack.path == stack.path]
+        heads = _uniform([(u.n_heads, u.n_kv, u.head_dim) for u in mine])
+        for cfg in configs:
+            if ffn is not None and stack.names.intermediate:
+                _write(cfg, stack.names.intermediate, ffn)
+                sizes["ffn"][stack.role] = ffn
+            if heads is not None and stack.names.heads:
+                n_q, n_kv, hd = heads
+                _write(cfg, stack.names.heads, n_q)
+                _write(cfg, stack.names.kv_heads, n_kv)
+                # explicit: the head size no longer equals hidden / heads
+                _write(cfg, stack.names.head_dim or ("head_dim",), hd)
+                sizes["heads"][stack.role] = {"heads": n_q, "kv_heads": n_kv}
+    return sizes
+
+
+def _shape_mismatch(model: nn.Module) -> str | None:
+    """First parameter whose shape a model rebuilt from ``model.config`` would not match."""
+    from compress.models import build_skeleton
+
+    try:
+        with torch.device("meta"):
+            fresh = build_skeleton(copy.deepcopy(model.config), type(model).__name__)
+    except Exception as exc:  # noqa: BLE001 - a config that does not build is a mismatch
+        return f"the config does not build ({type(exc).__name__})"
+    shapes = {n: tuple(p.shape) for n, p in fresh.named_parameters()}
+    for n, p in model.named_parameters():
+        if shapes.get(n, tuple(p.shape)) != tuple(p.shape):
+            return n
+    return None
+
+
 @torch.no_grad()
 def apply_selection(model: nn.Module, sel: Selection, verify: bool = True) -> dict[str, Any]:
-    """Remove every unit not in ``sel``; update ``model.config``; return the new sizes.
+    """Remove every unit not in ``sel``; record the new sizes; return them.
 
-    With ``verify`` the result must compute on probe inputs what the original computes
-    with the removed units masked; otherwise a :class:`UserError` says so (the model
-    passed in is then left modified and should be discarded).
+    Sizes go into ``model.config`` where it can state them (uniform per stack, and a
+    model rebuilt from the config has every tensor's shape); otherwise the per-module
+    counts go into ``config.compress_pruned_heads`` / ``compress_pruned_ffn`` and the
+    ``structured-heads`` format rebuilds the model on load. With ``verify`` the result
+    must compute on probe inputs what the original computes with the removed units
+    masked; otherwise a :class:`UserError` says so (the model passed in is then left
+    modified and should be discarded).
     """
     for u in attention_units(model):
         if u.name in sel.heads and len(sel.heads[u.name][0]) != u.n_heads:
@@ -336,63 +427,46 @@ def apply_selection(model: nn.Module, sel: Selection, verify: bool = True) -> di
             if why:
                 raise UserError(f"structured head removal is not possible here: {why}; "
                                 "use heads_ratio=0 (FFN neurons only)")
-    reference = None
-    if verify:
-        saved = mask_selection(model, sel)
-        try:
-            reference = _probe(model)
-        finally:
-            unmask(model, saved)
+    reference = _reference(model, sel) if verify else None
     spec = arch_for(model)
-    blocks = {b.name: b for b in ffn_blocks(model)}
-    new_ffn: dict[str, int] = {}
-    for name, keep in sel.ffn.items():
-        b = blocks[name]
-        if len(keep) != ffn_width(b):
-            shrink_ffn(b, keep)
-        new_ffn[b.role] = len(keep)
-    units = {u.name: u for u in attention_units(model)}
-    unexpressed: dict[str, dict[str, int]] = dict(getattr(model.config, PRUNED_HEADS_ATTR, None)
-                                                  or {})
-    heads_by_role: dict[str, tuple[int, int, int]] = {}
-    for name, (keep_q, keep_kv) in sel.heads.items():
-        u = units[name]
-        if len(keep_q) != u.n_heads or len(keep_kv) != u.n_kv:
-            shrink_heads(u, keep_q, keep_kv)
-        if heads_in_config(model, u.block):
-            heads_by_role[u.block.role] = (u.n_heads, u.n_kv, u.head_dim)
-        else:
-            unexpressed[name] = {"heads": u.n_heads, "kv_heads": u.n_kv}
-    for stack in spec.stacks:
-        configs = [stack_config(model, spec, stack)] + [
-            model.get_submodule(p).config for p in stack.private_configs]
-        for cfg in configs:
-            if stack.role in new_ffn:
-                _write(cfg, stack.names.intermediate, new_ffn[stack.role])
-            if stack.role in heads_by_role:
-                n_q, n_kv, hd = heads_by_role[stack.role]
-                _write(cfg, stack.names.heads, n_q)
-                _write(cfg, stack.names.kv_heads, n_kv)
-                _write(cfg, stack.names.head_dim, hd)  # explicit: no longer hidden / heads
-    if unexpressed:
-        setattr(model.config, PRUNED_HEADS_ATTR, unexpressed)
+    widths, units = _shrink(model, sel)
+    undo: list = []
+    sizes = _express_in_config(model, spec, widths, units, undo)
+    if _shape_mismatch(model) is not None:  # the config cannot say it: record per module
+        for cfg, name, old in reversed(undo):
+            if old is _MISSING:
+                delattr(cfg, name)
+            else:
+                setattr(cfg, name, old)
+        heads = dict(getattr(model.config, PRUNED_HEADS_ATTR, None) or {})
+        heads.update({n: {"heads": u.n_heads, "kv_heads": u.n_kv} for n, u in units.items()})
+        ffn = dict(getattr(model.config, PRUNED_FFN_ATTR, None) or {})
+        ffn.update(widths)
+        if heads:
+            setattr(model.config, PRUNED_HEADS_ATTR, heads)
+        if ffn:
+            setattr(model.config, PRUNED_FFN_ATTR, ffn)
+        sizes = {"ffn": {}, "heads": {}, "outside_config": len(heads) + len(ffn)}
     if verify:
+        _verify(model, reference)
+    return sizes
+
+
+def _verify(model: nn.Module, reference: torch.Tensor) -> None:
+    why = None
+    try:
         got = _probe(model)
+    except Exception as exc:  # noqa: BLE001 - a forward that breaks is the failure we report
+        why = f"its forward fails ({type(exc).__name__})"
+    else:
         scale = float(reference.abs().max()) + 1e-6
         if got.shape != reference.shape or float((got - reference).abs().max()) > 1e-3 * scale:
-            raise UserError(
-                "structured removal changed what the remaining units compute on this model "
-                f"({spec.family}: something besides the projections depends on the head count, "
-                "e.g. ALiBi slopes or a shared position bias); use heads_ratio=0 or another recipe"
-            )
-    return {"ffn": new_ffn, "heads": {r: {"heads": q, "kv_heads": kv}
-                                      for r, (q, kv, _) in heads_by_role.items()},
-            "heads_outside_config": len(unexpressed)}
-
-
-def _write(cfg: Any, names: tuple[str, ...], value: int) -> None:
-    for name in names:
-        setattr(cfg, name, value)
+            why = "its outputs change"
+    if why:
+        raise UserError(
+            f"structured removal is not exact on {arch_for(model).family}: {why}; something "
+            "besides the projections depends on the head count (ALiBi slopes, a norm over "
+            "all heads, a shared position bias); use heads_ratio=0 or another recipe")
 
 
 # --- the structured-heads format ------------------------------------------------------------
@@ -401,23 +475,36 @@ FORMAT_NAME = "structured-heads"
 
 
 def _applies(model: nn.Module) -> bool:
-    return bool(getattr(getattr(model, "config", None), PRUNED_HEADS_ATTR, None))
+    cfg = getattr(model, "config", None)
+    return bool(getattr(cfg, PRUNED_HEADS_ATTR, None) or getattr(cfg, PRUNED_FFN_ATTR, None))
+
+
+WEIGHTS_FILE = "model.safetensors"
 
 
 def _save(model: nn.Module, folder: Path) -> None:
-    arch = model.config.architectures
-    try:
-        model.config.architectures = [type(model).__name__]
-        model.save_pretrained(folder, safe_serialization=True)
-    finally:
-        model.config.architectures = arch
+    """Config (with the recorded per-module sizes) and the state dict as the model holds it.
+
+    Written with ``safetensors.torch.save_model`` rather than ``save_pretrained``, which
+    would convert some weights to their hub layout (native MoE experts) on the way out.
+    """
+    from safetensors.torch import save_model as save_tensors
+
+    folder = Path(folder)
+    config = copy.deepcopy(model.config)
+    config.architectures = [type(model).__name__]
+    config.save_pretrained(folder)
+    gen = getattr(model, "generation_config", None)
+    if gen is not None and getattr(model, "can_generate", lambda: False)():
+        gen.save_pretrained(folder)
+    save_tensors(model, str(folder / WEIGHTS_FILE))
 
 
 @torch.no_grad()
 def _load(folder: Path) -> nn.Module:
-    """Build the model from its config, shrink the recorded attention modules, load weights."""
+    """Build the model from its config, shrink the recorded modules, load the weights."""
     import transformers as tf
-    from safetensors.torch import load_file
+    from safetensors.torch import load_model as load_tensors
 
     from compress.models import build_skeleton
 
@@ -430,27 +517,22 @@ def _load(folder: Path) -> nn.Module:
         if mod_name not in units:
             raise UserError(f"{folder}: {PRUNED_HEADS_ATTR} names {mod_name}, not in the model")
         shrink_heads(units[mod_name], torch.arange(n["heads"]), torch.arange(n["kv_heads"]))
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise UserError(f"{folder} has no safetensors weights")
-    state: dict[str, torch.Tensor] = {}
-    for f in files:
-        state.update(load_file(str(f)))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = {n for n in missing if _is_tied(model, n, state)}
-    if set(missing) - tied or unexpected:
+    blocks = {b.name: b for b in ffn_blocks(model)}
+    for block_name, width in (getattr(config, PRUNED_FFN_ATTR, None) or {}).items():
+        if block_name not in blocks:
+            raise UserError(f"{folder}: {PRUNED_FFN_ATTR} names {block_name}, not in the model")
+        shrink_ffn(blocks[block_name], torch.arange(width))
+    path = folder / WEIGHTS_FILE
+    if not path.exists():
+        raise UserError(f"{folder} has no {WEIGHTS_FILE}")
+    missing, unexpected = load_tensors(model, str(path), strict=False)
+    if missing or unexpected:
         raise UserError(f"{folder}: weights do not match the rebuilt model (missing "
-                        f"{sorted(set(missing) - tied)[:3]}, unexpected {sorted(unexpected)[:3]})")
+                        f"{sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
+    if (folder / "generation_config.json").exists() and hasattr(model, "generation_config"):
+        model.generation_config = tf.GenerationConfig.from_pretrained(folder)
     model.eval()
     return model
-
-
-def _is_tied(model: nn.Module, name: str, state: dict[str, torch.Tensor]) -> bool:
-    params = dict(model.named_parameters(remove_duplicate=False))
-    p = params.get(name)
-    if p is None:
-        return name not in dict(model.named_parameters())  # a buffer that is not saved
-    return any(params.get(other) is p for other in state if other != name)
 
 
 FORMAT = register_format(Format(FORMAT_NAME, _applies, _save, _load))

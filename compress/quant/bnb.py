@@ -27,6 +27,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from compress.arch import is_transposed
 from compress.arch.util import is_linear
 from compress.errors import UserError
 
@@ -47,10 +48,17 @@ def requantize(model: nn.Module, quantization_config: Any, targets: set[str]) ->
     """
     device = next(model.parameters()).device
     asked = set(targets)
+    modules = dict(model.named_modules())
+    # transformers converts exactly nn.Linear / Conv1D (not subclasses such as FalconLinear)
+    targets = {n for n in targets if type(modules[n]) is nn.Linear or is_transposed(modules[n])}
+    if asked and not targets:
+        kinds = sorted({type(modules[n]).__name__ for n in asked})
+        raise UserError(f"bitsandbytes through transformers converts only plain nn.Linear and "
+                        f"Conv1D layers; this model's linears are {', '.join(kinds)}; use rtn, "
+                        "gptq or quanto instead")
     if getattr(quantization_config, "load_in_4bit", False) and device.type == "cpu":
         from compress.arch import in_out_features
 
-        modules = dict(model.named_modules())
         targets = {n for n in targets if in_out_features(modules[n])[0] % 64 == 0}
     skip = sorted(
         name for name, mod in model.named_modules()

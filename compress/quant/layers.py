@@ -7,15 +7,21 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from compress.arch import arch_for, linear_weight_in_out, targeted_linears
+from compress.arch import ExpertLinear, arch_for, linear_weight_in_out, targeted_linears
 from compress.config import RecipeConfig, option
 from compress.quant.packing import layer_bytes
 from compress.quant.rtn import QuantSpec, fake_quantize, set_weight_matrix, weight_matrix
 
 
-def select_targets(model: nn.Module, include_head: bool = False) -> dict[str, nn.Module]:
-    """Full name -> module of the attention/cross/FFN linears (+ the LM head if asked)."""
-    targets = {name: mod for name, (mod, _comp) in targeted_linears(model).items()}
+def select_targets(model: nn.Module, include_head: bool = False, views: bool = True
+                   ) -> dict[str, nn.Module]:
+    """Full name -> module of the attention/cross/FFN linears (+ the LM head if asked).
+
+    ``views=False`` leaves out native MoE experts, which are slices of one 3-D tensor
+    (:class:`compress.arch.ExpertLinear`), not modules: for backends that replace modules.
+    """
+    targets = {name: mod for name, (mod, _comp) in targeted_linears(model).items()
+               if views or not isinstance(mod, ExpertLinear)}
     if include_head:
         spec = arch_for(model)
         for name, mod in model.named_modules():

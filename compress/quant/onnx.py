@@ -161,11 +161,17 @@ def _trace(adapter: nn.Module, model: nn.Module, args: tuple, path: Path, names:
     """``torch.onnx.export`` of ``adapter`` (wrapping ``model``) in eval mode, mode restored."""
     was_training = model.training
     adapter.eval()  # the exporter restores the adapter's mode recursively: keep it eval
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(adapter, args, str(path), input_names=names, output_names=outputs,
-                          dynamic_axes=dyn, dynamo=False, opset_version=17)
-    model.train(was_training)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(adapter, args, str(path), input_names=names, output_names=outputs,
+                              dynamic_axes=dyn, dynamo=False, opset_version=17)
+    except (torch.onnx.errors.OnnxExporterError, torch.onnx.errors.UnsupportedOperatorError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"this model does not export to ONNX ({first}); use dynamic-int8, "
+                        "rtn or gptq instead") from None
+    finally:
+        model.train(was_training)
 
 
 def task_of_model(model: nn.Module, given: str | None = None) -> str:
@@ -348,6 +354,9 @@ class OnnxModel(nn.Module):
         return None
 
     # -- inference ----------------------------------------------------------
+    def _inputs(self) -> set[str]:
+        return {i.name for i in self.session.get_inputs()}
+
     def _run(self, feeds: dict[str, torch.Tensor]) -> torch.Tensor:
         arrays = {k: v.detach().cpu().to(torch.int64).numpy() for k, v in feeds.items()
                   if v is not None}
@@ -373,7 +382,9 @@ class OnnxModel(nn.Module):
             for heads, dim in self.cache_shapes:
                 past += [np.zeros((ids.shape[0], heads, 0, dim), np.float32)] * 2
         names = past_names(len(self.cache_shapes))
-        out = self.session.run(None, {**arrays, **dict(zip(names, past, strict=True))})
+        wanted = self._inputs()  # models without position ids (ALiBi) export without them
+        feeds = {k: v for k, v in arrays.items() if k in wanted}
+        out = self.session.run(None, {**feeds, **dict(zip(names, past, strict=True))})
         return torch.from_numpy(out[0]), out[1:]
 
     def _decoder_start(self) -> int:

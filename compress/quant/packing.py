@@ -98,14 +98,17 @@ def unique_parameters(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
     return out
 
 
-def model_size_summary(model: nn.Module, packed: dict[str, dict[str, int]]) -> dict[str, Any]:
+def model_size_summary(model: nn.Module, packed: dict[str, dict[str, int]],
+                       modules: dict[str, nn.Module] | None = None) -> dict[str, Any]:
     """Dense vs packed bytes of the whole model given per-module packed breakdowns.
 
     ``packed`` maps module names (whose ``.weight`` is replaced by the packed format)
-    to :func:`layer_bytes` results. Everything else counts at its stored dtype.
+    to :func:`layer_bytes` results; ``modules`` maps those names to the modules (default:
+    the model's; native MoE experts are views, not modules, so callers pass them).
+    Everything else counts at its stored dtype.
     """
     dense_total = sum(p.numel() * p.element_size() for _, p in unique_parameters(model))
-    modules = dict(model.named_modules())
+    modules = modules if modules is not None else dict(model.named_modules())
     target_dense = 0
     target_weights = 0
     for name in packed:

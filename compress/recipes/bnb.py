@@ -101,7 +101,7 @@ def bnb_int8(model: nn.Module, config: BnbInt8Config, context: Context) -> nn.Mo
 
     device = bnb_q.check_device(model, "bnb-int8")
     before = parameter_counts(model)
-    targets = set(select_targets(model))
+    targets = set(select_targets(model, views=False))
     qc = BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=config.threshold)
     out = bnb_q.requantize(model, qc, targets)
     bnb_q.quiet_cast_notice()  # recorded once here instead of logged on every matmul
@@ -118,7 +118,7 @@ def bnb_4bit(model: nn.Module, config: Bnb4bitConfig, context: Context) -> nn.Mo
 
     device = bnb_q.check_device(model, "bnb-4bit")
     before = parameter_counts(model)
-    targets = set(select_targets(model))
+    targets = set(select_targets(model, views=False))
     qc = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=config.quant_type,
                             bnb_4bit_use_double_quant=config.double_quant,
                             bnb_4bit_compute_dtype=DTYPES[config.compute_dtype])

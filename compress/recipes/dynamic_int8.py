@@ -58,7 +58,7 @@ def dynamic_int8(model: nn.Module, config: DynamicInt8Config, context: Context) 
         raise UserError(f"dynamic-int8 runs on the CPU only; the model is on {device} "
                         "(load it without --device-map)")
     before = parameter_counts(model)
-    targets = select_targets(model, config.include_head)
+    targets = select_targets(model, config.include_head, views=False)
     kept = config.kept(model, targets, context, "dynamic-int8")
     model._compress_conv1d_converted = conv1d_to_linear(model, set(targets))
     quantized = [n for n in targets if n not in kept]

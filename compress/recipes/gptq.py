@@ -76,7 +76,7 @@ def gptq(model: nn.Module, config: GPTQConfig, context: Context) -> nn.Module:
     targets = select_targets(model)
     packed, uncalibrated = gptq_model(model, targets, spec, batches, blocksize=config.blocksize,
                         damp=config.damp, act_order=config.act_order)
-    size = model_size_summary(model, packed)
+    size = model_size_summary(model, packed, targets)
     # the grid's shape on the model: compress.export writes it as integer codes
     mark(model, spec, targets)
     record(

@@ -56,7 +56,7 @@ def onnx_int8(model: nn.Module, config: OnnxInt8Config, context: Context) -> nn.
         raise UserError("onnx-int8 exports and runs on the CPU; load the model without --device-map")
     task = onnx_q.task_of_model(model, context.task)
     before = parameter_counts(model)
-    targets = select_targets(model)
+    targets = select_targets(model, views=False)
     kept = config.kept(model, targets, context, "onnx-int8")
     # GPT-2's Conv1D traces to Gemm, which the quantizer (MatMul only) would leave in fp32
     conv1d_to_linear(model, set(targets))

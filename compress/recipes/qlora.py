@@ -79,7 +79,7 @@ def qlora(model: nn.Module, config: QLoRAConfig, context: Context) -> nn.Module:
         raise UserError("qlora needs training data in context.train (the command line passes "
                         "the task's training split)")
     before = parameter_counts(model)
-    targets = set(select_targets(model))
+    targets = set(select_targets(model, views=False))
     qc = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=config.quant_type,
                             bnb_4bit_use_double_quant=config.double_quant,
                             bnb_4bit_compute_dtype=torch.float32)

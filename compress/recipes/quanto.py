@@ -52,7 +52,7 @@ class QuantoConfig(RecipeConfig):
 def quanto(model: nn.Module, config: QuantoConfig, context: Context) -> nn.Module:
     """optimum-quanto int8/int4 weights, optional int8 activations after calibration."""
     before = parameter_counts(model)
-    targets = select_targets(model, config.include_head)
+    targets = select_targets(model, config.include_head, views=False)
     activations = None if config.activations == "none" else config.activations
     batches = None
     if activations:

@@ -70,7 +70,7 @@ def runtime(model: nn.Module, config: RuntimeConfig, context: Context) -> nn.Mod
         raise UserError("runtime exports and runs on the CPU; load the model without --device-map")
     task = oq.task_of_model(model, context.task)
     before = parameter_counts(model)
-    targets = select_targets(model)
+    targets = select_targets(model, views=False)
     kept = config.kept(model, targets, context, "runtime")
     conv1d_to_linear(model, set(targets))  # Conv1D traces to Gemm, which stays unquantized
     wrapped = rt.build(model, task, engine=config.engine, weights=config.weights,
