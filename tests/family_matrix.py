@@ -56,6 +56,7 @@ CELL_CONFIG: dict[str, dict[str, Any]] = {
     "gptq": {"bits": 4, "granularity": "group", "group_size": 16, **CALIB},
     "dynamic-int8": {},
     "onnx-int8": {},
+    "runtime": {"weights": "int8"},
     "bnb-int8": {},
     "bnb-4bit": {},
     "quanto": {"weights": "int8"},

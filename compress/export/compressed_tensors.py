@@ -28,7 +28,8 @@ What is written:
 
 :data:`FORMAT` registers this as the save format of models that carry a still-valid
 grid record (:func:`compress.export.grid.marked`), ahead of the sparse bitmask format,
-so a ``wanda`` + ``rtn`` result is written packed. :func:`load` reloads through
+so a ``wanda`` + ``rtn`` result is written packed; a model whose class transformers
+cannot load back packed (:func:`transformers_loads`) keeps the suite's own formats. :func:`load` reloads through
 transformers (``dequantize=True``: a plain float model comes back).
 
 >>> export(model, "out/smollm2-gptq4-ct")                                   # doctest: +SKIP
@@ -37,6 +38,8 @@ transformers (``dequantize=True``: a plain float model comes back).
 
 from __future__ import annotations
 
+import copy
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +48,12 @@ import torch.nn as nn
 
 from compress.errors import UserError
 from compress.export.grid import GRID_ATTR, Grid, marked, recover, unit_width
-from compress.models import model_class
+from compress.models import build_skeleton, model_class
 from compress.quant.layers import select_targets
 from compress.quant.rtn import QuantSpec
 from compress.saving import Format, register_format
+
+log = logging.getLogger(__name__)
 
 NAME = "compressed-tensors"
 PACKED, INT8 = "pack-quantized", "int-quantized"
@@ -278,12 +283,39 @@ def load(folder: Path) -> nn.Module:
     return plain(model)
 
 
+def transformers_loads(model: nn.Module, spec: QuantSpec, modules: dict[str, nn.Module]) -> bool:
+    """Whether transformers can load ``model``'s class back with ``modules`` packed.
+
+    Its ``from_pretrained`` runs the class's ``_init_weights`` on every module, and some
+    classes read a child linear's ``weight`` there (T5's attention and FFN blocks,
+    ModernBERT, Switch Transformers in transformers 5.23), which a ``pack-quantized``
+    linear no longer has: those folders do not load. Tried on a meta-device skeleton with
+    the packed linears' weights removed (``int-quantized`` linears keep a ``weight``).
+    """
+    if storage_format(spec) != PACKED:
+        return True
+    try:
+        with torch.device("meta"):
+            skeleton = build_skeleton(copy.deepcopy(model.config), type(model).__name__)
+        for name in modules:
+            del skeleton.get_submodule(name)._parameters["weight"]
+        skeleton.initialize_weights()
+    except Exception as exc:  # noqa: BLE001 - any failure: keep the suite's own format
+        log.info("compressed-tensors: %s would not load back in transformers (%s: %s)",
+                 type(model).__name__, type(exc).__name__, exc)
+        return False
+    return True
+
+
 def applies(model: nn.Module) -> bool:
-    """A model with a valid grid record whose quantized layers are all ``nn.Linear``."""
+    """A model with a valid grid record whose quantized layers are all ``nn.Linear`` and
+    whose class transformers loads back from the format (:func:`transformers_loads`)."""
     found = marked(model)
     if found is None or getattr(model, "config", None) is None:
         return False
-    return all(type(m) is nn.Linear for m in found[1].values())
+    spec, modules = found
+    return all(type(m) is nn.Linear for m in modules.values()) and transformers_loads(
+        model, spec, modules)
 
 
 def _save(model: nn.Module, folder: Path) -> None:
