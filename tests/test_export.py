@@ -160,6 +160,30 @@ def test_conv1d_and_kept_outliers_fall_back_to_the_other_formats():
         export(gpt2, "/tmp/never-written")
 
 
+def test_classes_transformers_cannot_load_packed_keep_the_suite_formats(tmp_path):
+    """T5's _init_weights reads its attention linears' ``weight``, which a pack-quantized
+    linear no longer has, so transformers cannot load such a folder: the 4-bit result saves
+    in another format and round-trips; 8-bit (int-quantized keeps ``weight``) and a class
+    without that habit (BART) use compressed-tensors."""
+    grid = {"granularity": "group", "group_size": 16}
+    t5, tok = tiny_model("t5")
+    t5 = compress(t5, make_config("rtn", bits=4, **grid), Context(tokenizer=tok))
+    assert marked(t5) is not None
+    fmt = format_for(t5)
+    assert fmt is None or fmt.name != "compressed-tensors"
+    save_model(t5, tok, tmp_path / "t5")
+    x = sample_inputs("t5")
+    with torch.no_grad():
+        torch.testing.assert_close(load_compressed(tmp_path / "t5")(**x).logits, t5(**x).logits,
+                                   rtol=0, atol=1e-6)
+    t5_8, _ = tiny_model("t5")
+    t5_8 = compress(t5_8, make_config("rtn", bits=8, **grid), Context(tokenizer=tok))
+    assert format_for(t5_8).name == "compressed-tensors"
+    bart, tok = tiny_model("bart")
+    bart = compress(bart, make_config("rtn", bits=4, **grid), Context(tokenizer=tok))
+    assert format_for(bart).name == "compressed-tensors"
+
+
 @pytest.mark.parametrize("steps,types", [
     ([], {"F32"}),
     ([("rtn", {"bits": 4, "granularity": "group", "group_size": 32})], {"F32", "Q4_0"}),
