@@ -282,6 +282,9 @@ class OpenVinoSession:
     def get_outputs(self) -> list[Any]:
         return [_Named(n) for n in self.names]
 
+    def get_inputs(self) -> list[Any]:
+        return [_Named(i.get_any_name()) for i in self.compiled.inputs]
+
     def run(self, names: list[str] | None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         result = self.request.infer(feeds)
         values = [np.array(result[out]) for out in self.compiled.outputs]
