@@ -110,10 +110,10 @@ def stack_names(config: Any, role: str, *, n_blocks: int, heads: int | None,
     inter = find(config, "intermediate", intermediate, role) if intermediate else ()
     if intermediate and not inter:
         inter = find(config, "intermediate", None, role, allow_none=True)  # GPT-2 n_inner=None
-    per_layer = tuple(
+    per_layer = tuple(  # one entry per block (layer_types, no_rope_layers, ...)
         name for name, v in attrs_of(config).items()
         if isinstance(v, (list, tuple)) and len(v) == n_blocks and n_blocks > 1
-        and not name.startswith("_") and name not in ("architectures", "id2label", "label2id")
+        and "layer" in name.lower() and not name.startswith("_")
     )
     expert = ()
     if expert_intermediate:

@@ -337,9 +337,16 @@ def _attention(block: nn.Module, unit: str, paths: list[str], ctx: BlockContext)
                  block.get_submodule(head_module), ctx.hints)
     heads, kv_heads, hd = geo if geo else (0, 0, 0)
     qk = _qk_norms(block.get_submodule(unit), unit, heads, kv_heads, hd) if geo else {}
+    head_rows = {}
+    for p in unassigned if geo else ():
+        out = in_out(block.get_submodule(p))[1]
+        if out == heads * hd:
+            head_rows[p] = "q"
+        elif out == kv_heads * hd:
+            head_rows[p] = "kv"
     return AttnLayout(kind=_attn_kind(block, unit, parts, ctx), path=unit,
                       head_module=head_module, parts=parts, heads=heads, kv_heads=kv_heads,
-                      head_dim=hd, qk_norms=qk, unassigned=unassigned)
+                      head_dim=hd, qk_norms=qk, unassigned=unassigned, head_rows=head_rows)
 
 
 def find_hints(config: Any, role: str, hidden: int) -> HeadHints:

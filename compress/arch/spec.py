@@ -58,6 +58,9 @@ class AttnLayout:
     qkv_layout: str | None = None
     qk_norms: dict[str, str] = field(default_factory=dict)  # "q"/"k" -> path
     unassigned: tuple[str, ...] = ()  # linears inside the module without a q/k/v/o role
+    #: unassigned projections whose output rows are per head (relative-position key/query
+    #: projections of disentangled attention): they lose their rows with their heads.
+    head_rows: dict[str, str] = field(default_factory=dict)  # path -> "q" | "kv"
 
     @property
     def prefix(self) -> str:

@@ -53,6 +53,10 @@ def capture_blocks(model: nn.Module, wanted: Mapping[str, Sequence[int]]) -> Ite
             if not idx:
                 continue
             blocks = model.get_submodule(stack.path)
+            if stack.shared:  # one block run N times per forward: calls are the depth
+                handles.append(blocks[0].register_forward_hook(
+                    _nth_call_hook(captured, stack.role, set(idx), stack.calls_per_block)))
+                continue
             for j in idx:
 
                 def hook(_mod, _inp, out, key=(stack.role, j)):
@@ -63,6 +67,20 @@ def capture_blocks(model: nn.Module, wanted: Mapping[str, Sequence[int]]) -> Ite
     finally:
         for h in handles:
             h.remove()
+
+
+def _nth_call_hook(captured: Hidden, role: str, wanted: set[int], calls: int):
+    """A forward hook keeping the outputs of the ``wanted`` calls of a block that runs
+    ``calls`` times per forward (ALBERT's shared layer)."""
+    count = [0]
+
+    def hook(_mod, _inp, out):
+        j = count[0] % calls
+        count[0] += 1
+        if j in wanted:
+            captured[(role, j)] = out[0] if isinstance(out, (tuple, list)) else out
+
+    return hook
 
 
 def _use_cache_off(model: nn.Module) -> dict[str, Any]:

@@ -33,6 +33,7 @@ import copy
 import logging
 from collections.abc import Mapping, Sequence
 
+import torch
 import torch.nn as nn
 
 from compress.arch import StackSpec, arch_for, stack_config
@@ -204,14 +205,99 @@ def _fix_relative_bias(blocks: nn.ModuleList, teacher_blocks: nn.ModuleList) -> 
                 del mod.relative_attention_bias
 
 
+def _block_signature(block: nn.Module) -> tuple:
+    return tuple(sorted((n, tuple(p.shape)) for n, p in block.named_parameters()))
+
+
+def _rebuilt_blocks(student: nn.Module) -> dict[str, list[tuple]]:
+    """Per stack path: the block signatures of a model built from the student's config."""
+    from compress.models import build_skeleton
+
+    with torch.device("meta"):
+        fresh = build_skeleton(copy.deepcopy(student.config), type(student).__name__)
+    out = {}
+    for stack in arch_for(student).stacks:
+        try:
+            out[stack.path] = [_block_signature(b) for b in fresh.get_submodule(stack.path)]
+        except AttributeError:
+            out[stack.path] = []
+    return out
+
+
+def _mismatches(student: nn.Module) -> dict[str, list[int]]:
+    """Student positions whose block differs from what its config rebuilds there (models
+    whose blocks differ by position: a first layer without a norm, sparse-every-k MoE)."""
+    fresh = _rebuilt_blocks(student)
+    bad: dict[str, list[int]] = {}
+    for stack in arch_for(student).stacks:
+        if stack.shared:
+            continue
+        mine = [_block_signature(b) for b in student.get_submodule(stack.path)]
+        want = fresh.get(stack.path, [])
+        if len(want) != len(mine):
+            bad[stack.role] = list(range(len(mine)))
+            continue
+        wrong = [j for j, (a, b) in enumerate(zip(mine, want, strict=True)) if a != b]
+        if wrong:
+            bad[stack.role] = wrong
+    return bad
+
+
+def _remap(teacher: nn.Module, student: nn.Module, maps: dict[str, list[int]]
+           ) -> dict[str, list[int]]:
+    """Per position, the teacher block nearest the wanted one whose structure the student's
+    config rebuilds there (kept in increasing order); a :class:`UserError` when none fits."""
+    fresh = _rebuilt_blocks(student)
+    out = dict(maps)
+    for stack in arch_for(teacher).stacks:
+        if stack.shared or stack.role not in maps:
+            continue
+        sigs = [_block_signature(b) for b in teacher.get_submodule(stack.path)]
+        want = fresh.get(stack.path, [])
+        chosen: list[int] = []
+        for j, target in enumerate(maps[stack.role]):
+            ok = [i for i, sig in enumerate(sigs) if j < len(want) and sig == want[j]
+                  and (not chosen or i > chosen[-1])]
+            if not ok:
+                raise UserError(
+                    f"the student's config rebuilds {stack.role} block {j} unlike any teacher "
+                    "block left to keep (this model's blocks differ by position); choose a "
+                    "layer_map whose blocks match the positions, or another student depth")
+            chosen.append(min(ok, key=lambda i: (abs(i - target), i)))
+        out[stack.role] = chosen
+    return out
+
+
 def make_student(
-    teacher: nn.Module, layer_maps: Mapping[str, Sequence[int]]
+    teacher: nn.Module, layer_maps: Mapping[str, Sequence[int]], adjust: bool = False
 ) -> tuple[nn.Module, dict[str, list[int]]]:
     """A deep copy of ``teacher`` keeping, per stack role, the blocks in ``layer_maps``.
 
     Returns ``(student, maps)`` with ``maps`` complete (a role not given keeps all
-    blocks). The teacher is not modified.
+    blocks). The teacher is not modified. The student's config must rebuild exactly the
+    kept blocks (so ``from_pretrained`` reloads it); where a model's blocks differ by
+    position, ``adjust`` moves each kept block to the nearest teacher block that fits
+    (for maps the suite chose), else a :class:`UserError` says which position fails.
     """
+    student, maps = _build_student(teacher, layer_maps)
+    bad = _mismatches(student)
+    if bad and adjust:
+        maps = _remap(teacher, student, maps)
+        student, maps = _build_student(teacher, maps)
+        bad = _mismatches(student)
+    if bad:
+        role, where = next(iter(bad.items()))
+        raise UserError(
+            f"the student's config rebuilds its {role} block {where[0]} differently from the "
+            f"kept teacher block {maps[role][where[0]]} (this model's blocks differ by "
+            "position); choose another layer_map")
+    log.info("student blocks: %s", maps)
+    return student, maps
+
+
+def _build_student(
+    teacher: nn.Module, layer_maps: Mapping[str, Sequence[int]]
+) -> tuple[nn.Module, dict[str, list[int]]]:
     spec = arch_for(teacher)
     counts = teacher_layer_counts(teacher)
     maps = {role: list(layer_maps.get(role, range(n))) for role, n in counts.items()}
@@ -242,5 +328,4 @@ def make_student(
                     mod.layer_idx = j
         for cfg in configs:  # T5Stack keeps a private copy of the config
             _set_layer_count(cfg, stack, len(keep), keep)
-    log.info("student blocks: %s", {r: len(m) for r, m in maps.items()})
     return student, maps

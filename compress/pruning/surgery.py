@@ -120,8 +120,9 @@ class AttnUnit:
                     "[q|k|v], per-head or per-group")
         if "qkv" not in lay.parts and not {"q", "k", "v"} <= set(lay.parts):
             return f"{self.name}: q/k/v projections not all found"
-        if lay.unassigned:
-            return f"{self.name}: projections with no known role ({', '.join(lay.unassigned)})"
+        odd = [p for p in lay.unassigned if p not in lay.head_rows]
+        if odd:
+            return f"{self.name}: projections with no known role ({', '.join(odd)})"
         return None
 
 
@@ -220,6 +221,8 @@ def shrink_heads(unit: AttnUnit, keep_q: torch.Tensor, keep_kv: torch.Tensor) ->
         keep_out(unit.linear("k"), kv_rows)
         keep_out(unit.linear("v"), kv_rows)
     keep_in(unit.linear("o"), q_rows)
+    for path, part in lay.head_rows.items():
+        keep_out(unit.block.module.get_submodule(path), q_rows if part == "q" else kv_rows)
     for part, path in lay.qk_norms.items():
         _keep_norm(unit.block.module.get_submodule(path), q_rows if part == "q" else kv_rows)
     for module, pname, axis in unit.per_head_tables():

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,6 +31,7 @@ import torch.nn as nn
 from compress.arch import is_transposed
 from compress.arch.util import is_linear
 from compress.errors import UserError
+from compress.saving import Format, register_format
 
 
 def bnb_layer_types() -> tuple[type, ...]:
@@ -82,13 +84,8 @@ def requantize(model: nn.Module, quantization_config: Any, targets: set[str]) ->
             if bars:
                 hf_logging.enable_progress_bar()
     out.eval()
-    for m in out.modules():
-        # bitsandbytes 0.50 repacks 4-bit weights for AVX-512 BF16 CPUs on their first forward
-        # and does not undo it exactly when saving without double quantization (the scales
-        # stay transposed in bf16): the saved model reloads wrong. Keep the portable layout
-        # here; a reloaded model repacks for speed, and is never saved again by us.
-        if hasattr(m, "support_avx512bf16_for_cpu"):
-            m.support_avx512bf16_for_cpu = False
+    keep_portable_layout(out)
+    _check_outputs(model, out)
     converted = {n for n, m in out.named_modules() if isinstance(m, bnb_layer_types())}
     extra = sorted(converted - targets)
     if extra:
@@ -96,6 +93,71 @@ def requantize(model: nn.Module, quantization_config: Any, targets: set[str]) ->
     # transformers keeps some modules in fp32 on purpose (T5's FFN output ``wo``).
     out._compress_kept_fp32 = sorted(asked - converted)
     return out
+
+
+def keep_portable_layout(model: nn.Module) -> None:
+    """Stop bitsandbytes from repacking 4-bit weights for AVX-512 BF16 CPUs.
+
+    bitsandbytes 0.50 repacks them (bf16 scales) on the first CPU forward and does not
+    undo it exactly when saving without double quantization: the saved model reloads
+    wrong. Kept unpacked in memory and after a reload (the ``bnb`` format's loader), the
+    model computes the same before and after saving.
+    """
+    for m in model.modules():
+        if hasattr(m, "support_avx512bf16_for_cpu"):
+            m.support_avx512bf16_for_cpu = False
+
+
+def _probe_out(model: nn.Module) -> torch.Tensor:
+    from compress.arch import probe
+
+    seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
+    with torch.no_grad(), probe.eval_mode(model):
+        out = model(**probe.probe_inputs(model, seq2seq), **probe.forward_kwargs(model))
+    y = getattr(out, "logits", None)
+    return (y if y is not None else probe._first_tensor(out)).float()
+
+
+def _check_outputs(dense: nn.Module, quantized: nn.Module) -> None:
+    """The quantized model must still compute roughly what the dense one does: a model whose
+    forward casts activations to the weights' storage dtype (Switch Transformers' ``wo``)
+    is broken by 4-bit storage, and says so in one line instead of returning garbage."""
+    try:
+        ref, got = _probe_out(dense), _probe_out(quantized)
+    except Exception as exc:  # noqa: BLE001 - a forward that fails is what we report
+        raise UserError(f"bitsandbytes breaks this model's forward ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:100] if str(exc) else ''}); use rtn, gptq or "
+                        "quanto instead") from None
+    err = float((got - ref).abs().max()) / (float(ref.abs().max()) + 1e-12)
+    if not torch.isfinite(got).all() or err > 0.5:
+        raise UserError(f"bitsandbytes changes this model's outputs far beyond rounding "
+                        f"(max error {err:.0%} of the largest output); a module of this model "
+                        "does not run on quantized weights; use rtn, gptq or quanto instead")
+
+
+def _save(model: nn.Module, folder: Path) -> None:
+    model.save_pretrained(folder, safe_serialization=True)
+
+
+def _load(folder: Path) -> nn.Module:
+    from compress.models import load_model
+
+    model = load_model(str(folder), device_map="cpu").model
+    keep_portable_layout(model)
+    return model
+
+
+def _applies(model: nn.Module) -> bool:
+    import sys
+
+    if "bitsandbytes" not in sys.modules:  # no bitsandbytes layer without the package
+        return False
+    return any(isinstance(m, bnb_layer_types()) for m in model.modules())
+
+
+#: plain ``save_pretrained`` folders (transformers reloads them); the suite's loader also
+#: keeps the weights' portable CPU layout (see :func:`keep_portable_layout`).
+FORMAT = register_format(Format("bnb", _applies, _save, _load))
 
 
 class _DropCastNotice(logging.Filter):

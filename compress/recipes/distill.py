@@ -259,7 +259,7 @@ def distill(model: nn.Module, config: DistillConfig, context: Context) -> nn.Mod
         raise UserError(
             f"the student would keep every block of the teacher ({shown}); ask for fewer"
         )
-    student, maps = make_student(model, maps)
+    student, maps = make_student(model, maps, adjust=config.layer_map is None)
     inputs = _inputs(model, config, context, task)
     teacher, cache = _teacher(model, config, task, kind, maps, inputs)
     dtype = next(student.parameters()).dtype
