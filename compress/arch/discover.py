@@ -29,6 +29,7 @@ wrong; every entry has a test showing why.
 
 from __future__ import annotations
 
+import json
 import logging
 import weakref
 from typing import Any
@@ -145,10 +146,13 @@ def _signature(block: nn.Module) -> tuple:
 
 
 def model_signature(model: nn.Module) -> int:
-    """Changes when modules are swapped or reshaped (invalidates cached discovery)."""
-    return hash(tuple((n, type(m).__name__, tuple(getattr(m, "weight", None).shape)
-                       if isinstance(getattr(m, "weight", None), torch.Tensor) else ())
-                      for n, m in model.named_modules()))
+    """Changes when modules are swapped or reshaped, or the config changes (a structural
+    recipe writes new sizes there): invalidates cached discovery."""
+    config = getattr(model, "config", None)
+    cfg = json.dumps(config.to_dict(), sort_keys=True, default=str) if config is not None else ""
+    return hash((cfg, tuple((n, type(m).__name__, tuple(getattr(m, "weight", None).shape)
+                             if isinstance(getattr(m, "weight", None), torch.Tensor) else ())
+                            for n, m in model.named_modules())))
 
 
 def _is_meta(model: nn.Module) -> bool:
