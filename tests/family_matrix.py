@@ -143,6 +143,9 @@ def check_claim(recipe: str, cfg, model_before: dict[str, Any], out: nn.Module,
         assert moes and all(m.top_k < m.n_experts for m in moes), "no routed MoE FFN"
         return f"{len(moes)} MoE FFNs, top {moes[0].top_k}/{moes[0].n_experts}"
     quant = info.get("quant", {})
+    if quant.get("int8_weights") is not None:  # an ONNX graph: its int8 weight elements
+        assert quant["int8_weights"] > 0, "no int8 weight in the graph"
+        return f"{quant['int8_weights']} int8 weights"
     layers = quant.get("layers")
     if layers is not None:
         assert layers > 0, "no linear was quantized"

@@ -165,10 +165,13 @@ def loss_terms(
         s_h, t_h, ms = [], [], []
         for role, keep in layer_maps.items():
             for j, i in enumerate(keep):
-                s_h.append(student.hidden[(role, j)])
-                t_h.append(teacher.hidden[(role, i)])
-                ms.append(stack_masks[role])
-        terms["cos"] = losses.cosine_loss(s_h, t_h, ms)
+                # LayerDrop (M2M-100, BART) skips blocks in training: no pair for those
+                if (role, j) in student.hidden and (role, i) in teacher.hidden:
+                    s_h.append(student.hidden[(role, j)])
+                    t_h.append(teacher.hidden[(role, i)])
+                    ms.append(stack_masks[role])
+        if s_h:
+            terms["cos"] = losses.cosine_loss(s_h, t_h, ms)
     scale = {"kd": weights.kd, "task": weights.task, "cos": weights.cos}
     total = sum(scale[k] * v for k, v in terms.items())
     values = {k: float(v.detach()) for k, v in terms.items()}

@@ -41,6 +41,9 @@ from compress.errors import UserError
 
 log = logging.getLogger(__name__)
 
+#: module attributes holding a block's position (KV-cache index) in its stack.
+LAYER_INDEX_ATTRS = ("layer_idx", "layer_id", "layer_index", "layer_number")
+
 
 def default_layer_map(n_teacher: int, n_student: int) -> list[int]:
     """Teacher block kept for each student block: evenly spread, first and last kept.
@@ -213,8 +216,10 @@ def _rebuilt_blocks(student: nn.Module) -> dict[str, list[tuple]]:
     """Per stack path: the block signatures of a model built from the student's config."""
     from compress.models import build_skeleton
 
+    # through a dict, as saving and reloading do: configs recompute derived fields there
+    config = type(student.config).from_dict(student.config.to_dict())
     with torch.device("meta"):
-        fresh = build_skeleton(copy.deepcopy(student.config), type(student).__name__)
+        fresh = build_skeleton(config, type(student).__name__)
     out = {}
     for stack in arch_for(student).stacks:
         try:
@@ -323,9 +328,10 @@ def _build_student(
         _set_module(student, path, kept)
         _fix_relative_bias(kept, teacher_blocks)
         for j, block in enumerate(kept):
-            for mod in block.modules():
-                if hasattr(mod, "layer_idx"):
-                    mod.layer_idx = j
+            for mod in block.modules():  # the KV cache is indexed by the block's number
+                for attr in LAYER_INDEX_ATTRS:
+                    if isinstance(getattr(mod, attr, None), int):
+                        setattr(mod, attr, j)
         for cfg in configs:  # T5Stack keeps a private copy of the config
             _set_layer_count(cfg, stack, len(keep), keep)
     return student, maps

@@ -57,7 +57,8 @@ from compress.saving import Format, register_format
 log = logging.getLogger(__name__)
 
 #: attention-module attributes holding heads x head_dim.
-HEAD_WIDTH_ATTRS = ("all_head_size", "inner_dim", "split_size", "embed_dim_per_partition")
+HEAD_WIDTH_ATTRS = ("all_head_size", "inner_dim", "split_size", "embed_dim_per_partition",
+                    "embed_dim")
 #: config attributes recording head counts / FFN widths that the config cannot express.
 PRUNED_HEADS_ATTR = "compress_pruned_heads"
 PRUNED_FFN_ATTR = "compress_pruned_ffn"
@@ -401,8 +402,9 @@ def _shape_mismatch(model: nn.Module) -> str | None:
     from compress.models import build_skeleton
 
     try:
+        config = type(model.config).from_dict(model.config.to_dict())  # as a reload reads it
         with torch.device("meta"):
-            fresh = build_skeleton(copy.deepcopy(model.config), type(model).__name__)
+            fresh = build_skeleton(config, type(model).__name__)
     except Exception as exc:  # noqa: BLE001 - a config that does not build is a mismatch
         return f"the config does not build ({type(exc).__name__})"
     shapes = {n: tuple(p.shape) for n, p in fresh.named_parameters()}

@@ -166,8 +166,8 @@ def _trace(adapter: nn.Module, model: nn.Module, args: tuple, path: Path, names:
             warnings.simplefilter("ignore")
             torch.onnx.export(adapter, args, str(path), input_names=names, output_names=outputs,
                               dynamic_axes=dyn, dynamo=False, opset_version=17)
-    except (torch.onnx.errors.OnnxExporterError, torch.onnx.errors.UnsupportedOperatorError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    except Exception as exc:  # noqa: BLE001 - the exporter fails in many ways; all one answer
+        first = (str(exc).splitlines()[0] if str(exc) else type(exc).__name__)[:160]
         raise UserError(f"this model does not export to ONNX ({first}); use dynamic-int8, "
                         "rtn or gptq instead") from None
     finally:
