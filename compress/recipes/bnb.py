@@ -92,9 +92,11 @@ def _finish(model: nn.Module, out: nn.Module, context: Context, method: str, dev
 
 
 # int8 / NF4 / FP4 codes all hold an exact 0; bitsandbytes models save with
-# save_pretrained (their quantization_config), no format of the suite's own.
+# save_pretrained (their quantization_config) in the "bnb" format, whose loader keeps the
+# portable CPU layout.
 @register_recipe("bnb-int8", BnbInt8Config, family="quantization", knobs=(),
-                 traits=Traits(runtime_format=True), formats=(), memory=config_memory)
+                 traits=Traits(runtime_format=True), formats=(bnb_q.FORMAT.name,),
+                 memory=config_memory)
 def bnb_int8(model: nn.Module, config: BnbInt8Config, context: Context) -> nn.Module:
     """LLM.int8 via bitsandbytes: int8 weights, 16-bit outlier columns."""
     from transformers import BitsAndBytesConfig
@@ -111,7 +113,8 @@ def bnb_int8(model: nn.Module, config: BnbInt8Config, context: Context) -> nn.Mo
 
 
 @register_recipe("bnb-4bit", Bnb4bitConfig, family="quantization", knobs=(),
-                 traits=Traits(runtime_format=True), formats=(), memory=config_memory)
+                 traits=Traits(runtime_format=True), formats=(bnb_q.FORMAT.name,),
+                 memory=config_memory)
 def bnb_4bit(model: nn.Module, config: Bnb4bitConfig, context: Context) -> nn.Module:
     """4-bit NF4 or FP4 weights via bitsandbytes (blockwise, optional double quantization)."""
     from transformers import BitsAndBytesConfig
