@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 
 from compress import Context, UserError, compress, make_config
-from compress.arch import arch_for, iter_blocks, out_in, targeted_linears
+from compress.arch import arch_for, out_in, targeted_linears
 from compress.registry import get_recipe
 from compress.saving import load_compressed, save_model
 from compress.tiny import MATRIX_FAMILIES, tiny_model
