@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 #: calibration for gptq here: 16 texts x 256 tokens (4k tokens; the recipe default is 32 x 512)
-GPTQ_CAL = {"nsamples": 16, "seq_len": 256}
+GPTQ_CAL: dict = {}
 #: variant name -> (recipe, config values)
 VARIANTS = {
     "dense": ("identity", {}),
@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", required=True)
     p.add_argument("--variants", nargs="+", default=DEFAULT, choices=list(VARIANTS))
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--calibration-samples", type=int, default=128)
+    p.add_argument("--calib-sequences", type=int, default=None)
+    p.add_argument("--calib-seq-len", type=int, default=None)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--windows", type=int, default=None,
                    help="causal LMs: score only this many evenly spaced 512-token windows per "
@@ -82,12 +83,15 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from compress import compress, make_config
+    from compress.calibration import CalibrationSpec
     from compress.cli import build_context
     from compress.fileio import atomic_write_json
     from compress.models import load_model
     from eval.benchmark import run_benchmarks
     from eval.report import environment
 
+    spec = CalibrationSpec(args.calib_sequences or CalibrationSpec().sequences,
+                           args.calib_seq_len or CalibrationSpec().seq_len)
     torch.set_num_threads(args.threads)
     loaded = load_model(args.model)
     doc = {"bench": "quant_quality", "model": args.model, "task": loaded.task,
@@ -100,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         entry = {"recipe": recipe, "config": values}
         try:
-            context = build_context(loaded, args.calibration_samples)
+            context = build_context(loaded, spec)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 model = compress(copy.deepcopy(loaded.model), make_config(recipe, **values), context)

@@ -54,7 +54,8 @@ def _check_not_offloaded(model: nn.Module, name: str) -> None:
         )
 
 
-def _check_memory(model: nn.Module, config: RecipeConfig, name: str) -> None:
+def _check_memory(model: nn.Module, config: RecipeConfig, name: str,
+                  context: Context | None = None) -> None:
     """Stop with a clear message before a recipe needs more memory than is free."""
     from compress.memory import require_memory
     from compress.stats import parameter_counts
@@ -66,11 +67,15 @@ def _check_memory(model: nn.Module, config: RecipeConfig, name: str) -> None:
         1024,
     )
     extra = config.extra_memory_bytes(parameter_counts(model)["bytes"], hidden)
+    if context is not None and config.calibrates():
+        # one stack's hidden states for the calibration set, inputs and outputs
+        extra += 2 * context.calib.tokens * hidden * 4
     if extra > 0:
         require_memory(
             extra,
             f"recipe {name!r} (calibration activations / optimizer state)",
-            "use fewer calibration samples (--nsamples) or a shorter --seq-len, LoRA instead "
+            "use fewer calibration sequences (--calib-sequences) or a shorter --calib-seq-len "
+            "(or --nsamples / --seq-len where the recipe has them), LoRA instead "
             "of full fine-tuning, or load the model with --device-map auto",
         )
 
@@ -86,7 +91,7 @@ def compress(model: nn.Module, config: RecipeConfig, context: Context | None = N
     recipe = recipe_for_config(config)
     context = context or Context()
     _check_not_offloaded(model, recipe.name)
-    _check_memory(model, config, recipe.name)
+    _check_memory(model, config, recipe.name, context)
     torch.manual_seed(config.seed)
     log.info("applying recipe %s", recipe.name)
     out = recipe.handler(model, config, context)

@@ -77,7 +77,7 @@ def run_pipeline(
     device_map: str | None = None,
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
-    calibration_samples: int = 128,
+    calibration: Any = None,
     save_dir: str | Path | None = None,
     stage: Callable[[str], None] | None = None,
 ) -> tuple[Path, dict[str, Any]]:
@@ -85,16 +85,22 @@ def run_pipeline(
 
     Errors inside the run are recorded in the report (status ``failed``) and the
     report is still written; bad arguments raise :class:`UserError` before anything runs.
+    ``calibration`` is the :class:`~compress.calibration.CalibrationSpec` every calibrating
+    step reads (default: the suite's N x L); it joins the run key when a step calibrates.
     """
     import torch
 
+    from compress.calibration import CalibrationSpec, run_key_part
     from eval.report import Report, environment
+
+    calibration = calibration if calibration is not None else CalibrationSpec()
 
     stage = stage or (lambda name: log.info("stage: %s", name))
     if threads is not None:
         torch.set_num_threads(threads)
     pipeline = [step_record(c) for c in configs]
-    report = Report(model={"name": model_name}, pipeline=pipeline, quick=quick)
+    report = Report(model={"name": model_name}, pipeline=pipeline, quick=quick,
+                    calibration=run_key_part(configs, calibration))
     report.environment = environment(threads)
     t_start = time.perf_counter()
     tmp_save: Path | None = None
@@ -131,8 +137,7 @@ def run_pipeline(
             report.model["arch"] = describe(loaded.model)
         except UserError as exc:
             report.model["arch"] = {"error": str(exc)}
-        seed = configs[0].seed if configs else 0
-        context = build_context(loaded, calibration_samples, seed)
+        context = build_context(loaded, calibration)
         model = loaded.model
         for i, config in enumerate(configs):
             model = timed(
@@ -251,7 +256,7 @@ def build_parser(recipe_name: str | None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from compress.cli import config_from_args
+    from compress.cli import calibration_spec_from_args, config_from_args
     from compress.registry import get_recipe
 
     pre = argparse.ArgumentParser(add_help=False)
@@ -280,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
             device_map=args.device_map,
             allow_pickle=args.allow_pickle,
             trust_remote_code=args.trust_remote_code,
-            calibration_samples=args.calibration_samples,
+            calibration=calibration_spec_from_args(args),
             save_dir=args.save,
             stage=lambda s: status.update(f"{args.model} · {report_label(configs)} · {s}"),
         )

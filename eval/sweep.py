@@ -12,7 +12,9 @@ An experiment ("sweep") file is TOML (``tomllib``, standard library). Example::
     [defaults]                             # passed to eval.run for every run
     quick = false                          # small benchmark/profile (smoke runs)
     threads = 2                            # torch threads, pinned and recorded
-    calibration_samples = 128              # calibration texts handed to the recipes
+    calib_sequences = 64                   # calibration: N sequences x L tokens, one set
+    calib_seq_len = 256                    # shared by every calibrating run (compress.calibration)
+    calib_seed = 0
     reports = "reports"                    # folder of the JSON reports
 
     [[runs]]                               # one recipe, fixed parameters
@@ -100,7 +102,8 @@ TOP_KEYS = (
     "defaults",
     "runs",
 )
-DEFAULT_KEYS = ("quick", "threads", "calibration_samples", "reports", "task")
+DEFAULT_KEYS = ("quick", "threads", "calib_sequences", "calib_seq_len", "calib_seed", "reports",
+                "task")
 RUN_KEYS = (
     "recipe",
     "pipeline",
@@ -370,6 +373,8 @@ class Job:
     configs: tuple[RecipeConfig, ...]
     quick: bool
     origin: str = ""  # "runs[3]" or "search size=0.5"
+    #: the sweep's CalibrationSpec; part of the key when a step calibrates.
+    calibration: Any = None
 
     @property
     def pipeline(self) -> list[dict[str, Any]]:
@@ -379,9 +384,11 @@ class Job:
 
     @property
     def key(self) -> str:
+        from compress.calibration import CalibrationSpec, run_key_part
         from eval.report import run_key
 
-        return run_key(self.model, self.pipeline, self.quick)
+        spec = self.calibration if self.calibration is not None else CalibrationSpec()
+        return run_key(self.model, self.pipeline, self.quick, run_key_part(self.configs, spec))
 
     @property
     def label(self) -> str:
@@ -404,7 +411,7 @@ class Sweep:
     quick: bool
     reports: Path
     threads: int | None = None
-    calibration_samples: int = 128
+    calibration: Any = None  # CalibrationSpec
     task: str | None = None
     budgets: list[Budget] = field(default_factory=list)
     search_runs: int = 0
@@ -601,11 +608,20 @@ def load_sweep(
     thr = threads if threads is not None else defaults.get("threads")
     if thr is not None and (not isinstance(thr, int) or thr < 1):
         raise UserError(f"{_where(path, 'defaults', 'threads')}: expected a whole number >= 1")
-    calib = defaults.get("calibration_samples", 128)
-    if not isinstance(calib, int) or calib < 0:
-        raise UserError(
-            f"{_where(path, 'defaults', 'calibration_samples')}: expected a whole number >= 0"
-        )
+    from compress.calibration import DEFAULT_SEQ_LEN, DEFAULT_SEQUENCES, CalibrationSpec
+
+    calib_values = {}
+    for key, default in (("calib_sequences", DEFAULT_SEQUENCES), ("calib_seq_len", DEFAULT_SEQ_LEN),
+                         ("calib_seed", 0)):
+        value = defaults.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"{_where(path, 'defaults', key)}: expected a whole number")
+        calib_values[key] = value
+    try:
+        calib = CalibrationSpec(calib_values["calib_sequences"], calib_values["calib_seq_len"],
+                                calib_values["calib_seed"])
+    except UserError as exc:
+        raise UserError(f"{_where(path, 'defaults')}: {exc}") from None
 
     def check_model(name: str, where: str) -> None:
         from compress.models import check_model_name
@@ -661,7 +677,7 @@ def load_sweep(
                     check_pipeline(configs, loader)
                 except UserError as exc:
                     raise UserError(f"{where} on {m}: {exc}") from None
-                job = Job(m, configs, is_quick, origin=f"runs[{i}]")
+                job = Job(m, configs, is_quick, origin=f"runs[{i}]", calibration=calib)
                 if job.key not in seen:
                     seen.add(job.key)
                     jobs.append(job)
@@ -684,7 +700,7 @@ def load_sweep(
         quick=is_quick,
         reports=reports_dir,
         threads=thr,
-        calibration_samples=calib,
+        calibration=calib,
         task=defaults.get("task"),
         budgets=budgets,
         search_runs=search_runs,
@@ -925,7 +941,7 @@ class _Runner:
             reports_dir=self.sweep.reports,
             task=self.sweep.task,
             threads=self.sweep.threads,
-            calibration_samples=self.sweep.calibration_samples,
+            calibration=self.sweep.calibration,
             stage=stage,
         )
 
@@ -1010,12 +1026,14 @@ def search_jobs(
             continue
         template = dict(group[0]["pipeline"][0]["config"])
         template[knob.field] = int(probe) if knob.values else probe
-        config = get_recipe(recipe).config_cls.from_dict(template)
         try:
+            # an old report's config may predate its recipe's current version
+            config = get_recipe(recipe).config_cls.from_dict(template)
             check_pipeline([config])
         except UserError:
             continue
-        return Job(model, (config,), sweep.quick, origin=f"search {budget}")
+        return Job(model, (config,), sweep.quick, origin=f"search {budget}",
+                   calibration=sweep.calibration)
     return None
 
 

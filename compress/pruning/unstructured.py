@@ -4,7 +4,8 @@ A *plan* pairs each targeted matrix with its target sparsity and the pool it is
 ranked in (``scope=global``: one pool per group; ``layer``: one per matrix; ``row``:
 each output row). :func:`magnitude_step` prunes the plan by ``|W|``;
 :func:`wanda_step` by ``|W| * ||X||`` with activations gathered block by block
-(:func:`compress.pruning.calibration.sequential_blocks`). :func:`record_sparsity`
+(:func:`compress.pruning.calibration.sequential_blocks`, on the shared calibration
+set of :mod:`compress.calibration`). :func:`record_sparsity`
 writes the measured result into ``context.info``.
 """
 
@@ -18,14 +19,11 @@ import torch
 import torch.nn as nn
 
 from compress.arch import Block
+from compress.calibration import calibration_set
 from compress.context import Context
 from compress.errors import UserError
 from compress.pruning import masks
-from compress.pruning.calibration import (
-    collect_input_sumsq,
-    make_batches,
-    sequential_blocks,
-)
+from compress.pruning.calibration import collect_input_sumsq, sequential_blocks
 from compress.pruning.config import UnstructuredConfig
 from compress.pruning.scoring import magnitude_score, wanda_score
 from compress.pruning.targets import GROUPS, Target, lm_head_tied, select_targets
@@ -119,9 +117,8 @@ def wanda_step(
         raise UserError(f"{config._where('groups')}: Wanda cannot score embeddings (they have "
                         "no input activations); prune them with magnitude")
     check_planned(items, config)
-    batches = make_batches(context.tokenizer, context.calibration, task,
-                           nsamples=config.nsamples, seq_len=config.seq_len,
-                           batch_size=config.calib_batch_size, seed=config.seed)
+    cal = calibration_set(context, model, recipe=config.RECIPE)
+    batches = cal.batches()
     by_name = {it.target.name: it for it in items}
     zeroed = 0
 
@@ -141,10 +138,7 @@ def wanda_step(
         mods = {it.target.name: (it.target.module, "decoder") for it in head}
         sumsq, _ = collect_input_sumsq(model, batches, mods)
         zeroed += prune_planned(head, wanda_score(sumsq), config)
-    tokens = sum(int(m.sum()) for b in batches for r, m in b.token_masks.items()
-                 if r == ("decoder" if task == "causal-lm" else "encoder"))
-    return {"zeroed": zeroed, "calibration": {"sequences": sum(b.size for b in batches),
-                                              "tokens": tokens, "blocks": n_blocks}}
+    return {"zeroed": zeroed, "calibration_blocks": n_blocks}
 
 
 @torch.no_grad()
