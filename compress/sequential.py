@@ -255,6 +255,37 @@ class BlockRun:
             self.hidden[j] = first_tensor(self._forward(j)).detach()
 
 
+@torch.no_grad()
+def collect_model_inputs(
+    model: nn.Module,
+    batches: list[CalibBatch],
+    modules: dict[str, tuple[nn.Module, str]],
+    fn: Callable[[str, torch.Tensor], None],
+) -> None:
+    """One whole-model forward per batch; ``fn(name, x)`` for every input (tokens, in) of
+    ``modules`` (name -> (module, mask role)), padding rows removed. For modules outside
+    the blocks, such as an LM head."""
+    masks: dict[str, torch.Tensor] = {}
+
+    def make(name: str, role: str) -> Callable:
+        def hook(_module: nn.Module, args: tuple) -> None:
+            if args and isinstance(args[0], torch.Tensor):
+                fn(name, _rows(args[0], masks.get(role)))
+
+        return hook
+
+    handles = [m.register_forward_pre_hook(make(n, r)) for n, (m, r) in modules.items()]
+    extra = forward_kwargs(model)
+    device = input_device(model)
+    try:
+        for batch in batches:
+            masks = batch.token_masks
+            model(**to_device(batch.inputs, device), **extra)
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def run_sequential(
     model: nn.Module,
     batches: list[CalibBatch],

@@ -38,6 +38,8 @@ from eval.report import dig, fmt_value, runs_by_model
 RECIPE_FAMILY: dict[str, str] = {
     "magnitude": "pruning",
     "wanda": "pruning",
+    "sparsegpt": "pruning",
+    "owl": "pruning",
     "structured": "pruning",
     "rtn": "quantization",
     "gptq": "quantization",
@@ -429,6 +431,8 @@ class Knob:
 KNOBS: dict[str, Knob] = {
     "magnitude": Knob("sparsity", "up", 0.01, 0.99, 0.01, fixed_by=("pattern",)),
     "wanda": Knob("sparsity", "up", 0.01, 0.99, 0.01, fixed_by=("pattern",)),
+    "sparsegpt": Knob("sparsity", "up", 0.01, 0.99, 0.01, fixed_by=("pattern",)),
+    "owl": Knob("sparsity", "up", 0.01, 0.99, 0.01),
     "structured": Knob("ffn_ratio", "up", 0.05, 0.95, 0.05),
     "rtn": Knob("bits", "down", values=(8, 6, 5, 4, 3, 2)),
     "gptq": Knob("bits", "down", values=(8, 6, 5, 4, 3, 2)),

@@ -24,8 +24,7 @@ import torch.nn as nn
 
 from compress.arch import Block, arch_for, find_module_list
 from compress.calibration import CalibBatch
-from compress.models import input_device, to_device
-from compress.sequential import all_linears, forward_kwargs, run_sequential, stacks_of
+from compress.sequential import all_linears, collect_model_inputs, run_sequential, stacks_of
 
 __all__ = ["CalibBatch", "collect_input_sumsq", "sequential_blocks", "stacks_of", "stack_blocks",
            "SumSq"]
@@ -60,28 +59,8 @@ def collect_input_sumsq(
     ``modules`` maps a name to ``(module, role)``; ``role`` picks the token mask
     ("encoder"/"decoder") that excludes padding.
     """
-    from compress.sequential import _rows
-
     acc = SumSq()
-    masks: dict[str, torch.Tensor] = {}
-
-    def make(name: str, role: str) -> Callable:
-        def hook(_module: nn.Module, args: tuple) -> None:
-            if args and isinstance(args[0], torch.Tensor):
-                acc.add(name, _rows(args[0], masks.get(role)))
-
-        return hook
-
-    handles = [m.register_forward_pre_hook(make(n, r)) for n, (m, r) in modules.items()]
-    extra = forward_kwargs(model)
-    device = input_device(model)
-    try:
-        for batch in batches:
-            masks = batch.token_masks
-            model(**to_device(batch.inputs, device), **extra)
-    finally:
-        for h in handles:
-            h.remove()
+    collect_model_inputs(model, batches, modules, acc.add)
     return acc.sumsq, acc.tokens
 
 

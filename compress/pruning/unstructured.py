@@ -26,7 +26,7 @@ from compress.pruning import masks
 from compress.pruning.calibration import collect_input_sumsq, sequential_blocks
 from compress.pruning.config import UnstructuredConfig
 from compress.pruning.scoring import magnitude_score, wanda_score
-from compress.pruning.targets import GROUPS, Target, lm_head_tied, select_targets
+from compress.pruning.targets import GROUPS, Target, lm_head_tied, out_in, select_targets
 
 log = logging.getLogger(__name__)
 
@@ -102,20 +102,36 @@ def prune_planned(items: list[Planned], score: masks.ScoreFn, config: Unstructur
     return done
 
 
-def magnitude_step(model: nn.Module, config: UnstructuredConfig, fraction: float) -> dict:
-    items = plan(model, config, fraction)
+def _override(items: list[Planned], sparsities: dict[str, float] | None,
+              fraction: float) -> list[Planned]:
+    """Per-matrix targets (OWL's layerwise sparsity) in place of the configured ones."""
+    if sparsities:
+        for it in items:
+            if it.target.name in sparsities:
+                it.sparsity = sparsities[it.target.name] * fraction
+    return items
+
+
+def magnitude_step(model: nn.Module, config: UnstructuredConfig, fraction: float,
+                   sparsities: dict[str, float] | None = None) -> dict:
+    items = _override(plan(model, config, fraction), sparsities, fraction)
     check_planned(items, config)
     return {"zeroed": prune_planned(items, magnitude_score, config)}
 
 
+def _no_embeddings(items: list[Planned], config: Any, method: str) -> None:
+    if any(it.target.group == "embeddings" for it in items):
+        raise UserError(f"{config._where('groups')}: {method} cannot score embeddings (they have "
+                        "no input activations); prune them with magnitude")
+
+
 def wanda_step(
-    model: nn.Module, config: Any, context: Context, task: str, fraction: float
+    model: nn.Module, config: Any, context: Context, task: str, fraction: float,
+    sparsities: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Wanda, calibrated sequentially: block by block on the pruned blocks' outputs."""
-    items = plan(model, config, fraction)
-    if any(it.target.group == "embeddings" for it in items):
-        raise UserError(f"{config._where('groups')}: Wanda cannot score embeddings (they have "
-                        "no input activations); prune them with magnitude")
+    items = _override(plan(model, config, fraction), sparsities, fraction)
+    _no_embeddings(items, config, "Wanda")
     check_planned(items, config)
     cal = calibration_set(context, model, recipe=config.RECIPE)
     batches = cal.batches()
@@ -139,6 +155,65 @@ def wanda_step(
         sumsq, _ = collect_input_sumsq(model, batches, mods)
         zeroed += prune_planned(head, wanda_score(sumsq), config)
     return {"zeroed": zeroed, "calibration_blocks": n_blocks}
+
+
+def sparsegpt_step(
+    model: nn.Module, config: Any, context: Context, fraction: float,
+    sparsities: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """SparseGPT (:mod:`compress.pruning.sparsegpt`), block by block on the shared
+    calibration set; true-sequential within a block when ``config.true_sequential``."""
+    from compress.hessian import HessianAccumulator
+    from compress.pruning.sparsegpt import sparsegpt_prune
+    from compress.sequential import (
+        BlockRun,
+        all_linears,
+        collect_model_inputs,
+        run_sequential,
+        sequential_groups,
+    )
+
+    items = _override(plan(model, config, fraction), sparsities, fraction)
+    _no_embeddings(items, config, "SparseGPT")
+    check_planned(items, config)
+    batches = calibration_set(context, model, recipe=config.RECIPE).batches()
+    by_name = {it.target.name: it for it in items}
+    names = set(by_name)
+    nm = config.nm()
+    zeroed, raised = 0, {}
+
+    def prune(name: str, acc: HessianAccumulator) -> None:
+        nonlocal zeroed
+        it = by_name[name]
+        view = out_in(it.target)  # (out, in), a transposed view for Conv1D: writes go through
+        H = acc.H if acc.H is not None else torch.eye(view.shape[1], dtype=torch.float64,
+                                                      device=view.device)
+        new, _loss, used = sparsegpt_prune(view, H, it.sparsity, nm=nm, scope=config.scope,
+                                           blocksize=config.blocksize, damp=config.damp)
+        if used > config.damp * 1.0001:
+            raised[name] = round(used, 6)
+        with torch.no_grad():
+            view.copy_(new.to(view.dtype))
+        zeroed += int((new == 0).sum())
+
+    def on_block(run: BlockRun) -> None:
+        groups = (sequential_groups(run.block, names) if config.true_sequential
+                  else [all_linears(run.block, names)])
+        for group in groups:
+            acc = {n: HessianAccumulator(by_name[n].target.in_features) for n in group.values()}
+            run.collect(group, lambda n, x, acc=acc: acc[n].add(x))
+            for n in group.values():
+                prune(n, acc[n])
+
+    n_blocks = run_sequential(model, batches, on_block)
+    head = [it for it in items if it.target.block < 0]
+    if head:  # the LM head reads the final hidden states: one forward of the pruned model
+        acc = {it.target.name: HessianAccumulator(it.target.in_features) for it in head}
+        mods = {it.target.name: (it.target.module, "decoder") for it in head}
+        collect_model_inputs(model, batches, mods, lambda n, x: acc[n].add(x))
+        for it in head:
+            prune(it.target.name, acc[it.target.name])
+    return {"zeroed": zeroed, "calibration_blocks": n_blocks, "damp_raised": raised or None}
 
 
 @torch.no_grad()

@@ -36,7 +36,6 @@ than asked, are reported.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -44,6 +43,7 @@ import torch
 import torch.nn as nn
 
 from compress.calibration import CalibBatch
+from compress.hessian import HessianAccumulator, inverse_cholesky
 from compress.quant.grid import (
     INDEX_BYTES,
     QuantSpec,
@@ -57,29 +57,6 @@ from compress.quant.grid import (
 from compress.sequential import BlockRun, all_linears, run_sequential, sequential_groups
 
 log = logging.getLogger(__name__)
-
-
-class HessianAccumulator:
-    """Running ``H = 2/n sum x x^T`` over the rows (real tokens) of a layer's inputs."""
-
-    def __init__(self, in_features: int):
-        self.in_features = in_features
-        self.H: torch.Tensor | None = None  # made on the first input's device
-        self.n = 0
-
-    def add(self, x: torch.Tensor) -> None:
-        """``x``: ``(tokens, in)`` rows (any leading shape is flattened); padding already removed."""
-        x = x.detach().reshape(-1, x.shape[-1]).to(torch.float64)  # (tokens, in)
-        m = x.shape[0]
-        if m == 0:
-            return
-        if self.H is None:
-            self.H = torch.zeros(self.in_features, self.in_features, dtype=torch.float64,
-                                 device=x.device)
-        self.H *= self.n / (self.n + m)
-        self.n += m
-        x = math.sqrt(2 / self.n) * x
-        self.H += x.t() @ x
 
 
 @dataclass
@@ -150,7 +127,7 @@ def gptq_quantize(
         W = W[:, perm]
         H = H[perm][:, perm]
 
-    Hinv, used = _inverse_cholesky(H, damp)
+    Hinv, used = inverse_cholesky(H, damp)
     Hinv = Hinv.float()
 
     Q = torch.zeros_like(W)
@@ -181,7 +158,7 @@ def gptq_quantize(
                 q = dequantize_rows(quantize_rows(w, scale, zero, spec), scale, zero)
             Q1[:, i:i + 1] = q
             err = (w - q) / d
-            loss += float((err.pow(2) * d * d).sum() / 2)
+            loss += float(err.pow(2).sum() / 2)
             W1[:, i:] -= err @ Hinv1[i:i + 1, i:]
             Err1[:, i:i + 1] = err
         Q[:, i1:i2] = Q1
@@ -190,50 +167,6 @@ def gptq_quantize(
     if perm is not None:
         Q = Q[:, torch.argsort(perm)]
     return Q, LayerResult(loss, used, int(dead.sum()))
-
-
-def _inverse_cholesky(H: torch.Tensor, damp: float) -> tuple[torch.Tensor, float]:
-    """Upper Cholesky factor of ``(H + lambda I)^-1``, ``lambda = damp * mean(diag(H))``.
-
-    With fewer calibration tokens than input features ``H`` is singular; if the
-    factorization fails, the dampening grows tenfold until it succeeds (as other GPTQ
-    implementations do). Returns the factor and the dampening used (fraction of the
-    mean diagonal).
-    """
-    eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
-    mean = float(torch.mean(torch.diag(H)))
-    if not math.isfinite(mean):
-        raise RuntimeError("gptq: the Hessian is not finite (calibration activations overflowed)")
-    mean = max(mean, 1e-12)
-    lam = max(damp * mean, 1e-10 * mean)
-    for _ in range(20):
-        L, info = torch.linalg.cholesky_ex(H + lam * eye)
-        if int(info) == 0:
-            inv = torch.cholesky_inverse(L)
-            U, info = torch.linalg.cholesky_ex(inv, upper=True)
-            if int(info) == 0:
-                if lam > damp * mean * 1.0001:
-                    log.info("gptq: Hessian dampening raised to %.3g x mean diagonal", lam / mean)
-                return U, lam / mean
-        lam *= 10
-    raise RuntimeError("gptq: the Hessian stays singular after dampening; give more calibration text")
-
-
-def _flush_denormals() -> Callable[[], None]:
-    """Treat subnormal floats as zero while GPTQ runs; returns the undo.
-
-    ``H^-1``'s Cholesky factor spans many orders of magnitude; converted to float32,
-    its smallest entries become subnormal numbers, which x86 CPUs multiply tens of times
-    slower than normal ones. Flushing them changes nothing measurable (they are below
-    1e-38) and keeps every bit width equally fast.
-    """
-    try:
-        before = torch.set_flush_denormal(True)
-    except RuntimeError:  # pragma: no cover - CPUs without FTZ/DAZ
-        return lambda: None
-    if not before:
-        return lambda: None
-    return lambda: torch.set_flush_denormal(False)
 
 
 @dataclass
@@ -262,7 +195,6 @@ def gptq_model(
     raised: dict[str, float] = {}
     static = act_order if static_groups is None else static_groups
     names = set(targets)
-    undo = _flush_denormals()
 
     def on_block(run: BlockRun) -> None:
         groups = (sequential_groups(run.block, names) if true_sequential
@@ -296,10 +228,7 @@ def gptq_model(
                     packed[name]["total"] += INDEX_BYTES * in_f
                 log.debug("gptq %s loss %.4g", name, res.loss)
 
-    try:
-        blocks = run_sequential(model, batches, on_block)
-    finally:
-        undo()
+    blocks = run_sequential(model, batches, on_block)
     missing = set(targets) - set(packed)
     if missing:
         raise RuntimeError(f"gptq: {len(missing)} targeted linears sit outside the blocks: "
