@@ -202,6 +202,9 @@ class BlockRun:
         self.hidden = hidden
         self.calls = calls
         self.batches = batches
+        #: set by a recipe that propagates other outputs than the compressed block's
+        #: (AWQ searches on the float model: it keeps the block's float outputs).
+        self.next_hidden: list[torch.Tensor] | None = None
 
     def _forward(self, j: int) -> Any:
         call = self.calls[j]
@@ -251,6 +254,9 @@ class BlockRun:
     @torch.no_grad()
     def advance(self) -> None:
         """Replace the stored hidden states by this block's outputs (the next block's inputs)."""
+        if self.next_hidden is not None:
+            self.hidden[:] = self.next_hidden
+            return
         for j in range(len(self.batches)):
             self.hidden[j] = first_tensor(self._forward(j)).detach()
 

@@ -43,6 +43,8 @@ RECIPE_FAMILY: dict[str, str] = {
     "structured": "pruning",
     "rtn": "quantization",
     "gptq": "quantization",
+    "awq": "quantization",
+    "hqq": "quantization",
     "bnb-int8": "quantization",
     "bnb-4bit": "quantization",
     "dynamic-int8": "quantization",
@@ -436,6 +438,8 @@ KNOBS: dict[str, Knob] = {
     "structured": Knob("ffn_ratio", "up", 0.05, 0.95, 0.05),
     "rtn": Knob("bits", "down", values=(8, 6, 5, 4, 3, 2)),
     "gptq": Knob("bits", "down", values=(8, 6, 5, 4, 3, 2)),
+    "awq": Knob("bits", "down", values=(8, 6, 5, 4, 3, 2)),
+    "hqq": Knob("bits", "down", values=(8, 6, 5, 4, 3, 2)),
 }
 
 

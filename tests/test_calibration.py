@@ -28,7 +28,7 @@ def _ctx(tok, task="causal-lm", data=TEXTS, spec=CalibrationSpec(8, 24)):
     return Context(tokenizer=tok, calibration=list(data), train=list(data), task=task, calib=spec)
 
 
-@pytest.mark.parametrize("recipes", [("wanda", "gptq"), ("sparsegpt", "awq"), ("gptq", "structured")])
+@pytest.mark.parametrize("recipes", [("wanda", "gptq"), ("sparsegpt", "awq"), ("gptq", "owl")])
 def test_two_calibrating_recipes_record_the_same_calibration_hash(recipes):
     model, tok = tiny_model("llama")
     ctx = _ctx(tok)

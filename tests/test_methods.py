@@ -206,3 +206,116 @@ def test_owl_refuses_what_it_cannot_do():
         make_config("owl", pattern="2:4", sparsity=0.5)
     with pytest.raises(UserError, match="OWL sets the per-block targets"):
         make_config("owl", group_ratios="attn=0.5")
+
+
+# --- AWQ ---------------------------------------------------------------------------------
+
+
+def test_awq_scale_search_equals_the_papers_objective_on_tokens():
+    """Eq. 4 evaluated over explicit tokens picks the same alpha and scale as the H form."""
+    from compress.quant.awq import search_clip, search_scale
+    from compress.quant.grid import QuantSpec, fake_quantize
+
+    x, w = correlated_layer(d_in=64, d_out=16)
+    x, w = x.float(), w.float()
+    spec = QuantSpec(3, "asym", "group", 16)
+    H = (x.double().t() @ x.double()) / x.shape[0]
+    s, alpha, losses = search_scale([w], H, x.abs().mean(0), spec, n_grid=20)
+    naive = []
+    for i in range(20):
+        a = i / 20
+        sc = x.abs().mean(0).pow(a).clamp(min=1e-4)
+        sc = sc / (sc.max() * sc.min()).sqrt()
+        w_hat = fake_quantize(w * sc, spec) / sc
+        naive.append(float((x @ w.t() - (x / sc) @ fake_quantize(w * sc, spec).t())
+                           .double().pow(2).sum() / x.shape[0]))
+        torch.testing.assert_close(w_hat, fake_quantize(w * sc, spec) / sc)
+    assert int(torch.tensor(naive).argmin()) == round(alpha * 20)
+    torch.testing.assert_close(torch.tensor(losses), torch.tensor(naive), rtol=2e-3, atol=1e-6)
+    assert min(losses) <= losses[0]  # alpha = 0 is plain rounding: never worse
+    # clipping: each (row, group) keeps the shrink with the least output error over tokens
+    ws = w * s
+    xs = x / s
+    clipped = search_clip(ws, H / (s[:, None] * s[None, :]).double(), spec, n_grid=20,
+                          max_shrink=0.5)
+    for r in range(w.shape[0]):
+        for k in range(4):
+            cols = slice(16 * k, 16 * k + 16)
+            g = ws[r, cols]
+            best, best_err = None, float("inf")
+            for i in range(10):
+                m = g.abs().max() * (1 - i / 20)
+                q = fake_quantize(g.clamp(-m, m)[None], QuantSpec(3, "asym", "channel"))[0]
+                err = float(((xs[:, cols] @ (q - g)).double()).pow(2).sum())
+                if err < best_err:
+                    best, best_err = g.clamp(-m, m), err
+            torch.testing.assert_close(clipped[r, cols], best, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+@pytest.mark.parametrize("recipe", ["awq", "hqq"])
+def test_awq_and_hqq_recipes_on_every_family(family, recipe, tmp_path):
+    model, tok = tiny_model(family)
+    before = outputs(model, family)
+    ctx = context(family, tok)
+    out = compress(model, make_config(recipe, bits=4, group_size=16), ctx)
+    after = outputs(out, family)
+    assert (after - before).abs().max() <= 0.2 * before.abs().max() + 1e-3
+    info = ctx.info["quant"]
+    assert info["method"] == recipe and info["scheme"] == "asym" and info["layers"] > 0
+    assert info["packed_bytes"] < info["dense_bytes"]
+    assert ("calibration" in ctx.info) == (recipe == "awq")
+    save_model(out, tok, tmp_path / "m")
+    torch.testing.assert_close(outputs(load_compressed(tmp_path / "m"), family), after,
+                               rtol=0, atol=0)
+
+
+# --- HQQ ---------------------------------------------------------------------------------
+
+
+def naive_hqq(w, spec, p=0.7, beta=10.0, kappa=1.01, iters=20):
+    """The half-quadratic iterations written out for one group (a 1-D tensor)."""
+    lo, hi = float(w.min()), float(w.max())
+    from compress.quant.grid import _fp16_up
+
+    s = float(_fp16_up(torch.tensor([(hi - lo) / spec.qmax]))[0])
+    z = float(torch.tensor(-lo / s).to(torch.float16))
+    best_z, best = z, None
+    for it in range(iters + 1):
+        q = torch.clamp(torch.round(w / s + z), 0, spec.qmax)
+        wr = s * (q - z)
+        err = float((w - wr).abs().mean())
+        if best is None or err < best:
+            best, best_z = err, z
+        if it == iters:
+            break
+        e = w - wr
+        we = torch.sign(e) * (e.abs() - e.abs().pow(p - 1) / beta).clamp_min(0)
+        z = float((q - (w - we) / s).mean())
+        beta *= kappa
+    z16 = float(torch.tensor(best_z).to(torch.float16))
+    return s * (torch.clamp(torch.round(w / s + z16), 0, spec.qmax) - z16)
+
+
+def test_hqq_solver_decreases_its_objective_and_matches_the_equations():
+    from compress.quant.grid import QuantSpec, fake_quantize
+    from compress.quant.hqq import hqq_quantize, hqq_units
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(16, 128, generator=g) * 0.05
+    w[:, 5] += 0.4  # outlier column
+    for bits in (4, 3):
+        spec = QuantSpec(bits, "asym", "group", 64, zero_point="float")
+        units = w.reshape(-1, 64)
+        out, scale, zero, facts = hqq_units(units, spec)
+        before = (units - fake_quantize(units, QuantSpec(bits, "asym", "channel",
+                                                         zero_point="float"))).abs().mean(1)
+        after = (units - out).abs().mean(1)
+        assert (after <= before + 1e-7).all() and after.mean() < before.mean()
+        assert facts["mean_abs_error_after"] < facts["mean_abs_error_before"]
+        for i in range(units.shape[0]):
+            torch.testing.assert_close(out[i], naive_hqq(units[i], spec), rtol=0, atol=1e-6)
+        assert len(torch.unique(out[0])) <= 2**bits
+        # on the matrix: better than min/max rounding with the same float-zero grid
+        w_hat, _ = hqq_quantize(w, spec)
+        assert (w - w_hat).abs().mean() < (w - fake_quantize(w, spec)).abs().mean()
