@@ -45,6 +45,8 @@ RECIPE_FAMILY: dict[str, str] = {
     "gptq": "quantization",
     "awq": "quantization",
     "hqq": "quantization",
+    "rotate": "quantization",
+    "smoothquant": "quantization",
     "bnb-int8": "quantization",
     "bnb-4bit": "quantization",
     "dynamic-int8": "quantization",
@@ -440,6 +442,7 @@ KNOBS: dict[str, Knob] = {
     "gptq": Knob("bits", "down", values=(8, 6, 5, 4, 3, 2)),
     "awq": Knob("bits", "down", values=(8, 6, 5, 4, 3, 2)),
     "hqq": Knob("bits", "down", values=(8, 6, 5, 4, 3, 2)),
+    "rotate": Knob("bits", "down", values=(8, 6, 5, 4, 3, 2)),
 }
 
 

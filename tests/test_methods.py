@@ -319,3 +319,130 @@ def test_hqq_solver_decreases_its_objective_and_matches_the_equations():
         # on the matrix: better than min/max rounding with the same float-zero grid
         w_hat, _ = hqq_quantize(w, spec)
         assert (w - w_hat).abs().mean() < (w - fake_quantize(w, spec)).abs().mean()
+
+
+# --- SmoothQuant -------------------------------------------------------------------------
+
+
+def _llama_with_outlier_channel():
+    model, tok = tiny_model("llama")
+    with torch.no_grad():  # one channel of every attention input carries huge activations
+        for layer in model.model.layers:
+            layer.input_layernorm.weight[3] = 40.0
+    return model, tok
+
+
+def test_smoothquant_scales_follow_the_paper_and_keep_the_model_exact():
+    from compress.calibration import calibration_set
+    from compress.quant import calib
+    from compress.quant.layers import select_targets
+    from compress.quant.smooth import smooth
+
+    model, tok = _llama_with_outlier_channel()
+    ctx = context("llama", tok)
+    batches = calibration_set(ctx, model).batches()
+    targets = select_targets(model)
+    layer = model.model.layers[0]
+    names = ["model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.k_proj",
+             "model.layers.0.self_attn.v_proj"]
+    absmax = calib.input_absmax(model, targets, batches)
+    w_before = torch.cat([targets[n].weight.detach().clone() for n in names])
+    g_before = layer.input_layernorm.weight.detach().clone()
+    before = outputs(model, "llama")
+    applied, rejected = smooth(model, targets, absmax, batches[0], alpha=0.5)
+    assert not rejected and len(applied) == 2 * 2  # attention and FFN input of each block
+    s = absmax[names[0]].pow(0.5) / w_before.abs().amax(0).pow(0.5)  # the paper's s_j
+    torch.testing.assert_close(layer.input_layernorm.weight, g_before / s)
+    torch.testing.assert_close(torch.cat([targets[n].weight for n in names]), w_before * s)
+    torch.testing.assert_close(outputs(model, "llama"), before, rtol=1e-4, atol=1e-4)
+    assert float(s[3]) > 3 * float(s.median())  # the outlier channel is divided down
+
+
+def test_smoothquant_beats_plain_w8a8_on_activation_outliers(tmp_path):
+    model, tok = _llama_with_outlier_channel()
+    dense = outputs(model, "llama")
+    errs = {}
+    for name, smooth_on in (("plain", False), ("smooth", True)):
+        ctx = context("llama", tok)
+        out = compress(copy.deepcopy(model), make_config("smoothquant", runtime="simulated",
+                                                         smooth=smooth_on, act_bits=6), ctx)
+        errs[name] = float((outputs(out, "llama") - dense).pow(2).mean())
+        save_model(out, tok, tmp_path / name)
+        torch.testing.assert_close(outputs(load_compressed(tmp_path / name), "llama"),
+                                   outputs(out, "llama"), rtol=0, atol=0)
+    assert errs["smooth"] < 0.5 * errs["plain"], errs
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+@pytest.mark.parametrize("runtime", ["simulated", "dynamic-int8"])
+def test_smoothquant_on_every_family(family, runtime, tmp_path):
+    model, tok = tiny_model(family)
+    before = outputs(model, family)
+    ctx = context(family, tok)
+    out = compress(model, make_config("smoothquant", runtime=runtime), ctx)
+    after = outputs(out, family)
+    assert (after - before).abs().max() <= 0.1 * before.abs().max() + 1e-3
+    info = ctx.info["quant"]
+    assert info["runtime"] == runtime and info["linears"] > 0
+    if family in ("llama", "gpt2", "opt", "t5"):  # pre-norm blocks: every input norm folds
+        assert info["smoothed_groups"] >= 2 * 2
+    if family == "bert":  # post-norm: the norm output is also the residual; nothing folds
+        assert info["smoothed_groups"] == 0 and info["unsmoothed_norms"]
+    save_model(out, tok, tmp_path / "m")
+    torch.testing.assert_close(outputs(load_compressed(tmp_path / "m"), family), after,
+                               rtol=0, atol=0)
+
+
+# --- Hadamard rotation -------------------------------------------------------------------
+
+
+def test_rotation_is_orthogonal_and_its_helpers_match_the_matrix():
+    from compress.quant.rotate import Rotation, block_size
+
+    assert block_size(576) == 64 and block_size(1536) == 512 and block_size(96) == 32
+    R = Rotation(96, seed=3)
+    M = R.matrix()  # (96, 96)
+    torch.testing.assert_close(M @ M.t(), torch.eye(96), atol=1e-5, rtol=0)
+    W = torch.randn(7, 96)
+    torch.testing.assert_close(R.right(W), W @ M, atol=1e-5, rtol=0)
+    torch.testing.assert_close(R.right_t(R.right(W)), W, atol=1e-5, rtol=0)
+    H = torch.randn(96, 96)
+    H = H @ H.t()
+    torch.testing.assert_close(R.hessian(H), M.t() @ H @ M, atol=1e-3, rtol=1e-5)
+
+
+def test_rotated_rounding_spreads_outliers_and_equals_the_explicit_form():
+    from compress.quant.gptq import gptq_quantize
+    from compress.quant.grid import QuantSpec, fake_quantize
+    from compress.quant.rotate import Rotation
+
+    x, w = correlated_layer(d_in=64, d_out=16)
+    x, w = x.float(), w.float()
+    w[:, 5] *= 12  # an outlier input column
+    spec = QuantSpec(3, "asym", "group", 32)
+    R = Rotation(64, seed=0)
+    M = R.matrix()
+    rotated = R.right_t(fake_quantize(R.right(w), spec))
+    torch.testing.assert_close(rotated, fake_quantize(w @ M, spec) @ M.t(), atol=1e-5, rtol=0)
+    # R is orthogonal, so the weight error is the same in both bases; spreading the
+    # outlier column over the block shrinks each group's range and the error with it
+    assert (w - rotated).pow(2).sum() < 0.7 * (w - fake_quantize(w, spec)).pow(2).sum()
+    H = hessian(x.double())
+    q_rot, _ = gptq_quantize(R.right(w), R.hessian(H), spec, blocksize=16)
+    q_explicit, _ = gptq_quantize(w @ M, M.t().double() @ H @ M.double(), spec, blocksize=16)
+    torch.testing.assert_close(R.right_t(q_rot), q_explicit @ M.t(), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+@pytest.mark.parametrize("method", ["rtn", "gptq"])
+def test_rotate_recipe_on_every_family(family, method, tmp_path):
+    model, tok = tiny_model(family)
+    before = outputs(model, family)
+    ctx = context(family, tok)
+    out = compress(model, make_config("rotate", bits=4, group_size=16, method=method), ctx)
+    after = outputs(out, family)
+    assert (after - before).abs().max() <= 0.2 * before.abs().max() + 1e-3
+    assert ctx.info["quant"]["rounding"] == method
+    save_model(out, tok, tmp_path / "m")
+    torch.testing.assert_close(outputs(load_compressed(tmp_path / "m"), family), after,
+                               rtol=0, atol=0)

@@ -38,6 +38,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -188,8 +189,14 @@ def gptq_model(
     act_order: bool = False,
     static_groups: bool | None = None,
     true_sequential: bool = True,
+    rotations: dict[str, Any] | None = None,
 ) -> GPTQResult:
-    """Quantize ``targets`` (full name -> module) block by block on ``batches``."""
+    """Quantize ``targets`` (full name -> module) block by block on ``batches``.
+
+    ``rotations`` (full name -> :class:`compress.quant.rotate.Rotation`) quantizes those
+    linears in a rotated input basis: ``W R`` with ``H' = R^T H R``, written back as
+    ``Q(W R) R^T``.
+    """
     packed: dict[str, dict[str, int]] = {}
     uncalibrated: list[str] = []
     raised: dict[str, float] = {}
@@ -214,8 +221,13 @@ def gptq_model(
                     # an identity Hessian spreads no error, which is plain rounding.
                     uncalibrated.append(name)
                     H = torch.eye(W.shape[1], dtype=torch.float64, device=W.device)
+                rot = (rotations or {}).get(name)
+                if rot is not None:
+                    W, H = rot.right(W.float()), rot.hessian(H)
                 Q, res = gptq_quantize(W, H, spec, blocksize=blocksize, damp=damp,
                                        act_order=act_order, static_groups=static)
+                if rot is not None:
+                    Q = rot.right_t(Q)
                 if res.damp > damp * 1.0001:
                     raised[name] = round(res.damp, 6)
                 with torch.no_grad():
