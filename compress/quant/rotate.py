@@ -38,7 +38,8 @@ def hadamard(n: int) -> torch.Tensor:
 
 def block_size(in_features: int, max_block: int = 4096) -> int:
     """The largest power of two dividing ``in_features`` (at most ``max_block``)."""
-    return min(in_features & -in_features, max_block)
+    cap = 1 << (max(max_block, 1).bit_length() - 1)  # largest power of two <= max_block
+    return min(in_features & -in_features, cap)
 
 
 class Rotation:
