@@ -86,6 +86,7 @@ import numpy as np
 import torch
 
 from compress.errors import UserError
+from eval.grid_analysis import GridCounter, implications
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,9 @@ HIST_LABELS = {
     "other": "norms, biases, other",
 }
 ROLES = ("encoder", "decoder", "shared")
+#: which tensors the low-bit grid check looks at (eval.grid_analysis), by group.
+GRID_KINDS = {"attn": "linear", "cross": "linear", "ffn": "linear", "embedding": "embedding",
+              "lm_head": "embedding"}
 _FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
 
 
@@ -608,6 +612,7 @@ def analyze_folder(
     hist = {k: torch.zeros(HIST_BINS, dtype=torch.int64) for k in dict.fromkeys(HIST_KINDS.values())}
     tensors, skipped, matched = [], [], set()
     dtypes: dict[str, int] = {}
+    grids = GridCounter()
 
     if fmt == "safetensors":
         stream: Iterator[tuple[_Entry, Iterator[torch.Tensor]]] = (
@@ -631,8 +636,11 @@ def analyze_folder(
         if block_key is not None and block_key not in blocks:
             blocks[block_key] = (Moments(thresholds), _Groups(thresholds))
         tensor_stats = Moments(thresholds)
+        grid_kind = GRID_KINDS.get(info.group)
         for chunk in chunks:
             x = chunk if chunk.dtype in (torch.float32, torch.float64) else chunk.float()
+            if grid_kind:
+                grids.add(grid_kind, x, entry.shape)
             for piece in x.split(SUB_CHUNK):
                 stats, counts = _slice_stats(piece, ws)
                 tensor_stats.merge(stats)
@@ -699,6 +707,10 @@ def analyze_folder(
         },
         "skipped_non_float": skipped,
         "histograms": _histograms(hist),
+        "grid": grids.summary(),
+        "grid_note": "distinct values per block of 32/64/128 consecutive stored columns of "
+        "every 2-D weight; a grid is detected when 99% of blocks hold at most 2^b < k values "
+        "(eval.grid_analysis)",
         "tensors": tensors,
         "elapsed_s": elapsed,
         "stream_s": stream_s,
@@ -1089,7 +1101,7 @@ def build_tables(reports: Sequence[dict[str, Any]]) -> list[Any]:
 
 def notes(rep: dict[str, Any]) -> list[str]:
     """One-line facts a reader needs next to the tables (tied or skipped tensors)."""
-    out = []
+    out = list(implications(rep["model"], rep.get("grid") or {}))
     tied = rep["absent_from_files"]["tied"]
     if tied:
         out.append(f"{rep['model']}: counted what the files store; tied weights stored once "

@@ -679,6 +679,7 @@ def _section_analysis(
                 f"{fmt_value(s.get('max_abs'))} |"
             )
         w()
+        _grid_paragraph(w, model, data)
         slug = data.get("slug") or Path(data["_path"]).stem
         for suffix, alt in (("_hist", "weight histograms"), ("_blocks", "per-block fractions")):
             png = analysis_dir / f"{slug}{suffix}.png"
@@ -695,6 +696,20 @@ def _section_analysis(
     for png in others:
         w.image(png, out_dir, png.stem.replace("_", " "))
         w()
+
+
+def _grid_paragraph(w: Writer, model: str, data: dict[str, Any]) -> None:
+    """Whether the weights already sit on a low-bit grid, and what that makes uninformative."""
+    from eval.grid_analysis import implications
+
+    grid = data.get("grid")
+    if grid is None:
+        w(f"_Low-bit grid check: not in this analysis; rerun `python -m eval.analyze {model}`._")
+        w()
+        return
+    for line in implications(model, grid):
+        w(f"- {line}")
+    w()
 
 
 def _sparsity_of(run: dict[str, Any]) -> tuple[str, float] | None:
