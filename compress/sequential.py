@@ -223,12 +223,18 @@ class BlockRun:
                    for comp, name in group.items()}
         pending: set[str] = set()
         masks: dict[str, torch.Tensor] = {}
+        # linears reading one tensor get one rows object (callers may share their work)
+        rows_of: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
 
         def make(name: str, role_of: str) -> Callable:
             def hook(_module: nn.Module, args: tuple) -> None:
                 x = args[0] if args else None
                 if isinstance(x, torch.Tensor):
-                    fn(name, _rows(x, masks.get(role_of)))
+                    key = (id(x), role_of)
+                    hit = rows_of.get(key)
+                    if hit is None or hit[0] is not x:
+                        hit = rows_of[key] = (x, _rows(x, masks.get(role_of)))
+                    fn(name, hit[1])
                 pending.discard(name)
                 if stop_early and not pending:
                     raise _Stop
@@ -240,6 +246,7 @@ class BlockRun:
             for j, batch in enumerate(self.batches):
                 masks = batch.token_masks
                 pending = set(watched)
+                rows_of.clear()
                 with contextlib.suppress(_Stop):
                     self._forward(j)
         finally:

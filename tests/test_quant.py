@@ -152,7 +152,8 @@ def test_gptq_beats_rtn_on_correlated_inputs(spec, act_order):
     acc = HessianAccumulator(w.shape[1])
     for chunk in x.split(500):
         acc.add(chunk)
-    torch.testing.assert_close(acc.H, (2 * x.double().t() @ x.double() / x.shape[0]))
+    torch.testing.assert_close(acc.H, (2 * x.double().t() @ x.double() / x.shape[0]),
+                               rtol=1e-4, atol=1e-4)  # accumulated in float32
     q_gptq, _ = gptq_quantize(w, acc.H, spec, blocksize=32, act_order=act_order)
     q_rtn = fake_quantize(w, spec)
     err_gptq = (x @ (w - q_gptq).t()).pow(2).mean()

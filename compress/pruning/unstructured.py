@@ -163,7 +163,7 @@ def sparsegpt_step(
 ) -> dict[str, Any]:
     """SparseGPT (:mod:`compress.pruning.sparsegpt`), block by block on the shared
     calibration set; true-sequential within a block when ``config.true_sequential``."""
-    from compress.hessian import HessianAccumulator
+    from compress.hessian import HessianAccumulator, SharedInputs
     from compress.pruning.sparsegpt import sparsegpt_prune
     from compress.sequential import (
         BlockRun,
@@ -182,11 +182,11 @@ def sparsegpt_step(
     nm = config.nm()
     zeroed, raised = 0, {}
 
-    def prune(name: str, acc: HessianAccumulator) -> None:
+    def prune(name: str, acc: HessianAccumulator | None) -> None:
         nonlocal zeroed
         it = by_name[name]
         view = out_in(it.target)  # (out, in), a transposed view for Conv1D: writes go through
-        H = acc.H if acc.H is not None else torch.eye(view.shape[1], dtype=torch.float64,
+        H = acc.H if acc is not None and acc.H is not None else torch.eye(view.shape[1], dtype=torch.float64,
                                                       device=view.device)
         new, _loss, used = sparsegpt_prune(view, H, it.sparsity, nm=nm, scope=config.scope,
                                            blocksize=config.blocksize, damp=config.damp)
@@ -200,10 +200,10 @@ def sparsegpt_step(
         groups = (sequential_groups(run.block, names) if config.true_sequential
                   else [all_linears(run.block, names)])
         for group in groups:
-            acc = {n: HessianAccumulator(by_name[n].target.in_features) for n in group.values()}
-            run.collect(group, lambda n, x, acc=acc: acc[n].add(x))
+            acc = SharedInputs(lambda n: HessianAccumulator(by_name[n].target.in_features))
+            run.collect(group, acc.add)
             for n in group.values():
-                prune(n, acc[n])
+                prune(n, acc.get(n))
 
     n_blocks = run_sequential(model, batches, on_block)
     head = [it for it in items if it.target.block < 0]

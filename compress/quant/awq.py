@@ -41,6 +41,7 @@ import torch.nn as nn
 
 from compress.arch import Block
 from compress.calibration import CalibBatch
+from compress.hessian import SharedInputs
 from compress.quant.grid import (
     SCALE_BYTES,
     QuantSpec,
@@ -210,8 +211,9 @@ def awq_model(
         everything = all_linears(run.block, names)
         if not everything:
             return
-        stats: dict[str, InputStats] = {n: InputStats() for n in everything.values()}
-        run.collect(everything, lambda n, x: stats[n].add(x))
+        shared = SharedInputs(lambda n: InputStats())
+        run.collect(everything, shared.add)
+        stats = {n: shared.get(n) or InputStats() for n in everything.values()}
         dense_out = run.outputs()  # the reference searches on the float model throughout
         for group in input_groups(run.block, names):
             members = list(group.values())

@@ -44,7 +44,7 @@ import torch
 import torch.nn as nn
 
 from compress.calibration import CalibBatch
-from compress.hessian import HessianAccumulator, inverse_cholesky
+from compress.hessian import HessianAccumulator, SharedInputs, inverse_cholesky
 from compress.quant.grid import (
     INDEX_BYTES,
     QuantSpec,
@@ -209,13 +209,12 @@ def gptq_model(
         for group in groups:
             if not group:
                 continue
-            acc = {name: HessianAccumulator(weight_matrix(targets[name]).shape[1])
-                   for name in group.values()}
-            run.collect(group, lambda name, x, acc=acc: acc[name].add(x))
+            acc = SharedInputs(lambda n: HessianAccumulator(weight_matrix(targets[n]).shape[1]))
+            run.collect(group, acc.add)
             for name in group.values():
                 m = targets[name]
                 W = weight_matrix(m)
-                H = acc[name].H
+                H = acc.get(name).H if acc.get(name) is not None else None
                 if H is None:
                     # never reached by calibration (an expert no token was routed to):
                     # an identity Hessian spreads no error, which is plain rounding.
