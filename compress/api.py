@@ -57,15 +57,11 @@ def _check_not_offloaded(model: nn.Module, name: str) -> None:
 def _check_memory(model: nn.Module, config: RecipeConfig, name: str,
                   context: Context | None = None) -> None:
     """Stop with a clear message before a recipe needs more memory than is free."""
+    from compress.arch import hidden_size
     from compress.memory import require_memory
     from compress.stats import parameter_counts
 
-    cfg = getattr(model, "config", None)
-    hidden = next(
-        (getattr(cfg, a) for a in ("hidden_size", "d_model", "n_embd")
-         if isinstance(getattr(cfg, a, None), int)),
-        1024,
-    )
+    hidden = hidden_size(model)
     extra = config.extra_memory_bytes(parameter_counts(model)["bytes"], hidden)
     if context is not None and config.calibrates():
         # one stack's hidden states for the calibration set, inputs and outputs

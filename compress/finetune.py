@@ -144,11 +144,12 @@ def lora_module_names(model: nn.Module, target_components: Sequence[str] | None)
         from compress.errors import did_you_mean
 
         raise did_you_mean("component", sorted(unknown)[0], COMPONENTS)
-    names = [
+    modules = dict(model.named_modules())
+    names = [  # real modules only (native MoE expert slices are views, not modules)
         block.linear_names[comp]
         for block in iter_blocks(model)
         for comp in block.linears
-        if comp in wanted
+        if comp.split(".")[0] in wanted and block.linear_names[comp] in modules
     ]
     if not names:
         raise UserError(f"no linears of components {sorted(wanted)} in this model for LoRA")
@@ -238,9 +239,9 @@ def finetune(
         lora_names = lora_module_names(model, target_components)
         if keep_zero:
             masks = zero_masks(model, {f"{n}.weight" for n in lora_names})
-        from transformers.pytorch_utils import Conv1D
+        from compress.arch import is_transposed
 
-        conv1d = isinstance(model.get_submodule(lora_names[0]), Conv1D)
+        conv1d = is_transposed(model.get_submodule(lora_names[0]))
         cfg = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
                          target_modules=lora_names, fan_in_fan_out=conv1d, bias="none")
         trained = get_peft_model(model, cfg)

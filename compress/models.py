@@ -51,10 +51,13 @@ def task_of(config: Any) -> str:
             return "classification"
         if arch.endswith("ForConditionalGeneration"):
             return "seq2seq"
-    from compress.arch import arch_for
+    from transformers.models.auto import modeling_auto as ma
 
-    kind = arch_for(config).kind
-    return {"decoder": "causal-lm", "encoder": "embedding"}.get(kind, "seq2seq")
+    model_type = getattr(config, "model_type", "")
+    if model_type in ma.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and \
+            model_type not in ma.MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        return "causal-lm"
+    return "embedding"
 
 
 def _auto_class(task: str):
@@ -66,6 +69,33 @@ def _auto_class(task: str):
         "embedding": tf.AutoModel,
         "seq2seq": tf.AutoModelForSeq2SeqLM,
     }[task]
+
+
+def skeleton_class(config: Any, task: str | None = None) -> type:
+    """The model class to build for ``config`` (its ``architectures`` entry, else the
+    auto class of its task), without weights: ``skeleton_class(cfg)._from_config(cfg)``."""
+    import transformers as tf
+
+    for name in getattr(config, "architectures", None) or []:
+        cls = getattr(tf, name, None)
+        if isinstance(cls, type) and (task is None or _auto_class(task)._model_mapping.get(
+                type(config)) is cls or name.endswith(_TASK_SUFFIX.get(task, ()))):
+            return cls
+    auto = _auto_class(task or task_of(config))
+    try:
+        return auto._model_mapping[type(config)]
+    except KeyError:
+        raise UserError(f"transformers has no {task or task_of(config)} model for "
+                        f"{getattr(config, 'model_type', type(config).__name__)} configs"
+                        ) from None
+
+
+_TASK_SUFFIX = {
+    "causal-lm": ("ForCausalLM", "LMHeadModel"),
+    "classification": ("ForSequenceClassification",),
+    "seq2seq": ("ForConditionalGeneration", "MTModel"),
+    "embedding": ("Model",),
+}
 
 
 def check_model_name(name: str) -> str:

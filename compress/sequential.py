@@ -53,20 +53,27 @@ from compress.errors import UserError
 from compress.models import input_device, to_device
 
 #: a block's linears in the order its forward uses them; each tuple is one group.
+#: Components are matched by their base name: native experts' ``ffn_in.e3`` joins
+#: the FFN inputs, ``ffn_out.e3`` the FFN outputs.
 SEQUENTIAL_ORDER: tuple[tuple[str, ...], ...] = (
     ("attn_q", "attn_k", "attn_v", "attn_qkv"),
     ("attn_o",),
-    ("cross_q", "cross_k", "cross_v"),
+    ("cross_q", "cross_k", "cross_v", "cross_kv"),
     ("cross_o",),
-    ("ffn_gate", "ffn_in"),
+    ("ffn_gate", "ffn_in", "ffn_gate_up"),
     ("ffn_out",),
 )
+
+
+def base_component(component: str) -> str:
+    """``ffn_in.e3`` -> ``ffn_in`` (an expert's linear has its component's role)."""
+    return component.split(".", 1)[0]
 
 
 def mask_role(component: str, role: str) -> str:
     """Which token mask applies to a linear's inputs: cross-attention keys and values
     read the encoder's outputs, everything else its own stack's hidden states."""
-    return "encoder" if component in ("cross_k", "cross_v") else role
+    return "encoder" if base_component(component) in ("cross_k", "cross_v", "cross_kv") else role
 
 
 def linear_roles(model: nn.Module) -> dict[str, str]:
@@ -84,7 +91,7 @@ def sequential_groups(block: Block, names: set[str] | None = None) -> list[dict[
     present = {c: n for c, n in block.linear_names.items() if names is None or n in names}
     groups, seen = [], set()
     for order in SEQUENTIAL_ORDER:
-        group = {c: present[c] for c in order if c in present}
+        group = {c: n for c, n in present.items() if base_component(c) in order}
         seen.update(group)
         if group:
             groups.append(group)
@@ -194,19 +201,35 @@ def _rows(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 
 
 class BlockRun:
-    """One block's calibration inputs; see the module docstring."""
+    """One block's calibration inputs; see the module docstring.
 
-    def __init__(self, block: Block, hidden: list[torch.Tensor], calls: list[_Call],
-                 batches: list[CalibBatch]):
+    In a stack whose blocks share weights across depth (ALBERT: one block runs many
+    times per forward), a block cannot be replayed on its own: ``collect`` then runs
+    whole-model forwards (every call of the block adds its inputs) and nothing is
+    propagated (``model`` is given, ``hidden`` and ``calls`` are None).
+    """
+
+    def __init__(self, block: Block, hidden: list[torch.Tensor] | None,
+                 calls: list[_Call] | None, batches: list[CalibBatch],
+                 model: nn.Module | None = None):
         self.block = block
         self.hidden = hidden
         self.calls = calls
         self.batches = batches
+        self.model = model
         #: set by a recipe that propagates other outputs than the compressed block's
         #: (AWQ searches on the float model: it keeps the block's float outputs).
         self.next_hidden: list[torch.Tensor] | None = None
 
+    @property
+    def shared(self) -> bool:
+        return self.hidden is None
+
     def _forward(self, j: int) -> Any:
+        if self.shared:
+            batch = self.batches[j]
+            return self.model(**to_device(batch.inputs, input_device(self.model)),
+                              **forward_kwargs(self.model))
         call = self.calls[j]
         h = self.hidden[j]
         if call.positional:
@@ -245,7 +268,7 @@ class BlockRun:
         try:
             for j, batch in enumerate(self.batches):
                 masks = batch.token_masks
-                pending = set(watched)
+                pending = set(watched) if not self.shared else {"\0never"}
                 rows_of.clear()
                 with contextlib.suppress(_Stop):
                     self._forward(j)
@@ -254,13 +277,17 @@ class BlockRun:
                 h.remove()
 
     @torch.no_grad()
-    def outputs(self) -> list[torch.Tensor]:
-        """The block's outputs for every batch with its current weights."""
+    def outputs(self) -> list[torch.Tensor] | None:
+        """The block's outputs for every batch with its current weights (None when shared)."""
+        if self.shared:
+            return None
         return [first_tensor(self._forward(j)).detach() for j in range(len(self.batches))]
 
     @torch.no_grad()
     def advance(self) -> None:
         """Replace the stored hidden states by this block's outputs (the next block's inputs)."""
+        if self.shared:
+            return
         if self.next_hidden is not None:
             self.hidden[:] = self.next_hidden
             return
@@ -287,13 +314,16 @@ def collect_model_inputs(
 
         return hook
 
+    from compress.arch import routed_through_proxies
+
     handles = [m.register_forward_pre_hook(make(n, r)) for n, (m, r) in modules.items()]
     extra = forward_kwargs(model)
     device = input_device(model)
     try:
-        for batch in batches:
-            masks = batch.token_masks
-            model(**to_device(batch.inputs, device), **extra)
+        with routed_through_proxies(model):
+            for batch in batches:
+                masks = batch.token_masks
+                model(**to_device(batch.inputs, device), **extra)
     finally:
         for h in handles:
             h.remove()
@@ -311,21 +341,26 @@ def run_sequential(
     Returns the number of blocks visited. ``on_block`` changes the block in place; this
     function then propagates the block's outputs to the next block.
     """
+    from compress.arch import routed_through_proxies
     from compress.pruning.masks import release_freed_memory
 
     if not batches:
         raise UserError("calibration produced no batches")
     n = 0
-    for blocks in stacks_of(model):
-        hidden, calls = _capture(model, blocks, batches)
-        for i, block in enumerate(blocks):
-            run = BlockRun(block, hidden, calls[i], batches)
-            on_block(run)
-            run.advance()
-            calls[i] = []  # free this block's recorded arguments
-            release_freed_memory()
-            n += 1
-            if progress is not None:
-                progress(block)
-        del hidden, calls
+    # native experts run through their per-expert proxies, so hooks see routed tokens
+    with routed_through_proxies(model):
+        for blocks in stacks_of(model):
+            shared = blocks[0].stack.shared
+            hidden, calls = (None, None) if shared else _capture(model, blocks, batches)
+            for i, block in enumerate(blocks):
+                run = BlockRun(block, hidden, None if shared else calls[i], batches, model)
+                on_block(run)
+                run.advance()
+                if not shared:
+                    calls[i] = []  # free this block's recorded arguments
+                release_freed_memory()
+                n += 1
+                if progress is not None:
+                    progress(block)
+            del hidden, calls
     return n

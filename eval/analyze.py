@@ -428,12 +428,12 @@ class NameMap:
         from compress.arch import arch_for
 
         try:
-            self.spec = arch_for(config)
+            model = _meta_skeleton(config)
+            self.spec = arch_for(model)
         except UserError as exc:
             self.warning = f"{exc}; only overall statistics are meaningful"
             return
         self.family, self.kind = self.spec.family, self.spec.kind
-        model = _meta_skeleton(config)
         self._index(model)
 
     def _index(self, model: torch.nn.Module) -> None:
@@ -518,16 +518,14 @@ def _meta_skeleton(config: Any) -> torch.nn.Module:
     """The model built on the meta device (no storage): names and tying only."""
     import transformers as tf
 
-    from compress.models import _auto_class, task_of
+    from compress.models import skeleton_class
 
     classes = []
     for arch in getattr(config, "architectures", None) or []:
         cls = getattr(tf, arch, None)
         if isinstance(cls, type):
             classes.append(lambda c, cls=cls: cls(c))
-    if config.model_type == "encoder-decoder":
-        classes.append(lambda c: tf.EncoderDecoderModel(config=c))
-    classes.append(lambda c: _auto_class(task_of(c)).from_config(c))
+    classes.append(lambda c: skeleton_class(c)._from_config(c))
     error: Exception | None = None
     for make in classes:
         try:
@@ -535,7 +533,7 @@ def _meta_skeleton(config: Any) -> torch.nn.Module:
                 return make(config)
         except Exception as exc:  # noqa: BLE001 - try the next way to build it
             error = exc
-    raise UserError(f"cannot build a {config.model_type} skeleton from config.json: {error}")
+    raise UserError(f"cannot build a model skeleton from config.json: {error}")
 
 
 # --- the analysis -----------------------------------------------------------------

@@ -180,12 +180,15 @@ def _max_positions(model: nn.Module) -> int | None:
     config = getattr(model, "config", None)
     if config is None:
         return None
-    if getattr(config, "model_type", None) == "encoder-decoder":
-        config = config.encoder
-    for attr in ("max_position_embeddings", "n_positions"):
-        value = getattr(config, attr, None)
-        if isinstance(value, int):
-            return value
+    from transformers import PretrainedConfig
+
+    # composite models (bert2bert) keep sizes in sub-configs
+    configs = [config] + [v for v in vars(config).values() if isinstance(v, PretrainedConfig)]
+    for cfg in configs:
+        for attr in ("max_position_embeddings", "n_positions"):
+            value = getattr(cfg, attr, None)
+            if isinstance(value, int):
+                return value
     return None
 
 

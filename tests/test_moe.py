@@ -11,7 +11,8 @@ import torch.nn as nn
 
 from compress import Context, UserError, compress, make_config
 from compress.api import leftover_attachments
-from compress.moe.convert import DenseFFN, build_moe, find_sites
+from compress.arch import iter_blocks
+from compress.moe.convert import DenseFFN, build_moe, find_sites, moe_modules
 from compress.moe.layer import AddBias, MoEFFN
 from compress.moe.partition import (
     balanced_assign,
@@ -83,9 +84,11 @@ def test_replaced_modules_are_plain_modules(key):
     family, model, tok = _model(key)
     compress(model, make_config("moefy", num_experts=4, router="similarity", partition="weights",
                                 timing_rounds=0))
-    layer = next(iter(find_sites(model))).block
+    layer = next(iter_blocks(model)).module
     if key == "bert":
-        assert isinstance(layer.intermediate, MoEFFN) and isinstance(layer.output.dense, AddBias)
+        assert isinstance(layer.intermediate.dense, MoEFFN)
+        assert isinstance(layer.intermediate.intermediate_act_fn, nn.Identity)
+        assert isinstance(layer.output.dense, AddBias)
         assert isinstance(layer.output.LayerNorm, nn.LayerNorm)  # the rest of BertOutput stays
     if key == "opt":
         assert isinstance(layer.fc1, MoEFFN) and isinstance(layer.fc2, AddBias)
@@ -120,7 +123,7 @@ def test_partition_covers_every_neuron_once_with_its_slices(key, partition):
     ctx = Context(tokenizer=tok, calibration=CALIB)
     cfg = make_config("moefy", num_experts=8, partition=partition, **FAST)
     compress(model, cfg, ctx)
-    moes = [getattr(*site.owner) for site in find_sites(model)]
+    moes = [m for _, m in moe_modules(model)]
     for moe, rows in zip(moes, dense_rows, strict=True):
         assert moe.expert_size * moe.n_experts == rows.shape[0]  # equal sizes, all neurons
         got = _expert_rows(moe)
@@ -302,7 +305,8 @@ def test_save_and_reload_give_identical_outputs(key, tmp_path):
     assert "model.safetensors" not in files
     reloaded = load_compressed(tmp_path / "m")
     assert type(reloaded) is type(model)
-    assert sum(isinstance(m, MoEFFN) for m in reloaded.modules()) == len(find_sites(model))
+    n_moe = sum(isinstance(m, MoEFFN) for m in model.modules())
+    assert n_moe and sum(isinstance(m, MoEFFN) for m in reloaded.modules()) == n_moe
     torch.testing.assert_close(_out(reloaded, family), before, rtol=0, atol=0)
     dense, _ = tiny_model(family, **FAMILIES[key][1])
     assert not torch.allclose(before, _out(dense, family))  # half the experts: not the dense model

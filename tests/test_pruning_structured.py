@@ -11,6 +11,7 @@ import transformers as tf
 
 from compress import Context, UserError, compress, make_config
 from compress.calibration import CalibrationSpec, draw
+from compress.pruning import importance as imp
 from compress.pruning import surgery
 from compress.saving import load_compressed, save_model
 from compress.tiny import TINY_FAMILIES, sample_inputs, tiny_model
@@ -47,15 +48,16 @@ def test_removed_equals_masked_and_round_trips(family, importance, tmp_path):
     model, tok = tiny_model(family)
     ctx = context(family, tok)
     batches = draw(tok, ctx.calibration, TASK[family], SPEC).batches(2)
-    scores = {"magnitude": lambda: surgery.magnitude_scores(model),
-              "activation": lambda: surgery.activation_scores(model, batches),
-              "taylor": lambda: surgery.taylor_scores(model, batches, TASK[family])}[importance]()
-    units = {u.block.role: surgery.removal_units(u, "query") for u in surgery.attention_units(model)}
+    scores = {"magnitude": lambda: imp.magnitude_scores(model),
+              "activation": lambda: imp.activation_scores(model, batches),
+              "taylor": lambda: imp.taylor_scores(model, batches, TASK[family])}[importance]()
+    units = {u.block.role: imp.removal_units(u, "query")
+             for u in surgery.attention_units(model)}
     width = {b.role: b.linears["ffn_out"].weight.shape[0 if b.conv1d else 1]
              for b in surgery.ffn_blocks(model)}
     ffn = {r: n // 2 for r, n in width.items()}  # half the neurons go
     heads = {r: n // 2 for r, n in units.items()}
-    sel = surgery.select(model, scores, ffn, heads)
+    sel = imp.select(model, scores, ffn, heads)
     masked = copy.deepcopy(model)
     surgery.mask_selection(masked, sel)
     params_before = sum(p.numel() for p in model.parameters())
@@ -109,8 +111,8 @@ def test_llama_heads_and_gqa_recorded_in_config(tmp_path):
 def test_gqa_group_mode_removes_kv_groups():
     model, tok = tiny_model("llama")
     ref = copy.deepcopy(model)
-    scores = surgery.magnitude_scores(model)
-    sel = surgery.select(model, scores, {}, {"decoder": 1}, gqa="group")
+    scores = imp.magnitude_scores(model)
+    sel = imp.select(model, scores, {}, {"decoder": 1}, gqa="group")
     keep_q, keep_kv = next(iter(sel.heads.values()))
     assert len(keep_kv) == 1 and len(keep_q) == 2
     assert (keep_q // 2 == keep_kv[0]).all()  # the kept query heads are the kept group's
@@ -125,7 +127,7 @@ def test_t5_heads_shared_across_blocks_with_relative_bias():
     model, tok = tiny_model("t5")
     ref = copy.deepcopy(model)
     batches = draw(tok, PAIRS, "seq2seq", SPEC).batches(2)
-    sel = surgery.select(model, surgery.activation_scores(model, batches), {},
+    sel = imp.select(model, imp.activation_scores(model, batches), {},
                          {"encoder": 2, "decoder": 2})
     enc_self = [v[0].tolist() for k, v in sel.heads.items()
                 if k.startswith("encoder.") and "SelfAttention" in k]

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from compress.arch import arch_for, find_module_list
+from compress.arch import arch_for
 from compress.distill import losses
 
 #: (stack role, block index) -> hidden state (B, T, H)
@@ -52,7 +52,7 @@ def capture_blocks(model: nn.Module, wanted: Mapping[str, Sequence[int]]) -> Ite
             idx = wanted.get(stack.role, ())
             if not idx:
                 continue
-            _, blocks = find_module_list(model, stack.layers)
+            blocks = model.get_submodule(stack.path)
             for j in idx:
 
                 def hook(_mod, _inp, out, key=(stack.role, j)):

@@ -12,11 +12,13 @@ through the architecture table, :mod:`compress.arch`) and updates everything tha
 depends on the block count so the student is a plain model that ``save_pretrained``
 / ``from_pretrained`` round-trips with identical outputs:
 
-* the stack's layer-count attribute in the config (``StackSpec.layers_attr``; for
-  bert2bert in ``config.encoder`` / ``config.decoder``, which the sub-models share;
-  T5 stacks also keep a private config copy, updated too);
+* the stack's layer-count attribute in the config (found by discovery,
+  ``StackSpec.names.layers``; for bert2bert in ``config.encoder`` / ``config.decoder``,
+  which the sub-models share; T5 stacks also keep a private config copy, updated too);
 * per-layer config lists (``layer_types``: sliding vs full attention in newer
-  configs), cut to the kept blocks;
+  configs; any config list with one entry per block), cut to the kept blocks;
+* a stack whose weights are shared across depth (ALBERT: one block run N times) keeps
+  its block and runs it fewer times: only the count changes;
 * ``layer_idx`` of the attention modules, renumbered 0..n-1 (the KV cache is
   indexed by it during generation);
 * T5's relative position bias, which only block 0 owns: when block 0 is not kept,
@@ -33,13 +35,10 @@ from collections.abc import Mapping, Sequence
 
 import torch.nn as nn
 
-from compress.arch import arch_for, find_module_list, stack_config
+from compress.arch import StackSpec, arch_for, stack_config
 from compress.errors import UserError
 
 log = logging.getLogger(__name__)
-
-#: per-layer list attributes of configs that must follow the kept blocks.
-PER_LAYER_CONFIG_LISTS = ("layer_types",)
 
 
 def default_layer_map(n_teacher: int, n_student: int) -> list[int]:
@@ -107,7 +106,7 @@ def parse_layer_map(text: str, roles: Sequence[str] = ("encoder", "decoder")) ->
 def teacher_layer_counts(model: nn.Module) -> dict[str, int]:
     """Blocks per stack role, e.g. ``{"encoder": 6}`` or ``{"encoder": 6, "decoder": 6}``."""
     spec = arch_for(model)
-    return {s.role: len(find_module_list(model, s.layers)[1]) for s in spec.stacks}
+    return {s.role: s.n_blocks * s.calls_per_block for s in spec.stacks}
 
 
 def resolve_layer_maps(
@@ -169,15 +168,16 @@ def _set_module(root: nn.Module, path: str, module: nn.Module) -> None:
     setattr(parent, name, module)
 
 
-def _set_layer_count(config, attrs: tuple[str, ...], n: int, keep: list[int]) -> None:
-    present = [a for a in attrs if getattr(config, a, None) is not None]
+def _set_layer_count(config, stack: StackSpec, n: int, keep: list[int]) -> None:
+    present = [a for a in stack.names.layers if getattr(config, a, None) is not None]
     if not present:
         raise UserError(
-            f"{type(config).__name__} has none of {', '.join(attrs)}; cannot record the "
-            "student's block count"
+            f"{type(config).__name__}: no config attribute holds the {stack.role}'s block count "
+            f"({stack.n_blocks * stack.calls_per_block}); cannot record the student's depth"
         )
-    setattr(config, present[0], n)
-    for name in PER_LAYER_CONFIG_LISTS:
+    for attr in present:
+        setattr(config, attr, n)
+    for name in stack.names.per_layer:
         values = getattr(config, name, None)
         if isinstance(values, (list, tuple)) and len(values) > max(keep):
             setattr(config, name, type(values)(values[i] for i in keep))
@@ -224,8 +224,15 @@ def make_student(
         n = counts[stack.role]
         if not keep or keep[-1] >= n or keep != sorted(set(keep)) or keep[0] < 0:
             raise UserError(f"bad {stack.role} map {keep} for a teacher with {n} blocks")
-        path, blocks = find_module_list(student, stack.layers)
-        _, teacher_blocks = find_module_list(teacher, stack.layers)
+        configs = [stack_config(student, spec, stack)] + [
+            student.get_submodule(p).config for p in stack.private_configs]
+        if stack.shared:  # one block run N times: run it fewer times
+            for cfg in configs:
+                _set_layer_count(cfg, stack, len(keep), keep)
+            continue
+        path = stack.path
+        blocks = student.get_submodule(path)
+        teacher_blocks = teacher.get_submodule(path)
         kept = nn.ModuleList([blocks[i] for i in keep])
         _set_module(student, path, kept)
         _fix_relative_bias(kept, teacher_blocks)
@@ -233,12 +240,7 @@ def make_student(
             for mod in block.modules():
                 if hasattr(mod, "layer_idx"):
                     mod.layer_idx = j
-        _set_layer_count(stack_config(student, spec, stack), stack.layers_attr, len(keep), keep)
-        # T5Stack keeps a private copy of the config (num_layers for both stacks)
-        owner = student.get_submodule(path.rsplit(".", 1)[0]) if "." in path else student
-        own_cfg = getattr(owner, "config", None)
-        if own_cfg is not None and own_cfg is not stack_config(student, spec, stack):
-            attrs = ("num_layers",) if getattr(own_cfg, "num_layers", None) else stack.layers_attr
-            _set_layer_count(own_cfg, attrs, len(keep), keep)
+        for cfg in configs:  # T5Stack keeps a private copy of the config
+            _set_layer_count(cfg, stack, len(keep), keep)
     log.info("student blocks: %s", {r: len(m) for r, m in maps.items()})
     return student, maps

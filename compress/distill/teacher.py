@@ -180,8 +180,10 @@ def estimate_cache_bytes(
     model: nn.Module, task: str, n_examples: int, seq_len: int, n_hidden: int
 ) -> int:
     """Rough float16 size of a cache of ``n_examples`` examples (worst case: full length)."""
+    from compress.arch import hidden_size
+
     cfg = getattr(model, "config", None)
-    hidden = getattr(cfg, "hidden_size", None) or getattr(cfg, "d_model", None) or 1024
+    hidden = hidden_size(model)
     dec = getattr(cfg, "decoder", None)
     vocab = getattr(cfg, "vocab_size", None) or getattr(dec, "vocab_size", None) or 0
     per = n_hidden * seq_len * hidden

@@ -1,11 +1,11 @@
 """MoEfication: dense FFNs split into experts with a router (Zhang et al. 2022).
 
-* :mod:`compress.moe.families`: per-family table of which modules the MoE FFN replaces;
 * :mod:`compress.moe.layer`: :class:`MoEFFN` (computes only the routed experts),
   :class:`SimilarityRouter`, :class:`MLPRouter`, :class:`AddBias`;
 * :mod:`compress.moe.partition`: balanced k-means on weights or co-activations;
 * :mod:`compress.moe.routers`: router targets, training and held-out scores;
-* :mod:`compress.moe.convert`: finding FFNs, reading weights, swapping modules;
+* :mod:`compress.moe.convert`: finding FFNs (from :mod:`compress.arch`), reading weights,
+  swapping modules;
 * :mod:`compress.moe.measure`: activation sparsity, timings, expert fine-tuning;
 * :mod:`compress.moe.format`: the ``moe`` save format and its loader.
 

@@ -1,11 +1,22 @@
 """Dense FFN <-> MoE FFN: find every FFN, read its weights, build and swap modules.
 
-A :class:`Site` is one FFN of one block, resolved with the architecture table
-(:mod:`compress.arch`) and the FFN layout table (:mod:`compress.moe.families`). Its
-:class:`DenseFFN` holds the weights as neuron rows (``w_in``/``w_gate``/``w_out`` all
-(ff, d)), whatever the storage (``nn.Linear`` weight [out, in] or GPT-2 ``Conv1D``
-[in, out]). Swapping replaces modules by attribute assignment on their parents; no
-forward is patched.
+A :class:`Site` is one FFN of one block, resolved with the discovered architecture
+(:mod:`compress.arch`). Its :class:`DenseFFN` holds the weights as neuron rows
+(``w_in``/``w_gate``/``w_out`` all (ff, d)), whatever the storage (``nn.Linear`` weight
+[out, in], GPT-2 ``Conv1D`` [in, out], a fused gate-up projection). Which modules the
+MoE FFN replaces follows from what discovery measured:
+
+* the FFN is one module whose output is the FFN's output (Llama/GPT-2 ``mlp``, T5
+  ``DenseReluDense``): that module is swapped whole (``replace="parent"``, the MoE FFN
+  computes the output bias too, ``out="inside"``);
+* the FFN is split across the block (BERT ``intermediate.dense`` + ``output.dense``, OPT
+  ``fc1`` + ``fc2``, with the activation applied by a module around them): the input
+  projection is swapped for the MoE FFN, the activation module becomes ``nn.Identity``
+  (the experts apply it) and the output projection an :class:`AddBias` holding only its
+  bias (``replace="ffn_in"``, ``out="bias"``).
+
+Swapping replaces modules by attribute assignment on their parents; no forward is
+patched.
 """
 
 from __future__ import annotations
@@ -17,19 +28,41 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from transformers.pytorch_utils import Conv1D
 
-from compress.arch import arch_for, iter_blocks
-from compress.moe.families import FFNLayout, layout_for
+from compress.arch import arch_for, iter_blocks, out_in
+from compress.errors import UserError
 from compress.moe.layer import AddBias, MoEFFN
+
+
+@dataclass(frozen=True)
+class Swap:
+    """Which modules the MoE FFN takes over (see the module docstring)."""
+
+    replace: str  # "parent" | "ffn_in"
+    out: str  # "inside" | "bias"
+    act_to_identity: bool = False
+
+
+#: activation names measured by discovery -> transformers' ACT2FN keys
+_ACT_KEYS = {"silu": "silu", "gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "relu": "relu",
+             "quick_gelu": "quick_gelu", "relu2": "relu2", "tanh": "tanh",
+             "sigmoid": "sigmoid", "identity": "linear"}
+
+
+def act_module(name: str | None) -> nn.Module:
+    """An activation module for an activation discovery named (a function call)."""
+    from transformers.activations import ACT2FN
+
+    if name not in _ACT_KEYS:
+        raise UserError(f"moefy: the FFN activation ({name or 'not identified'}) is not one "
+                        f"the suite can rebuild; known: {', '.join(_ACT_KEYS)}")
+    return ACT2FN[_ACT_KEYS[name]]
 
 
 def _rows(module: nn.Module, kind: str) -> torch.Tensor:
     """Weight as (ff, d) neuron rows: ``kind`` "in" (d -> ff) or "out" (ff -> d)."""
-    w = module.weight.detach()
-    if isinstance(module, Conv1D):  # [in, out]
-        return w.t() if kind == "in" else w
-    return w if kind == "in" else w.t()  # nn.Linear [out, in]
+    w = out_in(module).detach()
+    return w if kind == "in" else w.t()
 
 
 def _bias(module: nn.Module) -> torch.Tensor | None:
@@ -83,13 +116,15 @@ class Site:
     name: str  # full name of the block
     role: str
     index: int
-    layout: FFNLayout
+    layout: Swap
     block: nn.Module
     #: (parent module, attribute) -> module, for the modules that get replaced.
     owner: tuple[nn.Module, str]
     bias_slot: tuple[nn.Module, str] | None
     act_slot: tuple[nn.Module, str] | None
     linears: dict[str, nn.Module]
+    act: nn.Module | None = None
+    gate_up_order: str | None = None
     originals: dict[str, nn.Module] = field(default_factory=dict)
     moe: MoEFFN | None = None
     add_bias: AddBias | None = None
@@ -107,12 +142,32 @@ class Site:
 
     def dense(self) -> DenseFFN:
         lin = self.linears
-        act = self.originals.get("act") or getattr(*self.act_slot)
+        act = self.originals.get("act") or (getattr(*self.act_slot) if self.act_slot
+                                            else self.act)
+        w_gate = b_gate = None
+        if "ffn_gate_up" in lin:
+            rows, bias = _rows(lin["ffn_gate_up"], "in"), _bias(lin["ffn_gate_up"])
+            if self.gate_up_order == "interleaved":
+                w_gate, w_in = rows[0::2], rows[1::2]
+                b_gate, b_in = (bias[0::2], bias[1::2]) if bias is not None else (None, None)
+            else:
+                first, second = rows.chunk(2)
+                w_gate, w_in = (first, second) if self.gate_up_order == "gate_first" else \
+                    (second, first)
+                if bias is not None:
+                    bf, bs = bias.chunk(2)
+                    b_gate, b_in = (bf, bs) if self.gate_up_order == "gate_first" else (bs, bf)
+                else:
+                    b_in = None
+        else:
+            w_in, b_in = _rows(lin["ffn_in"], "in"), _bias(lin["ffn_in"])
+            if "ffn_gate" in lin:
+                w_gate, b_gate = _rows(lin["ffn_gate"], "in"), _bias(lin["ffn_gate"])
         return DenseFFN(
-            w_in=_rows(lin["ffn_in"], "in"),
-            b_in=_bias(lin["ffn_in"]),
-            w_gate=_rows(lin["ffn_gate"], "in") if "ffn_gate" in lin else None,
-            b_gate=_bias(lin["ffn_gate"]) if "ffn_gate" in lin else None,
+            w_in=w_in,
+            b_in=b_in,
+            w_gate=w_gate,
+            b_gate=b_gate,
             w_out=_rows(lin["ffn_out"], "out"),
             b_out=_bias(lin["ffn_out"]),
             act=act,
@@ -130,43 +185,55 @@ def _parent_and_attr(root: nn.Module, path: str) -> tuple[nn.Module, str]:
 
 
 def find_sites(model: nn.Module) -> list[Site]:
-    """Every FFN of ``model`` (encoder stack first), with its modules resolved.
+    """Every dense FFN of ``model`` (encoder stack first), with its modules resolved.
 
-    Works on dense and on MoEfied models (then ``Site.current()`` is "moe" and the
-    dense linears are gone).
+    Blocks whose FFN is already a mixture of experts (native, or MoEfied) have no site.
+    An FFN the suite cannot swap (a split FFN whose activation is a function call, or a
+    split gated FFN) is a :class:`UserError` naming the block.
     """
     spec = arch_for(model)
-    layout = layout_for(spec.family)
     sites = []
     for block in iter_blocks(model, spec):
-        rel = block.stack.block.linears
-        if "ffn_in" not in rel or "ffn_out" not in rel:
+        ffn = block.layout.ffn
+        if ffn is None or block.layout.experts is not None:
             continue
-        in_path = rel["ffn_in"]
-        in_parent_path = in_path.rpartition(".")[0]
-        owner_path = in_parent_path if layout.replace == "parent" else in_path
-        act_slot = _parent_and_attr(block.module, f"{in_parent_path}.{layout.act}".lstrip("."))
-        bias_slot = (_parent_and_attr(block.module, rel["ffn_out"]) if layout.out == "bias"
-                     else None)
-        try:
-            owner = _parent_and_attr(block.module, owner_path)
-            getattr(*owner)
-        except AttributeError:
-            continue  # no FFN in this block
+        parts = ffn.parts
+        act_slot = _parent_and_attr(block.module, ffn.act_path) if ffn.act_path else None
+        act = None if act_slot else act_module(ffn.act_name)
+        if ffn.path:
+            swap, owner_path, bias_slot = Swap("parent", "inside"), ffn.path, None
+            if act_slot is not None and not _under(ffn.act_path, ffn.path):
+                act, act_slot = act_module(ffn.act_name), None
+        elif act_slot is not None and set(parts) == {"in", "out"}:
+            swap, owner_path = Swap("ffn_in", "bias", act_to_identity=True), parts["in"]
+            bias_slot = _parent_and_attr(block.module, parts["out"])
+        else:
+            raise UserError(
+                f"moefy: the FFN of {block.name} is spread over the block "
+                f"({', '.join(parts.values())}) with "
+                f"{'a gate' if ffn.gated else 'its activation applied by the block forward'}; "
+                "there is no module the suite can swap for a mixture of experts")
         sites.append(
             Site(
                 name=block.name,
                 role=block.role,
                 index=block.index,
-                layout=layout,
+                layout=swap,
                 block=block.module,
-                owner=owner,
+                owner=_parent_and_attr(block.module, owner_path),
                 bias_slot=bias_slot,
                 act_slot=act_slot,
-                linears={k: v for k, v in block.linears.items() if k.startswith("ffn_")},
+                linears={k: v for k, v in block.linears.items() if k.startswith("ffn_")
+                         and "." not in k},
+                act=act,
+                gate_up_order=ffn.gate_up_order,
             )
         )
     return sites
+
+
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root + ".")
 
 
 def build_moe(
@@ -237,7 +304,7 @@ def use(site: Site, which: str) -> None:
 
 def install_empty(site: Site, spec: dict[str, Any], dtype: torch.dtype) -> MoEFFN:
     """Install an uninitialised MoE FFN of ``spec`` (for loading saved weights)."""
-    act = getattr(*site.act_slot)
+    act = getattr(*site.act_slot) if site.act_slot else site.act
     moe = MoEFFN(
         hidden=spec["hidden"], expert_size=spec["expert_size"], n_experts=spec["n_experts"],
         act=act, gated=spec["gated"], in_bias=spec["in_bias"], out_bias=spec["out_bias"],

@@ -35,7 +35,7 @@ from compress.saving import Format, register_format
 FORMAT_NAME = "moe"
 SPEC_FILE = "moe.json"
 WEIGHTS_FILE = "moe.safetensors"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: layers keyed by the MoE module's full name
 
 
 def is_moe_model(model: nn.Module) -> bool:
@@ -60,12 +60,7 @@ def save_moe(model: nn.Module, folder: Path) -> None:
     gen = getattr(model, "generation_config", None)
     if gen is not None and getattr(model, "can_generate", lambda: False)():
         gen.save_pretrained(folder)
-    owners = {site.owner_name: site.name for site in find_sites(model)}
-    layers = {}
-    for name, moe in moe_modules(model):
-        if name not in owners:
-            raise RuntimeError(f"MoE module {name} is not at an FFN position of the table")
-        layers[owners[name]] = moe.spec()
+    layers = {name: moe.spec() for name, moe in moe_modules(model)}
     atomic_write_json(
         folder / SPEC_FILE,
         {
@@ -85,10 +80,9 @@ def _model_class(name: str, config) -> type:
     cls = getattr(tf, name, None)
     if isinstance(cls, type) and issubclass(cls, tf.PreTrainedModel):
         return cls
-    from compress.models import _auto_class, task_of
+    from compress.models import skeleton_class
 
-    auto = _auto_class(task_of(config))
-    return auto._model_mapping[type(config)]
+    return skeleton_class(config)
 
 
 def load_moe(folder: Path) -> nn.Module:
@@ -114,10 +108,10 @@ def load_moe(folder: Path) -> nn.Module:
     finally:
         torch.set_default_dtype(old)
     layers = meta["layers"]
-    sites = {site.name: site for site in find_sites(model)}
+    sites = {site.owner_name: site for site in find_sites(model)}
     missing = sorted(set(layers) - set(sites))
     if missing:
-        raise UserError(f"{folder}: moe.json names FFN blocks the model lacks: {missing[:3]}")
+        raise UserError(f"{folder}: moe.json names FFN modules the model lacks: {missing[:3]}")
     for name, spec in layers.items():
         install_empty(sites[name], spec, dtype)
     missing_keys, unexpected = load_model(model, str(folder / WEIGHTS_FILE), strict=True)

@@ -120,6 +120,11 @@ class MoEFFN(nn.Module):
     >>> y = moe(x)   # (B, T, 576) -> (B, T, 576), half the FFN computed  # doctest: +SKIP
     """
 
+    #: for :mod:`compress.arch` (native-expert discovery): the 3-D weights, and that each
+    #: expert's slice is stored ``[in, out]``.
+    EXPERT_PARAMS = {"up": "w_in", "gate": "w_gate", "down": "w_out"}
+    is_transposed = True
+
     def __init__(
         self,
         *,

@@ -20,9 +20,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-from transformers.pytorch_utils import Conv1D
 
-from compress.arch import arch_for, component_group, iter_blocks
+from compress.arch import arch_for, component_group, is_transposed, iter_blocks
 from compress.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -63,7 +62,7 @@ class Target:
 def out_in(target: Target) -> torch.Tensor:
     """The weight as an ``[out, in]`` view (a transpose for ``Conv1D``); writes go through."""
     w = target.module.weight
-    return w.t() if target.conv1d else w
+    return w.t() if target.conv1d else w  # expert slices are [out, in] views already
 
 
 def parse_groups(text: str | tuple[str, ...]) -> tuple[str, ...]:
@@ -145,12 +144,12 @@ def select_targets(model: nn.Module, groups: tuple[str, ...] = DEFAULT_GROUPS) -
             if group in block_groups:
                 out.append(
                     Target(block.linear_names[comp], mod, comp, group,
-                           isinstance(mod, Conv1D), block.role, block.index)
+                           is_transposed(mod), block.role, block.index)
                 )
     seen = {id(t.module.weight) for t in out}
     if "embeddings" in groups:
         for name, mod in model.named_modules():
-            if isinstance(mod, nn.Embedding) and any(f in name + "." for f in spec.embeddings):
+            if isinstance(mod, nn.Embedding) and name in spec.embeddings:
                 if id(mod.weight) not in seen:
                     seen.add(id(mod.weight))
                     out.append(Target(name, mod, "embedding", "embeddings", False))
@@ -164,7 +163,7 @@ def select_targets(model: nn.Module, groups: tuple[str, ...] = DEFAULT_GROUPS) -
         if id(head.weight) not in seen:
             seen.add(id(head.weight))
             out.append(Target(_find_name(model, head), head, "lm_head", "lm_head",
-                              isinstance(head, Conv1D)))
+                              is_transposed(head)))
     return out
 
 

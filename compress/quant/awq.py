@@ -59,19 +59,20 @@ from compress.sequential import BlockRun, all_linears, run_sequential
 
 log = logging.getLogger(__name__)
 
-#: linears that read the same input, by component: they share one AWQ scale.
+#: linears that read the same input, by base component (an expert's ``ffn_in.e3`` and
+#: ``ffn_gate.e3`` share that expert's routed tokens): they share one AWQ scale.
 SHARED_INPUT: tuple[tuple[str, ...], ...] = (
     ("attn_q", "attn_k", "attn_v"),
     ("attn_qkv",),
     ("attn_o",),
     ("cross_q",),
-    ("cross_k", "cross_v"),
+    ("cross_k", "cross_v", "cross_kv"),
     ("cross_o",),
-    ("ffn_gate", "ffn_in"),
+    ("ffn_gate", "ffn_in", "ffn_gate_up"),
     ("ffn_out",),
 )
 #: no clipping search for these: attention scores amplify their errors (reference code).
-NO_CLIP = ("attn_q", "attn_k", "attn_qkv", "cross_q", "cross_k")
+NO_CLIP = ("attn_q", "attn_k", "attn_qkv", "cross_q", "cross_k", "cross_kv")
 
 
 class InputStats:
@@ -182,14 +183,13 @@ class AWQResult:
 def input_groups(block: Block, names: set[str]) -> list[dict[str, str]]:
     """The block's targeted linears that share an input (component -> full name)."""
     present = {c: n for c, n in block.linear_names.items() if n in names}
-    out, seen = [], set()
-    for comps in SHARED_INPUT:
-        group = {c: present[c] for c in comps if c in present}
-        seen.update(group)
-        if group:
-            out.append(group)
-    out += [{c: n} for c, n in present.items() if c not in seen]
-    return out
+    groups: dict[tuple[int, str], dict[str, str]] = {}
+    for c, n in present.items():
+        base, _, suffix = c.partition(".")
+        index = next((i for i, comps in enumerate(SHARED_INPUT) if base in comps), None)
+        key = (index, suffix) if index is not None else (len(SHARED_INPUT), c)
+        groups.setdefault(key, {})[c] = n
+    return [groups[k] for k in sorted(groups, key=lambda k: (k[0], k[1]))]
 
 
 def awq_model(
@@ -241,7 +241,7 @@ def awq_model(
                 comp_of = {n: c for c, n in group.items()}
                 for n, W in zip(sub, Ws, strict=True):
                     Wsc = W * s[None, :]
-                    if clip and comp_of[n] not in NO_CLIP:
+                    if clip and comp_of[n].split(".")[0] not in NO_CLIP:
                         Wsc = search_clip(Wsc, Hscaled, spec, n_grid, max_shrink)
                     W_hat = fake_quantize(Wsc, spec) / s[None, :]
                     with torch.no_grad():
@@ -252,7 +252,7 @@ def awq_model(
                         packed["input_scales"] = SCALE_BYTES * in_f
                         packed["total"] += SCALE_BYTES * in_f
                     res.packed[n] = packed
-        run.next_hidden = dense_out
+        run.next_hidden = dense_out  # None for a shared-weight stack (nothing to propagate)
 
     res.blocks = run_sequential(model, batches, on_block, progress=progress)
     return res

@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from transformers.pytorch_utils import Conv1D
 
+from compress.arch.roles import is_linear
 from compress.errors import UserError
 
 
@@ -40,7 +40,7 @@ def requantize(model: nn.Module, quantization_config: Any, targets: set[str]) ->
     device = next(model.parameters()).device
     skip = sorted(
         name for name, mod in model.named_modules()
-        if isinstance(mod, (nn.Linear, Conv1D)) and name not in targets
+        if is_linear(mod) and name not in targets
     )
     quantization_config.llm_int8_skip_modules = skip or None
     device_map = {"": device.index if device.type == "cuda" else device.type}

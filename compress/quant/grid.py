@@ -50,8 +50,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
-from transformers.pytorch_utils import Conv1D
 
+from compress.arch.weights import out_in
 from compress.errors import UserError
 
 SCHEMES = ("sym", "asym")
@@ -126,16 +126,15 @@ class QuantSpec:
 
 
 def weight_matrix(module: nn.Module) -> torch.Tensor:
-    """The module's weight as ``[out, in]`` (a view for Linear, a transposed view for Conv1D)."""
-    w = module.weight.data
-    return w.t() if isinstance(module, Conv1D) else w
+    """The module's weight as ``[out, in]`` (a view for Linear, a transposed view for Conv1D,
+    an expert's slice for native experts; see :mod:`compress.arch.weights`)."""
+    return out_in(module).data
 
 
 def set_weight_matrix(module: nn.Module, w_out_in: torch.Tensor) -> None:
     """Write an ``[out, in]`` matrix back in the module's own layout and dtype."""
-    target = module.weight.data
-    value = w_out_in.t() if isinstance(module, Conv1D) else w_out_in
-    target.copy_(value.to(target.dtype))
+    with torch.no_grad():
+        out_in(module).copy_(w_out_in.to(module.weight.dtype))
 
 
 def _fp16_up(x: torch.Tensor) -> torch.Tensor:

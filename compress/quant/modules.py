@@ -57,13 +57,9 @@ def skeleton(record: dict[str, Any]) -> nn.Module:
     if cls is None:
         raise UserError(f"model class {record['class']} is not in this transformers version")
     cfg_dict = dict(record["config"])
-    model_type = cfg_dict.get("model_type")
-    if model_type == "encoder-decoder":
-        config = tf.EncoderDecoderConfig.from_dict(cfg_dict)
-    else:
-        config = tf.AutoConfig.for_model(**cfg_dict)
+    config = tf.CONFIG_MAPPING[cfg_dict["model_type"]].from_dict(cfg_dict)
     config.dtype = "float32"
-    model = cls(config) if model_type != "encoder-decoder" else cls(config=config)
+    model = cls(config)
     model.eval()
     return model
 

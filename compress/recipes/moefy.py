@@ -40,6 +40,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from compress.arch import iter_blocks
 from compress.calibration import calibration_set
 from compress.config import RecipeConfig, option
 from compress.context import Context
@@ -284,9 +285,14 @@ def _timings(
 def moefy(model: nn.Module, config: MoefyConfig, context: Context) -> nn.Module:
     """MoEfication: split every FFN into experts and route each token to a few of them."""
     t0 = time.perf_counter()
+    native = [b.name for b in iter_blocks(model) if b.layout.experts is not None]
+    if native:
+        raise UserError(f"moefy: the model's FFNs are already mixtures of experts ({native[0]} "
+                        f"and {len(native) - 1} more); moefy splits dense FFNs into experts")
     sites = find_sites(model)
     if not sites:
-        raise UserError("moefy: the model has no FFN blocks the architecture table knows")
+        raise UserError("moefy: found no dense FFN (input and output projections) in the "
+                        "model's blocks")
     E, k = config.num_experts, config.top_k()
     for site in sites:
         ff = site.dense().ff

@@ -26,19 +26,22 @@ from compress.config import option
 from compress.context import Context
 from compress.errors import UserError
 from compress.pruning.config import RecoveryConfig
-from compress.pruning.recovery import run_with_recovery, task_for
-from compress.pruning.surgery import (
+from compress.pruning.importance import (
     IMPORTANCES,
     activation_scores,
-    apply_selection,
-    attention_units,
     count_removed,
-    ffn_blocks,
-    heads_in_config,
     magnitude_scores,
     removal_units,
     select,
     taylor_scores,
+)
+from compress.pruning.recovery import run_with_recovery, task_for
+from compress.pruning.surgery import (
+    apply_selection,
+    attention_units,
+    ffn_blocks,
+    ffn_width,
+    heads_in_config,
 )
 from compress.registry import register_recipe
 from compress.stats import parameter_counts
@@ -78,7 +81,7 @@ def _sizes(model: nn.Module, gqa: str) -> tuple[dict[str, int], dict[str, int], 
     """FFN width and head units per stack role (uniform within a role), plus head geometry."""
     ffn: dict[str, int] = {}
     for b in ffn_blocks(model):
-        n = b.linears["ffn_in"].weight.shape[1 if b.conv1d else 0]
+        n = ffn_width(b)
         if ffn.setdefault(b.role, n) != n:
             raise UserError(f"{b.name}: FFN width {n} differs from other blocks of the "
                             f"{b.role}; structured removal needs uniform widths")
