@@ -336,6 +336,10 @@ def model_size_summary(model: nn.Module, packed: dict[str, dict[str, int]]) -> d
     """
     dense_total = sum(p.numel() * p.element_size() for _, p in unique_parameters(model))
     modules = dict(model.named_modules())
+    if any(name not in modules for name in packed):  # native experts: per-expert views
+        from compress.arch import targeted_linears
+
+        modules.update({n: m for n, (m, _) in targeted_linears(model).items()})
     target_dense = 0
     target_weights = 0
     for name in packed:

@@ -83,16 +83,21 @@ def smoothquant(model: nn.Module, config: SmoothQuantConfig, context: Context) -
         absmax = calib.input_absmax(model, targets, batches)
         applied, rejected = smooth(model, targets, absmax, batches[0], config.alpha)
     smoothed = {n for g in applied for n in g["linears"]}
-    model._compress_conv1d_converted = conv1d_to_linear(model, set(targets))
+    modules = dict(model.named_modules())
+    # int8 runtimes swap whole modules: native experts (views into one 3-D tensor) stay float
+    swappable = {n: m for n, m in targets.items() if n in modules}
+    kept = sorted(set(targets) - set(swappable))
+    model._compress_conv1d_converted = conv1d_to_linear(model, set(swappable))
     facts = dict(alpha=config.alpha, smoothed_groups=len(applied),
-                 smoothed_linears=len(smoothed), linears=len(targets),
+                 smoothed_linears=len(smoothed), linears=len(swappable),
+                 kept_in_float=kept or None,
                  unsmoothed_norms=[g["norm"] for g in rejected] or None,
                  largest_scale=max((g["max_scale"] for g in applied), default=None))
     if runtime == "dynamic-int8":
         from compress.stats import parameter_counts
 
         before = parameter_counts(model)
-        dynamic.quantize(model, list(targets), per_channel=True)
+        dynamic.quantize(model, list(swappable), per_channel=True)
         after = dynamic.size_counts(model)
         model.compress_parameter_counts = after
         record(context, method="smoothquant", simulated=False, runs_faster_here=True,
@@ -104,11 +109,12 @@ def smoothquant(model: nn.Module, config: SmoothQuantConfig, context: Context) -
     spec = QuantSpec(8, "sym", "channel")
     packed = {}
     with torch.no_grad():
-        for name, m in targets.items():
+        for name in swappable:
+            m = model.get_submodule(name)
             W = weight_matrix(m).float()
             set_weight_matrix(m, fake_quantize(W, spec))
             packed[name] = layer_bytes(W.shape[0], W.shape[1], spec)
-    to_act_quant(model, list(targets), config.act_bits)
+    to_act_quant(model, list(swappable), config.act_bits)
     record(context, method="smoothquant", simulated=True, runs_faster_here=False, device=device,
            bits=8, runtime=runtime, weights="int8 per-channel (rounded in float)",
            activations=f"int{config.act_bits} per token (simulated)", **facts,
