@@ -492,7 +492,7 @@ def test_killed_sweep_resumes_without_repeating_or_losing_runs(tmp_path, tiny_mo
 
 
 @pytest.mark.parametrize(
-    "name, quick, n", [("default", False, 33), ("default", True, 25), ("extended", False, None)]
+    "name, quick, n", [("default", False, 39), ("default", True, 28), ("extended", False, None)]
 )
 def test_committed_sweep_files_parse_and_check(name, quick, n):
     root = TESTS.parent
