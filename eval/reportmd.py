@@ -902,6 +902,49 @@ def _section_benchmarks(w: Writer, by_model: dict[str, list[dict[str, Any]]]) ->
     w()
 
 
+def _section_method_bench(w: Writer, reports_dir: Path) -> None:
+    """Every method on one calibration set (``bench/quant_quality.py``), ratios to dense."""
+    import json
+
+    files = sorted((reports_dir / "bench").glob("method_quality_*.json"))
+    for path in files:
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        results = {k: v for k, v in doc.get("results", {}).items() if v.get("status") == "ok"}
+        if not results:
+            continue
+        metrics = sorted({m for v in results.values() for m in v.get("metrics", {})})
+        cal = doc.get("calibration") or {}
+        w(f"### Every method on one calibration set: {doc.get('model')}")
+        w()
+        w(
+            f"`bench/quant_quality.py` ({path.name}): one model load, one context, so every "
+            f"calibrating method read the same {cal.get('sequences', '?')} x "
+            f"{cal.get('seq_len', '?')} calibration tokens ({cal.get('tokens', '?')} tokens of "
+            f"{cal.get('source', '?')}, sha256 {cal.get('sha256', '?')}); "
+            + ", ".join(f"{m}: {_protocol_text(next(iter(results.values()))['metric_protocols'].get(m))}"
+                        for m in metrics)
+            + ". Weight-only formats are simulated (rounded weights in float)."
+        )
+        w()
+        head = " | ".join(f"{m} | / dense" for m in metrics)
+        w(f"| variant | recipe | {head} | bits/weight | sparsity |")
+        w("|---|---|" + "--:|--:|" * len(metrics) + "--:|--:|")
+        for name, v in results.items():
+            info = v.get("info", {})
+            bpw = dig(info, "quant", "target_bits_per_weight")
+            sp = dig(info, "sparsity", "measured")
+            ratio = {m: dig(v, "ratio_to_dense", m) for m in metrics}
+            cells = " | ".join(f"{fmt_value(v['metrics'].get(m))} | "
+                               f"{'–' if ratio[m] is None else f'{ratio[m]:.3f}x'}"
+                               for m in metrics)
+            w(f"| {name} | {v.get('recipe', '')} | {cells} | "
+              f"{'' if bpw is None else f'{bpw:.2f}'} | {'' if sp is None else f'{sp:.3f}'} |")
+        w()
+
+
 def _section_size_runtime(w: Writer, reports: list[dict[str, Any]]) -> None:
     from eval.compare import render
 
@@ -1204,6 +1247,7 @@ def generate(
     _section_analysis(w, by_model, analysis, analysis_dir, out_dir)
     _section_pruned(w, by_model, plots, out_dir)
     _section_benchmarks(w, by_model)
+    _section_method_bench(w, reports_dir)
     _section_size_runtime(w, reports)
     _section_pareto(w, plots, out_dir)
     _section_challenges(w, reports, by_model)
