@@ -38,6 +38,7 @@ from compress.fileio import atomic_write_json, atomic_write_text  # noqa: E402
 from compress.moe.convert import DenseFFN, build_moe  # noqa: E402
 from compress.moe.layer import MLPRouter, SimilarityRouter  # noqa: E402
 from compress.moe.measure import time_alternating  # noqa: E402
+from eval.machine import OtherCPU, is_busy  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -196,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         args.rounds = min(args.rounds, 3)
     t0 = time.time()
     load_before = os.getloadavg()[0]
+    others = OtherCPU()
     rows = run(rounds=args.rounds, router=args.router, decode=args.decode, **grid)
     even = break_even(rows)
     meta = {
@@ -208,8 +210,9 @@ def main(argv: list[str] | None = None) -> int:
         "rounds": args.rounds, "quick": args.quick, "seconds": round(time.time() - t0, 1),
         "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
-    # busy if other work ran beside us: load beyond our own threads (+1 for the system)
-    busy = max(meta["load_average"]) > args.threads + 1.0
+    # the suite's one definition of a busy machine (eval.machine.is_busy)
+    meta["other_processes_cores"] = others.cores()
+    busy = is_busy(meta["other_processes_cores"], meta["load_average"])
     meta["note"] = ("provisional: the machine was busy (load average "
                     f"{max(meta['load_average'])}); re-run on a quiet machine" if busy else
                     f"quiet machine (load average {max(meta['load_average'])})")

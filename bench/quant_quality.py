@@ -93,7 +93,8 @@ SETS["all"] = SETS["quant"] + [v for v in SETS["prune"] if v != "dense"]
 def _ppl(model, tokenizer, corpus: str, windows: int) -> tuple[float, dict[str, Any]]:
     """Token perplexity on ``windows`` evenly spaced 512-token windows of a test corpus:
     the shared benchmark's protocol (24 windows is exactly its full ``ppl_wiki``)."""
-    from eval.benchmark import _columns, perplexity
+    from eval.benchmark import perplexity
+    from eval.benchmark.suites import _columns
 
     (texts,) = _columns(corpus, "test", ["text"])
     ppl, n_tok = perplexity(model, tokenizer, texts, 512, 512, 4, windows)

@@ -150,7 +150,8 @@ def _wiki_perplexity(model, tok) -> dict[str, float]:
     """Perplexity on 4 evenly spaced 512-token windows of the wiki test split: a real-text
     check that random-token argmax agreement cannot give (a cheap proxy, not the report's
     24-window protocol)."""
-    from eval.benchmark import _columns, perplexity
+    from eval.benchmark import perplexity
+    from eval.benchmark.suites import _columns
 
     (texts,) = _columns("wiki", "test", ["text"])
     ppl, n = perplexity(model, tok, texts, 512, 512, 4, 4)
@@ -213,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
     methods = list(METHODS) + list(args.extra)
-    from eval.machine import OtherCPU
+    from eval.machine import OtherCPU, is_busy
 
     load_before = os.getloadavg()
     others = OtherCPU()
@@ -228,12 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     load_after = os.getloadavg()
     other_cores = others.cores()
     cpus = os.cpu_count() or 1
-    # other processes' CPU use while timing; where it cannot be read, the load average
-    # (which counts this benchmark's own threads too)
-    if other_cores is not None:
-        provisional = other_cores > 0.25
-    else:
-        provisional = max(load_before[0], load_after[0]) > max(cpus, 1.5 * args.threads)
+    # the suite's one definition of a busy machine (eval.machine.is_busy)
+    provisional = is_busy(other_cores, (load_before[0], load_after[0]))
     doc = {
         "bench": "quant_speed", "threads": args.threads, "rounds": args.rounds, "inner": args.inner,
         "gen_tokens": args.gen_tokens, "keep_threshold": KEEP_THRESHOLD, "torch": torch.__version__, "cpu_count": cpus,

@@ -9,10 +9,13 @@ from compress.config import RecipeConfig, option
 from compress.context import Context
 from compress.errors import UserError
 from compress.registry import get_recipe, make_config, recipe_names, register_recipe
+from compress.traits import Knob, Traits
 
 __all__ = [
     "Context",
+    "Knob",
     "RecipeConfig",
+    "Traits",
     "UserError",
     "compress",
     "get_recipe",

@@ -16,7 +16,9 @@ import torch.nn as nn
 from compress.config import RecipeConfig
 from compress.context import Context
 from compress.errors import UserError
-from compress.registry import recipe_for_config
+from compress.memory import require_memory
+from compress.registry import Recipe, recipe_for_config
+from compress.stats import parameter_counts
 
 log = logging.getLogger(__name__)
 
@@ -54,22 +56,20 @@ def _check_not_offloaded(model: nn.Module, name: str) -> None:
         )
 
 
-def _check_memory(model: nn.Module, config: RecipeConfig, name: str,
+def _check_memory(model: nn.Module, config: RecipeConfig, recipe: Recipe,
                   context: Context | None = None) -> None:
     """Stop with a clear message before a recipe needs more memory than is free."""
     from compress.arch import hidden_size
-    from compress.memory import require_memory
-    from compress.stats import parameter_counts
 
     hidden = hidden_size(model)
-    extra = config.extra_memory_bytes(parameter_counts(model)["bytes"], hidden)
-    if context is not None and config.calibrates():
-        # one stack's hidden states for the calibration set, inputs and outputs
+    extra = recipe.memory_bytes(config, parameter_counts(model)["bytes"], hidden)
+    if context is not None and recipe.traits is not None and recipe.traits.calibrates_for(config):
+        # one stack's hidden states for the shared calibration set, inputs and outputs
         extra += 2 * context.calib.tokens * hidden * 4
     if extra > 0:
         require_memory(
             extra,
-            f"recipe {name!r} (calibration activations / optimizer state)",
+            f"recipe {recipe.name!r} (calibration activations / optimizer state)",
             "use fewer calibration sequences (--calib-sequences) or a shorter --calib-seq-len "
             "(or --nsamples / --seq-len where the recipe has them), LoRA instead "
             "of full fine-tuning, or load the model with --device-map auto",
@@ -87,7 +87,7 @@ def compress(model: nn.Module, config: RecipeConfig, context: Context | None = N
     recipe = recipe_for_config(config)
     context = context or Context()
     _check_not_offloaded(model, recipe.name)
-    _check_memory(model, config, recipe.name, context)
+    _check_memory(model, config, recipe, context)
     torch.manual_seed(config.seed)
     log.info("applying recipe %s", recipe.name)
     out = recipe.handler(model, config, context)

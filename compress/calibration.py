@@ -88,11 +88,19 @@ class CalibrationSpec:
         return self.sequences * self.seq_len
 
 
+def calibrates(config: Any) -> bool:
+    """Whether ``config``'s recipe reads calibration tokens (its registered trait)."""
+    from compress.registry import recipe_for_config
+
+    traits = recipe_for_config(config).traits
+    return bool(traits is not None and traits.calibrates_for(config))
+
+
 def run_key_part(configs: Sequence[Any], spec: CalibrationSpec | None) -> dict[str, int] | None:
     """What the calibration adds to a run's key: the spec, when any step calibrates."""
     if spec is None:
         return None
-    if any(getattr(c, "calibrates", lambda: False)() for c in configs):
+    if any(calibrates(c) for c in configs):
         return spec.key()
     return None
 

@@ -2,36 +2,38 @@
 
 Flags are generated from the recipe's config dataclass (name, type, default and help
 text), so a new config field is a new flag with no CLI code. Every entry point runs
-through :func:`run_main`, which turns :class:`UserError` into one line on stderr and
-exit status 2 instead of a traceback.
+through :func:`run_main` (:mod:`compress.errors`, re-exported here), which turns
+:class:`UserError` into one line on stderr and exit status 2 instead of a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
 import typing
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from compress import data
+from compress.api import compress
 from compress.config import RecipeConfig, _base_type
-from compress.errors import UserError
+from compress.context import Context
+from compress.errors import run_main
+from compress.models import Loaded, load_model
+from compress.registry import get_recipe
+from compress.saving import save_model
+from compress.stats import parameter_counts
 
-
-def run_main(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
-    """Run ``main``; bad input becomes ``error: <one line>`` and exit status 2."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return int(main(argv) or 0)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; nothing half-written was left behind", file=sys.stderr)
-        return 130
+__all__ = [
+    "add_config_arguments",
+    "add_model_arguments",
+    "build_context",
+    "calibration_spec_from_args",
+    "config_from_args",
+    "recipe_main",
+    "run_main",
+]
 
 
 def _parse_bool(text: str) -> bool:
@@ -41,10 +43,6 @@ def _parse_bool(text: str) -> bool:
     if lowered in ("0", "false", "no", "off"):
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def _parse_dict(text: str) -> str:
-    return text
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type[RecipeConfig]) -> None:
@@ -120,15 +118,13 @@ CALIBRATION_SOURCES = {"causal-lm": "wiki+news", "classification": "tweets",
                        "embedding": "tweets", "seq2seq": "punct"}
 
 
-def build_context(loaded, calibration=None):
+def build_context(loaded: Loaded, calibration=None) -> Context:
     """Context with tokenizer, the calibration pool and spec, and training data.
 
     ``calibration``: a :class:`~compress.calibration.CalibrationSpec` (default: the
     suite's default N x L); ``sequences=0`` leaves the pool empty.
     """
-    from compress import data
     from compress.calibration import CalibrationSpec
-    from compress.context import Context
 
     spec = calibration if calibration is not None else CalibrationSpec()
     if not isinstance(spec, CalibrationSpec):
@@ -139,7 +135,6 @@ def build_context(loaded, calibration=None):
         calibration=pool,
         train=data.train_for(loaded.task),
         task=loaded.task,
-        model_name=loaded.source,
         calib=spec,
         calibration_source=f"compress.data {CALIBRATION_SOURCES.get(loaded.task, loaded.task)}",
     )
@@ -147,8 +142,6 @@ def build_context(loaded, calibration=None):
 
 def recipe_main(name: str, argv: list[str] | None = None) -> int:
     """``python -m compress.recipes.<name> --model M --out DIR [flags]``."""
-    from compress.registry import get_recipe
-
     recipe = get_recipe(name)
 
     def main(argv: list[str] | None) -> int:
@@ -161,12 +154,6 @@ def recipe_main(name: str, argv: list[str] | None = None) -> int:
         add_config_arguments(parser, recipe.config_cls)
         args = parser.parse_args(argv)
         config = config_from_args(recipe.config_cls, args)
-
-        from compress.api import compress
-        from compress.models import load_model
-        from compress.saving import save_model
-        from compress.stats import parameter_counts
-
         t0 = time.perf_counter()
         loaded = load_model(args.model, args.task, device_map=args.device_map,
                             allow_pickle=args.allow_pickle,

@@ -112,14 +112,6 @@ class RecipeConfig:
     def validate(self) -> None:
         """Cross-field checks; override and raise :class:`UserError`."""
 
-    def calibrates(self) -> bool:
-        """True when this configuration reads calibration tokens (:mod:`compress.calibration`).
-
-        The context's calibration spec then joins the run key, and the memory check
-        counts one stack's calibration activations.
-        """
-        return False
-
     def extra_memory_bytes(self, param_bytes: int, hidden: int) -> int:
         """Memory the recipe needs beyond the loaded model (checked before it runs).
 

@@ -1,15 +1,13 @@
 """What a recipe may need besides the model, passed explicitly.
 
 Recipes read device and dtype from the model itself; the context carries only what
-the model cannot know: the tokenizer, calibration and training text, and where to
-put scratch files.
+the model cannot know: the tokenizer, calibration and training text, and the task.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from compress.calibration import CalibrationSpec
@@ -31,8 +29,6 @@ class Context:
     calibration: Sequence[Any] = field(default_factory=list)
     train: Sequence[Any] = field(default_factory=list)
     task: str | None = None
-    model_name: str | None = None
-    workdir: Path | None = None
     #: free-form facts a recipe records for the report (e.g. measured sparsity).
     info: dict[str, Any] = field(default_factory=dict)
     calib: CalibrationSpec = field(default_factory=CalibrationSpec)

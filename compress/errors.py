@@ -1,14 +1,16 @@
 """User-facing errors: one clear line that says what to do.
 
 Every error that bad input can cause is a :class:`UserError`; command-line entry
-points catch it and print ``error: <message>`` without a traceback
-(see :func:`compress.cli.run_main`).
+points run through :func:`run_main`, which prints ``error: <message>`` and exits
+with status 2 instead of a traceback.
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+import logging
+import sys
+from collections.abc import Callable, Iterable
 
 
 class UserError(ValueError):
@@ -25,3 +27,16 @@ def did_you_mean(kind: str, name: str, known: Iterable[str]) -> UserError:
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else "."
     return UserError(f"unknown {kind} {name!r}{hint} Known {kind}s: {', '.join(known)}")
+
+
+def run_main(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
+    """Run ``main``; bad input becomes ``error: <one line>`` and exit status 2."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(main(argv) or 0)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; nothing half-written was left behind", file=sys.stderr)
+        return 130

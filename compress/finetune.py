@@ -31,19 +31,21 @@ from __future__ import annotations
 import logging
 import math
 import random
-import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 import torch.nn as nn
 
-from compress.errors import UserError
+from compress.arch import COMPONENTS, is_transposed, iter_blocks
+from compress.errors import UserError, did_you_mean
+from compress.models import input_device, to_device
+from compress.tasks import check_task
+from compress.training import LoopSettings, StepOut, linear_warmup_decay, train_loop
 
 log = logging.getLogger(__name__)
 
 METHODS = ("full", "lora")
-TASKS = ("causal-lm", "classification", "embedding", "seq2seq")
 
 
 # --- data ------------------------------------------------------------------------
@@ -136,13 +138,9 @@ def apply_zero_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
 
 def lora_module_names(model: nn.Module, target_components: Sequence[str] | None) -> list[str]:
     """Full names of the block linears for ``target_components`` (default: all of them)."""
-    from compress.arch import COMPONENTS, iter_blocks
-
     wanted = set(target_components or COMPONENTS)
     unknown = wanted - set(COMPONENTS)
     if unknown:
-        from compress.errors import did_you_mean
-
         raise did_you_mean("component", sorted(unknown)[0], COMPONENTS)
     modules = dict(model.named_modules())
     names = [  # real modules only (native MoE expert slices are views, not modules)
@@ -158,8 +156,6 @@ def lora_module_names(model: nn.Module, target_components: Sequence[str] | None)
 
 def _loss(model: nn.Module, batch: dict[str, torch.Tensor], task: str,
           teacher: nn.Module | None) -> torch.Tensor:
-    from compress.models import input_device, to_device
-
     batch = to_device(batch, input_device(model))
     if task == "embedding":
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
@@ -203,91 +199,43 @@ def finetune(
     linear warm-up over ``warmup`` of the steps, then linear decay to zero. ``info``,
     when given, receives the method, steps, seconds and first/last losses.
     """
-    if method not in METHODS:
-        from compress.errors import did_you_mean
-
-        raise did_you_mean("fine-tuning method", method, METHODS)
-    if task not in TASKS:
-        from compress.errors import did_you_mean
-
-        raise did_you_mean("task", task, TASKS)
-    if steps < 0 or batch_size < 1 or seq_len < 2:
-        raise UserError("fine-tuning needs steps >= 0, batch size >= 1 and seq_len >= 2")
     info = info if info is not None else {}
-    info.update({"method": method, "steps": steps, "batch_size": batch_size, "seq_len": seq_len})
-    if steps == 0:
+    if not _worth_training(task, train_data, steps, method, batch_size, seq_len, teacher, info):
         return model
-    if task == "embedding" and teacher is None:
-        info["skipped"] = "a bare encoder has no training loss; pass a teacher to distil from"
-        log.warning("fine-tuning skipped: %s", info["skipped"])
-        return model
-    if not train_data:
-        raise UserError(f"fine-tuning for {steps} steps needs training data for task {task}")
     lr = lr if lr is not None else (2e-4 if method == "lora" else 2e-5)
     info["lr"] = lr
     torch.manual_seed(seed)
     was_training = model.training
     grad_flags = {name: p.requires_grad for name, p in model.named_parameters()}
     batches = _batches(tokenizer, task, train_data, batch_size, seq_len, seed)
-
-    trained: nn.Module = model
-    lora_names: list[str] = []
-    masks: dict[str, torch.Tensor] = {}
-    if method == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        lora_names = lora_module_names(model, target_components)
-        if keep_zero:
-            masks = zero_masks(model, {f"{n}.weight" for n in lora_names})
-        from compress.arch import is_transposed
-
-        conv1d = is_transposed(model.get_submodule(lora_names[0]))
-        cfg = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-                         target_modules=lora_names, fan_in_fan_out=conv1d, bias="none")
-        trained = get_peft_model(model, cfg)
-        info.update({"lora_r": lora_r, "lora_alpha": lora_alpha, "lora_modules": len(lora_names)})
-    else:
-        if keep_zero:
-            masks = zero_masks(model)
-        for p in model.parameters():
-            p.requires_grad_(True)
+    lora = {"r": lora_r, "lora_alpha": lora_alpha, "lora_dropout": lora_dropout}
+    trained, masks = _trainable(model, method, keep_zero, target_components, lora, info)
     params = [p for p in trained.parameters() if p.requires_grad]
     info["trainable_params"] = sum(p.numel() for p in params)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    n_warm = max(1, int(math.ceil(warmup * steps)))
+    factor = linear_warmup_decay(steps, max(1, int(math.ceil(warmup * steps))))
 
-    def lr_at(step: int) -> float:
-        if step < n_warm:
-            return (step + 1) / n_warm
-        return max(0.0, (steps - step) / max(1, steps - n_warm))
+    def step_fn(step: int) -> StepOut:
+        loss = _loss(trained, next(batches), task, teacher)
+        if not torch.isfinite(loss):
+            raise UserError(f"fine-tuning loss became {loss.item()} at step {step}; lower the lr")
+        loss.backward()
+        return StepOut({"loss": float(loss.detach())})
 
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    losses: list[float] = []
-    t0 = time.perf_counter()
-    trained.train()
     if teacher is not None:
         teacher.eval()
-    ok = False
+    ok, result = False, None
     try:
-        for step in range(steps):
-            batch = next(batches)
-            loss = _loss(trained, batch, task, teacher)
-            if not torch.isfinite(loss):
-                raise UserError(f"fine-tuning loss became {loss.item()} at step {step}; lower the lr")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-            opt.step()
-            sched.step()
-            if masks and method == "full":
-                apply_zero_masks(model, masks)
-            losses.append(float(loss.detach()))
-            if step % max(1, steps // 10) == 0 or step == steps - 1:
-                log.info("fine-tune step %d/%d loss %.4f", step + 1, steps, losses[-1])
+        result = train_loop(trained, opt, step_fn, LoopSettings(
+            steps=steps, lr_at=lambda step, base: base * factor(step),
+            max_grad_norm=max_grad_norm, clip_params=params, label="fine-tune",
+            log_every=max(1, steps // 10),
+            after_step=(lambda: apply_zero_masks(model, masks))
+            if masks and method == "full" else None,
+        ))
         ok = True
     finally:
-        del opt, sched
+        del opt
         if method == "lora":  # unwrap; merge only a finished run
             model = trained.merge_and_unload() if ok else trained.unload()
         for name, p in model.named_parameters():
@@ -296,11 +244,72 @@ def finetune(
         if masks:
             apply_zero_masks(model, masks)
         model.train(was_training)
+    info.update(_loss_summary(result.losses, result.seconds))
+    return model
+
+
+def _loss_summary(losses: list[float], seconds: float) -> dict[str, float]:
+    """Seconds, and the mean loss of the first and of the last tenth of the steps."""
     head = losses[: max(1, len(losses) // 10)]
     tail = losses[-max(1, len(losses) // 10):]
-    info.update({
-        "seconds": round(time.perf_counter() - t0, 1),
+    return {
+        "seconds": round(seconds, 1),
         "loss_first": round(sum(head) / len(head), 4),
         "loss_last": round(sum(tail) / len(tail), 4),
-    })
-    return model
+    }
+
+
+def _worth_training(
+    task: str,
+    train_data: Sequence[Any],
+    steps: int,
+    method: str,
+    batch_size: int,
+    seq_len: int,
+    teacher: nn.Module | None,
+    info: dict[str, Any],
+) -> bool:
+    """Check the arguments; False when there is nothing to train (``info`` says why)."""
+    if method not in METHODS:
+        raise did_you_mean("fine-tuning method", method, METHODS)
+    check_task(task)
+    if steps < 0 or batch_size < 1 or seq_len < 2:
+        raise UserError("fine-tuning needs steps >= 0, batch size >= 1 and seq_len >= 2")
+    info.update({"method": method, "steps": steps, "batch_size": batch_size, "seq_len": seq_len})
+    if steps == 0:
+        return False
+    if task == "embedding" and teacher is None:
+        info["skipped"] = "a bare encoder has no training loss; pass a teacher to distil from"
+        log.warning("fine-tuning skipped: %s", info["skipped"])
+        return False
+    if not train_data:
+        raise UserError(f"fine-tuning for {steps} steps needs training data for task {task}")
+    return True
+
+
+def _trainable(
+    model: nn.Module,
+    method: str,
+    keep_zero: bool,
+    target_components: Sequence[str] | None,
+    lora: dict[str, Any],
+    info: dict[str, Any],
+) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """(the module to train, zero masks to keep): LoRA adapters on the block linears, or
+    every parameter trainable for full fine-tuning."""
+    if method != "lora":
+        masks = zero_masks(model) if keep_zero else {}
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model, masks
+    lora_names = lora_module_names(model, target_components)
+    masks = zero_masks(model, {f"{n}.weight" for n in lora_names}) if keep_zero else {}
+    # deferred: peft takes seconds to import and pulls in bitsandbytes (which warns about
+    # missing kernels); only LoRA needs it
+    from peft import LoraConfig, get_peft_model
+
+    conv1d = is_transposed(model.get_submodule(lora_names[0]))
+    cfg = LoraConfig(**lora, target_modules=lora_names, fan_in_fan_out=conv1d, bias="none")
+    info.update({"lora_r": lora["r"], "lora_alpha": lora["lora_alpha"],
+                 "lora_modules": len(lora_names)})
+    return get_peft_model(model, cfg), masks

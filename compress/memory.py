@@ -61,17 +61,6 @@ def estimate_load_bytes(folder: str | os.PathLike, bytes_per_param: int = 4) -> 
     return numel * bytes_per_param
 
 
-def estimate_finetune_bytes(params: int, trainable: int, bytes_per_param: int = 4) -> int:
-    """Weights + gradients + AdamW's two moments for the trainable part."""
-    return params * bytes_per_param + trainable * bytes_per_param * 3
-
-
-def estimate_activation_bytes(batch: int, seq_len: int, hidden: int, per_token_factor: int = 8,
-                              bytes_per_value: int = 4) -> int:
-    """One block's calibration activations: batch x seq x hidden x a few buffers."""
-    return batch * seq_len * hidden * per_token_factor * bytes_per_value
-
-
 def available_bytes() -> int:
     override = os.environ.get(AVAILABLE_ENV)
     if override:

@@ -19,13 +19,17 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+import transformers as tf
 
+from compress import zoo
 from compress.errors import UserError
+from compress.memory import estimate_load_bytes, require_memory
+from compress.safety import check_weights_safe
+from compress.tasks import TASKS as TASKS  # re-exported: where callers have looked for it
+from compress.tasks import check_task
 
 log = logging.getLogger(__name__)
 
-#: model task names; the benchmark picks its suite by task.
-TASKS = ("causal-lm", "classification", "embedding", "seq2seq")
 
 
 @dataclass
@@ -39,9 +43,7 @@ class Loaded:
 
 def task_of(config: Any) -> str:
     """Guess the task from a config's ``architectures`` / ``model_type``."""
-    if getattr(config, "model_type", None) == "encoder-decoder" or getattr(
-        config, "is_encoder_decoder", False
-    ):
+    if getattr(config, "is_encoder_decoder", False):
         return "seq2seq"
     archs = getattr(config, "architectures", None) or []
     for arch in archs:
@@ -60,42 +62,55 @@ def task_of(config: Any) -> str:
     return "embedding"
 
 
-def _auto_class(task: str):
-    import transformers as tf
-
-    return {
-        "causal-lm": tf.AutoModelForCausalLM,
-        "classification": tf.AutoModelForSequenceClassification,
-        "embedding": tf.AutoModel,
-        "seq2seq": tf.AutoModelForSeq2SeqLM,
-    }[task]
-
-
-def skeleton_class(config: Any, task: str | None = None) -> type:
-    """The model class to build for ``config`` (its ``architectures`` entry, else the
-    auto class of its task), without weights: ``skeleton_class(cfg)._from_config(cfg)``."""
-    import transformers as tf
-
-    for name in getattr(config, "architectures", None) or []:
-        cls = getattr(tf, name, None)
-        if isinstance(cls, type) and (task is None or _auto_class(task)._model_mapping.get(
-                type(config)) is cls or name.endswith(_TASK_SUFFIX.get(task, ()))):
-            return cls
-    auto = _auto_class(task or task_of(config))
-    try:
-        return auto._model_mapping[type(config)]
-    except KeyError:
-        raise UserError(f"transformers has no {task or task_of(config)} model for "
-                        f"{getattr(config, 'model_type', type(config).__name__)} configs"
-                        ) from None
-
-
-_TASK_SUFFIX = {
-    "causal-lm": ("ForCausalLM", "LMHeadModel"),
-    "classification": ("ForSequenceClassification",),
-    "seq2seq": ("ForConditionalGeneration", "MTModel"),
-    "embedding": ("Model",),
+#: the auto class of each task (what ``from_pretrained`` loads a model of that task with).
+AUTO_CLASSES = {
+    "causal-lm": tf.AutoModelForCausalLM,
+    "classification": tf.AutoModelForSequenceClassification,
+    "embedding": tf.AutoModel,
+    "seq2seq": tf.AutoModelForSeq2SeqLM,
 }
+
+
+def model_class(
+    config: Any, class_name: str | None = None, task: str | None = None
+) -> type[tf.PreTrainedModel]:
+    """The transformers class that builds ``config``.
+
+    ``class_name`` (default: the config's first ``architectures`` entry) when transformers
+    has a model class of that name; else the class the auto class of ``task`` (default:
+    :func:`task_of`) maps the config type to.
+
+    >>> model_class(tf.BertConfig(), task="embedding").__name__
+    'BertModel'
+    """
+    name = class_name or (getattr(config, "architectures", None) or [""])[0]
+    cls = getattr(tf, name, None) if name else None
+    if isinstance(cls, type) and issubclass(cls, tf.PreTrainedModel):
+        return cls
+    task = check_task(task or task_of(config))
+    try:
+        return AUTO_CLASSES[task]._model_mapping[type(config)]
+    except KeyError:
+        raise UserError(
+            f"transformers has no {task} model class for {type(config).__name__}"
+        ) from None
+
+
+def build_skeleton(
+    config: Any,
+    class_name: str | None = None,
+    task: str | None = None,
+    dtype: torch.dtype | None = None,
+) -> nn.Module:
+    """A freshly initialised model of ``config`` (the class from :func:`model_class`), to
+    load saved weights into; inside ``with torch.device("meta")`` it holds no storage.
+
+    >>> model = build_skeleton(tf.AutoConfig.from_pretrained(folder))   # doctest: +SKIP
+    """
+    cls = model_class(config, class_name, task)
+    if dtype is None:
+        return cls._from_config(config)
+    return cls._from_config(config, dtype=dtype)
 
 
 def check_model_name(name: str) -> str:
@@ -104,8 +119,6 @@ def check_model_name(name: str) -> str:
     Unknown bare names (no "/", not a zoo name, alias or folder) and missing folders
     are errors with the closest names.
     """
-    from compress import zoo
-
     if name in zoo.ZOO:
         return "zoo"
     if os.path.isdir(name):
@@ -125,8 +138,6 @@ def check_model_name(name: str) -> str:
 
 def resolve_path(name: str) -> tuple[str, str]:
     """(source, path-or-id) for a model name; zoo names are built on first use."""
-    from compress import zoo
-
     kind = check_model_name(name)
     if kind == "zoo":
         return f"zoo:{name}", str(zoo.ensure(name))
@@ -145,16 +156,10 @@ def load_model(
     trust_remote_code: bool = False,
 ) -> Loaded:
     """Load ``name`` (zoo name, folder or hub id) with its tokenizer and task."""
-    import transformers as tf
-
-    from compress.safety import check_weights_safe
-
     source, path = resolve_path(name)
     if source.startswith("local:") or source.startswith("zoo:"):
         check_weights_safe(Path(path), allow_pickle=allow_pickle)
         if device_map is None:
-            from compress.memory import estimate_load_bytes, require_memory
-
             per_param = torch.tensor([], dtype=dtype or torch.float32).element_size()
             require_memory(
                 estimate_load_bytes(path, per_param),
@@ -172,11 +177,7 @@ def load_model(
                 "bert2bert-punct) or a local folder"
             ) from None
         raise UserError(f"cannot load model {name!r}: {str(exc).splitlines()[0]}") from None
-    task = task or task_of(config)
-    if task not in TASKS:
-        from compress.errors import did_you_mean
-
-        raise did_you_mean("task", task, TASKS)
+    task = check_task(task or task_of(config))
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if not allow_pickle:
         kwargs["use_safetensors"] = True
@@ -184,7 +185,7 @@ def load_model(
         kwargs["dtype"] = dtype
     if device_map is not None:
         kwargs["device_map"] = device_map
-    model = _auto_class(task).from_pretrained(path, **kwargs)
+    model = AUTO_CLASSES[task].from_pretrained(path, **kwargs)
     model.eval()
     tokenizer = tf.AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     return Loaded(model, tokenizer, task, source, path)

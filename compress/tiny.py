@@ -1,21 +1,124 @@
-"""Tiny models of every family in the architecture table, built from configs.
+"""Tiny random models of many transformers families, built from configs, offline.
 
-Used by the tests and benchmarks so everything runs offline in seconds. A tiny
+Used by the tests and benchmarks so everything runs in seconds without a hub. A tiny
 byte-level BPE tokenizer (vocab 512) is trained on a fixed sentence list, so no
 tokenizer files are needed either.
 
+Any config class transformers ships can be shrunk by :func:`tiny_config`: size
+arguments are recognised by name (hidden size, layers, heads, KV heads, FFN width,
+head size, experts, positions, vocabulary) and set small. :data:`TINY_OVERRIDES`
+holds the few extra arguments some configs need to be valid at that size (a rotary
+width no larger than the head, a per-layer attention pattern of the right length).
+They describe how to *build* a small model, not how to compress it: the suite reads
+every model through :mod:`compress.arch` discovery.
+
+:data:`TINY_FAMILIES` are the seven families most tests use; :data:`MATRIX_FAMILIES`
+are the families of the recipe x family test matrix, by kind and layer feature.
+
 >>> model, tok = tiny_model("llama")          # doctest: +SKIP
+>>> model, tok = tiny_model("phi3")           # fused qkv and gate-up   # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
+from typing import Any
 
 import torch
 import transformers as tf
 
 TINY_FAMILIES = ("bert", "gpt2", "llama", "opt", "t5", "bart", "bert2bert")
 VOCAB = 512
+
+#: family -> (kind, what it exercises); the recipe x family matrix runs every one.
+MATRIX_FAMILIES: dict[str, tuple[str, str]] = {
+    # decoder-only
+    "gpt2": ("decoder", "Conv1D linears, fused qkv [q|k|v]"),
+    "llama": ("decoder", "grouped KV heads, gated SiLU FFN"),
+    "opt": ("decoder", "split FFN (fc1/fc2 in the block), ReLU"),
+    "mistral": ("decoder", "sliding-window attention, GQA"),
+    "qwen2": ("decoder", "q/k/v biases, GQA"),
+    "qwen3": ("decoder", "QK-norm (per head)"),
+    "gemma": ("decoder", "GeLU-tanh gated FFN, explicit head_dim, multi-query"),
+    "gemma2": ("decoder", "logit soft-capping, local/global sliding layers"),
+    "gemma3_text": ("decoder", "QK-norm, local/global layers (layer_types)"),
+    "olmo2": ("decoder", "QK-norm over the whole projection"),
+    "phi": ("decoder", "parallel attention+FFN, partial rotary"),
+    "phi3": ("decoder", "fused qkv and fused gate-up projections"),
+    "gpt_neox": ("decoder", "parallel block, fused qkv per head, partial rotary"),
+    "gptj": ("decoder", "parallel block, partial rotary"),
+    "falcon": ("decoder", "multi-query attention, fused qkv, parallel block"),
+    "bloom": ("decoder", "ALiBi, fused qkv per head"),
+    "gpt_bigcode": ("decoder", "multi-query attention, fused qkv"),
+    "mpt": ("decoder", "ALiBi, fused Wqkv"),
+    "stablelm": ("decoder", "partial rotary, per-head QK layernorm"),
+    "starcoder2": ("decoder", "sliding window, biased GELU FFN"),
+    "cohere": ("decoder", "parallel block, logit scale"),
+    "granite": ("decoder", "residual/attention multipliers"),
+    "persimmon": ("decoder", "fused qkv per head, QK layernorm, squared ReLU"),
+    "gpt_neo": ("decoder", "local (windowed) attention layers"),
+    "codegen": ("decoder", "fused qkv in model-parallel blocks, parallel block"),
+    "nemotron": ("decoder", "squared-ReLU non-gated FFN, partial rotary"),
+    "biogpt": ("decoder", "scaled embeddings, learned positions"),
+    "xglm": ("decoder", "sinusoidal positions, split FFN"),
+    "smollm3": ("decoder", "no rotary on some layers"),
+    "mixtral": ("decoder", "native MoE FFN (fused 3-D experts)"),
+    "qwen2_moe": ("decoder", "native MoE with a shared expert"),
+    "olmoe": ("decoder", "native MoE, QK-norm"),
+    "granitemoe": ("decoder", "native MoE (parallel experts), multipliers"),
+    # encoder-only
+    "bert": ("encoder", "post-norm encoder, split FFN"),
+    "roberta": ("encoder", "BERT layout, offset positions"),
+    "distilbert": ("encoder", "q_lin/k_lin/v_lin/out_lin names"),
+    "albert": ("encoder", "weights shared across depth, factorised embeddings"),
+    "electra": ("encoder", "embedding projection outside the blocks"),
+    "deberta-v2": ("encoder", "disentangled relative-position attention"),
+    "mpnet": ("encoder", "relative position bias"),
+    "roformer": ("encoder", "rotary encoder"),
+    "modernbert": ("encoder", "fused Wqkv, gated Wi, local/global attention"),
+    "megatron-bert": ("encoder", "pre-norm BERT"),
+    "xlm-roberta": ("encoder", "BERT layout"),
+    # encoder-decoder
+    "t5": ("encoder-decoder", "relative position bias owned by block 0, no biases"),
+    "mt5": ("encoder-decoder", "gated-GeLU T5"),
+    "bart": ("encoder-decoder", "split FFN, learned positions"),
+    "mbart": ("encoder-decoder", "pre-norm BART"),
+    "pegasus": ("encoder-decoder", "sinusoidal positions"),
+    "marian": ("encoder-decoder", "tied source/target vocab"),
+    "m2m_100": ("encoder-decoder", "scaled sinusoidal positions"),
+    "blenderbot-small": ("encoder-decoder", "post-norm BART-like"),
+    "longt5": ("encoder-decoder", "local attention encoder"),
+    "switch_transformers": ("encoder-decoder", "native MoE (expert modules) T5"),
+    "bert2bert": ("encoder-decoder", "EncoderDecoderModel over two BERTs"),
+}
+
+#: the extra config arguments some families need to be valid at the tiny size.
+TINY_OVERRIDES: dict[str, dict[str, Any]] = {
+    "gptj": {"rotary_dim": 4},
+    "codegen": {"rotary_dim": 4, "n_ctx": 256},
+    "gpt_neo": {"attention_types": [[["global", "local"], 1]], "window_size": 4},
+    "gemma": {"num_key_value_heads": 1},
+    "gemma2": {"sliding_window": 4, "query_pre_attn_scalar": 8},
+    "gemma3_text": {"sliding_window": 4, "query_pre_attn_scalar": 8},
+    "mistral": {"sliding_window": 4},
+    "starcoder2": {"sliding_window": 4},
+    "stablelm": {"qk_layernorm": True},
+    "falcon": {"multi_query": True, "new_decoder_architecture": False, "parallel_attn": True},
+    "phi": {"partial_rotary_factor": 0.5},
+    "gpt_neox": {"rotary_pct": 0.5},
+    "qwen2_moe": {"shared_expert_intermediate_size": 64, "decoder_sparse_step": 1},
+    "albert": {"embedding_size": 16, "num_hidden_groups": 1, "inner_group_num": 1},
+    "electra": {"embedding_size": 16},
+    "modernbert": {"global_attn_every_n_layers": 2, "local_attention": 4},
+    "deberta-v2": {"relative_attention": True, "pos_att_type": ["p2c", "c2p"],
+                   "position_buckets": 8, "max_relative_positions": 16},
+    "mt5": {"feed_forward_proj": "gated-gelu"},
+    "longt5": {"local_radius": 2, "encoder_attention_type": "local"},
+    "switch_transformers": {"num_sparse_encoder_layers": 1, "num_sparse_decoder_layers": 1,
+                            "expert_capacity": 64},
+    "mpt": {"attn_config": {"alibi": True}},
+}
 
 _TRAIN_TEXT = [
     "The quick brown fox jumps over the lazy dog.",
@@ -55,85 +158,105 @@ def tiny_tokenizer() -> tf.PreTrainedTokenizerFast:
     )
 
 
+#: size arguments recognised by name, and the tiny value each gets.
+_SIZES: tuple[tuple[tuple[str, ...], int], ...] = (
+    (("hidden_size", "d_model", "n_embd", "dim", "embed_dim", "model_dim"), 32),
+    (("num_hidden_layers", "n_layer", "num_layers", "encoder_layers", "decoder_layers",
+      "num_decoder_layers", "n_layers"), 2),
+    (("num_attention_heads", "n_head", "num_heads", "encoder_attention_heads",
+      "decoder_attention_heads", "n_heads", "attention_heads"), 4),
+    (("num_key_value_heads",), 2),
+    (("intermediate_size", "ffn_dim", "d_ff", "n_inner", "encoder_ffn_dim", "decoder_ffn_dim",
+      "ffn_hidden_size", "moe_intermediate_size"), 64),
+    (("head_dim", "d_kv", "attention_head_dim"), 8),
+    (("vocab_size",), VOCAB),
+    (("max_position_embeddings", "n_positions", "max_seq_len"), 256),
+    (("num_local_experts", "num_experts", "n_routed_experts"), 4),
+    (("num_experts_per_tok", "moe_topk"), 2),
+)
+_IDS = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "decoder_start_token_id": 2}
+
+
 def _bert_config(**kw) -> tf.BertConfig:
-    base = dict(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=256,
-        pad_token_id=0,
-    )
-    return tf.BertConfig(**(base | kw))
+    return tiny_config("bert", **kw)
 
 
-def tiny_config(family: str, **overrides) -> tf.PretrainedConfig:
-    """A small config of ``family`` (one of :data:`TINY_FAMILIES`)."""
-    ids = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)
-    if family == "bert":
-        return _bert_config(**overrides)
-    if family == "gpt2":
-        return tf.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=256,
-                             **(dict(bos_token_id=1, eos_token_id=2) | overrides))
-    if family == "llama":
-        return tf.LlamaConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
-                              num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
-                              max_position_embeddings=256, **(ids | overrides))
-    if family == "opt":
-        return tf.OPTConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
-                            num_attention_heads=4, ffn_dim=64, word_embed_proj_dim=32,
-                            max_position_embeddings=256, **(ids | overrides))
-    if family == "t5":
-        return tf.T5Config(vocab_size=VOCAB, d_model=32, d_ff=64, d_kv=8, num_layers=2,
-                           num_decoder_layers=2, num_heads=4, decoder_start_token_id=0,
-                           **(dict(pad_token_id=0, eos_token_id=2) | overrides))
-    if family == "bart":
-        return tf.BartConfig(vocab_size=VOCAB, d_model=32, encoder_layers=2, decoder_layers=2,
-                             encoder_attention_heads=4, decoder_attention_heads=4,
-                             encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=256,
-                             decoder_start_token_id=2, forced_eos_token_id=None,
-                             **(ids | overrides))
+def tiny_config(family: str, width: int = 32, **overrides) -> tf.PretrainedConfig:
+    """A small config of ``family`` (a transformers ``model_type``, or "bert2bert").
+
+    ``width`` is the hidden size (heads of ``width // 4``, FFN of ``2 * width``).
+    """
     if family == "bert2bert":
-        enc = _bert_config()
-        dec = _bert_config(is_decoder=True, add_cross_attention=True)
+        enc = tiny_config("bert", width)
+        dec = tiny_config("bert", width, is_decoder=True, add_cross_attention=True)
         cfg = tf.EncoderDecoderConfig.from_encoder_decoder_configs(enc, dec)
         cfg.decoder_start_token_id = 1
         cfg.pad_token_id = 0
         cfg.eos_token_id = 2
         return cfg
-    raise ValueError(f"unknown tiny family {family!r}; known: {', '.join(TINY_FAMILIES)}")
+    if family not in tf.CONFIG_MAPPING:
+        raise ValueError(f"unknown tiny family {family!r}; transformers has no such model_type")
+    cls = tf.CONFIG_MAPPING[family]
+    params = inspect.signature(cls.__init__).parameters
+    kwargs: dict[str, Any] = {}
+    scaled = {32: width, 64: 2 * width, 8: width // 4}
+    for names, value in _SIZES:
+        if names[0] in ("vocab_size", "max_position_embeddings", "num_hidden_layers",
+                        "num_attention_heads", "num_key_value_heads", "num_local_experts",
+                        "num_experts_per_tok"):
+            scaled_value = value
+        else:
+            scaled_value = scaled.get(value, value)
+        for name in names:
+            if name in params:
+                kwargs[name] = scaled_value
+    kwargs.update({k: v for k, v in _IDS.items() if k in params})
+    if "tie_word_embeddings" in params:
+        kwargs["tie_word_embeddings"] = True
+    if family in ("t5", "mt5", "longt5", "switch_transformers", "umt5"):
+        kwargs["decoder_start_token_id"] = 0
+    if family in ("bart", "mbart"):
+        kwargs["forced_eos_token_id"] = None
+    kwargs.update(TINY_OVERRIDES.get(family, {}))
+    kwargs.update(overrides)
+    return cls(**kwargs)
 
 
-_CLASSES = {
-    "bert": tf.BertModel,
-    "gpt2": tf.GPT2LMHeadModel,
-    "llama": tf.LlamaForCausalLM,
-    "opt": tf.OPTForCausalLM,
-    "t5": tf.T5ForConditionalGeneration,
-    "bart": tf.BartForConditionalGeneration,
-    "bert2bert": tf.EncoderDecoderModel,
-}
+def _model_class(config: tf.PretrainedConfig, classifier: bool) -> type:
+    from transformers.models.auto import modeling_auto as ma
+
+    if classifier:
+        return tf.AutoModelForSequenceClassification._model_mapping[type(config)]
+    if getattr(config, "is_encoder_decoder", False):
+        return tf.AutoModelForSeq2SeqLM._model_mapping[type(config)]
+    mt = config.model_type
+    if mt in ma.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and mt not in ma.MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        return tf.AutoModelForCausalLM._model_mapping[type(config)]
+    return tf.AutoModel._model_mapping[type(config)]
 
 
-def tiny_model(family: str, seed: int = 0, classifier: bool = False, **overrides):
+def tiny_model(family: str, seed: int = 0, classifier: bool = False, width: int = 32,
+               **overrides):
     """(model, tokenizer) for a randomly initialised tiny model of ``family``.
 
-    ``classifier=True`` gives a BERT sequence classifier (3 labels) instead of BertModel.
+    Decoders come with their causal-LM head, encoder-decoders with their seq2seq head,
+    encoders as the bare encoder (``classifier=True``: with a 3-label classification head).
     """
     torch.manual_seed(seed)
-    config = tiny_config(family, **overrides)
+    config = tiny_config(family, width, **overrides)
     if classifier:
-        if family != "bert":
-            raise ValueError("classifier=True is only for bert")
         config.num_labels = 3
-        model = tf.BertForSequenceClassification(config)
-    elif family == "bert2bert":
+    if family == "bert2bert":
         model = tf.EncoderDecoderModel(config=config)
     else:
-        model = _CLASSES[family](config)
+        model = _model_class(config, classifier)(config)
     model.eval()
     return model, tiny_tokenizer()
+
+
+def is_seq2seq(family: str) -> bool:
+    return family == "bert2bert" or MATRIX_FAMILIES.get(family, ("",))[0] == "encoder-decoder" \
+        or family in ("t5", "bart")
 
 
 def sample_inputs(family: str, batch: int = 2, length: int = 12, seed: int = 0) -> dict:
@@ -141,6 +264,6 @@ def sample_inputs(family: str, batch: int = 2, length: int = 12, seed: int = 0) 
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(5, VOCAB, (batch, length), generator=g)
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    if family in ("t5", "bart", "bert2bert"):
+    if is_seq2seq(family):
         inputs["decoder_input_ids"] = torch.randint(5, VOCAB, (batch, length // 2), generator=g)
     return inputs

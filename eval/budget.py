@@ -27,37 +27,41 @@ most quality?".
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from rich import box
+from rich.table import Table
+
 from compress.errors import UserError, did_you_mean
+from compress.registry import all_recipes, find_recipe
+from compress.traits import BASELINE, FAMILIES, Knob
 from eval.report import dig, fmt_value, runs_by_model
 
-#: technique family of each recipe; composite pipelines join their families in order.
-RECIPE_FAMILY: dict[str, str] = {
-    "magnitude": "pruning",
-    "wanda": "pruning",
-    "sparsegpt": "pruning",
-    "owl": "pruning",
-    "structured": "pruning",
-    "rtn": "quantization",
-    "gptq": "quantization",
-    "awq": "quantization",
-    "hqq": "quantization",
-    "rotate": "quantization",
-    "smoothquant": "quantization",
-    "bnb-int8": "quantization",
-    "bnb-4bit": "quantization",
-    "dynamic-int8": "quantization",
-    "onnx-int8": "quantization",
-    "quanto": "quantization",
-    "qlora": "quantization",
-    "distill": "distillation",
-    "moefy": "moefication",
-}
-FAMILIES = ("pruning", "quantization", "distillation", "moefication")
-BASELINE = "baseline"
+
+def recipe_family(name: str) -> str:
+    """The family recipe ``name`` declares in its registration.
+
+    A recipe this checkout does not register (a report written by another version of
+    the suite) is shown as a family of its own, under its name.
+    """
+    recipe = find_recipe(name)
+    return recipe.fact("family") if recipe is not None else name
+
+
+def search_families() -> list[str]:
+    """The families the budget search visits: :data:`FAMILIES`, then any other family a
+    registered recipe declares (by name)."""
+    declared = {r.fact("family") for r in all_recipes() if r.knobs}
+    return [*FAMILIES, *sorted(declared - set(FAMILIES) - {BASELINE})]
+
+
+def recipe_knobs(name: str) -> tuple[Knob, ...]:
+    """The budget knobs recipe ``name`` declares (none for a recipe not registered here)."""
+    recipe = find_recipe(name)
+    return recipe.fact("knobs") if recipe is not None else ()
 
 #: the metric that stands for "quality" per task, with the reason it was chosen.
 PRIMARY_METRIC: dict[str, tuple[str, str]] = {
@@ -163,9 +167,9 @@ def family_of(report_or_pipeline: dict[str, Any] | list[dict[str, Any]]) -> str:
     """``baseline``, one family, or ``a + b`` for a composite (in pipeline order)."""
     families: list[str] = []
     for recipe in recipes_of(report_or_pipeline):
-        if recipe == "identity":
+        family = recipe_family(recipe)
+        if family == BASELINE:
             continue
-        family = RECIPE_FAMILY.get(recipe, recipe)
         if not families or families[-1] != family:
             families.append(family)
     return " + ".join(families) if families else BASELINE
@@ -348,9 +352,6 @@ def markdown_table(picks: dict[str, list[Pick]], budget: Budget) -> str:
 
 def rich_table(picks: dict[str, list[Pick]], budget: Budget):
     """The same table for the terminal."""
-    from rich import box
-    from rich.table import Table
-
     table = Table(
         title=f"Equal budget: {budget} ({budget.cost.description})",
         box=box.SIMPLE_HEAVY,
@@ -396,54 +397,6 @@ def rich_table(picks: dict[str, list[Pick]], budget: Budget):
 
 
 # --------------------------------------------------------------------------- search
-
-
-@dataclass(frozen=True)
-class Knob:
-    """A recipe field that trades quality for cost monotonically.
-
-    ``more`` says which way compresses more: ``"up"`` (sparsity) or ``"down"`` (bits).
-    ``values`` lists the allowed settings of a discrete knob; a continuous knob lies
-    in ``[low, high]`` and is searched to a resolution of ``step``. ``fixed_by`` names
-    fields that, when set, pin the knob (an N:M pattern fixes the sparsity).
-    """
-
-    field: str
-    more: str
-    low: float = 0.0
-    high: float = 1.0
-    step: float = 0.01
-    values: tuple[float, ...] | None = None
-    fixed_by: tuple[str, ...] = ()
-
-    def order(self, value: float) -> float:
-        """Larger means more compressed."""
-        return value if self.more == "up" else -value
-
-    def least(self) -> float:
-        if self.values:
-            return min(self.values, key=self.order)
-        return self.low if self.more == "up" else self.high
-
-    def most(self) -> float:
-        if self.values:
-            return max(self.values, key=self.order)
-        return self.high if self.more == "up" else self.low
-
-
-#: knobs searched by ``eval.sweep --budget ... --search-runs N``.
-KNOBS: dict[str, Knob] = {
-    "magnitude": Knob("sparsity", "up", 0.01, 0.99, 0.01, fixed_by=("pattern",)),
-    "wanda": Knob("sparsity", "up", 0.01, 0.99, 0.01, fixed_by=("pattern",)),
-    "sparsegpt": Knob("sparsity", "up", 0.01, 0.99, 0.01, fixed_by=("pattern",)),
-    "owl": Knob("sparsity", "up", 0.01, 0.99, 0.01),
-    "structured": Knob("ffn_ratio", "up", 0.05, 0.95, 0.05),
-    "rtn": Knob("bits", "down", values=(8, 6, 5, 4, 3, 2)),
-    "gptq": Knob("bits", "down", values=(8, 6, 5, 4, 3, 2)),
-    "awq": Knob("bits", "down", values=(8, 6, 5, 4, 3, 2)),
-    "hqq": Knob("bits", "down", values=(8, 6, 5, 4, 3, 2)),
-    "rotate": Knob("bits", "down", values=(8, 6, 5, 4, 3, 2)),
-}
 
 
 def next_probe(knob: Knob, tried: list[tuple[float, bool]], fraction: float = 0.5) -> float | None:
@@ -497,20 +450,24 @@ def knob_groups(
     runs: list[dict[str, Any]], family: str
 ) -> dict[tuple[str, str], list[dict[str, Any]]]:
     """Single-recipe runs of ``family`` with a free knob, grouped by recipe + other fields."""
-    import json
-
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for run in runs:
         pipeline = run.get("pipeline", [])
         if len(pipeline) != 1 or family_of(run) != family:
             continue
         recipe = pipeline[0]["recipe"]
-        knob = KNOBS.get(recipe)
         config = dict(pipeline[0].get("config", {}))
-        if knob is None or knob.field not in config:
-            continue
-        if any(config.get(f) not in (None, "", False, "unstructured") for f in knob.fixed_by):
-            continue
-        rest = {k: v for k, v in config.items() if k not in (knob.field, "seed")}
-        groups.setdefault((recipe, json.dumps(rest, sort_keys=True)), []).append(run)
+        for knob in recipe_knobs(recipe):
+            if knob.field not in config:
+                continue
+            if any(config.get(f) not in (None, "", False, "unstructured") for f in knob.fixed_by):
+                continue
+            rest = {k: v for k, v in config.items() if k not in (knob.field, "seed")}
+            groups.setdefault((recipe, json.dumps(rest, sort_keys=True)), []).append(run)
     return groups
+
+
+def group_knob(recipe: str, rest: str) -> Knob:
+    """The knob a :func:`knob_groups` key varies: the one whose field its rest lacks."""
+    fixed = json.loads(rest)
+    return next(k for k in recipe_knobs(recipe) if k.field not in fixed)

@@ -24,7 +24,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from eval.report import dig, fmt_value, runs_by_model
+from compress.errors import UserError, did_you_mean, run_main
+from eval.report import dig, fmt_value, read_reports, runs_by_model
 
 
 @dataclass(frozen=True)
@@ -144,8 +145,6 @@ def select_columns(reports: list[dict[str, Any]], names: list[str]) -> list[str]
     Matching ignores surrounding spaces and case; an unknown name raises a one-line
     :class:`~compress.errors.UserError` with the closest names and the full list.
     """
-    from compress.errors import UserError, did_you_mean
-
     known = column_names(reports)
     by_lower = {k.lower(): k for k in known}
     chosen: list[str] = []
@@ -191,10 +190,11 @@ def build_tables(reports: list[dict[str, Any]], columns: list[str] | None = None
             if base
             else "no successful identity run: no baseline to compare against"
         )
-        if any(r.get("profile", {}).get("busy_machine") for r in runs) and any(
-            c.timing for c in shown
-        ):
-            caption += "; * timed on a busy machine (load above 1.5x cores): not comparable"
+        busy = [r["profile"] for r in runs if r.get("profile", {}).get("busy_machine")]
+        if busy and any(c.timing for c in shown):
+            # the rule each report was judged by (reports before eval.machine's rule: load)
+            rules = sorted({p.get("busy_rule", "load above 1.5x cores") for p in busy})
+            caption += f"; * timed on a busy machine ({'; '.join(rules)}): not comparable"
         table = Table(title=title, caption=caption, box=box.SIMPLE_HEAVY, title_justify="left")
         table.add_column("run", no_wrap=True)
         table.add_column("status")
@@ -260,8 +260,6 @@ def render(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from eval.report import read_reports
-
     parser = argparse.ArgumentParser(
         prog="python -m eval.compare", description=__doc__.split("\n\n")[0]
     )
@@ -297,8 +295,6 @@ def main(argv: list[str] | None = None) -> int:
         known = {r["model"]["name"] for r in reports}
         for name in args.model:
             if name not in known:
-                from compress.errors import did_you_mean
-
                 raise did_you_mean("model", name, known)
         reports = [r for r in reports if r["model"]["name"] in args.model]
     if not args.include_quick:
@@ -316,6 +312,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from compress.cli import run_main
-
     sys.exit(run_main(main))

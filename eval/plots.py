@@ -24,15 +24,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from compress.errors import run_main
+from compress.fileio import atomic_write_bytes
+from compress.registry import get_recipe
+from compress.traits import BASELINE, FAMILIES
 from eval.budget import (
     COSTS,
-    RECIPE_FAMILY,
     comparable_runs,
     family_of,
     metric,
     primary_metric,
+    recipe_family,
 )
-from eval.report import runs_by_model
+from eval.report import read_reports, runs_by_model, slug
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +55,6 @@ _EXTRA_STYLES = [
     ("tab:cyan", ">"),
     ("tab:gray", "h"),
 ]
-PRUNING_RECIPES = tuple(r for r, f in RECIPE_FAMILY.items() if f == "pruning")
 
 
 def pareto_front(
@@ -84,8 +87,6 @@ def pareto_front(
 
 
 def model_slug(model: str) -> str:
-    from eval.report import slug
-
     return slug(model.replace("/", "--"))
 
 
@@ -105,11 +106,11 @@ def sparsity_point(report: dict[str, Any]) -> tuple[str, float] | None:
     fraction of FFN neurons, or of heads, removed).
     """
     pipeline = report.get("pipeline", [])
-    if len(pipeline) != 1 or pipeline[0].get("recipe") not in PRUNING_RECIPES:
+    if len(pipeline) != 1 or recipe_family(pipeline[0].get("recipe", "?")) != "pruning":
         return None
     recipe = pipeline[0]["recipe"]
     config = pipeline[0].get("config", {})
-    if recipe == "structured":
+    if get_recipe(recipe).fact("traits").changes_shapes:
         ffn, heads = config.get("ffn_ratio") or 0.0, config.get("heads_ratio") or 0.0
         if ffn and not heads:
             return "structured (FFN neurons)", float(ffn)
@@ -144,17 +145,15 @@ def _axis_label(m: dict[str, Any]) -> str:
 
 
 def _save(fig, path: Path) -> Path:
-    from compress.fileio import atomic_write_bytes
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
+    _pyplot().close(fig)
     return atomic_write_bytes(path, buf.getvalue())
 
 
 def _pyplot():
+    # deferred: matplotlib takes a second or two to import and only drawing needs it;
+    # the Agg backend must be chosen before pyplot is first imported
     import matplotlib
 
     matplotlib.use("Agg")
@@ -240,72 +239,12 @@ def plot_pareto(reports: list[dict[str, Any]], out_dir: str | Path) -> list[Path
         base_m = metric(base, name) if name else None
         if base_m is None:
             continue
-        hib = bool(base_m["higher_is_better"])
         plt = _pyplot()
         fig, axes = plt.subplots(1, len(PARETO_AXES), figsize=(13, 5.2), squeeze=False)
         extra: dict[str, tuple[str, str]] = {}
         any_points = False
-        for ax, (kind, xlabel, scale) in zip(axes[0], PARETO_AXES, strict=True):
-            pts: list[tuple[float, float, dict[str, Any]]] = []
-            for r in runs:
-                x = COSTS[kind].get(r)
-                m = metric(r, name)
-                if x is None or m is None:
-                    continue
-                pts.append((x * scale, float(m["value"]), r))
-            if not pts:
-                ax.text(
-                    0.5, 0.5, f"no run with {kind} measured", ha="center", transform=ax.transAxes
-                )
-                continue
-            any_points = True
-            order = ["baseline", "pruning", "quantization", "distillation", "moefication"]
-            pts.sort(
-                key=lambda p: (
-                    order.index(family_of(p[2])) if family_of(p[2]) in order else len(order),
-                    family_of(p[2]),
-                )
-            )
-            seen: set[str] = set()
-            for x, y, r in pts:
-                family = family_of(r)
-                colour, marker = style_for(family, extra)
-                size = 160 if family == "baseline" else 45
-                ax.scatter(
-                    [x],
-                    [y],
-                    color=colour,
-                    marker=marker,
-                    s=size,
-                    zorder=3,
-                    label=family if family not in seen else None,
-                    alpha=0.85,
-                )
-                seen.add(family)
-            front = pareto_front([(x, y) for x, y, _ in pts], minimize_x=True, maximize_y=hib)
-            fx = [pts[i][0] for i in front]
-            fy = [pts[i][1] for i in front]
-            ax.step(
-                fx, fy, where="post", color="crimson", linewidth=1.3, zorder=2, label="Pareto front"
-            )
-            for i in front:
-                x, y, r = pts[i]
-                ax.annotate(
-                    r.get("label", "?"),
-                    (x, y),
-                    textcoords="offset points",
-                    xytext=(4, 4),
-                    fontsize=7,
-                    color="crimson",
-                )
-            ys = [p[1] for p in pts if p[1] > 0]
-            if _is_ppl(name) and ys and max(ys) / min(ys) > 3:
-                ax.set_yscale("log")
-            ax.set_xlabel(xlabel + " (lower is better)")
-            ax.set_ylabel(_axis_label(base_m))
-            ax.grid(True, alpha=0.3)
-            ax.set_title(f"{name} against {kind}")
-            ax.legend(fontsize=8)
+        for ax, axis in zip(axes[0], PARETO_AXES, strict=True):
+            any_points |= _pareto_panel(ax, runs, axis, name, base_m, extra)
         if not any_points:
             plt.close(fig)
             continue
@@ -318,14 +257,67 @@ def plot_pareto(reports: list[dict[str, Any]], out_dir: str | Path) -> list[Path
     return written
 
 
+def _pareto_panel(
+    ax: Any,
+    runs: list[dict[str, Any]],
+    axis: tuple[str, str, float],
+    name: str,
+    base_m: dict[str, Any],
+    extra: dict[str, tuple[str, str]],
+) -> bool:
+    """One panel: every run's quality against one cost, the front drawn; False if empty."""
+    kind, xlabel, scale = axis
+    pts: list[tuple[float, float, dict[str, Any]]] = []
+    for r in runs:
+        x = COSTS[kind].get(r)
+        m = metric(r, name)
+        if x is None or m is None:
+            continue
+        pts.append((x * scale, float(m["value"]), r))
+    if not pts:
+        ax.text(0.5, 0.5, f"no run with {kind} measured", ha="center", transform=ax.transAxes)
+        return False
+    order = [BASELINE, *FAMILIES]
+    pts.sort(
+        key=lambda p: (
+            order.index(family_of(p[2])) if family_of(p[2]) in order else len(order),
+            family_of(p[2]),
+        )
+    )
+    seen: set[str] = set()
+    for x, y, r in pts:
+        family = family_of(r)
+        colour, marker = style_for(family, extra)
+        size = 160 if family == BASELINE else 45
+        ax.scatter([x], [y], color=colour, marker=marker, s=size, zorder=3,
+                   label=family if family not in seen else None, alpha=0.85)
+        seen.add(family)
+    front = pareto_front([(x, y) for x, y, _ in pts], minimize_x=True,
+                         maximize_y=bool(base_m["higher_is_better"]))
+    fx = [pts[i][0] for i in front]
+    fy = [pts[i][1] for i in front]
+    ax.step(fx, fy, where="post", color="crimson", linewidth=1.3, zorder=2, label="Pareto front")
+    for i in front:
+        x, y, r = pts[i]
+        ax.annotate(r.get("label", "?"), (x, y), textcoords="offset points", xytext=(4, 4),
+                    fontsize=7, color="crimson")
+    ys = [p[1] for p in pts if p[1] > 0]
+    if _is_ppl(name) and ys and max(ys) / min(ys) > 3:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel + " (lower is better)")
+    ax.set_ylabel(_axis_label(base_m))
+    ax.grid(True, alpha=0.3)
+    ax.set_title(f"{name} against {kind}")
+    ax.legend(fontsize=8)
+    return True
+
+
 def make_plots(reports: list[dict[str, Any]], out_dir: str | Path) -> dict[str, list[Path]]:
     """Every plot for ``reports`` in ``out_dir``: {"sparsity": [...], "pareto": [...]}."""
     return {"sparsity": plot_sparsity(reports, out_dir), "pareto": plot_pareto(reports, out_dir)}
 
 
 def main(argv: list[str] | None = None) -> int:
-    from eval.report import read_reports
-
     parser = argparse.ArgumentParser(
         prog="python -m eval.plots", description=__doc__.split("\n\n")[0]
     )
@@ -343,6 +335,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from compress.cli import run_main
-
     sys.exit(run_main(main))

@@ -48,11 +48,12 @@ import torch.nn as nn
 
 from compress.errors import UserError, did_you_mean
 from compress.stats import own_counts, parameter_counts
+from compress.tasks import TASKS
 from eval.benchmark import decoder_start_id, input_device
+from eval.machine import BusyMeter
 
 __all__ = ["dir_bytes", "memory_bytes", "profile", "weight_bytes"]
 
-TASKS = ("causal-lm", "classification", "embedding", "seq2seq")
 DECODER_TOKENS = 8
 PROMPT_TOKENS = 16
 RSS_SAMPLE_S = 0.01
@@ -245,14 +246,6 @@ def _disk(model: nn.Module, tokenizer: Any, saved_dir: Path | None) -> dict[str,
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _load_average() -> float | None:
-    """1-minute system load average (None where the platform has none)."""
-    try:
-        return round(os.getloadavg()[0], 2)
-    except (AttributeError, OSError):
-        return None
-
-
 def profile(
     model: nn.Module,
     tokenizer: Any,
@@ -327,7 +320,7 @@ def profile(
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         latency: dict[str, dict[str, float]] = {}
-        load_before = _load_average()
+        busy = BusyMeter()
         with _PeakRSS() as rss, torch.inference_mode():
             for batch, length in shapes:
                 inputs = _shape_inputs(model, tokenizer, task, batch, length, device)
@@ -341,13 +334,7 @@ def profile(
                 )
         result["latency"] = latency
         # Timings are only comparable on a quiet machine: record how busy it was.
-        load_after = _load_average()
-        result["load_average"] = {"before": load_before, "after": load_after}
-        result["busy_machine"] = bool(
-            load_before is not None
-            and load_after is not None
-            and max(load_before, load_after) > 1.5 * (os.cpu_count() or 1)
-        )
+        result.update(busy.stop())
         result["peak_rss_bytes"] = rss.peak
         result["peak_rss_delta_bytes"] = rss.peak - rss.start_rss
         if device.type == "cuda":

@@ -12,8 +12,11 @@ A failed run still writes its report, with status ``failed`` and the error.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
 import shutil
+import sys
 import tempfile
 import time
 import traceback
@@ -21,49 +24,33 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+from rich.console import Console
+
+from compress.api import compress
+from compress.arch import describe
+from compress.calibration import CalibrationSpec, run_key_part
+from compress.cli import (
+    add_config_arguments,
+    add_model_arguments,
+    build_context,
+    calibration_spec_from_args,
+    config_from_args,
+    run_main,
+)
 from compress.config import RecipeConfig
 from compress.errors import UserError
+from compress.models import check_model_name, load_model
+from compress.registry import get_recipe
+from compress.saving import save_model
+from eval.benchmark import run_benchmarks
+from eval.pipeline import parse_step, report_label, step_record
+from eval.profiler import profile
+from eval.report import Report, environment
 
 log = logging.getLogger(__name__)
 
 DEFAULT_REPORTS = Path("reports")
-
-
-def parse_step(text: str) -> RecipeConfig:
-    """``"rtn bits=4 group_size=128"`` -> the validated config of recipe ``rtn``."""
-    import json
-
-    from compress.registry import get_recipe
-
-    words = text.split()
-    if not words:
-        raise UserError("empty pipeline step; write it as 'RECIPE key=value ...'")
-    recipe = get_recipe(words[0])
-    values: dict[str, Any] = {}
-    for word in words[1:]:
-        if "=" not in word:
-            raise UserError(f"pipeline step {text!r}: expected key=value, got {word!r}")
-        key, raw = word.split("=", 1)
-        key = key.replace("-", "_")
-        try:
-            values[key] = json.loads(raw)
-        except ValueError:
-            values[key] = raw
-    return recipe.config_cls.from_dict(values)
-
-
-def step_record(config: RecipeConfig) -> dict[str, Any]:
-    defaults = type(config)().to_dict() if _has_all_defaults(type(config)) else {}
-    return {"recipe": config.RECIPE, "config": config.to_dict(), "defaults": defaults}
-
-
-def _has_all_defaults(cls: type[RecipeConfig]) -> bool:
-    import dataclasses
-
-    return all(
-        f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
-        for f in dataclasses.fields(cls)
-    )
 
 
 def run_pipeline(
@@ -88,83 +75,21 @@ def run_pipeline(
     ``calibration`` is the :class:`~compress.calibration.CalibrationSpec` every calibrating
     step reads (default: the suite's N x L); it joins the run key when a step calibrates.
     """
-    import torch
-
-    from compress.calibration import CalibrationSpec, run_key_part
-    from eval.report import Report, environment
-
     calibration = calibration if calibration is not None else CalibrationSpec()
-
     stage = stage or (lambda name: log.info("stage: %s", name))
     if threads is not None:
         torch.set_num_threads(threads)
-    pipeline = [step_record(c) for c in configs]
-    report = Report(model={"name": model_name}, pipeline=pipeline, quick=quick,
-                    calibration=run_key_part(configs, calibration))
+    report = Report(model={"name": model_name}, pipeline=[step_record(c) for c in configs],
+                    quick=quick, calibration=run_key_part(configs, calibration))
     report.environment = environment(threads)
     t_start = time.perf_counter()
-    tmp_save: Path | None = None
-
-    def timed(name: str, fn: Callable[[], Any]) -> Any:
-        stage(name)
-        t0 = time.perf_counter()
-        try:
-            return fn()
-        finally:
-            report.stage_times_s[name] = round(time.perf_counter() - t0, 3)
-
+    tmp_save = None if save_dir is not None else Path(tempfile.mkdtemp(prefix="compress-run-"))
+    out_dir = Path(save_dir) if save_dir is not None else tmp_save / "model"
     try:
-        from compress.api import compress
-        from compress.arch import describe
-        from compress.cli import build_context
-        from compress.models import load_model
-        from compress.saving import save_model
-        from eval.benchmark import run_benchmarks
-        from eval.profiler import profile
-
-        loaded = timed(
-            "load",
-            lambda: load_model(
-                model_name,
-                task,
-                device_map=device_map,
-                allow_pickle=allow_pickle,
-                trust_remote_code=trust_remote_code,
-            ),
-        )
-        report.model.update({"source": loaded.source, "path": loaded.path, "task": loaded.task})
-        try:
-            report.model["arch"] = describe(loaded.model)
-        except UserError as exc:
-            report.model["arch"] = {"error": str(exc)}
-        context = build_context(loaded, calibration)
-        model = loaded.model
-        for i, config in enumerate(configs):
-            model = timed(
-                f"compress:{i}:{config.RECIPE}", lambda m=model, c=config: compress(m, c, context)
-            )
-        report.info = _jsonable(context.info)
-        if save_dir is not None:
-            out_dir = Path(save_dir)
-        else:
-            tmp_save = Path(tempfile.mkdtemp(prefix="compress-run-"))
-            out_dir = tmp_save / "model"
-        timed("save", lambda: save_model(model, loaded.tokenizer, out_dir))
-        metrics = timed(
-            "benchmark", lambda: run_benchmarks(model, loaded.tokenizer, loaded.task, quick=quick)
-        )
-        report.metrics = [_metric_dict(m) for m in metrics]
-        report.profile = timed(
-            "profile",
-            lambda: profile(
-                model,
-                loaded.tokenizer,
-                loaded.task,
-                threads=threads,
-                quick=quick,
-                saved_dir=out_dir,
-            ),
-        )
+        _run_stages(report, configs, out_dir, stage, model_name, task=task, threads=threads,
+                    quick=quick, calibration=calibration,
+                    load_kwargs={"device_map": device_map, "allow_pickle": allow_pickle,
+                                 "trust_remote_code": trust_remote_code})
         report.status = "ok"
     except UserError as exc:
         report.status, report.error = "failed", str(exc)
@@ -181,9 +106,55 @@ def run_pipeline(
     return path, report.to_dict()
 
 
-def _metric_dict(metric: Any) -> dict[str, Any]:
-    import dataclasses
+def _run_stages(
+    report: Report,
+    configs: list[RecipeConfig],
+    out_dir: Path,
+    stage: Callable[[str], None],
+    model_name: str,
+    *,
+    task: str | None,
+    threads: int | None,
+    quick: bool,
+    calibration: CalibrationSpec,
+    load_kwargs: dict[str, Any],
+) -> None:
+    """Load, compress, save, benchmark and profile, filling ``report`` stage by stage."""
 
+    def timed(name: str, fn: Callable[[], Any]) -> Any:
+        stage(name)
+        t0 = time.perf_counter()
+        try:
+            return fn()
+        finally:
+            report.stage_times_s[name] = round(time.perf_counter() - t0, 3)
+
+    loaded = timed("load", lambda: load_model(model_name, task, **load_kwargs))
+    report.model.update({"source": loaded.source, "path": loaded.path, "task": loaded.task})
+    try:
+        report.model["arch"] = describe(loaded.model)
+    except UserError as exc:
+        report.model["arch"] = {"error": str(exc)}
+    context = build_context(loaded, calibration)
+    model = loaded.model
+    for i, config in enumerate(configs):
+        model = timed(
+            f"compress:{i}:{config.RECIPE}", lambda m=model, c=config: compress(m, c, context)
+        )
+    report.info = _jsonable(context.info)
+    timed("save", lambda: save_model(model, loaded.tokenizer, out_dir))
+    metrics = timed(
+        "benchmark", lambda: run_benchmarks(model, loaded.tokenizer, loaded.task, quick=quick)
+    )
+    report.metrics = [_metric_dict(m) for m in metrics]
+    report.profile = timed(
+        "profile",
+        lambda: profile(model, loaded.tokenizer, loaded.task, threads=threads, quick=quick,
+                        saved_dir=out_dir),
+    )
+
+
+def _metric_dict(metric: Any) -> dict[str, Any]:
     data = dataclasses.asdict(metric) if dataclasses.is_dataclass(metric) else dict(metric)
     data["value"] = float(data["value"])
     return _jsonable(data)
@@ -191,8 +162,6 @@ def _metric_dict(metric: Any) -> dict[str, Any]:
 
 def _jsonable(obj: Any) -> Any:
     """Convert tensors / numpy scalars / paths to JSON-ready values."""
-    import json
-
     try:
         json.dumps(obj)
         return obj
@@ -213,9 +182,6 @@ def _jsonable(obj: Any) -> Any:
 
 
 def build_parser(recipe_name: str | None) -> argparse.ArgumentParser:
-    from compress.cli import add_config_arguments, add_model_arguments
-    from compress.registry import get_recipe
-
     parser = argparse.ArgumentParser(
         prog="python -m eval.run",
         description="Load a model, apply a recipe (or a pipeline), run the shared benchmark "
@@ -256,9 +222,6 @@ def build_parser(recipe_name: str | None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from compress.cli import calibration_spec_from_args, config_from_args
-    from compress.registry import get_recipe
-
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--recipe", default="identity")
     known, _ = pre.parse_known_args(argv)
@@ -267,12 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads is not None and args.threads < 1:
         raise UserError("--threads must be at least 1")
     configs = [config_from_args(recipe.config_cls, args)] + [parse_step(s) for s in args.then]
-    from compress.models import check_model_name
-
     check_model_name(args.model)
-
-    from rich.console import Console
-
     console = Console(stderr=True)
     with console.status(f"{args.model}: starting") as status:
         path, report = run_pipeline(
@@ -297,13 +255,5 @@ def main(argv: list[str] | None = None) -> int:
     return 1
 
 
-def report_label(configs: list[RecipeConfig]) -> str:
-    return "+".join(c.RECIPE for c in configs)
-
-
 if __name__ == "__main__":
-    import sys
-
-    from compress.cli import run_main
-
     sys.exit(run_main(main))

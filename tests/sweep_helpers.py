@@ -18,6 +18,7 @@ import torch.nn as nn
 from compress.config import RecipeConfig, option
 from compress.context import Context
 from compress.registry import register_recipe
+from compress.traits import Traits, config_memory
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,8 @@ class ProbeConfig(RecipeConfig):
     log: str = option("", "file to append 'level' to when the recipe runs")
 
 
-@register_recipe("sweep-probe-test", ProbeConfig)
+@register_recipe("sweep-probe-test", ProbeConfig, family="test", knobs=(), traits=Traits(),
+                 formats=(), memory=config_memory)
 def sweep_probe(model: nn.Module, config: ProbeConfig, context: Context) -> nn.Module:
     """Test-only recipe: logs each call, sleeps, may fail on purpose."""
     if config.log:

@@ -15,8 +15,6 @@ from compress.errors import UserError
 from compress.tiny import tiny_model
 from eval.analyze import (
     Moments,
-    _slice_stats,
-    _Workspace,
     analyze_folder,
     cumulative_fraction,
     linear_histogram,
@@ -24,6 +22,7 @@ from eval.analyze import (
     validate_thresholds,
     write_outputs,
 )
+from eval.analyze.stats import _slice_stats, _Workspace
 
 THRESHOLDS = (1e-3, 1e-2, 0.1, 1.0)
 

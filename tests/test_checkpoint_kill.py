@@ -72,7 +72,7 @@ CHILD = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     import safetensors.torch as st
     import compress.fileio as fileio
-    import compress.distill.trainer as tr
+    import compress.checkpoint as tr
     from test_checkpoint_kill import run_distill
 
     def slow_write(data, path):
@@ -82,11 +82,11 @@ CHILD = textwrap.dedent("""
                 fh.write(data[i:i + step]); fh.flush(); time.sleep(0.02)
 
     st.save_file = lambda tensors, path, metadata=None: slow_write(st.save(tensors, metadata), path)
-    real_weights = tr._save_weights
+    real_weights = tr.save_weights
     def slow_weights(model, path):
         real_weights(model, path)
         slow_write(Path(path).read_bytes(), path)
-    tr._save_weights = slow_weights
+    tr.save_weights = slow_weights
 
     real_save = tr.save_checkpoint
     def save(folder, model, opt, rng, state):

@@ -152,11 +152,15 @@ def test_arch_describe_heads_and_gqa():
     assert len(list(iter_blocks(cls))) == 2
 
 
-def test_unknown_family_is_a_clear_error():
-    from transformers import GPTNeoXConfig
+def test_model_without_transformer_blocks_is_a_clear_error():
+    """A state-space model has no attention blocks: one line that says so."""
+    from transformers import MambaConfig, MambaForCausalLM
 
-    with pytest.raises(UserError, match="not in the architecture table.*supported: bart, bert"):
-        arch_for(GPTNeoXConfig())
+    model = MambaForCausalLM(MambaConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2,
+                                         state_size=4, expand=2, conv_kernel=2))
+    with pytest.raises(UserError, match="no list of repeated transformer blocks") as err:
+        arch_for(model)
+    assert "\n" not in str(err.value)
 
 
 def test_recipe_cli_help_and_errors(tmp_path):

@@ -40,13 +40,14 @@ def _close(after, before, rel):
     return float((after - before).abs().max()) <= rel * float(before.abs().max()) + 1e-5
 
 
-def _round_trip(model, tok, inputs, tmp_path, fmt=None, inference_mode=True, **load_kwargs):
+def _round_trip(model, tok, inputs, tmp_path, fmt=None, inference_mode=True, atol=1e-6,
+                **load_kwargs):
     expected = _out(model, inputs, inference_mode)
     save_model(model, tok, tmp_path / "m")
     if fmt:
         assert fmt in (tmp_path / "m" / FORMAT_FILE).read_text()
     reloaded = load_compressed(tmp_path / "m", **load_kwargs)
-    torch.testing.assert_close(_out(reloaded, inputs, inference_mode), expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(_out(reloaded, inputs, inference_mode), expected, rtol=0, atol=atol)
     return reloaded
 
 
@@ -181,8 +182,12 @@ def test_bitsandbytes_formats_run_and_round_trip(recipe, kw, rel, family, tmp_pa
     info = ctx.info["quant"]
     assert info["device"] == "cpu" and info["runs_faster_here"] is False
     assert parameter_counts(out)["total"] == dense["total"]
-    # from_pretrained puts a bitsandbytes model on the GPU when there is one; ask for the CPU
-    _round_trip(out, tok, inputs, tmp_path, device_map="cpu")
+    # from_pretrained puts a bitsandbytes model on the GPU when there is one; ask for the CPU.
+    # On CPUs with AVX-512 BF16 bitsandbytes repacks 4-bit weights with bf16 scales when it
+    # first runs them, in memory and again after a reload: equal to ~1e-3 of the logits.
+    scale = float(before.abs().max())
+    _round_trip(out, tok, inputs, tmp_path, device_map="cpu",
+                atol=1e-6 if recipe == "bnb-int8" else 1e-3 * scale)
 
 
 @pytest.mark.parametrize("recipe,bits", [("bnb-4bit", 2), ("bnb-4bit", 3), ("bnb-int8", 4)])
@@ -239,7 +244,9 @@ def test_qlora_nf4_merge_stays_4bit_and_round_trips(tmp_path):
     out = compress(model, make_config("qlora", steps=2, seq_len=16), ctx)
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in out.modules())
     assert not any("lora" in n for n, _ in out.named_parameters())
-    _round_trip(out, tok, inputs, tmp_path, device_map="cpu")  # not the GPU, where there is one
+    # not the GPU, where there is one; bf16 scales after bitsandbytes' AVX-512 repacking
+    scale = float(_out(out, inputs).abs().max())
+    _round_trip(out, tok, inputs, tmp_path, device_map="cpu", atol=1e-3 * scale)
 
 
 @pytest.mark.parametrize("name", ["rtn", "gptq", "bnb-int8", "bnb-4bit", "dynamic-int8",

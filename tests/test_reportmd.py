@@ -11,7 +11,8 @@ from sweep_helpers import fake_report, write_reports
 
 from compress.errors import UserError
 from eval.plots import pareto_front, sparsity_point
-from eval.reportmd import SECTIONS, generate, main
+from eval.report.common import SECTIONS
+from eval.report.generate import generate, main
 
 
 def test_pareto_front_known_points():
@@ -251,7 +252,8 @@ def test_report_without_analysis_or_reports(tmp_path):
 
 
 def test_protocol_text_stays_on_one_table_line():
-    from eval.reportmd import _data_sources, _protocol_text
+    from eval.report.common import data_sources as _data_sources
+    from eval.report.common import protocol_text as _protocol_text
 
     protocol = {
         "corpus": "wiki",
@@ -275,7 +277,8 @@ def test_protocol_text_stays_on_one_table_line():
 
 
 def test_method_bench_table_reads_the_bench_json(tmp_path):
-    from eval.reportmd import Writer, _section_method_bench
+    from eval.report.common import Writer
+    from eval.report.methods import section_method_bench
 
     (tmp_path / "bench").mkdir()
     proto = {"corpus": "wiki", "split": "test", "seq_len": 512}
@@ -292,7 +295,7 @@ def test_method_bench_table_reads_the_bench_json(tmp_path):
                "awq3-g128": {"status": "failed", "recipe": "awq"}}}
     (tmp_path / "bench" / "method_quality_m.json").write_text(json.dumps(doc))
     w = Writer()
-    _section_method_bench(w, tmp_path)
+    section_method_bench(w, tmp_path)
     text = w.text()
     assert "same 64 x 256 calibration tokens (16384 tokens of wiki+news, sha256 abc)" in text
     assert "| gptq4-g128 | gptq | 24 | 1.200x | 4.16 |  |" in text

@@ -54,9 +54,9 @@ __all__ = [
 
 def _meta_model(config: Any) -> nn.Module:
     """A weightless model of ``config`` (on the meta device) to read its structure."""
-    from compress.models import skeleton_class
+    from compress.models import model_class
 
-    cls = skeleton_class(config)
+    cls = model_class(config)
     with torch.device("meta"):
         try:
             return cls._from_config(config)

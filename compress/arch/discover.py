@@ -40,14 +40,9 @@ from transformers.models.auto import modeling_auto
 
 from compress.arch import probe
 from compress.arch.confignames import read_hidden, stack_names
-from compress.arch.roles import (
-    BlockContext,
-    find_hints,
-    find_layout,
-    in_out,
-    is_linear,
-)
+from compress.arch.roles import BlockContext, find_hints, find_layout
 from compress.arch.spec import ArchSpec, AttnLayout, BlockLayout, StackSpec
+from compress.arch.util import in_out, is_linear
 from compress.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -281,6 +276,8 @@ def _discover(model: nn.Module) -> ArchSpec:
                                 calls_per_block=max(calls, 1), hidden=hidden))
     emb, head, tied = _embeddings(model, [s.path for s in stacks])
     all_layouts = list(layouts.values())
+    if not any(lay.attn for lay in all_layouts):
+        raise UserError(_no_blocks_message(model, "none of its blocks has attention"))
     act = next((lay.ffn.act_name for lay in all_layouts if lay.ffn and lay.ffn.act_name), None)
     spec = ArchSpec(
         family=family, kind=kind, stacks=tuple(stacks), layouts=layouts, embeddings=emb,
@@ -321,14 +318,15 @@ def _embeddings(model: nn.Module, stack_paths: list[str]) -> tuple[tuple[str, ..
     return emb, head, tied
 
 
-def _no_blocks_message(model: nn.Module) -> str:
+def _no_blocks_message(model: nn.Module, why: str = "") -> str:
     kinds = {type(m).__name__ for m in model.modules()}
     recurrent = [k for k in kinds if any(s in k.lower() for s in ("mamba", "rwkv", "ssm",
-                                                                   "recurrent", "lstm"))]
+                                                                   "recurrent", "lstm", "mixer"))]
     what = f" (it has {', '.join(sorted(recurrent)[:3])}: recurrent/state-space layers)" \
         if recurrent else ""
-    return (f"{type(model).__name__}: found no list of repeated transformer blocks with linear "
-            f"layers{what}; this suite compresses transformer blocks (attention + FFN)")
+    why = f" ({why})" if why else ""
+    return (f"{type(model).__name__}: found no list of repeated transformer blocks with "
+            f"attention{why}{what}; this suite compresses transformer blocks (attention + FFN)")
 
 
 # --- fused qkv row order -------------------------------------------------------------------

@@ -28,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from compress.arch.spec import ExpertsLayout
+from compress.arch.util import ATTN_RE, is_linear
 
 IMPLEMENTATION = "compress_proxies"
 
@@ -148,3 +149,69 @@ def routed_through_proxies(model: nn.Module) -> Iterator[bool]:
     finally:
         for k, c in configs.items():
             c._experts_implementation = saved[k]
+
+
+# --- discovery -------------------------------------------------------------------------
+
+
+def expert_containers(block: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Modules holding several experts: a 3-D parameter, or a list/dict of identical FFNs."""
+    found = []
+    for rel, m in block.named_modules():
+        if not rel or isinstance(m, nn.modules.conv._ConvNd):
+            continue
+        own = [p for p in m.parameters(recurse=False) if p.dim() == 3]
+        if own and own[0].shape[0] > 1 and all(p.shape[0] == own[0].shape[0] for p in own):
+            found.append((rel, m))
+        elif isinstance(m, (nn.ModuleList, nn.ModuleDict)) and len(m) > 1:
+            kids = list(m.values() if isinstance(m, nn.ModuleDict) else m)
+            if len({type(k) for k in kids}) == 1 and all(
+                sum(1 for x in k.modules() if is_linear(x)) >= 2 for k in kids
+            ) and not any(ATTN_RE.search(type(k).__name__) for k in kids):
+                found.append((rel, m))
+    # outermost only
+    return [(r, m) for r, m in found if not any(r.startswith(o + ".") for o, _ in found if o != r)]
+
+
+def fused_expert_layout(rel: str, m: nn.Module, router: str | None, moe_path: str,
+                         hidden: int) -> ExpertsLayout | None:
+    params = {n: p for n, p in m.named_parameters(recurse=False) if p.dim() == 3}
+    if not params:
+        return None
+    n_exp = next(iter(params.values())).shape[0]
+    transposed = bool(getattr(m, "is_transposed", False))
+    declared = getattr(type(m), "EXPERT_PARAMS", None)
+    names: dict[str, str] = {}
+    if isinstance(declared, dict):
+        names = {part: n for part, n in declared.items() if n in params}
+    else:
+        for n in params:
+            low = n.lower()
+            if "down" in low or low in ("w2", "wo"):
+                names["down"] = n
+            elif "gate_up" in low or ("gate" in low and "up" in low):
+                names["gate_up"] = n
+            elif "up" in low or low in ("w1", "wi", "w13"):
+                names["up"] = n
+        if "down" not in names:
+            # the projection whose output width is the hidden size
+            for n, p in params.items():
+                out = p.shape[2] if transposed else p.shape[1]
+                if out == hidden and n not in names.values():
+                    names["down"] = n
+        rest = [n for n in params if n not in names.values()]
+        if "gate_up" not in names and "up" not in names and len(rest) == 1:
+            names["up"] = rest[0]
+    if "down" not in names or not {"gate_up", "up"} & set(names):
+        return None
+    down = params[names["down"]]
+    ff = int(down.shape[1] if transposed else down.shape[2])
+    gated = "gate" in names or bool(getattr(m, "has_gate", "gate_up" in names))
+    if gated and "up" in names and "gate_up" not in names and "gate" not in names:
+        names["gate_up"] = names.pop("up")
+    order = None
+    if "gate_up" in names:
+        order = "gate_first" if getattr(m, "is_concatenated", True) else "interleaved"
+    return ExpertsLayout(kind="fused", path=rel, n_experts=int(n_exp), intermediate=ff,
+                         router=router, params=names, transposed=transposed, gated=gated,
+                         gate_up_order=order, moe_path=moe_path)

@@ -29,6 +29,7 @@ import torch.nn as nn
 
 from compress.errors import UserError
 from compress.fileio import atomic_write_json
+from compress.models import model_class
 from compress.moe.convert import find_sites, install_empty, moe_modules
 from compress.saving import Format, register_format
 
@@ -74,17 +75,6 @@ def save_moe(model: nn.Module, folder: Path) -> None:
     save_model(model, str(folder / WEIGHTS_FILE))
 
 
-def _model_class(name: str, config) -> type:
-    import transformers as tf
-
-    cls = getattr(tf, name, None)
-    if isinstance(cls, type) and issubclass(cls, tf.PreTrainedModel):
-        return cls
-    from compress.models import skeleton_class
-
-    return skeleton_class(config)
-
-
 def load_moe(folder: Path) -> nn.Module:
     """Rebuild a MoEfied model saved by :func:`save_moe` (outputs identical)."""
     import transformers as tf
@@ -100,7 +90,7 @@ def load_moe(folder: Path) -> nn.Module:
                         f"(this suite reads version {FORMAT_VERSION})")
     config = tf.AutoConfig.from_pretrained(folder)
     dtype = getattr(torch, meta.get("dtype", "float32"))
-    cls = _model_class(meta["model_class"], config)
+    cls = model_class(config, meta["model_class"])
     old = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:

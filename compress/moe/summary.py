@@ -97,6 +97,18 @@ def render(reports: list[dict[str, Any]]) -> str:
         "held-out FFN rel. error |",
         "|---|---|---:|---:|---|---|---:|---:|---:|---:|",
     ]
+    lines += _quality_rows(runs, dense_by_model)
+    lines += _latency_rows(runs, dense_by_model)
+    lines += _layer_rows(runs)
+    files = [r["_file"] for r in runs] + sorted({d["_file"] for d in dense_by_model.values()})
+    lines += ["## Source reports", ""] + [f"- `{f}`" for f in files]
+    return "\n".join(lines) + "\n"
+
+
+
+
+def _quality_rows(runs: list[dict[str, Any]], dense_by_model: dict[str, dict[str, Any]]) -> list[str]:
+    lines: list[str] = []
     for r in runs:
         cfg = r["pipeline"][0]["config"]
         info = r.get("info", {}).get("moe", {})
@@ -115,6 +127,11 @@ def render(reports: list[dict[str, Any]]) -> str:
             f"{_fmt(fl.get('moe'))} / {_fmt(fl.get('dense'))} ({_fmt(fl.get('moe_over_dense'))}) | "
             f"{rel_txt if rel else '-'} |"
         )
+    return lines
+
+
+def _latency_rows(runs: list[dict[str, Any]], dense_by_model: dict[str, dict[str, Any]]) -> list[str]:
+    lines: list[str] = []
     lines += [
         "",
         "## Latency at batch 1 x 128 tokens (ms, median)",
@@ -141,6 +158,11 @@ def render(reports: list[dict[str, Any]]) -> str:
             f"{_fmt(model.get('speedup'))} | {_fmt(_latency(r))} | "
             f"{_fmt(_latency(dense))} ({dense_threads if dense else '-'}) |"
         )
+    return lines
+
+
+def _layer_rows(runs: list[dict[str, Any]]) -> list[str]:
+    lines: list[str] = []
     lines += ["", "## Per-layer activation sparsity and routing", ""]
     for r in runs:
         info = r.get("info", {}).get("moe", {})
@@ -162,9 +184,7 @@ def render(reports: list[dict[str, Any]]) -> str:
                 f"{_fmt(sc.get('rel_error'))} | {kl} |"
             )
         lines.append("")
-    files = [r["_file"] for r in runs] + sorted({d["_file"] for d in dense_by_model.values()})
-    lines += ["## Source reports", ""] + [f"- `{f}`" for f in files]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,12 +22,11 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from compress.arch import Block, arch_for, find_module_list
+from compress.arch import Block
 from compress.calibration import CalibBatch
 from compress.sequential import all_linears, collect_model_inputs, run_sequential, stacks_of
 
-__all__ = ["CalibBatch", "collect_input_sumsq", "sequential_blocks", "stacks_of", "stack_blocks",
-           "SumSq"]
+__all__ = ["CalibBatch", "collect_input_sumsq", "sequential_blocks", "stacks_of", "SumSq"]
 
 
 class SumSq:
@@ -88,11 +87,3 @@ def sequential_blocks(
     run_sequential(model, batches, visit, progress=done.append)
     for _ in done:
         yield None
-
-
-def stack_blocks(model: nn.Module, role: str) -> list[nn.Module]:
-    spec = arch_for(model)
-    for stack in spec.stacks:
-        if stack.role == role:
-            return list(find_module_list(model, stack.layers)[1])
-    return []

@@ -98,21 +98,6 @@ def prune_rows_(target: Target, score: ScoreFn, sparsity: float) -> int:
 # --- N:M --------------------------------------------------------------------------
 
 
-def parse_nm(pattern: str) -> tuple[int, int] | None:
-    """``"2:4"`` -> ``(2, 4)``; ``"unstructured"`` -> ``None``; bad text -> UserError."""
-    if pattern == "unstructured":
-        return None
-    try:
-        n, m = (int(p) for p in pattern.split(":"))
-    except ValueError:
-        raise UserError(
-            f"pattern {pattern!r} is not 'unstructured' or N:M (for example 2:4 or 4:8)"
-        ) from None
-    if not 0 < n < m:
-        raise UserError(f"pattern {pattern!r}: N:M needs 0 < N < M (N weights kept of every M)")
-    return n, m
-
-
 @torch.no_grad()
 def prune_nm_(target: Target, score: ScoreFn, n: int, m: int) -> int:
     """Keep the ``n`` highest scores of every ``m`` consecutive inputs of each row."""

@@ -30,6 +30,7 @@ import torch.nn as nn
 
 from compress.errors import UserError
 from compress.fileio import atomic_write_json
+from compress.models import build_skeleton, task_of
 from compress.saving import Format, register_format
 
 NAME = "sparse-bitmask"
@@ -102,8 +103,6 @@ def applies(model: nn.Module) -> bool:
 def save(model: nn.Module, folder: Path) -> None:
     from safetensors.torch import save_file
 
-    from compress.models import task_of
-
     unique, aliases = _unique_state(model)
     tensors: dict[str, torch.Tensor] = {}
     sparse: dict[str, dict[str, Any]] = {}
@@ -145,17 +144,14 @@ def load(folder: Path) -> nn.Module:
     import transformers as tf
     from safetensors import safe_open
 
-    from compress.models import _auto_class
-
     folder = Path(folder)
     try:
         meta = json.loads((folder / META).read_text())
     except (OSError, ValueError) as exc:
         raise UserError(f"{folder / META} is missing or unreadable ({exc}); re-save the model") from None
     config = tf.AutoConfig.from_pretrained(folder)
-    cls = getattr(tf, meta["class"], None) or _auto_class(meta["task"])
     dtype = getattr(torch, meta.get("dtype", "float32"))
-    model = cls._from_config(config, dtype=dtype) if hasattr(cls, "_from_config") else cls(config)
+    model = build_skeleton(config, meta["class"], meta["task"], dtype=dtype)
     state = model.state_dict()
     filled: set[str] = set()
     with safe_open(str(folder / WEIGHTS), framework="pt") as f:

@@ -419,11 +419,11 @@ def _load(folder: Path) -> nn.Module:
     import transformers as tf
     from safetensors.torch import load_file
 
-    from compress.models import skeleton_class
+    from compress.models import build_skeleton
 
     folder = Path(folder)
     config = tf.AutoConfig.from_pretrained(folder)
-    model = skeleton_class(config)._from_config(config)
+    model = build_skeleton(config)
     recorded = getattr(config, PRUNED_HEADS_ATTR, None) or {}
     units = {u.name: u for u in attention_units(model)}
     for mod_name, n in recorded.items():

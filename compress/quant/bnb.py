@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from compress.arch.roles import is_linear
+from compress.arch.util import is_linear
 from compress.errors import UserError
 
 
@@ -36,8 +36,20 @@ def bnb_layer_types() -> tuple[type, ...]:
 
 
 def requantize(model: nn.Module, quantization_config: Any, targets: set[str]) -> nn.Module:
-    """Reload ``model`` through ``from_pretrained`` with ``quantization_config``."""
+    """Reload ``model`` through ``from_pretrained`` with ``quantization_config``.
+
+    On CPUs with AVX-512 BF16, bitsandbytes repacks 4-bit weights in blocks of its
+    ``blocksize`` (64) input columns and fails on a linear with fewer input features or
+    a width that is not a multiple of it: those linears stay in float (listed in
+    ``_compress_kept_fp32``).
+    """
     device = next(model.parameters()).device
+    asked = set(targets)
+    if getattr(quantization_config, "load_in_4bit", False) and device.type == "cpu":
+        from compress.arch import in_out_features
+
+        modules = dict(model.named_modules())
+        targets = {n for n in targets if in_out_features(modules[n])[0] % 64 == 0}
     skip = sorted(
         name for name, mod in model.named_modules()
         if is_linear(mod) and name not in targets
@@ -60,12 +72,19 @@ def requantize(model: nn.Module, quantization_config: Any, targets: set[str]) ->
             if bars:
                 hf_logging.enable_progress_bar()
     out.eval()
+    for m in out.modules():
+        # bitsandbytes 0.50 repacks 4-bit weights for AVX-512 BF16 CPUs on their first forward
+        # and does not undo it exactly when saving without double quantization (the scales
+        # stay transposed in bf16): the saved model reloads wrong. Keep the portable layout
+        # here; a reloaded model repacks for speed, and is never saved again by us.
+        if hasattr(m, "support_avx512bf16_for_cpu"):
+            m.support_avx512bf16_for_cpu = False
     converted = {n for n, m in out.named_modules() if isinstance(m, bnb_layer_types())}
     extra = sorted(converted - targets)
     if extra:
         raise RuntimeError(f"bitsandbytes converted linears that were not targeted: {extra[:3]}")
     # transformers keeps some modules in fp32 on purpose (T5's FFN output ``wo``).
-    out._compress_kept_fp32 = sorted(targets - converted)
+    out._compress_kept_fp32 = sorted(asked - converted)
     return out
 
 

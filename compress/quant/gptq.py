@@ -84,6 +84,22 @@ def _group_params(W: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch
     return torch.cat(scales, 1), torch.cat(zeros, 1)
 
 
+def _fixed_params(W: torch.Tensor, spec: QuantSpec, static: bool) -> tuple:
+    """Grid parameters fixed from ``W`` before any update (the reference code's
+    ``find_params`` on the whole matrix): (scale, zero) for per-tensor / per-channel
+    grids, (group scales, group zeros) ``[out, n_groups]`` for static groups."""
+    out_f = W.shape[0]
+    if spec.granularity == "tensor":
+        s, z = scale_zero(W.reshape(1, -1), spec)
+        return s.expand(out_f, 1), z.expand(out_f, 1), None, None
+    if spec.granularity == "channel":
+        scale, zero = scale_zero(W, spec)  # (out, 1)
+        return scale, zero, None, None
+    if static:
+        return (None, None, *_group_params(W, spec))
+    return None, None, None, None
+
+
 def gptq_quantize(
     W: torch.Tensor,
     H: torch.Tensor,
@@ -111,18 +127,7 @@ def gptq_quantize(
     static = act_order if static_groups is None else static_groups
     g = spec.group_size
 
-    # fixed parameters for per-tensor / per-channel grids, and static groups, from W
-    # before any update (the reference code's find_params on the whole matrix).
-    group_scale = group_zero = None
-    if spec.granularity == "tensor":
-        s, z = scale_zero(W.reshape(1, -1), spec)
-        scale, zero = s.expand(out_f, 1), z.expand(out_f, 1)
-    elif spec.granularity == "channel":
-        scale, zero = scale_zero(W, spec)  # (out, 1)
-    else:
-        scale = zero = None
-        if static:
-            group_scale, group_zero = _group_params(W, spec)  # (out, n_groups)
+    scale, zero, group_scale, group_zero = _fixed_params(W, spec, static)
 
     perm = None
     if act_order:

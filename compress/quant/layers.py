@@ -126,8 +126,6 @@ class KeepFloatConfig(RecipeConfig):
 
     VERSION = 2  # calibration moved to the context (compress.calibration)
 
-    def calibrates(self) -> bool:
-        return self.outlier_threshold is not None
 
     def kept(self, model: nn.Module, targets: dict[str, nn.Module], context, recipe: str):
         return kept_in_float(model, targets, skip=self.skip,

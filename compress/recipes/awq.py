@@ -31,6 +31,7 @@ from compress.quant.grid import GRANULARITIES, SCHEME_CHOICES, QuantSpec, model_
 from compress.quant.layers import select_targets
 from compress.quant.report import device_of, record
 from compress.registry import register_recipe
+from compress.traits import Knob, Traits, config_memory
 
 
 @dataclass(frozen=True)
@@ -49,14 +50,17 @@ class AWQConfig(RecipeConfig):
                                low=0.0, high=0.99)
     clip: bool = option(True, "run the clipping search after the scale search")
 
-    def calibrates(self) -> bool:
-        return True
 
     def spec(self) -> QuantSpec:
         return QuantSpec(self.bits, self.scheme, self.granularity, self.group_size)
 
 
-@register_recipe("awq", AWQConfig)
+@register_recipe(
+    "awq", AWQConfig, family="quantization",
+    knobs=(Knob("bits", "down", values=(8, 6, 5, 4, 3, 2)),),
+    traits=Traits(calibrates=True),
+    formats=(), memory=config_memory,
+)
 def awq(model: nn.Module, config: AWQConfig, context: Context) -> nn.Module:
     """AWQ weight quantization (activation-aware scales and clipping), simulated in float."""
     spec = config.spec()

@@ -32,6 +32,7 @@ from compress.quant.layers import select_targets
 from compress.quant.report import record
 from compress.registry import register_recipe
 from compress.stats import parameter_counts
+from compress.traits import Traits, config_memory
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -89,7 +90,10 @@ def _finish(model: nn.Module, out: nn.Module, context: Context, method: str, dev
     return out
 
 
-@register_recipe("bnb-int8", BnbInt8Config)
+# int8 / NF4 / FP4 codes all hold an exact 0; bitsandbytes models save with
+# save_pretrained (their quantization_config), no format of the suite's own.
+@register_recipe("bnb-int8", BnbInt8Config, family="quantization", knobs=(),
+                 traits=Traits(runtime_format=True), formats=(), memory=config_memory)
 def bnb_int8(model: nn.Module, config: BnbInt8Config, context: Context) -> nn.Module:
     """LLM.int8 via bitsandbytes: int8 weights, 16-bit outlier columns."""
     from transformers import BitsAndBytesConfig
@@ -105,7 +109,8 @@ def bnb_int8(model: nn.Module, config: BnbInt8Config, context: Context) -> nn.Mo
                    cpu_activations="cast to float16 by bitsandbytes" if device == "cpu" else None)
 
 
-@register_recipe("bnb-4bit", Bnb4bitConfig)
+@register_recipe("bnb-4bit", Bnb4bitConfig, family="quantization", knobs=(),
+                 traits=Traits(runtime_format=True), formats=(), memory=config_memory)
 def bnb_4bit(model: nn.Module, config: Bnb4bitConfig, context: Context) -> nn.Module:
     """4-bit NF4 or FP4 weights via bitsandbytes (blockwise, optional double quantization)."""
     from transformers import BitsAndBytesConfig

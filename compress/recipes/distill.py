@@ -30,10 +30,12 @@ the baseline that shows what distillation itself buys for the same budget.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import logging
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,10 +44,44 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from compress import data
+from compress.api import compress
+from compress.arch import arch_for
+from compress.cache import cache_dir
+from compress.cli import (
+    add_config_arguments,
+    add_model_arguments,
+    build_context,
+    calibration_spec_from_args,
+    config_from_args,
+    run_main,
+)
 from compress.config import RecipeConfig, option
 from compress.context import Context
+from compress.distill import data as distill_data
+from compress.distill import trainer
+from compress.distill.data import Collator, fingerprint, tokenize_rows
+from compress.distill.step import Weights
+from compress.distill.student import (
+    make_student,
+    parse_layer_map,
+    resolve_layer_maps,
+    teacher_layer_counts,
+)
+from compress.distill.teacher import (
+    CachedTeacher,
+    Teacher,
+    check_cache_size,
+    estimate_cache_bytes,
+    weights_fingerprint,
+)
 from compress.errors import UserError
+from compress.fileio import atomic_write_json
+from compress.models import check_model_name, input_device, load_model, task_of
 from compress.registry import register_recipe
+from compress.saving import save_model
+from compress.stats import parameter_counts
+from compress.traits import Traits, config_memory
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +161,6 @@ class DistillConfig(RecipeConfig):
                 raise UserError(
                     f"distill: give either layer_map or {counts[0]}, not both"
                 )
-            from compress.distill.student import parse_layer_map
-
             parse_layer_map(self.layer_map)
         if self.resume and not self.checkpoint_dir:
             raise UserError("distill: resume needs checkpoint_dir (where the first run saved)")
@@ -143,8 +177,6 @@ class DistillConfig(RecipeConfig):
 
 def _task(model: nn.Module, context: Context) -> str:
     """The distillation task: masked-lm for encoders with an MLM head, else the model's task."""
-    from compress.models import task_of
-
     name = type(model).__name__
     if name.endswith("ForMaskedLM"):
         return "masked-lm"
@@ -179,42 +211,33 @@ def _decoder_start(model: nn.Module) -> int | None:
 
 def _rows(config: DistillConfig, context: Context, task: str) -> tuple[list, list, str]:
     """(train rows, held-out rows, where they came from)."""
-    from compress.distill.data import held_out_rows, rows_from_file, split_file_rows
-
     data_task = "causal-lm" if task == "masked-lm" else task
     if config.data_file is not None:
-        rows = rows_from_file(config.data_file, task)
-        train, held = split_file_rows(rows)
+        rows = distill_data.rows_from_file(config.data_file, task)
+        train, held = distill_data.split_file_rows(rows)
         return train, held, f"file:{config.data_file} (last 5% held out)"
     if context.train:
         train, source = list(context.train), "context.train"
     else:
-        from compress import data
-
         train, source = data.train_for(data_task), f"compress.data.train_for({data_task!r})"
-    return train, held_out_rows(data_task), f"{source}; held out: validation split"
+    return train, distill_data.held_out_rows(data_task), f"{source}; held out: validation split"
 
 
 def _fingerprint(*parts: Any) -> str:
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-@register_recipe("distill", DistillConfig)
+@register_recipe(
+    "distill", DistillConfig, family="distillation", knobs=(),
+    traits=Traits(
+        keeps_zeros=False,
+        trains=True,
+        zeros_note="training updates every weight, pruned ones included",
+    ),
+    formats=(), memory=config_memory,
+)
 def distill(model: nn.Module, config: DistillConfig, context: Context) -> nn.Module:
     """Distil the model into a shallower student (DistilBERT-style KD + task + cosine losses)."""
-    from compress.arch import arch_for
-    from compress.distill.data import Collator, fingerprint, tokenize_rows
-    from compress.distill.step import Weights
-    from compress.distill.student import make_student, resolve_layer_maps, teacher_layer_counts
-    from compress.distill.teacher import (
-        CachedTeacher,
-        Teacher,
-        check_cache_size,
-        estimate_cache_bytes,
-        weights_fingerprint,
-    )
-    from compress.distill.trainer import Evaluator, TrainSettings, train
-
     t0 = time.perf_counter()
     device_map = getattr(model, "hf_device_map", None)
     if device_map and len(set(map(str, device_map.values()))) > 1:
@@ -238,6 +261,40 @@ def distill(model: nn.Module, config: DistillConfig, context: Context) -> nn.Mod
             f"the student would keep every block of the teacher ({shown}); ask for fewer"
         )
     student, maps = make_student(model, maps)
+    inputs = _inputs(model, config, context, task)
+    teacher, cache = _teacher(model, config, task, kind, maps, inputs)
+    dtype = next(student.parameters()).dtype
+    if dtype in (torch.float16, torch.bfloat16):
+        student.float()  # AdamW in half precision is unstable; train in fp32, cast back after
+    for p in student.parameters():
+        p.requires_grad_(True)
+    evaluator = trainer.Evaluator(inputs.eval_examples, inputs.collator, task, config.batch_size,
+                                  teacher if task == "embedding" else None,
+                                  input_device(student))
+    result = trainer.train(student, teacher, inputs.examples, evaluator, inputs.collator, task,
+                           kind, maps, _settings(config, inputs.data_fp, maps, task))
+    if dtype != next(student.parameters()).dtype:
+        student.to(dtype)
+    student.eval()
+    info = _info(config, task, counts, maps, inputs, result, time.perf_counter() - t0)
+    if isinstance(teacher, CachedTeacher):
+        info["teacher_cache"] = {"folder": str(cache), "hits": teacher.hits,
+                                 "misses": teacher.misses}
+    context.info["distill"] = info
+    return student
+
+
+@dataclass
+class _Inputs:
+    examples: list[dict[str, Any]]
+    eval_examples: list[dict[str, Any]]
+    collator: Collator
+    data_fp: str
+    source: str
+
+
+def _inputs(model: nn.Module, config: DistillConfig, context: Context, task: str) -> _Inputs:
+    """The tokenized training and held-out examples and the collator that batches them."""
     tokenizer = context.tokenizer
     train_rows, held_rows, data_source = _rows(config, context, task)
     examples = tokenize_rows(train_rows, task, tokenizer, config.seq_len)
@@ -251,31 +308,34 @@ def distill(model: nn.Module, config: DistillConfig, context: Context) -> nn.Mod
         raise UserError(f"{type(model).__name__} has no decoder_start_token_id in its config")
     collator = Collator(task, pad, start, getattr(tokenizer, "mask_token_id", None),
                         getattr(model.config, "vocab_size", None))
-    data_fp = fingerprint(examples)
+    return _Inputs(examples, eval_examples, collator, fingerprint(examples), data_source)
 
-    weights = Weights(config.alpha_kd, config.alpha_task, config.alpha_cos, config.temperature)
-    teacher = None
-    cache_dir = None
-    if not config.hard_labels_only:
-        wanted = maps if config.alpha_cos > 0 else {}
-        if config.cache_teacher:
-            used = min(len(examples), config.steps * config.batch_size * config.grad_accum)
-            n_hidden = sum(len(v) for v in wanted.values())
-            check_cache_size(estimate_cache_bytes(model, task, used, config.seq_len, n_hidden))
-            fp = _fingerprint(weights_fingerprint(model), data_fp, wanted, task, config.seq_len)
-            base = (Path(config.checkpoint_dir) if config.checkpoint_dir else _default_cache())
-            cache_dir = base / "teacher-cache" / fp
-            teacher = CachedTeacher(model, task, kind, wanted, cache_dir)
-        else:
-            teacher = Teacher(model, task, kind, wanted)
-    dtype = next(student.parameters()).dtype
-    if dtype in (torch.float16, torch.bfloat16):
-        student.float()  # AdamW in half precision is unstable; train in fp32, cast back after
-    for p in student.parameters():
-        p.requires_grad_(True)
+
+def _teacher(
+    model: nn.Module, config: DistillConfig, task: str, kind: str,
+    maps: dict[str, list[int]], inputs: _Inputs,
+) -> tuple[Teacher | None, Path | None]:
+    """The teacher's outputs, on the fly or cached on disk (None: hard labels only)."""
+    if config.hard_labels_only:
+        return None, None
+    wanted = maps if config.alpha_cos > 0 else {}
+    if not config.cache_teacher:
+        return Teacher(model, task, kind, wanted), None
+    used = min(len(inputs.examples), config.steps * config.batch_size * config.grad_accum)
+    n_hidden = sum(len(v) for v in wanted.values())
+    check_cache_size(estimate_cache_bytes(model, task, used, config.seq_len, n_hidden))
+    fp = _fingerprint(weights_fingerprint(model), inputs.data_fp, wanted, task, config.seq_len)
+    base = (Path(config.checkpoint_dir) if config.checkpoint_dir else _default_cache())
+    folder = base / "teacher-cache" / fp
+    return CachedTeacher(model, task, kind, wanted, folder), folder
+
+
+def _settings(
+    config: DistillConfig, data_fp: str, maps: dict[str, list[int]], task: str
+) -> trainer.TrainSettings:
     identity = {k: v for k, v in config.to_dict().items() if k not in RESUME_FREE}
     identity |= {"data": data_fp, "maps": maps, "task": task}
-    settings = TrainSettings(
+    return trainer.TrainSettings(
         steps=config.steps,
         batch_size=config.batch_size,
         grad_accum=config.grad_accum,
@@ -286,22 +346,21 @@ def distill(model: nn.Module, config: DistillConfig, context: Context) -> nn.Mod
         eval_every=config.eval_every,
         max_minutes=config.max_minutes,
         seed=config.seed,
-        weights=weights,
+        weights=Weights(config.alpha_kd, config.alpha_task, config.alpha_cos,
+                        config.temperature),
         checkpoint_dir=Path(config.checkpoint_dir) if config.checkpoint_dir else None,
         resume=config.resume,
         keep_best=config.keep_best,
         identity=json.loads(json.dumps(identity)),
     )
-    from compress.models import input_device
 
-    device = input_device(student)
-    evaluator = Evaluator(eval_examples, collator, task, config.batch_size,
-                          teacher if task == "embedding" else None, device)
-    result = train(student, teacher, examples, evaluator, collator, task, kind, maps, settings)
-    if dtype != next(student.parameters()).dtype:
-        student.to(dtype)
-    student.eval()
-    info = {
+
+def _info(
+    config: DistillConfig, task: str, counts: dict[str, int], maps: dict[str, list[int]],
+    inputs: _Inputs, result: trainer.TrainResult, seconds: float,
+) -> dict[str, Any]:
+    """What the report records of the run (``info.distill``)."""
+    return {
         "task": task,
         "teacher_blocks": counts,
         "student_blocks": {r: len(m) for r, m in maps.items()},
@@ -311,16 +370,16 @@ def distill(model: nn.Module, config: DistillConfig, context: Context) -> nn.Mod
                          "task": config.alpha_task,
                          "cos": 0.0 if config.hard_labels_only else config.alpha_cos,
                          "temperature": config.temperature},
-        "data": {"train": data_source, "train_examples": len(examples),
-                 "eval_examples": len(eval_examples), "seq_len": config.seq_len,
+        "data": {"train": inputs.source, "train_examples": len(inputs.examples),
+                 "eval_examples": len(inputs.eval_examples), "seq_len": config.seq_len,
                  "epochs": round(result.steps_done * config.batch_size * config.grad_accum
-                                 / max(len(examples), 1), 3)},
+                                 / max(len(inputs.examples), 1), 3)},
         "steps_done": result.steps_done,
         "steps_planned": config.steps,
         "stopped_by": result.stopped_by,
         "train_seconds": result.seconds,
         "train_cpu_seconds": result.cpu_seconds,
-        "recipe_seconds": round(time.perf_counter() - t0, 2),
+        "recipe_seconds": round(seconds, 2),
         "train_tokens": result.tokens,
         "returned": result.returned,
         "best_step": result.best_step,
@@ -332,16 +391,9 @@ def distill(model: nn.Module, config: DistillConfig, context: Context) -> nn.Mod
         "eval_selection": "lowest held-out task cross-entropy" if task != "embedding"
         else "lowest held-out pooled-embedding MSE to the teacher",
     }
-    if isinstance(teacher, CachedTeacher):
-        info["teacher_cache"] = {"folder": str(cache_dir), "hits": teacher.hits,
-                                 "misses": teacher.misses}
-    context.info["distill"] = info
-    return student
 
 
 def _default_cache() -> Path:
-    from compress.zoo import cache_dir
-
     return cache_dir() / "distill"
 
 
@@ -350,21 +402,6 @@ def _default_cache() -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m compress.recipes.distill --teacher M --out DIR [flags]``."""
-    import argparse
-
-    from compress.api import compress
-    from compress.cli import (
-        add_config_arguments,
-        add_model_arguments,
-        build_context,
-        calibration_spec_from_args,
-        config_from_args,
-    )
-    from compress.fileio import atomic_write_json
-    from compress.models import check_model_name, load_model
-    from compress.saving import save_model
-    from compress.stats import parameter_counts
-
     parser = argparse.ArgumentParser(
         prog="python -m compress.recipes.distill",
         description="Distil a teacher into a student with fewer blocks (DistilBERT-style: "
@@ -406,9 +443,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    import sys
-
-    from compress.cli import run_main
     from compress.recipes import distill as registered  # the module the registry knows
 
     sys.exit(run_main(registered.main))

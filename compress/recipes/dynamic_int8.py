@@ -31,6 +31,7 @@ from compress.quant.modules import conv1d_to_linear
 from compress.quant.report import device_of, record
 from compress.registry import register_recipe
 from compress.stats import parameter_counts
+from compress.traits import Traits, config_memory
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,12 @@ class DynamicInt8Config(KeepFloatConfig):
     include_head: bool = option(False, "also quantize the LM head (an nn.Linear)")
 
 
-@register_recipe("dynamic-int8", DynamicInt8Config)
+# symmetric int8 codes hold an exact 0
+@register_recipe(
+    "dynamic-int8", DynamicInt8Config, family="quantization", knobs=(),
+    traits=Traits(runtime_format=True, calibrates=lambda c: c.outlier_threshold is not None),
+    formats=(dynamic.FORMAT.name,), memory=config_memory,
+)
 def dynamic_int8(model: nn.Module, config: DynamicInt8Config, context: Context) -> nn.Module:
     """torch.ao dynamic int8: int8 weights, int8 activations quantized at run time (CPU)."""
     device = device_of(model)

@@ -33,6 +33,7 @@ from compress.quant.grid import GRANULARITIES, SCHEME_CHOICES, QuantSpec, model_
 from compress.quant.layers import select_targets
 from compress.quant.report import device_of, record
 from compress.registry import register_recipe
+from compress.traits import Knob, Traits, config_memory
 
 
 @dataclass(frozen=True)
@@ -55,14 +56,22 @@ class GPTQConfig(RecipeConfig):
     true_sequential: bool = option(True, "within a block, collect each group of linears' inputs "
                                    "after the groups before it were quantized")
 
-    def calibrates(self) -> bool:
-        return True
 
     def spec(self) -> QuantSpec:
         return QuantSpec(self.bits, self.scheme, self.granularity, self.group_size)
 
 
-@register_recipe("gptq", GPTQConfig)
+@register_recipe(
+    "gptq", GPTQConfig, family="quantization",
+    knobs=(Knob("bits", "down", values=(8, 6, 5, 4, 3, 2)),),
+    traits=Traits(
+        calibrates=True,
+        keeps_zeros=False,
+        zeros_note="GPTQ's error compensation updates every remaining weight, pruned ones "
+        "included",
+    ),
+    formats=(), memory=config_memory,
+)
 def gptq(model: nn.Module, config: GPTQConfig, context: Context) -> nn.Module:
     """GPTQ weight quantization at 2-8 bits with second-order error compensation."""
     spec = config.spec()

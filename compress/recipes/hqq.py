@@ -36,6 +36,7 @@ from compress.quant.hqq import hqq_quantize
 from compress.quant.layers import select_targets
 from compress.quant.report import device_of, record
 from compress.registry import register_recipe
+from compress.traits import Knob, Traits, config_memory
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,13 @@ class HQQConfig(RecipeConfig):
         return QuantSpec(self.bits, "asym", self.granularity, self.group_size, zero_point="float")
 
 
-@register_recipe("hqq", HQQConfig)
+@register_recipe(
+    "hqq", HQQConfig, family="quantization",
+    knobs=(Knob("bits", "down", values=(8, 6, 5, 4, 3, 2)),),
+    traits=Traits(keeps_zeros=False,
+                  zeros_note="HQQ's float zero point puts no grid level exactly at 0"),
+    formats=(), memory=config_memory,
+)
 def hqq(model: nn.Module, config: HQQConfig, context: Context) -> nn.Module:
     """HQQ weight quantization (calibration-free zero-point optimisation), simulated in float."""
     spec = config.spec()

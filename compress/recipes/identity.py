@@ -12,6 +12,7 @@ import torch.nn as nn
 from compress.config import RecipeConfig
 from compress.context import Context
 from compress.registry import register_recipe
+from compress.traits import Traits, config_memory
 
 
 @dataclass(frozen=True)
@@ -19,7 +20,8 @@ class IdentityConfig(RecipeConfig):
     """No compression: the dense baseline."""
 
 
-@register_recipe("identity", IdentityConfig)
+@register_recipe("identity", IdentityConfig, family="baseline", knobs=(), traits=Traits(),
+                 formats=(), memory=config_memory)
 def identity(model: nn.Module, config: IdentityConfig, context: Context) -> nn.Module:
     """The unchanged model: the dense baseline of every comparison."""
     return model

@@ -21,9 +21,11 @@ from compress.config import option
 from compress.context import Context
 from compress.pruning.config import UnstructuredConfig
 from compress.pruning.recovery import run_with_recovery
+from compress.pruning.sparse_format import NAME as SPARSE_FORMAT
 from compress.pruning.targets import select_targets
 from compress.pruning.unstructured import magnitude_step, plan, record_sparsity
 from compress.registry import register_recipe
+from compress.traits import Knob, Traits, config_memory, nm_divides, pattern_sparsity
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,12 @@ class MagnitudeConfig(UnstructuredConfig):
                         choices=("row", "layer", "global"))
 
 
-@register_recipe("magnitude", MagnitudeConfig)
+@register_recipe(
+    "magnitude", MagnitudeConfig, family="pruning",
+    knobs=(Knob("sparsity", "up", 0.01, 0.99, 0.01, fixed_by=("pattern",)),),
+    traits=Traits(sparsity=pattern_sparsity, divides=nm_divides),
+    formats=(SPARSE_FORMAT,), memory=config_memory,
+)
 def magnitude(model: nn.Module, config: MagnitudeConfig, context: Context) -> nn.Module:
     """Set the smallest-magnitude weights of the targeted matrices to zero."""
     plan(model, config)  # validate targets before any work

@@ -47,6 +47,7 @@ from compress.context import Context
 from compress.errors import UserError
 from compress.moe import calib
 from compress.moe.convert import DenseFFN, Site, build_moe, find_sites, install, use
+from compress.moe.format import FORMAT_NAME as MOE_FORMAT
 from compress.moe.layer import ROUTINGS, MoEFFN
 from compress.moe.measure import activation_sparsity, finetune_experts, time_alternating
 from compress.moe.partition import check_partition, partition_by_coactivation, partition_by_weights
@@ -58,6 +59,7 @@ from compress.moe.routers import (
     train_mlp_router,
 )
 from compress.registry import register_recipe
+from compress.traits import Traits, config_memory
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +111,6 @@ class MoefyConfig(RecipeConfig):
 
     VERSION = 2  # calibration moved to the context (compress.calibration); seq_len removed
 
-    def calibrates(self) -> bool:
-        return _needs_data(self) or self.timing_rounds > 0
 
     def validate(self) -> None:
         if self.routing == "threshold" and self.router == "similarity":
@@ -123,6 +123,12 @@ class MoefyConfig(RecipeConfig):
 
 def _needs_data(config: MoefyConfig) -> bool:
     return config.partition == "coactivation" or config.router != "similarity"
+
+
+def _experts_divide(config: MoefyConfig) -> list[tuple[str, int, tuple[str, ...]]]:
+    """The FFN width must split into ``num_experts`` equal experts (pipeline checks)."""
+    experts = getattr(config, "num_experts", None)
+    return [(f"num_experts={experts}", experts, ("ffn",))] if isinstance(experts, int) else []
 
 
 def _split(n: int, held_out: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -281,7 +287,17 @@ def _timings(
     return out
 
 
-@register_recipe("moefy", MoefyConfig)
+@register_recipe(
+    "moefy", MoefyConfig, family="moefication", knobs=(),
+    traits=Traits(
+        keeps_zeros=lambda c: getattr(c, "finetune_steps", 0) == 0,
+        zeros_note="its expert fine-tuning updates every FFN weight",
+        calibrates=_needs_data,
+        divides=_experts_divide,
+        hides_ffn=True,
+    ),
+    formats=(MOE_FORMAT,), memory=config_memory,
+)
 def moefy(model: nn.Module, config: MoefyConfig, context: Context) -> nn.Module:
     """MoEfication: split every FFN into experts and route each token to a few of them."""
     t0 = time.perf_counter()

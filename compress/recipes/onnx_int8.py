@@ -29,6 +29,7 @@ from compress.quant.modules import conv1d_to_linear
 from compress.quant.report import device_of, record
 from compress.registry import register_recipe
 from compress.stats import parameter_counts
+from compress.traits import Traits, config_memory
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,12 @@ class OnnxInt8Config(KeepFloatConfig):
                             "generation feeds one token per step")
 
 
-@register_recipe("onnx-int8", OnnxInt8Config)
+# symmetric int8 codes hold an exact 0
+@register_recipe(
+    "onnx-int8", OnnxInt8Config, family="quantization", knobs=(),
+    traits=Traits(runtime_format=True, calibrates=lambda c: c.outlier_threshold is not None),
+    formats=(onnx_q.FORMAT.name,), memory=config_memory,
+)
 def onnx_int8(model: nn.Module, config: OnnxInt8Config, context: Context) -> nn.Module:
     """Export to ONNX, quantize to dynamic int8 with ONNX Runtime, wrap as a model."""
     if device_of(model) != "cpu":

@@ -30,6 +30,7 @@ from compress.errors import UserError
 from compress.pruning.config import UnstructuredConfig
 from compress.pruning.owl import owl_sparsities
 from compress.pruning.recovery import run_with_recovery, task_for
+from compress.pruning.sparse_format import NAME as SPARSE_FORMAT
 from compress.pruning.targets import select_targets
 from compress.pruning.unstructured import (
     magnitude_step,
@@ -39,6 +40,7 @@ from compress.pruning.unstructured import (
     wanda_step,
 )
 from compress.registry import get_recipe, register_recipe
+from compress.traits import Knob, Traits, config_memory, pattern_sparsity
 
 METHODS = ("wanda", "magnitude", "sparsegpt")
 
@@ -62,8 +64,6 @@ class OWLConfig(UnstructuredConfig):
     true_sequential: bool = option(True, "sparsegpt: calibrate each group of linears after "
                                    "the groups before it were pruned")
 
-    def calibrates(self) -> bool:
-        return True
 
     def validate(self) -> None:
         super().validate()
@@ -87,7 +87,14 @@ class OWLConfig(UnstructuredConfig):
         return cls(**values)
 
 
-@register_recipe("owl", OWLConfig)
+@register_recipe(
+    "owl", OWLConfig, family="pruning",
+    knobs=(Knob("sparsity", "up", 0.01, 0.99, 0.01),),
+    traits=Traits(calibrates=True, sparsity=pattern_sparsity,
+                  keeps_zeros=lambda c: c.method != "sparsegpt",
+                  zeros_note="with method=sparsegpt the weight updates change earlier zeros"),
+    formats=(SPARSE_FORMAT,), memory=config_memory,
+)
 def owl(model: nn.Module, config: OWLConfig, context: Context) -> nn.Module:
     """Prune with outlier-weighted per-block sparsity (OWL) and magnitude, Wanda or SparseGPT."""
     inner = config.inner()

@@ -32,6 +32,7 @@ from compress.quant.layers import select_targets
 from compress.quant.report import record
 from compress.registry import register_recipe
 from compress.stats import parameter_counts
+from compress.traits import Traits, config_memory
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,17 @@ class QLoRAConfig(RecipeConfig):
                         "NF4 base and merge in fp32", choices=("nf4", "fp32"))
 
 
-@register_recipe("qlora", QLoRAConfig)
+# merge=nf4 leaves bitsandbytes 4-bit layers (a runtime format); merge=fp32 plain fp32
+@register_recipe(
+    "qlora", QLoRAConfig, family="quantization", knobs=(),
+    traits=Traits(
+        keeps_zeros=False,
+        trains=True,
+        runtime_format=lambda c: getattr(c, "merge", "nf4") == "nf4",
+        zeros_note="the merged low-rank update is dense",
+    ),
+    formats=(), memory=config_memory,
+)
 def qlora(model: nn.Module, config: QLoRAConfig, context: Context) -> nn.Module:
     """4-bit NF4 base plus LoRA (peft) trained on the training split, merged."""
     import torch

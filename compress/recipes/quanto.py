@@ -28,6 +28,7 @@ from compress.quant.modules import conv1d_to_linear, state_counts
 from compress.quant.report import device_of, record
 from compress.registry import register_recipe
 from compress.stats import parameter_counts
+from compress.traits import Traits, config_memory
 
 
 @dataclass(frozen=True)
@@ -41,11 +42,13 @@ class QuantoConfig(RecipeConfig):
 
     VERSION = 2  # calibration moved to the context (compress.calibration)
 
-    def calibrates(self) -> bool:
-        return self.activations != "none"
 
 
-@register_recipe("quanto", QuantoConfig)
+@register_recipe(
+    "quanto", QuantoConfig, family="quantization", knobs=(),
+    traits=Traits(runtime_format=True, calibrates=lambda c: c.activations != "none"),
+    formats=(quanto_q.FORMAT.name,), memory=config_memory,
+)
 def quanto(model: nn.Module, config: QuantoConfig, context: Context) -> nn.Module:
     """optimum-quanto int8/int4 weights, optional int8 activations after calibration."""
     before = parameter_counts(model)

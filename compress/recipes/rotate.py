@@ -42,6 +42,7 @@ from compress.quant.layers import select_targets
 from compress.quant.report import device_of, record
 from compress.quant.rotate import Rotation
 from compress.registry import register_recipe
+from compress.traits import Knob, Traits, config_memory
 
 
 @dataclass(frozen=True)
@@ -61,14 +62,18 @@ class RotateConfig(RecipeConfig):
                          low=0.0, high=1.0, low_inclusive=False)
     act_order: bool = option(True, "gptq: columns in order of decreasing Hessian diagonal")
 
-    def calibrates(self) -> bool:
-        return self.method == "gptq"
 
     def spec(self) -> QuantSpec:
         return QuantSpec(self.bits, self.scheme, self.granularity, self.group_size)
 
 
-@register_recipe("rotate", RotateConfig)
+@register_recipe(
+    "rotate", RotateConfig, family="quantization",
+    knobs=(Knob("bits", "down", values=(8, 6, 5, 4, 3, 2)),),
+    traits=Traits(calibrates=lambda c: c.method == "gptq", keeps_zeros=False,
+                  zeros_note="rounding in a rotated basis spreads every weight over its block"),
+    formats=(), memory=config_memory,
+)
 def rotate(model: nn.Module, config: RotateConfig, context: Context) -> nn.Module:
     """Quantize every targeted linear in a randomized Hadamard basis of its input."""
     spec = config.spec()

@@ -46,6 +46,7 @@ from compress.quant.layers import (
 )
 from compress.quant.report import device_of, record
 from compress.registry import register_recipe
+from compress.traits import Knob, Traits, config_memory
 
 
 @dataclass(frozen=True)
@@ -67,8 +68,6 @@ class RTNConfig(RecipeConfig):
                                              low=0.0, low_inclusive=False)
     include_head: bool = option(False, "also quantize the LM head (tied embeddings change too)")
 
-    def calibrates(self) -> bool:
-        return self.outlier_threshold is not None
 
     def validate(self) -> None:
         if self.outlier_fraction > 0 and self.outlier_threshold is not None:
@@ -78,7 +77,14 @@ class RTNConfig(RecipeConfig):
         return QuantSpec(self.bits, self.scheme, self.granularity, self.group_size)
 
 
-@register_recipe("rtn", RTNConfig)
+# symmetric and asymmetric grids both represent 0.0 exactly (the zero point is an
+# integer, compress.quant.rtn), so rounding keeps every zero a zero.
+@register_recipe(
+    "rtn", RTNConfig, family="quantization",
+    knobs=(Knob("bits", "down", values=(8, 6, 5, 4, 3, 2)),),
+    traits=Traits(calibrates=lambda c: c.outlier_threshold is not None),
+    formats=(), memory=config_memory,
+)
 def rtn(model: nn.Module, config: RTNConfig, context: Context) -> nn.Module:
     """Round-to-nearest weight quantization at 2-8 bits, simulated in float."""
     spec = config.spec()

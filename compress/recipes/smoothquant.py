@@ -47,6 +47,7 @@ from compress.quant.modules import conv1d_to_linear
 from compress.quant.report import device_of, record
 from compress.quant.smooth import smooth, to_act_quant
 from compress.registry import register_recipe
+from compress.traits import Traits, config_memory
 
 
 @dataclass(frozen=True)
@@ -63,11 +64,13 @@ class SmoothQuantConfig(RecipeConfig):
     smooth: bool = option(True, "apply the smoothing (false: plain W8A8, for comparison)")
     include_head: bool = option(False, "also quantize the LM head (an nn.Linear)")
 
-    def calibrates(self) -> bool:
-        return True
 
 
-@register_recipe("smoothquant", SmoothQuantConfig)
+@register_recipe(
+    "smoothquant", SmoothQuantConfig, family="quantization", knobs=(),
+    traits=Traits(calibrates=True, runtime_format=True),
+    formats=("dynamic-int8", "w8a8-sim"), memory=config_memory,
+)
 def smoothquant(model: nn.Module, config: SmoothQuantConfig, context: Context) -> nn.Module:
     """SmoothQuant W8A8: fold smoothing scales into norms, then int8 weights and activations."""
     device = device_of(model)
@@ -89,7 +92,7 @@ def smoothquant(model: nn.Module, config: SmoothQuantConfig, context: Context) -
     kept = sorted(set(targets) - set(swappable))
     model._compress_conv1d_converted = conv1d_to_linear(model, set(swappable))
     facts = dict(alpha=config.alpha, smoothed_groups=len(applied),
-                 smoothed_linears=len(smoothed), linears=len(swappable),
+                 smoothed_linears=len(smoothed), linears=len(swappable), layers=len(swappable),
                  kept_in_float=kept or None,
                  unsmoothed_norms=[g["norm"] for g in rejected] or None,
                  largest_scale=max((g["max_scale"] for g in applied), default=None))

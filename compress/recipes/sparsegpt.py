@@ -33,9 +33,11 @@ from compress.context import Context
 from compress.errors import UserError
 from compress.pruning.config import UnstructuredConfig
 from compress.pruning.recovery import run_with_recovery
+from compress.pruning.sparse_format import NAME as SPARSE_FORMAT
 from compress.pruning.targets import select_targets
 from compress.pruning.unstructured import plan, record_sparsity, sparsegpt_step
 from compress.registry import register_recipe
+from compress.traits import Knob, Traits, config_memory, nm_divides, pattern_sparsity
 
 
 @dataclass(frozen=True)
@@ -52,8 +54,6 @@ class SparseGPTConfig(UnstructuredConfig):
     true_sequential: bool = option(True, "within a block, calibrate each group of linears "
                                    "after the groups before it were pruned")
 
-    def calibrates(self) -> bool:
-        return True
 
     def validate(self) -> None:
         super().validate()
@@ -62,7 +62,15 @@ class SparseGPTConfig(UnstructuredConfig):
                             "input activations); prune them with the magnitude recipe")
 
 
-@register_recipe("sparsegpt", SparseGPTConfig)
+@register_recipe(
+    "sparsegpt", SparseGPTConfig, family="pruning",
+    knobs=(Knob("sparsity", "up", 0.01, 0.99, 0.01, fixed_by=("pattern",)),),
+    traits=Traits(calibrates=True, sparsity=pattern_sparsity, divides=nm_divides,
+                  keeps_zeros=False,
+                  zeros_note="SparseGPT's weight updates change every weight still to come, "
+                  "zeros of earlier steps included"),
+    formats=(SPARSE_FORMAT,), memory=config_memory,
+)
 def sparsegpt(model: nn.Module, config: SparseGPTConfig, context: Context) -> nn.Module:
     """Prune with SparseGPT's second-order weight reconstruction (unstructured or N:M)."""
     plan(model, config)

@@ -37,6 +37,7 @@ from compress.pruning.importance import (
 )
 from compress.pruning.recovery import run_with_recovery, task_for
 from compress.pruning.surgery import (
+    FORMAT_NAME,
     apply_selection,
     attention_units,
     ffn_blocks,
@@ -45,6 +46,7 @@ from compress.pruning.surgery import (
 )
 from compress.registry import register_recipe
 from compress.stats import parameter_counts
+from compress.traits import Knob, Traits, config_memory
 
 
 @dataclass(frozen=True)
@@ -64,8 +66,6 @@ class StructuredConfig(RecoveryConfig):
 
     VERSION = 2  # calibration moved to the context (compress.calibration)
 
-    def calibrates(self) -> bool:
-        return self.importance != "magnitude"
 
     def validate(self) -> None:
         super().validate()
@@ -76,6 +76,35 @@ class StructuredConfig(RecoveryConfig):
             raise UserError(f"{self._where('rewind')}: rewinding applies to unstructured "
                             "recipes (magnitude, wanda); removed units have nothing to rewind")
 
+
+
+def structured_widths(config: StructuredConfig, widths: dict[str, int]) -> dict[str, int]:
+    """Widths after ``structured``: the same neuron and head counts as its surgery removes.
+
+    The pipeline checks (``eval.sweep``) use it to check later steps against the widths
+    this step leaves (an N:M pattern must still divide them).
+    """
+    out = dict(widths)
+    ffn_ratio = getattr(config, "ffn_ratio", 0.0)
+    if "ffn" in out and ffn_ratio:
+        out["ffn"] -= int(round(ffn_ratio * out["ffn"]))
+    heads_ratio = getattr(config, "heads_ratio", 0.0)
+    if "attn" in out and heads_ratio and widths.get("_heads"):
+        heads, kv, dim = (
+            widths["_heads"],
+            widths.get("_kv_heads") or widths["_heads"],
+            widths["_head_dim"],
+        )
+        if kv != heads and getattr(config, "gqa", "query") == "query":
+            per_group = heads // kv
+            left = kv * (per_group - int(round(heads_ratio * per_group)))
+        elif kv != heads:
+            left = (kv - int(round(heads_ratio * kv))) * (heads // kv)
+        else:
+            left = heads - int(round(heads_ratio * heads))
+        out["attn"] = left * dim
+        out["_heads"] = left
+    return out
 
 def _sizes(model: nn.Module, gqa: str) -> tuple[dict[str, int], dict[str, int], dict[str, Any]]:
     """FFN width and head units per stack role (uniform within a role), plus head geometry."""
@@ -97,7 +126,12 @@ def _sizes(model: nn.Module, gqa: str) -> tuple[dict[str, int], dict[str, int], 
     return ffn, units, geometry
 
 
-@register_recipe("structured", StructuredConfig)
+@register_recipe(
+    "structured", StructuredConfig, family="pruning",
+    knobs=(Knob("ffn_ratio", "up", 0.05, 0.95, 0.05),),
+    traits=Traits(calibrates=lambda c: c.importance != "magnitude", widths=structured_widths),
+    formats=(FORMAT_NAME,), memory=config_memory,
+)
 def structured(model: nn.Module, config: StructuredConfig, context: Context) -> nn.Module:
     """Remove the least important FFN neurons and attention heads from every block."""
     task = task_for(model, context)

@@ -24,9 +24,11 @@ from compress.context import Context
 from compress.errors import UserError
 from compress.pruning.config import UnstructuredConfig
 from compress.pruning.recovery import run_with_recovery, task_for
+from compress.pruning.sparse_format import NAME as SPARSE_FORMAT
 from compress.pruning.targets import select_targets
 from compress.pruning.unstructured import plan, record_sparsity, wanda_step
 from compress.registry import register_recipe
+from compress.traits import Knob, Traits, config_memory, nm_divides, pattern_sparsity
 
 
 @dataclass(frozen=True)
@@ -38,8 +40,6 @@ class WandaConfig(UnstructuredConfig):
     scope: str = option("row", "comparison group: row (each output row, as in the paper) or "
                         "layer (each matrix)", choices=("row", "layer"))
 
-    def calibrates(self) -> bool:
-        return True
 
     def validate(self) -> None:
         super().validate()
@@ -48,7 +48,12 @@ class WandaConfig(UnstructuredConfig):
                             "activations); prune them with the magnitude recipe")
 
 
-@register_recipe("wanda", WandaConfig)
+@register_recipe(
+    "wanda", WandaConfig, family="pruning",
+    knobs=(Knob("sparsity", "up", 0.01, 0.99, 0.01, fixed_by=("pattern",)),),
+    traits=Traits(calibrates=True, sparsity=pattern_sparsity, divides=nm_divides),
+    formats=(SPARSE_FORMAT,), memory=config_memory,
+)
 def wanda(model: nn.Module, config: WandaConfig, context: Context) -> nn.Module:
     """Set the weights with the smallest |weight| x input-norm scores to zero."""
     plan(model, config)

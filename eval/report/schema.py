@@ -25,9 +25,11 @@ import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from compress.errors import UserError
 from compress.fileio import TMP_PREFIX, atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -153,8 +155,8 @@ def git_commit() -> str | None:
 
 
 def environment(threads: int | None = None) -> dict[str, Any]:
-    from importlib import metadata
-
+    # deferred: the readers of reports (eval.compare, eval.report) never need torch,
+    # which takes seconds to import
     import torch
 
     versions = {}
@@ -279,8 +281,6 @@ def read_reports(
     warn = warn or log.warning
     folder = Path(folder)
     if not folder.is_dir():
-        from compress.errors import UserError
-
         raise UserError(f"reports folder {folder} does not exist")
     files: Iterable[Path] = folder.rglob("*.json") if recursive else folder.glob("*.json")
     out = []
@@ -297,12 +297,3 @@ def read_reports(
         except ReportError as exc:
             warn(f"skipping {path}: {exc}")
     return out
-
-
-if __name__ == "__main__":
-    # ``python -m eval.report reports/ -o report.md``: the report generator lives in
-    # eval.reportmd; this module is the schema it reads.
-    from compress.cli import run_main
-    from eval.reportmd import main
-
-    sys.exit(run_main(main))

@@ -1,0 +1,63 @@
+"""Task metrics for a model in memory: perplexity, classification, similarity, seq2seq.
+
+Two layers:
+
+* **Core functions** take the texts and labels explicitly and are pure given the model:
+  :func:`perplexity`, :func:`classification_scores`, :func:`embed`,
+  :func:`similarity_spearman`, :func:`linear_probe_accuracy`, :func:`seq2seq_scores`,
+  :func:`seq2seq_perplexity`, :func:`copy_baseline`. They run under
+  ``torch.inference_mode``, in batches, with inputs on the device of the model's input
+  embeddings (so CPU, CUDA and ``device_map``-dispatched models all work), and they only
+  need the model to return ``.logits`` (or hidden states), never a loss: ONNX wrappers
+  that return logits are measured exactly like PyTorch models.
+* **Suites** (:data:`SUITES`, :func:`run_benchmarks`) pull fixed splits from
+  :mod:`compress.data` and return :class:`Metric` records that carry their protocol
+  (corpus, split, number of examples, window, stride, batch size, truncation, quick flag
+  and the data protocol), so a number is never separated from how it was measured.
+
+Perplexity follows the transformers guide "Perplexity of fixed-length models": the
+texts are joined into one token stream, cut into windows of ``seq_len`` tokens every
+``stride`` tokens, and with ``stride < seq_len`` only the tokens new to a window are
+scored (the rest is context). The result is ``exp(sum of token NLLs / tokens scored)``,
+token level (not word-normalised), so it is comparable only with numbers measured the
+same way (the published numbers in ``eval/report/anchors.toml`` say how each was).
+
+>>> ppl, n = perplexity(model, tokenizer, ["Some held-out text."], seq_len=512)  # doctest: +SKIP
+>>> metrics = run_benchmarks(model, tokenizer, "causal-lm", quick=True)          # doctest: +SKIP
+"""
+
+from compress.models import input_device
+from eval.benchmark.metrics import (
+    Metric,
+    classification_scores,
+    embed,
+    linear_probe_accuracy,
+    linear_probe_scores,
+    perplexity,
+    similarity_spearman,
+)
+from eval.benchmark.seq2seq import (
+    copy_baseline,
+    decoder_start_id,
+    seq2seq_perplexity,
+    seq2seq_scores,
+)
+from eval.benchmark.suites import SUITES, Suite, run_benchmarks
+
+__all__ = [
+    "SUITES",
+    "Metric",
+    "Suite",
+    "classification_scores",
+    "copy_baseline",
+    "decoder_start_id",
+    "embed",
+    "input_device",
+    "linear_probe_accuracy",
+    "linear_probe_scores",
+    "perplexity",
+    "run_benchmarks",
+    "seq2seq_perplexity",
+    "seq2seq_scores",
+    "similarity_spearman",
+]
