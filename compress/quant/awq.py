@@ -113,7 +113,8 @@ def search_scale(
     n_grid: int = 20,
 ) -> tuple[torch.Tensor, float, list[float]]:
     """AWQ's grid search of ``alpha``: returns (scale ``[in]``, best alpha, losses per alpha)."""
-    Hf = H.float()
+    Hf = H.float().to(weights[0].device)
+    mean_abs = mean_abs.to(weights[0].device)
     best, best_alpha, best_s = float("inf"), 0.0, torch.ones_like(mean_abs)
     losses = []
     for i in range(n_grid):
@@ -150,13 +151,13 @@ def search_clip(
     if spec.granularity == "tensor":
         return W  # one range for the whole tensor: nothing per group to search
     out_f, in_f = W.shape
-    Hg, g = _group_hessians(H.float(), in_f, spec)  # (n_groups, g, g)
+    Hg, g = _group_hessians(H.float().to(W.device), in_f, spec)  # (n_groups, g, g)
     units, info = to_units(W.float(), spec) if spec.granularity == "group" else (W.float(), None)
     n_groups = Hg.shape[0]
     U = units.reshape(out_f, n_groups, g)  # row-major units: row r's groups are consecutive
     org_max = U.abs().amax(dim=-1, keepdim=True)  # (out, n_groups, 1)
     best_max = org_max.clone()
-    best_err = torch.full((out_f, n_groups), float("inf"))
+    best_err = torch.full((out_f, n_groups), float("inf"), device=W.device)
     for i in range(int(max_shrink * n_grid)):
         max_val = org_max * (1 - i / n_grid)
         cur = torch.maximum(torch.minimum(U, max_val), -max_val)

@@ -55,14 +55,16 @@ class Rotation:
     def right(self, W: torch.Tensor) -> torch.Tensor:
         """``W R`` for ``W`` ``[rows, in]``."""
         rows = W.shape[0]
-        X = (W * self.signs.to(W.dtype)[None, :]).reshape(rows, -1, self.b)  # (rows, in/b, b)
-        return (X @ self.H.to(W.dtype)).reshape(rows, self.in_features)
+        signs, H = self.signs.to(W.device, W.dtype), self.H.to(W.device, W.dtype)
+        X = (W * signs[None, :]).reshape(rows, -1, self.b)  # (rows, in/b, b)
+        return (X @ H).reshape(rows, self.in_features)
 
     def right_t(self, W: torch.Tensor) -> torch.Tensor:
         """``W R^T`` (the inverse of :meth:`right`)."""
         rows = W.shape[0]
-        X = (W.reshape(rows, -1, self.b) @ self.H.to(W.dtype)).reshape(rows, self.in_features)
-        return X * self.signs.to(W.dtype)[None, :]
+        signs, H = self.signs.to(W.device, W.dtype), self.H.to(W.device, W.dtype)
+        X = (W.reshape(rows, -1, self.b) @ H).reshape(rows, self.in_features)  # (rows, in)
+        return X * signs[None, :]
 
     def hessian(self, H: torch.Tensor) -> torch.Tensor:
         """``R^T H R`` for a symmetric ``H``."""

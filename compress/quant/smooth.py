@@ -100,7 +100,7 @@ def smoothing_groups(model: nn.Module, targets: dict[str, nn.Module],
 def smooth_scales(act_absmax: torch.Tensor, weights: list[torch.Tensor], alpha: float) -> torch.Tensor:
     """``s_j = max|X_j|^alpha / max|W_j|^(1-alpha)`` over the group's weight columns."""
     w_max = torch.stack([w.abs().amax(dim=0) for w in weights]).amax(dim=0).float()  # (in,)
-    s = act_absmax.float().clamp(min=1e-5).pow(alpha) / w_max.clamp(min=1e-5).pow(1 - alpha)
+    s = act_absmax.float().to(w_max.device).clamp(min=1e-5).pow(alpha) / w_max.clamp(min=1e-5).pow(1 - alpha)
     return s.clamp(min=1e-5)
 
 
