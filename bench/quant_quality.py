@@ -88,6 +88,8 @@ SETS = {
               "sparsegpt-2:4", "wanda-70", "owl-wanda-70", "sparsegpt-70", "owl-sparsegpt-70"],
 }
 SETS["all"] = SETS["quant"] + [v for v in SETS["prune"] if v != "dense"]
+#: GPTQ against RTN where the weights are not pre-rounded (bert2bert-punct, fine-tuned here)
+SETS["gptq-vs-rtn"] = ["dense", "rtn4-g128", "gptq4-g128", "rtn3-g128", "gptq3-g128"]
 
 
 def _ppl(model, tokenizer, corpus: str, windows: int) -> tuple[float, dict[str, Any]]:
