@@ -50,6 +50,8 @@ QUANT: dict[str, tuple[str, dict[str, Any]]] = {
     "gptq3-g128": ("gptq", {"bits": 3, **G128}),
     "awq3-g128": ("awq", {"bits": 3, **G128}),
     "hqq3-g128": ("hqq", {"bits": 3, **G128}),
+    "awq-gptq3-g128": ("awq", {"bits": 3, "rounding": "gptq", **G128}),
+    "awq-gptq4-g128": ("awq", {"bits": 4, "rounding": "gptq", **G128}),
     "rotate-rtn3-g128": ("rotate", {"bits": 3, **G128}),
     "rotate-gptq3-g128": ("rotate", {"bits": 3, "method": "gptq", **G128}),
     "rtn4-row": ("rtn", {"bits": 4, **ROW}),

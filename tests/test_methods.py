@@ -446,3 +446,33 @@ def test_rotate_recipe_on_every_family(family, method, tmp_path):
     save_model(out, tok, tmp_path / "m")
     torch.testing.assert_close(outputs(load_compressed(tmp_path / "m"), family), after,
                                rtol=0, atol=0)
+
+
+def test_awq_with_gptq_rounding_and_unit_scales_is_gptq():
+    """With one grid point (alpha = 0: s = 1) and no clipping, AWQ+GPTQ is plain GPTQ."""
+    from compress.calibration import calibration_set
+    from compress.quant.awq import awq_model
+    from compress.quant.gptq import HessianAccumulator, gptq_quantize
+    from compress.quant.grid import QuantSpec, weight_matrix
+    from compress.quant.layers import select_targets
+    from compress.sequential import all_linears, run_sequential
+
+    model, tok = tiny_model("llama")
+    ref = copy.deepcopy(model)
+    ctx = context("llama", tok)
+    batches = calibration_set(ctx, model).batches()
+    spec = QuantSpec(3, "asym", "group", 16)
+    targets = select_targets(ref)
+    want = {}
+
+    def on_block(run):  # GPTQ per linear on the block's float inputs, propagating float outputs
+        acc = {n: HessianAccumulator(weight_matrix(targets[n]).shape[1])
+               for n in all_linears(run.block).values()}
+        run.collect(all_linears(run.block), lambda n, x: acc[n].add(x))
+        for n, a in acc.items():
+            want[n] = gptq_quantize(weight_matrix(targets[n]), a.H, spec, act_order=True)[0]
+
+    run_sequential(ref, batches, on_block)
+    awq_model(model, select_targets(model), spec, batches, n_grid=1, clip=False, rounding="gptq")
+    for n, m in select_targets(model).items():
+        torch.testing.assert_close(weight_matrix(m), want[n], rtol=1e-4, atol=1e-5)

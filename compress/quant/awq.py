@@ -173,6 +173,15 @@ def search_clip(
     return from_units(clipped, info) if info is not None else clipped
 
 
+def _round(W: torch.Tensor, H: torch.Tensor, spec: QuantSpec, rounding: str) -> torch.Tensor:
+    """Round ``W`` to the grid: to nearest, or with GPTQ given ``H`` (act order, static groups)."""
+    if rounding == "gptq":
+        from compress.quant.gptq import gptq_quantize
+
+        return gptq_quantize(W, H, spec, act_order=True)[0]
+    return fake_quantize(W, spec)
+
+
 @dataclass
 class AWQResult:
     packed: dict[str, dict[str, int]]
@@ -202,9 +211,15 @@ def awq_model(
     n_grid: int = 20,
     max_shrink: float = 0.5,
     clip: bool = True,
+    rounding: str = "rtn",
     progress: Callable[[Block], None] | None = None,
 ) -> AWQResult:
-    """Search AWQ scales and clips block by block and write the simulated weights."""
+    """Search AWQ scales and clips block by block and write the simulated weights.
+
+    ``rounding="gptq"`` rounds the scaled (and clipped) weights with GPTQ in the scaled
+    basis (``H' = diag(1/s) H diag(1/s)``, the block's float inputs) instead of to
+    nearest: the AWQ paper's combination with GPTQ for the lowest bit widths.
+    """
     names = set(targets)
     res = AWQResult(packed={})
 
@@ -244,7 +259,7 @@ def awq_model(
                     Wsc = W * s[None, :]
                     if clip and comp_of[n].split(".")[0] not in NO_CLIP:
                         Wsc = search_clip(Wsc, Hscaled, spec, n_grid, max_shrink)
-                    W_hat = fake_quantize(Wsc, spec) / s[None, :]
+                    W_hat = _round(Wsc, Hscaled, spec, rounding) / s[None, :]
                     with torch.no_grad():
                         set_weight_matrix(targets[n], W_hat)
                     out_f, in_f = W.shape

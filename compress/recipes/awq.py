@@ -5,7 +5,8 @@ with a finer effective step, then a per-group clipping search (see
 :mod:`compress.quant.awq`). Weight-only, on the shared grid of
 :mod:`compress.quant.grid` (asymmetric with a zero point at <= 4 bits, as the paper's
 INT4-g128). Published on OPT-125M, 4-bit g128 WikiText-2: RTN 30.48, GPTQ 29.45,
-AWQ 29.30 (dense 27.66). Calibration: the context's shared set
+AWQ 29.30 (dense 27.66). ``rounding=gptq`` rounds the scaled weights with GPTQ (the
+paper's section 5 combination, for the lowest bit widths). Calibration: the context's shared set
 (:mod:`compress.calibration`).
 
 Family: quantization; budget knob: ``bits``.
@@ -49,6 +50,8 @@ class AWQConfig(RecipeConfig):
     max_shrink: float = option(0.5, "clipping search: shrink the range by at most this share",
                                low=0.0, high=0.99)
     clip: bool = option(True, "run the clipping search after the scale search")
+    rounding: str = option("rtn", "rounding of the scaled weights: rtn (the paper's AWQ) or gptq "
+                           "(GPTQ in the scaled basis, the paper's AWQ+GPTQ)", choices=("rtn", "gptq"))
 
 
     def spec(self) -> QuantSpec:
@@ -67,12 +70,13 @@ def awq(model: nn.Module, config: AWQConfig, context: Context) -> nn.Module:
     cal = calibration_set(context, model, recipe="awq")
     targets = select_targets(model)
     res = awq_model(model, targets, spec, cal.batches(), n_grid=config.n_grid,
-                    max_shrink=config.max_shrink, clip=config.clip)
+                    max_shrink=config.max_shrink, clip=config.clip, rounding=config.rounding)
     size = model_size_summary(model, res.packed)
     alphas = list(res.alphas.values())
     record(
         context, method="awq", simulated=True, runs_faster_here=False, device=device_of(model),
         **spec.to_dict(), format=spec.describe(), layers=len(res.packed), clip=config.clip,
+        rounding=config.rounding,
         scale_groups=len(alphas),
         alpha_mean=round(sum(alphas) / len(alphas), 4) if alphas else None,
         uncalibrated_layers=res.uncalibrated,
