@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         recipe, values = VARIANTS[name]
         t0 = time.perf_counter()
-        entry: dict[str, Any] = {"recipe": recipe, "config": values}
+        entry: dict[str, Any] = {"recipe": recipe, "config": values, "git_commit": doc["git_commit"]}
         context.info = {}
         try:
             with warnings.catch_warnings():
