@@ -1,24 +1,9 @@
-"""What a quantized weight really takes on disk: codes packed to ``bits``, fp16 scales,
-``bits``-wide zero points, and kept outlier columns at full precision.
+"""Packed-size accounting: lives in :mod:`compress.quant.grid` with the grid it packs.
 
-The simulated recipes (``rtn``, ``gptq``) keep rounded values in float so the model
-stays a plain Hugging Face model; this module gives the size the format would have
-once packed, and :func:`pack_codes` / :func:`unpack_codes` actually pack codes into a
-bit stream so the accounting can be checked against real bytes.
-
-Per ``[out, in]`` matrix with ``k`` kept (outlier) input columns and ``u`` quantization
-units (1 per tensor, ``out`` per channel, ``out * ceil((in - k) / g)`` per group):
-
-    bytes = ceil(out * (in - k) * bits / 8)      # codes
-          + 2 * u                                # fp16 scales
-          + ceil(u * bits / 8)   (asym only)     # integer zero points
-          + out * k * elem_bytes                 # outlier columns, unquantized
-          + 4 * k                                # their int32 column indices
-
->>> layer_bytes(out_features=4, in_features=256, spec=QuantSpec(4, "sym", "group", 128))["total"]
-528
+Kept so ``from compress.quant.packing import layer_bytes`` keeps working.
 """
 
+<<<<<<< HEAD
 from __future__ import annotations
 
 import math
@@ -127,3 +112,15 @@ def model_size_summary(model: nn.Module, packed: dict[str, dict[str, int]],
         "target_bits_per_weight": round(8 * target_packed / max(target_weights, 1), 4),
         "packed_parts": parts,
     }
+=======
+from compress.quant.grid import (  # noqa: F401
+    INDEX_BYTES,
+    SCALE_BYTES,
+    layer_bytes,
+    model_size_summary,
+    num_units,
+    pack_codes,
+    unique_parameters,
+    unpack_codes,
+)
+>>>>>>> fairfight
