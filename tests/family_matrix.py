@@ -28,10 +28,7 @@ import torch.nn as nn
 
 from compress import Context, UserError, compress, make_config
 from compress.arch import arch_for, out_in, targeted_linears
-<<<<<<< HEAD
-=======
 from compress.calibration import CalibrationSpec
->>>>>>> fairfight
 from compress.registry import get_recipe
 from compress.saving import load_compressed, save_model
 from compress.tiny import MATRIX_FAMILIES, tiny_model

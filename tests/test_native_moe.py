@@ -6,6 +6,7 @@ import torch
 
 from compress import Context, compress, make_config
 from compress.arch import iter_blocks, routed_through_proxies
+from compress.calibration import CalibrationSpec
 from compress.tiny import sample_inputs, tiny_model
 
 TEXTS = ["The quick brown fox jumps over the lazy dog. Compression makes models smaller.",
@@ -52,9 +53,8 @@ def test_calibration_hooks_see_exactly_the_routed_tokens():
 
 def test_gptq_calibrates_every_routed_expert():
     model, tok = tiny_model("mixtral", width=64)
-    ctx = Context(tokenizer=tok, calibration=TEXTS, task="causal-lm")
-    compress(model, make_config("gptq", bits=4, granularity="group", group_size=16,
-                                nsamples=4, seq_len=16), ctx)
+    ctx = Context(tokenizer=tok, calibration=TEXTS, task="causal-lm", calib=CalibrationSpec(4, 16))
+    compress(model, make_config("gptq", bits=4, granularity="group", group_size=16), ctx)
     uncalibrated = ctx.info["quant"].get("uncalibrated_layers") or []
     experts = [n for b in iter_blocks(model) for c, n in b.linear_names.items() if ".e" in c]
     assert experts and len(uncalibrated) < len(experts) / 2

@@ -28,12 +28,8 @@ import torch.nn as nn
 from compress.calibration import calibration_set
 from compress.config import RecipeConfig, option
 from compress.context import Context
-<<<<<<< HEAD
 from compress.export import compressed_tensors
 from compress.export.grid import mark
-from compress.quant import calib
-=======
->>>>>>> fairfight
 from compress.quant.gptq import gptq_model
 from compress.quant.grid import GRANULARITIES, SCHEME_CHOICES, QuantSpec, model_size_summary
 from compress.quant.layers import select_targets
@@ -83,23 +79,12 @@ def gptq(model: nn.Module, config: GPTQConfig, context: Context) -> nn.Module:
     spec = config.spec()
     cal = calibration_set(context, model, recipe="gptq")
     targets = select_targets(model)
-<<<<<<< HEAD
-    packed, uncalibrated = gptq_model(model, targets, spec, batches, blocksize=config.blocksize,
-                        damp=config.damp, act_order=config.act_order)
-    size = model_size_summary(model, packed, targets)
-    # the grid's shape on the model: compress.export writes it as integer codes
-    mark(model, spec, targets)
-    record(
-        context, method="gptq", simulated=True, device=device_of(model),
-        **spec.to_dict(), format=spec.describe(), layers=len(packed), act_order=config.act_order,
-        uncalibrated_layers=uncalibrated,
-        calibration_sequences=len(batches),
-        calibration_tokens=int(sum(b["attention_mask"].sum() for b in batches)),
-=======
     res = gptq_model(model, targets, spec, cal.batches(), blocksize=config.blocksize,
                      damp=config.damp, act_order=config.act_order,
                      true_sequential=config.true_sequential)
     size = model_size_summary(model, res.packed)
+    # the grid's shape on the model: compress.export writes it as integer codes
+    mark(model, spec, targets)
     record(
         context, method="gptq", simulated=True, device=device_of(model),
         **spec.to_dict(), format=spec.describe(), layers=len(res.packed),
@@ -107,7 +92,6 @@ def gptq(model: nn.Module, config: GPTQConfig, context: Context) -> nn.Module:
         true_sequential=config.true_sequential,
         uncalibrated_layers=res.uncalibrated, damp_raised=res.damp_raised or None,
         calibration_sequences=cal.record["sequences"], calibration_tokens=cal.tokens,
->>>>>>> fairfight
         **size,
         note="weights rounded to the grid and stored as fp32: quality of the format only; "
         "packed_bytes is the real packed size, the saved checkpoint is still fp32",

@@ -103,7 +103,7 @@ def rtn(model: nn.Module, config: RTNConfig, context: Context) -> nn.Module:
             keep = outlier_columns_by_weight(weight_matrix(module), config.outlier_fraction)
         kept += int(keep.numel())
         packed[name] = rtn_layer(module, spec, keep)
-    size = model_size_summary(model, packed, targets)
+    size = model_size_summary(model, packed)
     # the grid's shape on the model: compress.export writes it as integer codes
     mark(model, spec, targets, outlier_columns=kept)
     record(
