@@ -1,6 +1,8 @@
 """One MoE FFN against the dense FFN it came from: where does MoEfication break even?
 
-    python bench/moe_ffn.py                       # full grid, 1 thread, writes reports/
+    python bench/moe_ffn.py                       # full grid, 2 threads, writes reports/bench/
+    python bench/moe_ffn.py --threads 1           # the same on one core
+    python bench/moe_ffn.py --decode              # one token per sequence (decoding)
     python bench/moe_ffn.py --quick               # a smoke run (small grid, few rounds)
 
 Shapes: SmolLM2-135M's FFN (d=576, ff=1536, SwiGLU: gate, up, down) and MiniLM-L6's
@@ -10,13 +12,17 @@ the dense FFN (``nn.Linear`` modules, as in transformers) and the
 :class:`compress.moe.layer.MoEFFN` built from the same weights (random partition,
 learned-router MLP of width 128 with random weights: the router's cost is included,
 its choices are near uniform) are timed in alternating rounds in one process under
-``torch.inference_mode`` after warm-up; medians are reported. ``speedup`` is dense /
-MoE time; the break-even fraction is where the speedup crosses 1, interpolated
-linearly between measured fractions.
+``torch.inference_mode`` after warm-up (:mod:`eval.paired`). ``ratio`` is MoE / dense
+time (median per-round ratio, 95% bootstrap interval ``ci95``; below 1 = the MoE FFN is
+faster), ``speedup`` its inverse, ``path`` the computation the layer chose
+(:meth:`compress.moe.layer.MoEFFN.path_for`: grouped, batched, single, or the dense
+fallback); the break-even fraction is where the speedup crosses 1, interpolated
+linearly between measured fractions. ``must_show`` checks the issue's bar: at 1/4
+active and 8x128 tokens, MoE time at most 0.5x dense (best expert count per shape).
 
-Threads are pinned (``--threads``, default 1): the machine this was written on has 2
-cores shared with other jobs, where 2-thread scatter ops stall. Numbers from a shared
-machine are provisional; re-run quiet.
+Threads are pinned (``--threads``, default 2, the machine's cores). The JSON records
+the CPU (model, ISA flags) and the CPU other processes used while timing; above
+0.25 cores it is marked provisional: re-run on a quiet machine.
 """
 
 from __future__ import annotations
@@ -37,8 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from compress.fileio import atomic_write_json, atomic_write_text  # noqa: E402
 from compress.moe.convert import DenseFFN, build_moe  # noqa: E402
 from compress.moe.layer import MLPRouter, SimilarityRouter  # noqa: E402
-from compress.moe.measure import time_alternating  # noqa: E402
-from eval.machine import OtherCPU, is_busy  # noqa: E402
+from eval.machine import OtherCPU, cpu_info, quiet_reading  # noqa: E402
+from eval.paired import alternate, ratio_interval  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -110,20 +116,23 @@ def run(
                     if k == E:  # all experts: the same function as dense
                         with torch.inference_mode():
                             torch.testing.assert_close(moe(x), dense_mod(x), rtol=1e-3, atol=1e-3)
-                    med = time_alternating(
-                        {"dense": lambda m=dense_mod, x=x: m(x), "moe": lambda m=moe, x=x: m(x)},
-                        rounds=rounds, warmup=3,
-                    )
+                    with torch.inference_mode():
+                        times = alternate(
+                            {"dense": lambda m=dense_mod, x=x: m(x), "moe": lambda m=moe, x=x: m(x)},
+                            rounds=rounds, warmup=3, inner=3 if batch * n_tok < 64 else 1,
+                        )
+                    vs = ratio_interval(times["dense"], times["moe"])
                     rows.append({
                         "shape": shape.name, "hidden": shape.hidden, "ff": shape.ff,
                         "gated": shape.gated, "batch": batch, "tokens": n_tok, "experts": E,
-                        "top_k": k, "active_fraction": k / E,
-                        "dense_ms": round(med["dense"], 4), "moe_ms": round(med["moe"], 4),
-                        "speedup": round(med["dense"] / med["moe"], 3),
+                        "top_k": k, "active_fraction": k / E, "path": moe.last_path,
+                        "dense_ms": vs["dense_median_ms"], "moe_ms": vs["median_ms"],
+                        "ratio": vs["ratio"], "ci95": vs["ci95"], "verdict": vs["verdict"],
+                        "speedup": vs["speedup"],
                     })
                     print(f"{shape.name:12s} {batch}x{n_tok:<4d} E={E:<3d} k={k:<3d} "
-                          f"dense {med['dense']:8.3f} ms  moe {med['moe']:8.3f} ms  "
-                          f"speedup {med['dense'] / med['moe']:5.2f}", flush=True)
+                          f"dense {vs['dense_median_ms']:8.3f} ms  moe {vs['median_ms']:8.3f} ms  "
+                          f"ratio {vs['ratio']:5.2f} {vs['ci95']} ({moe.last_path})", flush=True)
     return rows
 
 
@@ -151,11 +160,33 @@ def break_even(rows: list[dict]) -> list[dict]:
     return out
 
 
-def markdown(rows: list[dict], even: list[dict], meta: dict) -> str:
+def must_show(rows: list[dict], fraction: float = 0.25, bar: float = 0.5) -> list[dict]:
+    """Per FFN shape at 8x128 tokens: the best MoE/dense ratio at ``fraction`` active
+    over the expert counts measured, and whether it (and its interval) is at most ``bar``."""
+    out = []
+    for shape in sorted({r["shape"] for r in rows}):
+        pts = [r for r in rows if r["shape"] == shape and r["batch"] == 8 and r["tokens"] == 128
+               and abs(r["active_fraction"] - fraction) < 1e-9]
+        if not pts:
+            continue
+        best = min(pts, key=lambda r: r["ratio"])
+        out.append({"shape": shape, "tokens": "8x128", "active_fraction": fraction,
+                    "experts": best["experts"], "ratio": best["ratio"], "ci95": best["ci95"],
+                    "bar": bar, "met": best["ratio"] <= bar, "met_by_interval": best["ci95"][1] <= bar})
+    return out
+
+
+def markdown(rows: list[dict], even: list[dict], meta: dict, shown: list[dict] = ()) -> str:
     lines = ["# MoE FFN vs dense FFN (bench/moe_ffn.py)", "",
              f"Protocol: {meta['protocol']}", "",
              f"Machine: {meta['machine']}; torch {meta['torch']}; threads {meta['threads']}; "
              f"{meta['rounds']} alternating rounds, median. **{meta['note']}**", "",
+             f"CPU: {meta['cpu']['model']} ({meta['cpu']['isa_summary']})", ""]
+    for m in shown:
+        lines.append(f"- must show, {m['shape']} {m['tokens']} at {m['active_fraction']:g} active: "
+                     f"MoE/dense {m['ratio']:.2f} {m['ci95']} (E={m['experts']}) <= {m['bar']}: "
+                     f"{'met' if m['met'] else 'NOT met'}")
+    lines += ["",
              "## Break-even", "",
              "| FFN | tokens | E | break-even k/E | speedup at 1/4 | at 1/2 | best |",
              "|---|---:|---:|---:|---:|---:|---:|"]
@@ -166,23 +197,29 @@ def markdown(rows: list[dict], even: list[dict], meta: dict) -> str:
     lines += ["", "break-even k/E: the MoE FFN is faster than dense below this active fraction "
               "(0 = slower everywhere measured, 1 = faster everywhere).", "",
               "## All points", "",
-              "| FFN | tokens | E | k | k/E | dense ms | MoE ms | speedup |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+              "| FFN | tokens | E | k | k/E | path | dense ms | MoE ms | MoE / dense [95% CI] |",
+              "|---|---:|---:|---:|---:|---|---:|---:|---:|"]
     for r in rows:
+        lo, hi = r["ci95"]
         lines.append(f"| {r['shape']} | {r['batch']}x{r['tokens']} | {r['experts']} | {r['top_k']} | "
-                     f"{r['active_fraction']:.3f} | {r['dense_ms']:.3f} | {r['moe_ms']:.3f} | "
-                     f"{r['speedup']:.2f} |")
+                     f"{r['active_fraction']:.3f} | {r['path']} | {r['dense_ms']:.3f} | "
+                     f"{r['moe_ms']:.3f} | {r['ratio']:.2f} [{lo:.2f}, {hi:.2f}] |")
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (pinned)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (pinned)")
     parser.add_argument("--rounds", type=int, default=15, help="alternating timed rounds")
     parser.add_argument("--router", choices=("learned", "similarity"), default="learned")
     parser.add_argument("--decode", action="store_true",
                         help="one token per sequence (decoding) instead of 128")
     parser.add_argument("--quick", action="store_true", help="small grid, 3 rounds (smoke run)")
+    parser.add_argument("--experts", type=int, nargs="+", default=[8, 16, 32])
+    parser.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS),
+                        help="active fractions k/E")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8],
+                        help="sequences of 128 tokens")
     parser.add_argument("--out", type=Path, default=Path("reports/bench"),
                         help="folder for moe_ffn[-decode].json and .md (default: reports/bench)")
     parser.add_argument("--no-write", action="store_true", help="print only")
@@ -190,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads < 1 or args.rounds < 1:
         parser.error("--threads and --rounds must be at least 1")
     torch.set_num_threads(args.threads)
-    grid = {}
+    grid = dict(experts=tuple(args.experts), fractions=tuple(args.fractions),
+                batches=tuple(args.batches))
     if args.quick:
         grid = dict(shapes=(Shape("tiny-swiglu", 32, 64, True), Shape("tiny-gelu", 32, 64, False)),
                     batches=(1,), experts=(8,), fractions=(0.25, 1.0), tokens=16)
@@ -204,23 +242,29 @@ def main(argv: list[str] | None = None) -> int:
         "protocol": ("dense nn.Linear FFN vs MoEFFN from the same random weights, random "
                      f"partition, {args.router} router (random weights, cost included), random "
                      "normal inputs, torch.inference_mode, 3 warm-up rounds, alternating "
-                     "timed rounds, medians"),
+                     "timed rounds; ratio = median per-round MoE/dense time, 95% bootstrap "
+                     "interval over rounds"),
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "cpu": cpu_info(),
         "torch": torch.__version__, "threads": torch.get_num_threads(),
         "rounds": args.rounds, "quick": args.quick, "seconds": round(time.time() - t0, 1),
         "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
     # the suite's one definition of a busy machine (eval.machine.is_busy)
-    meta["other_processes_cores"] = others.cores()
-    busy = is_busy(meta["other_processes_cores"], meta["load_average"])
-    meta["note"] = ("provisional: the machine was busy (load average "
-                    f"{max(meta['load_average'])}); re-run on a quiet machine" if busy else
-                    f"quiet machine (load average {max(meta['load_average'])})")
-    md = markdown(rows, even, meta)
+    meta["machine_quiet"] = quiet_reading(others.cores(), meta["load_average"])
+    busy = meta["machine_quiet"]["quiet"] is False
+    meta["provisional"] = busy
+    meta["note"] = ("provisional: other processes used "
+                    f"{meta['machine_quiet']['other_processes_cores']} cores while timing; "
+                    "re-run on a quiet machine" if busy else
+                    f"quiet machine ({meta['machine_quiet']['other_processes_cores']} other cores)")
+    shown = must_show(rows)
+    md = markdown(rows, even, meta, shown)
     print(md)
     if not args.no_write:
         stem = "moe_ffn" + ("-decode" if args.decode else "") + ("-quick" if args.quick else "")
-        atomic_write_json(args.out / f"{stem}.json", {"meta": meta, "break_even": even, "rows": rows})
+        atomic_write_json(args.out / f"{stem}.json", {"meta": meta, "must_show": shown,
+                                                      "break_even": even, "rows": rows})
         atomic_write_text(args.out / f"{stem}.md", md)
         print(f"wrote {args.out / stem}.json and .md")
     return 0

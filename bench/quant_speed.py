@@ -19,7 +19,9 @@ Protocol: ``torch.set_num_threads(--threads)`` (ONNX Runtime gets the same numbe
 intra-op threads), one warm-up per method, then ``--rounds`` rounds; in each round
 every method is timed once (median of ``--inner`` calls) in rotating order, so slow
 drifts of a shared machine hit all methods alike. Reported: median over rounds and the
-ratio ``fp32 time / method time`` (above 1 = faster than fp32). The CPU other
+ratio ``fp32 time / method time`` (above 1 = faster than fp32), and ``*_vs_fp32``: the
+paired ratio method / fp32 over the same rounds with its 95% interval (:mod:`eval.paired`);
+the JSON records the CPU model and ISA flags. The CPU other
 processes used while the benchmark ran is recorded (``other_processes_cores``, from
 ``/proc/stat`` minus this process): above 0.25 cores the timings are provisional. Outputs are checked against fp32 (max |logit diff|, argmax agreement)
 so a speed-up cannot come from a broken model; decoders also get a perplexity on 4
@@ -40,6 +42,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from eval.paired import ratio_interval  # noqa: E402
 
 METHODS = ("fp32", "dynamic-int8", "onnx-fp32", "onnx-int8", "dynamic-int8-keep", "onnx-int8-keep")
 # "-keep": linears whose calibration inputs exceed |x| = 40 stay fp32 (SmolLM2: 11-12 of 30
@@ -192,6 +196,8 @@ def bench_model(name: str, methods: list[str], rounds: int, inner: int, gen_toke
             fp = statistics.median(samples["fp32"][w])
             entry[w] = round(med, 3)
             entry[w.replace("_ms", "") + "_speedup_vs_fp32"] = round(fp / med, 3)
+            # the same rounds paired: method / fp32 time with a 95% interval (eval.paired)
+            entry[w.replace("_ms", "") + "_vs_fp32"] = ratio_interval(samples["fp32"][w], vals)
         result["methods"][m] = entry
     return result
 
@@ -214,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
     methods = list(METHODS) + list(args.extra)
-    from eval.machine import OtherCPU, is_busy
+    from eval.machine import OtherCPU, cpu_info, is_busy
 
     load_before = os.getloadavg()
     others = OtherCPU()
@@ -234,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     doc = {
         "bench": "quant_speed", "threads": args.threads, "rounds": args.rounds, "inner": args.inner,
         "gen_tokens": args.gen_tokens, "keep_threshold": KEEP_THRESHOLD, "torch": torch.__version__, "cpu_count": cpus,
+        "cpu": cpu_info(),
         "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in load_after],
         "other_processes_cores": other_cores,

@@ -10,11 +10,12 @@ real settings (``CASES``). Each case runs in a fresh subprocess:
 
 1. load the zoo model and copy every tensor out of the safetensors memory map (so the
    model is counted once, as a model built in memory is), build the context as
-   ``eval.run`` does (128 calibration texts, the task's training split), import the
+   ``eval.run`` does (the task's calibration pool with ``CALIB`` = N x L, its training
+   split), import the
    libraries recipes import lazily (peft, bitsandbytes, onnxruntime, optimum-quanto:
    their code is not what an estimate sizes; it is loaded in any process that ran a
    recipe before), and read the recipe's estimate from its registration
-   (:func:`compress.footprint.model_facts`, ``Recipe.memory_bytes``);
+   (:func:`compress.footprint.model_facts`, ``Recipe.memory_need``);
 2. release the loader's garbage (``gc`` + ``malloc_trim``), read the resident set
    (RSS), reset the kernel's peak counter (``/proc/self/clear_refs`` <- 5, VmHWM
    restarts at the current RSS; a 5 ms sampling thread backs it up);
@@ -47,24 +48,31 @@ from pathlib import Path
 
 MODELS = ("smollm2-135m", "minilm-l6-sentiment")
 
-#: case -> (recipe, config fields). Small but real: the settings of a smoke sweep.
+#: the calibration set of every case (``context.calib``): N sequences x L tokens. Half the
+#: suite's default N (64 x 256), to keep a bench of 40 runs on a shared 2-core machine
+#: short; every estimate reads N and L from the context, so any N x L is a fair test.
+CALIB = (32, 256)
+#: case -> (recipe, config fields). Small but real: the settings of a smoke sweep; training
+#: recipes run 2 steps (the peak is the first step's backward with the optimizer made).
 CASES: dict[str, tuple[str, dict]] = {
-    "wanda": ("wanda", {"sparsity": 0.5, "nsamples": 32, "seq_len": 128}),
-    "gptq": ("gptq", {"bits": 4, "nsamples": 16, "seq_len": 256}),
-    "structured": ("structured", {"ffn_ratio": 0.3, "nsamples": 32, "seq_len": 128}),
-    "structured-taylor": ("structured", {"ffn_ratio": 0.3, "importance": "taylor",
-                                         "nsamples": 8, "seq_len": 128,
-                                         "calib_batch_size": 4}),
+    "wanda": ("wanda", {"sparsity": 0.5}),
+    "sparsegpt": ("sparsegpt", {"sparsity": 0.5}),
+    "owl": ("owl", {"sparsity": 0.5}),
+    "gptq": ("gptq", {"bits": 4}),
+    "awq": ("awq", {"bits": 4, "n_grid": 5}),
+    "rotate-gptq": ("rotate", {"bits": 4, "method": "gptq"}),
+    "hqq": ("hqq", {"bits": 4, "iters": 5}),
+    "structured": ("structured", {"ffn_ratio": 0.3}),
+    "structured-taylor": ("structured", {"ffn_ratio": 0.3, "importance": "taylor"}),
     "magnitude-full-ft": ("magnitude", {"sparsity": 0.5, "finetune_steps": 2,
                                         "finetune_method": "full", "finetune_batch_size": 4,
                                         "finetune_seq_len": 128}),
     "magnitude-lora-ft": ("magnitude", {"sparsity": 0.5, "finetune_steps": 2,
                                         "finetune_method": "lora", "finetune_batch_size": 4,
                                         "finetune_seq_len": 128}),
-    "rtn-outliers": ("rtn", {"bits": 8, "outlier_threshold": 6.0, "nsamples": 16,
-                             "seq_len": 256}),
-    "quanto-act": ("quanto", {"weights": "int8", "activations": "int8", "nsamples": 16,
-                              "seq_len": 256}),
+    "rtn-outliers": ("rtn", {"bits": 8, "outlier_threshold": 6.0}),
+    "quanto-act": ("quanto", {"weights": "int8", "activations": "int8"}),
+    "smoothquant": ("smoothquant", {}),
     "moefy": ("moefy", {"num_experts": 8, "calibration_tokens": 2048, "router_steps": 20,
                         "timing_rounds": 2}),
     "distill": ("distill", {"steps": 2, "batch_size": 4, "seq_len": 128, "eval_every": 2,
@@ -72,6 +80,7 @@ CASES: dict[str, tuple[str, dict]] = {
     "qlora": ("qlora", {"steps": 2, "batch_size": 2, "seq_len": 128}),
     "bnb-4bit": ("bnb-4bit", {}),
     "onnx-int8": ("onnx-int8", {}),
+    "runtime-outliers": ("runtime", {"weights": "int8", "outlier_threshold": 6.0}),
 }
 DEFAULT_CASES = tuple(f"{m}:{c}" for m in MODELS for c in CASES)
 #: the libraries recipes import on first use; imported before measuring.
@@ -150,6 +159,10 @@ def _load(name: str):
     import torch
     import transformers as tf
 
+    from compress.calibration import CalibrationSpec
+
+    spec = CalibrationSpec(sequences=CALIB[0], seq_len=CALIB[1])
+
     from compress.cli import build_context
     from compress.models import Loaded
 
@@ -160,7 +173,7 @@ def _load(name: str):
         model = tf.GPT2LMHeadModel(tf.GPT2Config(n_embd=1600, n_layer=48, n_head=25,
                                                  n_positions=1024, vocab_size=50257)).eval()
         loaded = Loaded(model, tiny_tokenizer(), "causal-lm", "random", None)
-        return loaded, build_context(loaded, 128), "random weights of GPT-2-XL's shape"
+        return loaded, build_context(loaded, spec), "random weights of GPT-2-XL's shape"
     from compress import zoo
     from compress.models import load_model
 
@@ -168,7 +181,7 @@ def _load(name: str):
         raise SystemExit(f"{name} is not built (python -m compress.zoo build {name})")
     loaded = load_model(name)
     _private_copy(loaded.model)
-    return loaded, build_context(loaded, 128), "zoo weights (copied out of the mmap)"
+    return loaded, build_context(loaded, spec), "zoo weights (copied out of the mmap)"
 
 
 def measure_one(model_name: str, case: str) -> dict:
@@ -191,11 +204,12 @@ def measure_one(model_name: str, case: str) -> dict:
     model = loaded.model
     facts = model_facts(model, context)
     if case == "torch-prune":
-        recipe, params, estimate = "torch-prune", {"amount": 0.5}, None
+        recipe, params, estimate, parts = "torch-prune", {"amount": 0.5}, None, {}
     else:
         recipe, params = CASES[case]
         config = make_config(recipe, **params)
-        estimate = get_recipe(recipe).memory_bytes(config, facts)
+        need = get_recipe(recipe).memory_need(config, facts)
+        estimate, parts = need.bytes, need.parts
     _trim()
     rss_before = _status("VmRSS")
     try:
@@ -223,9 +237,11 @@ def measure_one(model_name: str, case: str) -> dict:
         "case": case,
         "recipe": recipe,
         "config": params,
+        "calibration": {"sequences": CALIB[0], "seq_len": CALIB[1]},
         "weights": weights,
         "param_bytes": facts.param_bytes,
         "estimate_bytes": estimate,
+        "estimate_parts": parts,
         "measured_bytes": measured,
         "ratio": round(estimate / measured, 3) if estimate is not None and measured > 0 else None,
         "rss_start": rss_start,

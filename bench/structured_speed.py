@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     from compress import Context, compress, make_config
     from compress.fileio import atomic_write_json
     from compress.models import load_model
-    from eval.machine import OtherCPU, is_busy
+    from eval.machine import OtherCPU, cpu_info, quiet_reading
+    from eval.paired import ratio_interval
 
     torch.set_num_threads(args.threads)
     load_start = os.getloadavg()
@@ -97,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         p = statistics.median(times[("pruned", s)])
         rows.append({"batch": s[0], "seq_len": s[1], "dense_ms": round(d * 1e3, 2),
                      "pruned_ms": round(p * 1e3, 2), "speedup": round(d / p, 3),
+                     # the same rounds paired: pruned / dense with its 95% interval
+                     "pruned_vs_dense": ratio_interval(times[("dense", s)], times[("pruned", s)]),
                      "dense_all_ms": [round(t * 1e3, 2) for t in times[("dense", s)]],
                      "pruned_all_ms": [round(t * 1e3, 2) for t in times[("pruned", s)]]})
         print(f"{s[0]} x {s[1]}: dense {d * 1e3:8.1f} ms   pruned {p * 1e3:8.1f} ms   "
@@ -105,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     n_pruned = sum(p.numel() for p in pruned.parameters())
     # the suite's one definition of a busy machine (eval.machine.is_busy)
     other_cores = others.cores()
-    quiet = not is_busy(other_cores, (load_start[0], load_end[0]))
+    machine = quiet_reading(other_cores, (load_start[0], load_end[0]))
+    quiet = machine["quiet"] is not False
     result = {
         "benchmark": "distill_speed" if args.student_layers else "structured_speed",
         "model": args.model,
@@ -124,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_start": load_start,
         "loadavg_end": load_end,
         "other_processes_cores": other_cores,
+        "cpu": cpu_info(),
+        "machine": machine,
         "provisional": not quiet,
         "protocol": __doc__,
     }

@@ -69,8 +69,9 @@ def _check_memory(model: nn.Module, config: RecipeConfig, recipe: Recipe,
         need.bytes,
         f"recipe {recipe.name!r}" + (f" ({parts})" if parts and "estimate" not in need.parts
                                      else ""),
-        need.hint or "use fewer calibration samples (--nsamples) or a shorter --seq-len, LoRA "
-        "instead of full fine-tuning, or load the model with --device-map auto",
+        need.hint or "use fewer calibration sequences (--calib-sequences) or a shorter "
+        "--calib-seq-len (or --nsamples / --seq-len where the recipe has them), LoRA instead "
+        "of full fine-tuning, or load the model with --device-map auto",
     )
     log.debug("memory check: %s needs about %s", recipe.name, fmt_bytes(need.bytes))
 

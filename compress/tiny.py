@@ -177,23 +177,53 @@ _SIZES: tuple[tuple[tuple[str, ...], int], ...] = (
 _IDS = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "decoder_start_token_id": 2}
 
 
-def _bert_config(**kw) -> tf.BertConfig:
-    return tiny_config("bert", **kw)
-
-
-def tiny_config(family: str, width: int = 32, **overrides) -> tf.PretrainedConfig:
-    """A small config of ``family`` (a transformers ``model_type``, or "bert2bert").
-
-    ``width`` is the hidden size (heads of ``width // 4``, FFN of ``2 * width``).
-    """
+def _core_config(family: str, w: int, overrides: dict) -> tf.PretrainedConfig | None:
+    """The seven families most tests use, exactly as they have always been built."""
+    ids = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    if family == "bert":
+        base = dict(vocab_size=VOCAB, hidden_size=w, num_hidden_layers=2, num_attention_heads=4,
+                    intermediate_size=2 * w, max_position_embeddings=256, pad_token_id=0)
+        return tf.BertConfig(**(base | overrides))
+    if family == "gpt2":
+        return tf.GPT2Config(vocab_size=VOCAB, n_embd=w, n_layer=2, n_head=4, n_positions=256,
+                             **(dict(bos_token_id=1, eos_token_id=2) | overrides))
+    if family == "llama":
+        return tf.LlamaConfig(vocab_size=VOCAB, hidden_size=w, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=2, intermediate_size=2 * w,
+                              max_position_embeddings=256, **(ids | overrides))
+    if family == "opt":
+        return tf.OPTConfig(vocab_size=VOCAB, hidden_size=w, num_hidden_layers=2,
+                            num_attention_heads=4, ffn_dim=2 * w, word_embed_proj_dim=w,
+                            max_position_embeddings=256, **(ids | overrides))
+    if family == "t5":
+        return tf.T5Config(vocab_size=VOCAB, d_model=w, d_ff=2 * w, d_kv=w // 4, num_layers=2,
+                           num_decoder_layers=2, num_heads=4, decoder_start_token_id=0,
+                           **(dict(pad_token_id=0, eos_token_id=2) | overrides))
+    if family == "bart":
+        return tf.BartConfig(vocab_size=VOCAB, d_model=w, encoder_layers=2, decoder_layers=2,
+                             encoder_attention_heads=4, decoder_attention_heads=4,
+                             encoder_ffn_dim=2 * w, decoder_ffn_dim=2 * w,
+                             max_position_embeddings=256, decoder_start_token_id=2,
+                             forced_eos_token_id=None, **(ids | overrides))
     if family == "bert2bert":
-        enc = tiny_config("bert", width)
-        dec = tiny_config("bert", width, is_decoder=True, add_cross_attention=True)
+        enc = _core_config("bert", w, {})
+        dec = _core_config("bert", w, {"is_decoder": True, "add_cross_attention": True})
         cfg = tf.EncoderDecoderConfig.from_encoder_decoder_configs(enc, dec)
         cfg.decoder_start_token_id = 1
         cfg.pad_token_id = 0
         cfg.eos_token_id = 2
         return cfg
+    return None
+
+
+def tiny_config(family: str, width: int = 32, **overrides) -> tf.PretrainedConfig:
+    """A small config of ``family`` (a transformers ``model_type``, or "bert2bert").
+
+    ``width`` is the hidden size (4 heads of ``width // 4``, FFN of ``2 * width``).
+    """
+    core = _core_config(family, width, overrides)
+    if core is not None:
+        return core
     if family not in tf.CONFIG_MAPPING:
         raise ValueError(f"unknown tiny family {family!r}; transformers has no such model_type")
     cls = tf.CONFIG_MAPPING[family]

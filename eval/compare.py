@@ -25,6 +25,7 @@ from rich.table import Table
 from rich.text import Text
 
 from compress.errors import UserError, did_you_mean, run_main
+from eval.budget import latency_ratio
 from eval.report import dig, fmt_value, read_reports, runs_by_model
 
 
@@ -65,6 +66,9 @@ PROFILE_COLUMNS = (
     Column("nonzero", _first(("params_nonzero",)), False, _count),
     Column("lat 1x128", _first(("latency", "1x128", "median_ms")), False, _ms, timing=True),
     Column("lat 8x128", _first(("latency", "8x128", "median_ms")), False, _ms, timing=True),
+    # same-process ratio to dense (eval.paired); 1.00x where its 95% interval contains 1.0
+    Column("x dense 1x128", latency_ratio, False, lambda v: f"{v:.2f}x",
+           timing=True),
     Column(
         "ms/token", _first(("generate", "ms_per_token"), ("ms_per_token",)), False, _ms, timing=True
     ),

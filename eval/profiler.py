@@ -22,11 +22,25 @@
   life); the delta over the RSS at the start; on CUDA, ``torch.cuda.max_memory_allocated``.
 
 Threads: ``threads`` pins ``torch.set_num_threads`` for the measurement; the previous
-count is restored afterwards; the count used is recorded. On a shared machine compare
-methods in alternating rounds within one process and report medians.
+count is restored afterwards; the count used is recorded.
 
->>> report = profile(model, tokenizer, "causal-lm", threads=2, quick=True)   # doctest: +SKIP
->>> report["latency"]["1x128"]["median_ms"]                                 # doctest: +SKIP
+**Speed against dense** (``dense=``, what every ``eval.run`` report uses): a latency from
+one process compared with one from another moves by 30-40% on a shared machine, so the
+profiler times the run against its dense model *in the same process*, in alternating
+rounds after warm-up (:mod:`eval.paired`), per input shape and for generation. Each gets
+``latency_vs_dense[shape]`` / ``generate_vs_dense``: the median per-round ratio
+(model / dense, below 1 = faster) with a 95% bootstrap interval over rounds and a verdict
+(``faster``, ``slower``, or ``no measurable change`` when the interval contains 1.0);
+absolute milliseconds are secondary. Memory is measured first, on the compressed model
+alone (a ``dense`` given as a loader is only loaded after that). ``machine`` records the
+CPU (model, ISA flags: AVX2, AVX-512, VNNI, AMX) and the CPU other processes used while
+timing (:mod:`eval.machine`); ``busy_machine`` is the suite's one rule,
+:func:`eval.machine.is_busy`, applied to the timed interval.
+
+>>> report = profile(model, tok, "causal-lm", threads=2, dense=lambda: load_model(name).model)
+...                                                                        # doctest: +SKIP
+>>> report["latency_vs_dense"]["1x128"]["ratio"], report["latency_vs_dense"]["1x128"]["ci95"]
+(0.62, [0.58, 0.66])                                                       # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -38,6 +52,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,12 +65,15 @@ from compress.errors import UserError, did_you_mean
 from compress.stats import own_counts, parameter_counts
 from compress.tasks import TASKS
 from eval.benchmark import decoder_start_id, input_device
-from eval.machine import BusyMeter
+from eval.machine import BusyMeter, cpu_info, quiet_reading
+from eval.paired import alternate, ratio_interval
 
 __all__ = ["dir_bytes", "memory_bytes", "profile", "weight_bytes"]
 
 DECODER_TOKENS = 8
 PROMPT_TOKENS = 16
+#: tasks whose profile also times greedy generation
+GENERATES = ("causal-lm", "seq2seq")
 RSS_SAMPLE_S = 0.01
 #: suffixes of weight files (everything else in a model folder is config/tokenizer)
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".onnx", ".gguf", ".npz", ".npy", ".data")
@@ -246,6 +264,65 @@ def _disk(model: nn.Module, tokenizer: Any, saved_dir: Path | None) -> dict[str,
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@dataclass(frozen=True)
+class _Rounds:
+    """How often to time: warm-up calls, timed forwards per shape, timed generations."""
+
+    warmup: int
+    repeats: int
+    gen_repeats: int
+    gen_tokens: int
+
+
+def _rounds(quick: bool, warmup, repeats, gen_repeats, gen_tokens: int) -> _Rounds:
+    rounds = _Rounds(
+        warmup=(1 if quick else 3) if warmup is None else warmup,
+        repeats=(3 if quick else 10) if repeats is None else repeats,
+        gen_repeats=(2 if quick else 5) if gen_repeats is None else gen_repeats,
+        gen_tokens=gen_tokens,
+    )
+    if min(rounds.repeats, rounds.gen_repeats, rounds.gen_tokens) < 1 or rounds.warmup < 0:
+        raise UserError("repeats, gen_repeats and gen_tokens must be at least 1, warmup at least 0")
+    return rounds
+
+
+def _check_shapes(model: nn.Module, shapes: Sequence[tuple[int, int]]) -> None:
+    limit = _max_positions(model)
+    for batch, length in shapes:
+        if batch < 1 or length < 1:
+            raise UserError(f"bad shape {(batch, length)}: batch and length must be at least 1")
+        if limit is not None and length > limit:
+            raise UserError(f"shape length {length} exceeds the model's {limit} positions")
+
+
+def _header(model, tokenizer, task: str, saved_dir, device, quick: bool, rounds: _Rounds,
+            paired: bool) -> dict[str, Any]:
+    """The sizes and the settings of a profile (everything but the timings)."""
+    import transformers
+
+    counts = parameter_counts(model)
+    return {
+        "task": task,
+        "params_total": counts["total"],
+        "params_nonzero": counts["nonzero"],
+        "bytes_in_memory": memory_bytes(model),
+        **_disk(model, tokenizer, saved_dir),
+        "device": str(device),
+        "dtype": _dtype(model),
+        "torch_version": torch.__version__,
+        "transformers_version": transformers.__version__,
+        "quick": quick,
+        "warmup": rounds.warmup,
+        "repeats": rounds.repeats,
+        "gen_repeats": rounds.gen_repeats,
+        "peak_rss_method": f"psutil RSS sampled every {RSS_SAMPLE_S * 1000:g} ms "
+        "by a background thread during warm-up and timed runs"
+        + (" of the compressed model alone (before the dense model is timed)" if paired else ""),
+        "timing": "paired: alternating rounds against the dense model in this process"
+        if paired else "unpaired: this model alone",
+    }
+
+
 def profile(
     model: nn.Module,
     tokenizer: Any,
@@ -259,56 +336,36 @@ def profile(
     warmup: int | None = None,
     repeats: int | None = None,
     gen_repeats: int | None = None,
+    dense: nn.Module | Callable[[], nn.Module] | None = None,
 ) -> dict[str, Any]:
     """Size, latency, throughput and peak memory of ``model`` for ``task``.
 
-    Defaults: ``warmup=3, repeats=10, gen_repeats=3`` (``quick``: 1, 3, 1). Returns a
-    JSON-ready dict: params_total, params_nonzero, bytes_in_memory, bytes_on_disk,
-    bytes_on_disk_weights, peak_rss_bytes, peak_rss_delta_bytes, cuda_max_memory_allocated
-    (CUDA only), latency {"BxL": {median_ms, p90_ms, mean_ms, min_ms, tokens_per_second}},
-    generate (causal-lm / seq2seq: ms_per_token, tokens_per_second, ...), device, dtype,
-    threads, torch and transformers versions, and the settings used.
+    Defaults: ``warmup=3, repeats=10, gen_repeats=5`` (``quick``: 1, 3, 2); with ``dense``
+    these are the alternating rounds. Returns a JSON-ready dict: params_total,
+    params_nonzero, bytes_in_memory, bytes_on_disk, bytes_on_disk_weights, peak_rss_bytes,
+    peak_rss_delta_bytes, cuda_max_memory_allocated (CUDA only), latency {"BxL":
+    {median_ms, p90_ms, mean_ms, min_ms, tokens_per_second}}, generate (causal-lm /
+    seq2seq: ms_per_token, tokens_per_second, ...), with ``dense`` also
+    latency_vs_dense {"BxL": {ratio, ci95, verdict, ...}} and generate_vs_dense; machine
+    (CPU model and ISA flags, other processes' CPU while timing), busy_machine and its
+    rule (:func:`eval.machine.is_busy`), device, dtype, threads, torch and transformers
+    versions, and the settings used.
 
-    >>> profile(model, tok, "embedding", threads=1, quick=True)["latency"]["8x128"]   # doctest: +SKIP
-    {'median_ms': 41.2, 'p90_ms': 44.0, 'mean_ms': 41.9, 'min_ms': 40.7, 'tokens_per_second': 24854.4}
+    ``dense`` is the uncompressed model (or a callable that loads it, called after the
+    memory measurement so that its weights do not count in the peak).
+
+    >>> r = profile(model, tok, "embedding", threads=1, dense=dense_model)   # doctest: +SKIP
+    >>> r["latency_vs_dense"]["8x128"]                                         # doctest: +SKIP
+    {'ratio': 0.61, 'ci95': [0.57, 0.66], 'verdict': 'faster', 'speedup': 1.64, ...}
     """
-    import transformers
-
     if task not in TASKS:
         raise did_you_mean("task", task, TASKS)
-    warmup = (1 if quick else 3) if warmup is None else warmup
-    repeats = (3 if quick else 10) if repeats is None else repeats
-    gen_repeats = (1 if quick else 3) if gen_repeats is None else gen_repeats
-    if repeats < 1 or gen_repeats < 1 or warmup < 0 or gen_tokens < 1:
-        raise UserError("repeats, gen_repeats and gen_tokens must be at least 1, warmup at least 0")
+    rounds = _rounds(quick, warmup, repeats, gen_repeats, gen_tokens)
     if threads is not None and threads < 1:
         raise UserError(f"threads must be at least 1 (got {threads})")
-    limit = _max_positions(model)
-    for batch, length in shapes:
-        if batch < 1 or length < 1:
-            raise UserError(f"bad shape {(batch, length)}: batch and length must be at least 1")
-        if limit is not None and length > limit:
-            raise UserError(f"shape length {length} exceeds the model's {limit} positions")
-
-    counts = parameter_counts(model)
+    _check_shapes(model, shapes)
     device = input_device(model)
-    result: dict[str, Any] = {
-        "task": task,
-        "params_total": counts["total"],
-        "params_nonzero": counts["nonzero"],
-        "bytes_in_memory": memory_bytes(model),
-        **_disk(model, tokenizer, saved_dir),
-        "device": str(device),
-        "dtype": _dtype(model),
-        "torch_version": torch.__version__,
-        "transformers_version": transformers.__version__,
-        "quick": quick,
-        "warmup": warmup,
-        "repeats": repeats,
-        "gen_repeats": gen_repeats,
-        "peak_rss_method": f"psutil RSS sampled every {RSS_SAMPLE_S * 1000:g} ms "
-        "by a background thread during warm-up and timed runs",
-    }
+    result = _header(model, tokenizer, task, saved_dir, device, quick, rounds, dense is not None)
 
     old_threads = torch.get_num_threads()
     was_training = model.training
@@ -317,28 +374,21 @@ def profile(
         if threads is not None:
             torch.set_num_threads(threads)
         result["threads"] = torch.get_num_threads()
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        latency: dict[str, dict[str, float]] = {}
+        inputs = {(b, n): _shape_inputs(model, tokenizer, task, b, n, device) for b, n in shapes}
         busy = BusyMeter()
-        with _PeakRSS() as rss, torch.inference_mode():
-            for batch, length in shapes:
-                inputs = _shape_inputs(model, tokenizer, task, batch, length, device)
-                times = _time(lambda inputs=inputs: model(**inputs), device, warmup, repeats)
-                stats = _summary(times)
-                stats["tokens_per_second"] = batch * length / (stats["median_ms"] / 1000.0)
-                latency[f"{batch}x{length}"] = stats
-            if task in ("causal-lm", "seq2seq"):
-                result["generate"] = _generation(
-                    model, tokenizer, device, gen_tokens, min(warmup, 1), gen_repeats
-                )
-        result["latency"] = latency
+        # memory first, on the compressed model alone; timed here only without a dense model
+        result.update(_alone(model, tokenizer, task, inputs, device, rounds, timed=dense is None))
+        if dense is not None:
+            busy = BusyMeter()  # the paired rounds are the timings to judge
+            result.update(_paired(model, dense, tokenizer, task, inputs, device, rounds))
         # Timings are only comparable on a quiet machine: record how busy it was.
-        result.update(busy.stop())
-        result["peak_rss_bytes"] = rss.peak
-        result["peak_rss_delta_bytes"] = rss.peak - rss.start_rss
-        if device.type == "cuda":
-            result["cuda_max_memory_allocated"] = torch.cuda.max_memory_allocated(device)
+        reading = busy.stop()
+        result.update(reading)
+        loads = reading["load_average"].values()
+        result["machine"] = {
+            "cpu": cpu_info(),
+            **quiet_reading(reading["other_processes_cores"], loads),
+        }
     finally:
         torch.set_num_threads(old_threads)
         if was_training:
@@ -346,8 +396,96 @@ def profile(
     return result
 
 
-def _generation(model, tokenizer, device, gen_tokens: int, warmup: int, repeats: int) -> dict:
-    """Greedy generation of exactly ``gen_tokens`` tokens after a fixed prompt, batch 1."""
+def _alone(model, tokenizer, task: str, inputs: dict, device, rounds: _Rounds,
+           timed: bool) -> dict[str, Any]:
+    """Peak memory of ``model`` running the shapes (and generation) alone; with ``timed``
+    also its unpaired latency and generation timings."""
+    out: dict[str, Any] = {}
+    latency: dict[str, dict[str, float]] = {}
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    with _PeakRSS() as rss, torch.inference_mode():
+        for (batch, length), x in inputs.items():
+            if timed:
+                times = _time(lambda x=x: model(**x), device, rounds.warmup, rounds.repeats)
+                latency[f"{batch}x{length}"] = _latency_stats(times, batch, length)
+            else:  # the compressed model alone, for its memory peak; timed in _paired
+                for _ in range(max(rounds.warmup, 1)):
+                    model(**x)
+        if task in GENERATES:
+            run, produced = _generator(model, tokenizer, device, rounds.gen_tokens)
+            if timed:
+                times = _time(run, device, min(rounds.warmup, 1), rounds.gen_repeats)
+                out["generate"] = _generation_stats(times, produced, model, rounds.gen_tokens)
+            else:
+                run()
+    if timed:
+        out["latency"] = latency
+    out["peak_rss_bytes"] = rss.peak
+    out["peak_rss_delta_bytes"] = rss.peak - rss.start_rss
+    if device.type == "cuda":
+        out["cuda_max_memory_allocated"] = torch.cuda.max_memory_allocated(device)
+    return out
+
+
+def _paired(model, dense, tokenizer, task: str, inputs: dict, device,
+            rounds: _Rounds) -> dict[str, Any]:
+    """Alternating rounds of ``model`` and ``dense`` per shape and for generation:
+    ``latency``, ``latency_vs_dense`` and (generating tasks) ``generate`` and
+    ``generate_vs_dense``."""
+    if not isinstance(dense, nn.Module):
+        dense = dense()
+    dense_was_training = dense.training
+    dense.eval()
+    dense_device = input_device(dense)
+    sync = (lambda: (_sync(device), _sync(dense_device))) if "cuda" in (
+        device.type, dense_device.type) else None
+    out: dict[str, Any] = {"latency": {}, "latency_vs_dense": {}}
+    try:
+        with torch.inference_mode():
+            for (batch, length), x in inputs.items():
+                xd = {k: v.to(dense_device) for k, v in x.items()}
+                times = alternate(
+                    {"dense": lambda xd=xd: dense(**xd), "model": lambda x=x: model(**x)},
+                    rounds=rounds.repeats, warmup=rounds.warmup, sync=sync,
+                )
+                key = f"{batch}x{length}"
+                out["latency"][key] = _latency_stats(times["model"], batch, length)
+                out["latency_vs_dense"][key] = ratio_interval(times["dense"], times["model"])
+            if task in GENERATES:
+                out.update(_paired_generation(model, dense, tokenizer, device, dense_device,
+                                              rounds, sync))
+    finally:
+        if dense_was_training:
+            dense.train()
+    return out
+
+
+def _paired_generation(model, dense, tokenizer, device, dense_device, rounds: _Rounds,
+                       sync) -> dict[str, Any]:
+    n = rounds.gen_tokens
+    run, produced = _generator(model, tokenizer, device, n)
+    run_d, _ = _generator(dense, tokenizer, dense_device, n)
+    times = alternate({"dense": run_d, "model": run}, rounds=rounds.gen_repeats,
+                      warmup=min(rounds.warmup, 1), sync=sync)
+    gen_vs = ratio_interval(times["dense"], times["model"])
+    gen_vs["dense_ms_per_token"] = round(gen_vs["dense_median_ms"] / n, 4)
+    gen_vs["ms_per_token"] = round(gen_vs["median_ms"] / n, 4)
+    return {
+        "generate": _generation_stats(times["model"], produced, model, n),
+        "generate_vs_dense": gen_vs,
+    }
+
+
+def _latency_stats(times: Sequence[float], batch: int, length: int) -> dict[str, float]:
+    stats = _summary(times)
+    stats["tokens_per_second"] = batch * length / (stats["median_ms"] / 1000.0)
+    return stats
+
+
+def _generator(model, tokenizer, device, gen_tokens: int) -> tuple[Callable[[], None], list[int]]:
+    """A callable running greedy generation of exactly ``gen_tokens`` tokens after a fixed
+    prompt, batch 1, and the list it appends each output length to."""
     prompt = (
         _token_stream(tokenizer, PROMPT_TOKENS)[:PROMPT_TOKENS].unsqueeze(0).to(device)
     )  # (1, P)
@@ -368,9 +506,12 @@ def _generation(model, tokenizer, device, gen_tokens: int, warmup: int, repeats:
         )
         produced.append(out.shape[-1])
 
-    times = _time(run, device, warmup, repeats)
+    return run, produced
+
+
+def _generation_stats(times, produced: list[int], model, gen_tokens: int) -> dict[str, Any]:
     # decoder-only outputs include the prompt; encoder-decoder outputs start with the start token
-    new = produced[-1] - (prompt.shape[-1] if not _is_encoder_decoder(model) else 1)
+    new = produced[-1] - (PROMPT_TOKENS if not _is_encoder_decoder(model) else 1)
     stats = _summary(times)
     return {
         "gen_tokens": gen_tokens,

@@ -29,15 +29,18 @@ from rich.console import Console
 
 from compress.api import compress
 from compress.arch import describe
+from compress.calibration import CalibrationSpec, run_key_part
 from compress.cli import (
     add_config_arguments,
     add_model_arguments,
     build_context,
+    calibration_spec_from_args,
     config_from_args,
     run_main,
 )
 from compress.config import RecipeConfig
 from compress.errors import UserError
+from compress.export import interchange_sizes
 from compress.models import check_model_name, load_model
 from compress.registry import get_recipe
 from compress.saving import save_model
@@ -62,7 +65,7 @@ def run_pipeline(
     device_map: str | None = None,
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
-    calibration_samples: int = 128,
+    calibration: Any = None,
     save_dir: str | Path | None = None,
     stage: Callable[[str], None] | None = None,
 ) -> tuple[Path, dict[str, Any]]:
@@ -70,19 +73,22 @@ def run_pipeline(
 
     Errors inside the run are recorded in the report (status ``failed``) and the
     report is still written; bad arguments raise :class:`UserError` before anything runs.
+    ``calibration`` is the :class:`~compress.calibration.CalibrationSpec` every calibrating
+    step reads (default: the suite's N x L); it joins the run key when a step calibrates.
     """
+    calibration = calibration if calibration is not None else CalibrationSpec()
     stage = stage or (lambda name: log.info("stage: %s", name))
     if threads is not None:
         torch.set_num_threads(threads)
     report = Report(model={"name": model_name}, pipeline=[step_record(c) for c in configs],
-                    quick=quick)
+                    quick=quick, calibration=run_key_part(configs, calibration))
     report.environment = environment(threads)
     t_start = time.perf_counter()
     tmp_save = None if save_dir is not None else Path(tempfile.mkdtemp(prefix="compress-run-"))
     out_dir = Path(save_dir) if save_dir is not None else tmp_save / "model"
     try:
         _run_stages(report, configs, out_dir, stage, model_name, task=task, threads=threads,
-                    quick=quick, calibration_samples=calibration_samples,
+                    quick=quick, calibration=calibration,
                     load_kwargs={"device_map": device_map, "allow_pickle": allow_pickle,
                                  "trust_remote_code": trust_remote_code})
         report.status = "ok"
@@ -111,7 +117,7 @@ def _run_stages(
     task: str | None,
     threads: int | None,
     quick: bool,
-    calibration_samples: int,
+    calibration: CalibrationSpec,
     load_kwargs: dict[str, Any],
 ) -> None:
     """Load, compress, save, benchmark and profile, filling ``report`` stage by stage."""
@@ -130,8 +136,7 @@ def _run_stages(
         report.model["arch"] = describe(loaded.model)
     except UserError as exc:
         report.model["arch"] = {"error": str(exc)}
-    seed = configs[0].seed if configs else 0
-    context = build_context(loaded, calibration_samples, seed)
+    context = build_context(loaded, calibration)
     model = loaded.model
     for i, config in enumerate(configs):
         model = timed(
@@ -145,9 +150,19 @@ def _run_stages(
     report.metrics = [_metric_dict(m) for m in metrics]
     report.profile = timed(
         "profile",
-        lambda: profile(model, loaded.tokenizer, loaded.task, threads=threads, quick=quick,
-                        saved_dir=out_dir),
+        lambda: profile(
+            model, loaded.tokenizer, loaded.task, threads=threads, quick=quick,
+            saved_dir=out_dir,
+            # the dense model, reloaded: recipes compress in place. Timed against the
+            # result in alternating rounds in this process (eval.paired).
+            dense=lambda: load_model(model_name, task, **load_kwargs).model,
+        ),
     )
+    # what the result takes in the formats other tools load (compressed-tensors, GGUF)
+    try:
+        report.profile["interchange"] = interchange_sizes(model, loaded.tokenizer, loaded.task)
+    except Exception as exc:  # noqa: BLE001 - a size we could not measure is not a failed run
+        report.profile["interchange"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
 
 
 def _metric_dict(metric: Any) -> dict[str, Any]:
@@ -239,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
             device_map=args.device_map,
             allow_pickle=args.allow_pickle,
             trust_remote_code=args.trust_remote_code,
-            calibration_samples=args.calibration_samples,
+            calibration=calibration_spec_from_args(args),
             save_dir=args.save,
             stage=lambda s: status.update(f"{args.model} · {report_label(configs)} · {s}"),
         )

@@ -114,6 +114,10 @@ def fake_report(
             "params_total": 10e6,
             "params_nonzero": nonzero,
             "latency": {"1x128": {"median_ms": latency}, "8x128": {"median_ms": latency * 6}},
+            # the same-process ratio to dense (dense takes 10 ms here), +-2% interval
+            "latency_vs_dense": {
+                "1x128": {"ratio": latency / 10.0, "ci95": [latency / 10.2, latency / 9.8]}
+            },
             "peak_rss_bytes": 500e6,
             "threads": 2,
             "warmup": 3,

@@ -31,3 +31,42 @@ def test_quant_speed_smoke_run_on_a_tiny_decoder(tmp_path):
         assert entry["generate_per_token_speedup_vs_fp32"] > 0, name
         assert entry["argmax_agreement"] > 0.9, name  # a speed-up from a broken model is no speed-up
     assert methods["fp32"]["generate_per_token_speedup_vs_fp32"] == 1.0
+
+
+def test_moe_ffn_smoke_run_records_ratio_interval_path_and_machine(tmp_path):
+    import sys
+
+    spec = importlib.util.spec_from_file_location("moe_ffn", BENCH / "moe_ffn.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["moe_ffn"] = mod  # its dataclass looks its module up
+    try:
+        spec.loader.exec_module(mod)
+    finally:
+        sys.modules.pop("moe_ffn", None)
+    assert mod.main(["--quick", "--threads", "1", "--out", str(tmp_path)]) == 0
+    doc = json.loads((tmp_path / "moe_ffn-quick.json").read_text())
+    assert doc["meta"]["cpu"]["isa_summary"] and "quiet" in doc["meta"]["machine_quiet"]
+    for row in doc["rows"]:
+        lo, hi = row["ci95"]
+        assert lo <= row["ratio"] <= hi and row["path"] in ("single", "batched", "grouped", "dense")
+    # every expert active: the layer falls back to the dense computation
+    assert {r["path"] for r in doc["rows"] if r["active_fraction"] == 1.0} == {"dense"}
+
+
+def test_cpu_engines_smoke_run_records_paired_ratios_quality_and_bars(tmp_path):
+    spec = importlib.util.spec_from_file_location("cpu_engines", BENCH / "cpu_engines.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "ce.json"
+    assert mod.main(["--model", "tiny-llama", "--engines", "onnxruntime", "--weights", "fp32",
+                     "int4", "--rounds", "2", "--gen-tokens", "3", "--group-size", "16",
+                     "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["cpu"]["isa_summary"] and "quiet" in doc["machine"]
+    res = doc["results"][0]
+    assert set(res["variants"]) == {"eager", "onnxruntime-fp32", "onnxruntime-int4"}
+    fp32 = res["variants"]["onnxruntime-fp32"]
+    assert fp32["quality"]["greedy_agreement"] == 1.0  # the engine in fp32 decodes like eager
+    vs = res["variants"]["onnxruntime-int4"]["generate_ms_per_token_vs_engine_fp32"]
+    assert vs["ci95"][0] <= vs["ratio"] <= vs["ci95"][1]
+    assert {m["weights"] for m in res["must_show"]} == {"int4"}

@@ -135,6 +135,27 @@ def test_latency_budget_and_tie_goes_to_cheaper():
     assert picks["pruning"].label == "structured(sparsity=0.6)"
 
 
+def test_latency_budget_reads_the_same_process_ratio_only():
+    """No impossible rows: a run meets a latency budget only on its same-process ratio.
+    An absolute median from another process (0.6 of dense here) counts for nothing; an
+    interval that contains 1.0 is 1.0 (no measurable change)."""
+    from eval.budget import cost_ratio
+
+    base = fake_report()
+    old = fake_report(steps=[("wanda", {"sparsity": 0.1})], metrics={"ppl_wiki": 20.1}, latency=6.0)
+    del old["profile"]["latency_vs_dense"]  # an old report: absolute ms only
+    noisy = fake_report(steps=[("rtn", {"bits": 4})], metrics={"ppl_wiki": 20.2}, latency=6.0)
+    noisy["profile"]["latency_vs_dense"]["1x128"]["ci95"] = [0.4, 1.1]
+    fast = fake_report(steps=[("dynamic-int8", {})], metrics={"ppl_wiki": 20.9}, latency=6.0)
+    assert cost_ratio(old, base, "latency") is None
+    assert cost_ratio(noisy, base, "latency") == 1.0
+    assert cost_ratio(fast, base, "latency") == pytest.approx(0.6)
+    assert cost_ratio(base, base, "latency") == 1.0
+    picks = by_family(pick_for_model([base, old, noisy, fast], parse_budget("latency=0.75")))
+    assert picks["quantization"].label == "dynamic-int8"
+    assert picks["pruning"].chosen is None and picks["pruning"].n_runs == 0
+
+
 def test_higher_is_better_metric_and_models_separate():
     cls = [
         fake_report("clf", task="classification", metrics={"accuracy": 0.80}),

@@ -4,6 +4,7 @@ router training, save/load."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -219,6 +220,61 @@ def test_exactly_k_experts_touched_per_token(gated):
         assert int(moe.usage.sum()) == k * x.shape[0] and moe.tokens_seen == x.shape[0]
 
 
+def _reference(moe: MoEFFN, x: torch.Tensor) -> torch.Tensor:
+    """The MoE function by a plain loop over tokens and their chosen experts."""
+    mask = moe.route(x)
+    rows = []
+    for t in range(x.shape[0]):
+        y = moe.b_out.clone() if moe.b_out is not None else torch.zeros(moe.hidden)
+        for e in mask[t].nonzero().squeeze(1).tolist():
+            y = y + moe._expert(e, x[t : t + 1])[0]
+        rows.append(y)
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("gated", [False, True])
+@pytest.mark.parametrize("routing", ["topk", "threshold"])
+def test_every_compute_path_equals_the_dense_loop_reference(gated, routing):
+    """grouped, batched, dense fallback and the single-token path all compute the same
+    function as a per-token loop over the chosen experts."""
+    moe, _ = _random_moe(gated, E=8, k=3, routing=routing)
+    x = torch.randn(40, 16)
+    forced = {"grouped": (2.0, 0), "batched": (2.0, 10**6), "dense": (0.0, 0)}
+    with torch.no_grad():
+        ref = _reference(moe, x)
+        for path, (above, rows) in forced.items():
+            moe.dense_above, moe.loop_min_rows = above, rows
+            torch.testing.assert_close(moe(x), ref, rtol=1e-4, atol=1e-4)
+            assert moe.last_path == path
+        moe.dense_above_single = 2.0
+        for t in range(3):
+            torch.testing.assert_close(moe(x[t : t + 1]), ref[t : t + 1], rtol=1e-4, atol=1e-4)
+            assert moe.last_path == "single"
+        moe.dense_above_single = moe.dense_above = 0.0  # the fallback at one token, and at 64+
+        big = torch.randn(70, 16)
+        torch.testing.assert_close(moe(big), _reference(moe, big), rtol=1e-4, atol=1e-4)
+        assert moe.last_path == "dense"
+        torch.testing.assert_close(moe(x[:1]), ref[:1], rtol=1e-4, atol=1e-4)
+        assert moe.last_path == "dense"
+
+
+def test_path_choice_follows_active_fraction_and_tokens_per_expert():
+    from compress.moe.layer import DENSE_ABOVE, LOOP_MIN_ROWS
+
+    moe, _ = _random_moe(False, E=8, k=2)
+    assert (moe.dense_above, moe.loop_min_rows) == (DENSE_ABOVE, LOOP_MIN_ROWS)
+    assert moe.path_for(1, 2) == "single"
+    assert moe.path_for(1, 4) == "dense"  # half the experts for one token: overhead wins
+    assert moe.path_for(1, 8) == "dense"  # every expert: routing saves nothing
+    assert moe.path_for(1024, 1024 * 2) == "grouped"  # 256 tokens per expert
+    assert moe.path_for(16, 16 * 2) == "batched"  # 4 tokens per expert
+    assert moe.path_for(1024, math.ceil(1024 * 8 * DENSE_ABOVE)) == "dense"
+    x = torch.randn(1024, 16)
+    with torch.no_grad():
+        moe(x)
+    assert moe.last_path == "grouped"
+
+
 def moe_perm_slice(moe: MoEFFN, dense: DenseFFN, e: int) -> torch.Tensor:
     """Dense neuron indices held by expert ``e`` (found by matching weight rows)."""
     rows = moe.w_in[e].t()  # (d_e, d)
@@ -245,10 +301,14 @@ def test_threshold_routing_varies_per_token():
 
 def test_router_training_lowers_loss():
     family, model, tok = _model("llama")
+    from compress.calibration import CalibrationSpec
     from compress.moe import calib
+    from compress.recipes.moefy import _calibration_inputs
 
     sites = find_sites(model)
-    inputs = calib.calibration_inputs(model, tok, CALIB, max_tokens=600, seq_len=64)
+    ctx = Context(tokenizer=tok, calibration=CALIB, task="causal-lm",
+                  calib=CalibrationSpec(sequences=16, seq_len=64))
+    inputs = _calibration_inputs(model, ctx, max_tokens=600)
     xs = calib.capture_ffn_inputs(model, sites, inputs)
     assert not leftover_attachments(model)
     dense = sites[0].dense()

@@ -180,3 +180,117 @@ def test_quantized_storage_follows_compress_parameter_counts():
     box = torch.nn.Linear(4, 3)
     box.compress_parameter_counts = {"total": 15, "nonzero": 9, "bytes": 27}
     assert memory_bytes(box) == 27 and parameter_counts(box)["nonzero"] == 9
+
+
+# --------------------------------------------------------------------------- paired timing
+
+
+def test_ratio_interval_contains_the_truth_in_a_synthetic_case():
+    """Dense times drift and jitter; the model takes 0.6x of its round's dense time with
+    its own noise: the interval covers 0.6 and excludes 1.0."""
+    import numpy as np
+
+    from eval.paired import ratio_interval
+
+    rng = np.random.default_rng(1)
+    drift = np.linspace(10, 14, 20)  # a machine slowing down over the run
+    dense = drift * rng.normal(1.0, 0.05, 20)
+    model = 0.6 * drift * rng.normal(1.0, 0.05, 20)
+    r = ratio_interval(dense, model)
+    lo, hi = r["ci95"]
+    assert lo <= 0.6 <= hi and hi < 1.0
+    assert r["verdict"] == "faster" and r["rounds"] == 20
+    assert r["ratio"] == pytest.approx(0.6, rel=0.05)
+    assert ratio_interval(dense, model) == r  # seeded: same times, same interval
+
+
+def test_identical_times_are_no_measurable_change_and_slower_is_slower():
+    from eval.paired import NO_CHANGE, ratio_interval
+
+    same = ratio_interval([5.0, 6.0, 5.5, 7.0, 5.2], [5.1, 5.9, 5.6, 6.8, 5.3])
+    assert same["ci95"][0] <= 1.0 <= same["ci95"][1] and same["verdict"] == NO_CHANGE
+    slow = ratio_interval([5.0, 6.0, 5.5, 7.0], [7.5, 9.0, 8.2, 10.6])
+    assert slow["verdict"] == "slower" and slow["ratio"] == pytest.approx(1.5, rel=0.02)
+    with pytest.raises(ValueError):
+        ratio_interval([1.0, 2.0], [1.0])
+
+
+def test_alternate_rotates_the_order_and_times_every_callable_each_round():
+    from eval.paired import alternate
+
+    calls = []
+    fns = {name: (lambda n=name: calls.append(n)) for name in ("a", "b", "c")}
+    times = alternate(fns, rounds=3, warmup=1)
+    assert calls[:3] == ["a", "b", "c"]  # warm-up
+    assert calls[3:] == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3, "c": 3}
+
+
+def test_paired_sleeps_give_a_reproducible_ratio():
+    """Two runs of the same pair give ratios within +-10% of each other (sleep-based, so
+    the machinery is checked without depending on free CPU)."""
+    import time as _time
+
+    from eval.paired import alternate, ratio_interval
+
+    def measure():
+        t = alternate({"dense": lambda: _time.sleep(0.008), "model": lambda: _time.sleep(0.004)},
+                      rounds=9, warmup=1)
+        return ratio_interval(t["dense"], t["model"])
+
+    a, b = measure(), measure()
+    assert a["ratio"] == pytest.approx(b["ratio"], rel=0.10)
+    assert a["ratio"] < 0.75 and a["verdict"] == "faster"
+
+
+@pytest.mark.parametrize("family,kw,task", [CASES[1], CASES[2], CASES[4]])
+def test_profile_against_its_own_copy_reports_a_ratio_near_one(family, kw, task):
+    import copy
+
+    model, tok = tiny_model(family, **kw)
+    dense = copy.deepcopy(model)
+    loads = []
+
+    def loader():
+        loads.append(1)
+        return dense
+
+    r = profile(model, tok, task, dense=loader, **(FAST | {"repeats": 9, "gen_repeats": 5}))
+    assert loads == [1]  # loaded once, after the memory pass
+    assert set(r["latency_vs_dense"]) == {"1x16", "2x16"}
+    # identical compute: a ratio close to 1 -- on a quiet machine. Where other jobs kept
+    # the cores busy while timing (the profile says so), millisecond forwards of a tiny
+    # model are preempted at random and single ratios of 4 were seen: only the structure
+    # is checked then (the sleep-based test above checks the statistics).
+    band = (0.0, float("inf")) if r["busy_machine"] else (0.6, 1.6)
+    for stats in r["latency_vs_dense"].values():
+        lo, hi = stats["ci95"]
+        assert lo <= stats["ratio"] <= hi and stats["rounds"] == 9
+        assert band[0] < stats["ratio"] < band[1], (stats, r["machine"])
+        assert stats["verdict"] in ("faster", "slower", "no measurable change")
+    if task in ("causal-lm", "seq2seq"):
+        g = r["generate_vs_dense"]
+        assert band[0] < g["ratio"] < band[1] and g["rounds"] == 5
+        assert r["generate"]["generated_tokens"] == 4
+    assert r["timing"].startswith("paired")
+    cpu = r["machine"]["cpu"]
+    assert cpu["logical_cores"] >= 1 and "isa_summary" in cpu
+    assert "other_processes_cores" in r["machine"] and isinstance(r["busy_machine"], bool)
+
+
+def test_cpu_info_reads_the_isa_flags(monkeypatch):
+    import eval.machine as machine
+
+    text = ("processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 143\n"
+            "model name\t: Intel(R) Xeon(R) Platinum 8480+\n"
+            "flags\t\t: fpu avx2 fma avx512f avx512_vnni amx_tile amx_int8 amx_bf16\n\n"
+            "processor\t: 1\n")
+    monkeypatch.setattr(machine, "_cpuinfo_text", lambda: text)
+    info = machine.cpu_info()
+    assert info["model"] == "Intel(R) Xeon(R) Platinum 8480+"
+    assert info["isa"]["avx2"] and info["isa"]["avx512"] and info["isa"]["vnni"]
+    assert info["isa"]["amx_int8"] and not info["isa"]["avx_vnni"]
+    assert info["isa_summary"] == "AVX2, AVX-512, VNNI, AMX"
+    monkeypatch.setattr(machine, "_cpuinfo_text", lambda: "processor\t: 0\nflags\t\t: avx2 fma\n")
+    info = machine.cpu_info()
+    assert info["isa_summary"] == "AVX2" and not info["isa"]["vnni"]

@@ -180,7 +180,7 @@ def test_bitsandbytes_formats_run_and_round_trip(recipe, kw, rel, family, tmp_pa
     assert sum(isinstance(m, layer) for m in out.modules()) == ctx.info["quant"]["layers"] > 0
     assert _close(_out(out, inputs), before, rel)
     info = ctx.info["quant"]
-    assert info["device"] == "cpu" and info["runs_faster_here"] is False
+    assert info["device"] == "cpu" and "runs_faster_here" not in info  # measured, not stated
     assert parameter_counts(out)["total"] == dense["total"]
     # from_pretrained puts a bitsandbytes model on the GPU when there is one; ask for the CPU.
     # On CPUs with AVX-512 BF16 bitsandbytes repacks 4-bit weights with bf16 scales when it

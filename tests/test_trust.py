@@ -20,7 +20,7 @@ from compress.registry import get_recipe, recipe_names
 from compress.tiny import sample_inputs, tiny_model
 
 #: recipes that train or export: fewer runtime examples, small step counts.
-HEAVY = {"distill", "qlora", "onnx-int8", "gptq", "structured", "moefy", "quanto", "bnb-4bit",
+HEAVY = {"distill", "qlora", "onnx-int8", "runtime", "gptq", "structured", "moefy", "quanto", "bnb-4bit",
          "bnb-int8"}
 #: int fields whose size sets the run time: kept small in runtime properties.
 COSTLY_INT_WORDS = ("step", "sample", "epoch", "len", "iter", "batch", "rank", "experts", "layers",

@@ -29,6 +29,7 @@ wrong; every entry has a test showing why.
 
 from __future__ import annotations
 
+import json
 import logging
 import weakref
 from typing import Any
@@ -145,10 +146,13 @@ def _signature(block: nn.Module) -> tuple:
 
 
 def model_signature(model: nn.Module) -> int:
-    """Changes when modules are swapped or reshaped (invalidates cached discovery)."""
-    return hash(tuple((n, type(m).__name__, tuple(getattr(m, "weight", None).shape)
-                       if isinstance(getattr(m, "weight", None), torch.Tensor) else ())
-                      for n, m in model.named_modules()))
+    """Changes when modules are swapped or reshaped, or the config changes (a structural
+    recipe writes new sizes there): invalidates cached discovery."""
+    config = getattr(model, "config", None)
+    cfg = json.dumps(config.to_dict(), sort_keys=True, default=str) if config is not None else ""
+    return hash((cfg, tuple((n, type(m).__name__, tuple(getattr(m, "weight", None).shape)
+                             if isinstance(getattr(m, "weight", None), torch.Tensor) else ())
+                            for n, m in model.named_modules())))
 
 
 def _is_meta(model: nn.Module) -> bool:
@@ -173,118 +177,117 @@ def discover(model: nn.Module) -> ArchSpec:
     return spec
 
 
-def _discover(model: nn.Module) -> ArchSpec:
-    from compress.arch.overrides import apply_overrides
-
-    cfg = model.config
-    family = str(getattr(cfg, "model_type", "") or type(model).__name__)
-    lists = block_lists(model)
-    if not lists:
-        raise UserError(_no_blocks_message(model))
-    seq2seq = _is_seq2seq(model)
-    enc_path = _encoder_path(model) if seq2seq else None
-    reps: dict[tuple, str] = {}
-    blocks: dict[str, nn.Module] = {}
-    for path, ml in lists:
-        for i, b in enumerate(ml):
-            name = f"{path}.{i}"
-            blocks[name] = b
-            reps.setdefault((path, _signature(b)), name)
-    method, notes = "traced", []
-    trace = None
+def _trace(model: nn.Module, reps: dict[tuple, str], blocks: dict[str, nn.Module],
+           seq2seq: bool, notes: list[str]) -> probe.Trace | None:
+    """The probe forward (None on a meta model or when the forward fails: names only)."""
     if _is_meta(model):
-        method = "names"
-    else:
-        watch = {}
-        for name in set(reps.values()):
-            for rel, m in blocks[name].named_modules():
-                if rel:
-                    watch[f"{name}.{rel}"] = m
-        try:
-            trace = probe.run(model, watch, blocks, seq2seq)
-        except Exception as exc:  # noqa: BLE001 - fall back to names and shapes
-            method = "names"
-            notes.append(f"probe forward failed ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0][:120] if str(exc) else ''}); "
-                         "roles from names and shapes only")
-            log.info("architecture probe failed for %s: %s", family, exc)
-    # roles of stacks
+        return None
+    watch = {f"{name}.{rel}": m for name in set(reps.values())
+             for rel, m in blocks[name].named_modules() if rel}
+    try:
+        return probe.run(model, watch, blocks, seq2seq)
+    except Exception as exc:  # noqa: BLE001 - fall back to names and shapes
+        notes.append(f"probe forward failed ({type(exc).__name__}: "
+                     f"{str(exc).splitlines()[0][:120] if str(exc) else ''}); "
+                     "roles from names and shapes only")
+        log.info("architecture probe failed: %s", exc)
+        return None
+
+
+def _stack_roles(model: nn.Module, lists: list, trace: probe.Trace | None, seq2seq: bool,
+                 notes: list[str]) -> list[tuple[str, str, nn.ModuleList]]:
+    """(role, path, blocks) per stack, encoder first; one stack per role (the largest)."""
+    enc_path = _encoder_path(model) if seq2seq else None
     causal = None
-    stacks_info = []
+    info = []
     for path, ml in lists:
         if seq2seq:
             role = "encoder" if enc_path is not None and (
                 path == enc_path or path.startswith(enc_path + ".")) else "decoder"
         else:
+            if causal is None and trace is not None and f"{path}.{len(ml) - 1}" in trace.blocks:
+                try:
+                    causal = probe.is_causal(model, f"{path}.{len(ml) - 1}", ml[-1], trace)
+                except Exception:  # noqa: BLE001 - cannot tell from the trace
+                    causal = None
             if causal is None:
-                last = f"{path}.{len(ml) - 1}"
-                if trace is not None and last in trace.blocks:
-                    try:
-                        causal = probe.is_causal(model, last, ml[len(ml) - 1], trace)
-                    except Exception:  # noqa: BLE001
-                        causal = None
-                if causal is None:
-                    causal = _causal_by_class(model)
+                causal = _causal_by_class(model)
             role = "decoder" if causal else "encoder"
-        stacks_info.append((role, path, ml))
-    roles = [r for r, _, _ in stacks_info]
-    if len(set(roles)) != len(roles):  # keep the largest stack per role
-        best: dict[str, tuple] = {}
-        for info in stacks_info:
-            size = sum(p.numel() for p in info[2].parameters())
-            if info[0] not in best or size > best[info[0]][0]:
-                best[info[0]] = (size, info)
-        dropped = [i[1] for i in stacks_info if best[i[0]][1] is not i]
+        info.append((role, path, ml))
+    best: dict[str, tuple] = {}
+    for item in info:
+        size = sum(p.numel() for p in item[2].parameters())
+        if item[0] not in best or size > best[item[0]][0]:
+            best[item[0]] = (size, item)
+    dropped = [i[1] for i in info if best[i[0]][1] is not i]
+    if dropped:
         notes.append(f"block lists not handled (one stack per role): {', '.join(dropped)}")
-        stacks_info = [b[1] for b in best.values()]
-        stacks_info.sort(key=lambda i: i[0] != "encoder")
-    else:
-        stacks_info.sort(key=lambda i: i[0] != "encoder")
-    kind = "encoder-decoder" if seq2seq and len(stacks_info) == 2 else stacks_info[0][0]
+    return sorted((b[1] for b in best.values()), key=lambda i: i[0] != "encoder")
 
-    layouts: dict[str, BlockLayout] = {}
-    stacks = []
-    for role, path, ml in stacks_info:
-        scfg, cpath, private = stack_config_of(model, path)
-        hidden = _hidden_of(ml[0], scfg)
-        hints = find_hints(scfg, role, hidden)
-        rep_layout: dict[tuple, BlockLayout] = {}
+
+def _stack(model: nn.Module, role: str, path: str, ml: nn.ModuleList, reps: dict[tuple, str],
+           trace: probe.Trace | None, seq2seq: bool, layouts: dict[str, BlockLayout]
+           ) -> StackSpec:
+    """One stack's spec; fills ``layouts`` with a layout per block (one per block shape)."""
+    scfg, cpath, private = stack_config_of(model, path)
+    hidden = _hidden_of(ml[0], scfg)
+    hints = find_hints(scfg, role, hidden)
+    by_shape: dict[tuple, BlockLayout] = {}
+    for i, b in enumerate(ml):
+        key = (path, _signature(b))
+        if key not in by_shape:
+            rep = reps[key]
+            layout = find_layout(model.get_submodule(rep),
+                                 BlockContext(rep, role, hidden, hints, trace, seq2seq))
+            if trace is not None and rep in trace.blocks:
+                layout = _with_qkv_layouts(model.get_submodule(rep), trace.blocks[rep], layout)
+            by_shape[key] = layout
+        layouts[f"{path}.{i}"] = by_shape[key]
+    first = layouts[f"{path}.0"]
+    a, ffn, exp = first.self_attn, first.ffn, first.experts
+    calls = max(trace.block_calls.get(f"{path}.0", 1), 1) if trace is not None else 1
+    names = stack_names(
+        scfg, role, n_blocks=len(ml) * calls, heads=a.heads if a else None,
+        kv_heads=a.kv_heads if a else None, head_dim=a.head_dim if a else None,
+        intermediate=ffn.intermediate if ffn else None, hidden=hidden,
+        expert_intermediate=exp.intermediate if exp else None)
+    return StackSpec(role=role, path=path, n_blocks=len(ml), config_path=cpath,
+                     private_configs=private, names=names, calls_per_block=calls, hidden=hidden)
+
+
+def _discover(model: nn.Module) -> ArchSpec:
+    from compress.arch.overrides import apply_overrides
+
+    lists = block_lists(model)
+    if not lists:
+        raise UserError(_no_blocks_message(model))
+    seq2seq = _is_seq2seq(model)
+    reps: dict[tuple, str] = {}  # one representative block per (stack, shape)
+    blocks: dict[str, nn.Module] = {}
+    for path, ml in lists:
         for i, b in enumerate(ml):
-            name = f"{path}.{i}"
-            key = (path, _signature(b))
-            if key not in rep_layout:
-                rep = reps[key]
-                ctx = BlockContext(rep, role, hidden, hints, trace, seq2seq)
-                layout = find_layout(blocks[rep], ctx)
-                if trace is not None and rep in trace.blocks:
-                    layout = _with_qkv_layouts(blocks[rep], trace.blocks[rep], layout)
-                rep_layout[key] = layout
-            layouts[name] = rep_layout[key]
-        first = layouts[f"{path}.0"]
-        a = first.self_attn
-        ffn = first.ffn
-        exp = first.experts
-        calls = trace.block_calls.get(f"{path}.0", 1) if trace is not None else 1
-        names = stack_names(
-            scfg, role, n_blocks=len(ml) * max(calls, 1) if calls > 1 else len(ml),
-            heads=a.heads if a else None, kv_heads=a.kv_heads if a else None,
-            head_dim=a.head_dim if a else None,
-            intermediate=ffn.intermediate if ffn else None, hidden=hidden,
-            expert_intermediate=exp.intermediate if exp else None)
-        stacks.append(StackSpec(role=role, path=path, n_blocks=len(ml), config_path=cpath,
-                                private_configs=private, names=names,
-                                calls_per_block=max(calls, 1), hidden=hidden))
-    emb, head, tied = _embeddings(model, [s.path for s in stacks])
+            blocks[f"{path}.{i}"] = b
+            reps.setdefault((path, _signature(b)), f"{path}.{i}")
+    notes: list[str] = []
+    trace = _trace(model, reps, blocks, seq2seq, notes)
+    info = _stack_roles(model, lists, trace, seq2seq, notes)
+    layouts: dict[str, BlockLayout] = {}
+    stacks = [_stack(model, role, path, ml, reps, trace, seq2seq, layouts)
+              for role, path, ml in info]
     all_layouts = list(layouts.values())
     if not any(lay.attn for lay in all_layouts):
         raise UserError(_no_blocks_message(model, "none of its blocks has attention"))
-    act = next((lay.ffn.act_name for lay in all_layouts if lay.ffn and lay.ffn.act_name), None)
+    emb, head, tied = _embeddings(model, [s.path for s in stacks])
     spec = ArchSpec(
-        family=family, kind=kind, stacks=tuple(stacks), layouts=layouts, embeddings=emb,
-        lm_head=head, tied_embeddings=tied, hidden=stacks[0].hidden, activation=act,
+        family=str(getattr(model.config, "model_type", "") or type(model).__name__),
+        kind="encoder-decoder" if seq2seq and len(info) == 2 else info[0][0],
+        stacks=tuple(stacks), layouts=layouts, embeddings=emb, lm_head=head,
+        tied_embeddings=tied, hidden=stacks[0].hidden,
+        activation=next((lay.ffn.act_name for lay in all_layouts
+                         if lay.ffn and lay.ffn.act_name), None),
         conv1d=any(type(m).__name__ == "Conv1D" for m in model.modules()),
         gated_ffn=any(lay.ffn is not None and lay.ffn.gated for lay in all_layouts),
-        method=method, notes=tuple(notes))
+        method="traced" if trace is not None else "names", notes=tuple(notes))
     return apply_overrides(model, spec)
 
 

@@ -16,12 +16,23 @@ fewest experts whose predicted share of activation energy reaches ``threshold``)
 and the outputs are summed with no reweighting, so with every expert selected the
 module computes exactly the dense FFN (up to summation order).
 
-Tokens are grouped by expert: per expert, one gather of its tokens (skipped when it
-has them all), two or three matmuls on its contiguous weight slices, one
-scatter-add back (per-expert buffers: one (tokens x k, d) buffer of all pairs was
-slower at large k, where it copies every token k times).
-A single token (decoding) instead gathers the chosen experts' weights and runs one
-matmul per projection.
+Four ways to compute the same function (:meth:`MoEFFN.path_for` picks one per call,
+from the token count and the number of selected (token, expert) pairs; no per-token
+Python loop in any of them):
+
+* ``grouped``: tokens grouped by expert; per expert, one gather of its tokens (skipped
+  when it has them all), two or three matmuls on its contiguous weight slices, one
+  scatter-add back (per-expert buffers: one (tokens x k, d) buffer of all pairs was
+  slower at large k, where it copies every token k times);
+* ``batched``: few tokens per expert: every expert's tokens gathered into one
+  (E, C, d) buffer padded to the busiest expert's count, one batched matmul per
+  projection, so the op count does not grow with E;
+* ``single``: one token (decoding): the chosen experts' weights gathered, one batched
+  matmul per projection;
+* ``dense``: the dense fallback when the active fraction reaches ``dense_above``: all
+  experts in three large matmuls, unselected experts' outputs zeroed.
+
+Speed against the dense FFN: ``bench/moe_ffn.py`` (writes reports/bench/moe_ffn.json).
 """
 
 from __future__ import annotations
@@ -33,6 +44,25 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 ROUTINGS = ("topk", "threshold")
+
+#: active fraction (selected (token, expert) pairs / all pairs) at or above which the
+#: MoE FFN computes every expert densely and zeroes the unselected ones: past it the
+#: gathers, scatters and small matmuls cost more than the skipped work saves. Measured
+#: with ``bench/moe_ffn.py`` (reports/bench/moe_ffn.json) on MiniLM's FFN, 16 experts,
+#: 8x128 tokens, 1 thread, a busy machine (provisional): the grouped path took 0.53 /
+#: 0.81 / 0.98 of dense's time at 1/2, 3/4 and 7/8 active, the dense fallback 0.87-1.07.
+DENSE_ABOVE = 0.85
+#: the same for one token (decoding), where per-op overhead dominates: the single-token
+#: path took 1.5x dense's time at 1/2 active and 2-2.6x above, the fallback about 1.45x
+#: (same measurement, one token).
+DENSE_ABOVE_SINGLE = 0.5
+#: below this many tokens per expert on average, one batched matmul per projection over
+#: all experts (padded) beats the per-expert loop, whose ~5 ops per expert dominate.
+LOOP_MIN_ROWS = 48
+#: from this many tokens the dense fallback runs one GEMM per projection (else a batched
+#: matmul over experts, which needs no weight copy)
+DENSE_GEMM_TOKENS = 64
+PATHS = ("single", "batched", "grouped", "dense")
 
 
 class SimilarityRouter(nn.Module):
@@ -164,6 +194,11 @@ class MoEFFN(nn.Module):
         self.track_usage = False
         self.usage: torch.Tensor | None = None
         self.tokens_seen = 0
+        #: speed settings (plain attributes, not saved): see :meth:`path_for`
+        self.dense_above = DENSE_ABOVE
+        self.dense_above_single = DENSE_ABOVE_SINGLE
+        self.loop_min_rows = LOOP_MIN_ROWS
+        self.last_path: str | None = None
 
     # -- description ---------------------------------------------------------
     def spec(self) -> dict[str, Any]:
@@ -227,7 +262,8 @@ class MoEFFN(nn.Module):
         return h @ self.w_out[e]  # (n, d_e) @ (d_e, d) -> (n, d)
 
     def _single_token(self, x2: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
-        """One token (decoding): the chosen experts' weights gathered, one batched matmul each."""
+        """One token (decoding): the chosen experts' weights gathered, one batched matmul
+        per projection (a fixed number of ops whatever k is)."""
         k = experts.numel()
         xk = x2.expand(k, 1, self.hidden)  # (k, 1, d)
         h = torch.bmm(xk, self.w_in.index_select(0, experts))  # (k, 1, d_e)
@@ -259,16 +295,108 @@ class MoEFFN(nn.Module):
             start += c
         return y
 
+    def _batched(self, x2: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """All experts in one batched matmul per projection: each expert's tokens gathered
+        into a (E, C, d) buffer padded to the busiest expert's count C. A dozen ops
+        whatever E is (the per-expert loop issues ~5 per expert), for few tokens per
+        expert, where per-op overhead outweighs the padding."""
+        N, d = x2.shape
+        E = self.n_experts
+        pairs = mask.t().nonzero()  # (P, 2) (expert, token), expert-major
+        experts, tokens = pairs[:, 0], pairs[:, 1]
+        counts = mask.sum(0)  # (E,)
+        C = int(counts.max())
+        starts = counts.cumsum(0) - counts
+        slot = experts * C + (torch.arange(tokens.numel(), device=x2.device) - starts[experts])
+        gather = torch.full((E * C,), N, dtype=torch.long, device=x2.device)  # N: a zero row
+        gather[slot] = tokens
+        xb = torch.cat([x2, x2.new_zeros(1, d)]).index_select(0, gather).view(E, C, d)
+        h = torch.bmm(xb, self.w_in)  # (E, C, d_e)
+        if self.b_in is not None:
+            h = h + self.b_in[:, None]
+        if self.gated:
+            g = torch.bmm(xb, self.w_gate)
+            if self.b_gate is not None:
+                g = g + self.b_gate[:, None]
+            h = self.act(g) * h
+        else:
+            h = self.act(h)
+        yb = torch.bmm(h, self.w_out).view(E * C, d)  # (E*C, d); padded slots unused
+        return torch.zeros_like(x2).index_add_(0, tokens, yb.index_select(0, slot))
+
+    def _dense(self, x2: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """The dense fallback: every expert on every token in three large matmuls, the
+        outputs of experts a token did not select multiplied by 0 (the same function;
+        ``mask=None``: every expert selected, nothing to zero)."""
+        N, d = x2.shape
+        E, de = self.n_experts, self.expert_size
+        if N >= DENSE_GEMM_TOKENS:
+            # one GEMM per projection: the (d, E * d_e) weight layout is copied per call,
+            # cheap next to the matmul at this many tokens (no second copy kept in memory)
+            def proj(w, b):
+                wide = w.permute(1, 0, 2).reshape(d, E * de)  # (d, E * d_e)
+                return x2 @ wide if b is None else torch.addmm(b.reshape(-1), x2, wide)
+
+            h = proj(self.w_in, self.b_in)  # (N, E * d_e)
+            h = self.act(proj(self.w_gate, self.b_gate)) * h if self.gated else self.act(h)
+            if mask is not None:
+                h = (h.view(N, E, de) * mask.unsqueeze(-1).to(h.dtype)).view(N, E * de)
+        else:
+            h = torch.matmul(x2, self.w_in)  # (N, d) x (E, d, d_e) -> (E, N, d_e)
+            if self.b_in is not None:
+                h = h + self.b_in[:, None]
+            if self.gated:
+                g = torch.matmul(x2, self.w_gate)
+                if self.b_gate is not None:
+                    g = g + self.b_gate[:, None]
+                h = self.act(g) * h
+            else:
+                h = self.act(h)
+            if mask is not None:
+                h = h * mask.t().unsqueeze(-1).to(h.dtype)  # (E, N, d_e), unselected zeroed
+            h = h.transpose(0, 1).reshape(N, E * de)
+        # (N, E * d_e) @ (E * d_e, d): w_out is (E, d_e, d), so its view is free
+        return h @ self.w_out.view(E * de, d)
+
+    def path_for(self, n_tokens: int, pairs: int) -> str:
+        """Which computation runs for ``n_tokens`` tokens selecting ``pairs`` (token,
+        expert) pairs in all: ``single`` (one token), ``dense`` (the active fraction
+        ``pairs / (n_tokens * E)`` at least :attr:`dense_above`, or
+        :attr:`dense_above_single` for one token: routing would cost more than it
+        saves), ``batched`` (fewer than :attr:`loop_min_rows` tokens per
+        expert on average) or ``grouped`` (the per-expert loop)."""
+        E = self.n_experts
+        if n_tokens == 1:
+            return "dense" if pairs >= self.dense_above_single * E else "single"
+        if pairs >= self.dense_above * n_tokens * E:
+            return "dense"
+        if pairs < self.loop_min_rows * E:
+            return "batched"
+        return "grouped"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, self.hidden)  # (N, d)
+        if self.routing == "topk" and self.top_k == self.n_experts and not self.track_usage:
+            # every expert for every token: no routing to compute, the dense FFN
+            self.last_path = "dense"
+            y = self._dense(x2, None)
+            return (y if self.b_out is None else y + self.b_out).reshape(shape)
         mask = self.route(x2)  # (N, E) bool
         if self.track_usage:
             counts = mask.sum(0).to("cpu", torch.long)
             self.usage = counts if self.usage is None else self.usage + counts
             self.tokens_seen += x2.shape[0]
-        if x2.shape[0] == 1:
+        N = x2.shape[0]
+        pairs = N * self.top_k if self.routing == "topk" else int(mask.sum())
+        path = self.path_for(N, pairs)
+        self.last_path = path
+        if path == "single":
             y = self._single_token(x2, mask[0].nonzero().squeeze(1))
+        elif path == "dense":
+            y = self._dense(x2, mask)
+        elif path == "batched":
+            y = self._batched(x2, mask)
         else:
             y = self._grouped(x2, mask)
         if self.b_out is not None:

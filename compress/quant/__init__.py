@@ -9,8 +9,12 @@ Three things are kept apart everywhere in this package, because users confuse th
 * **bytes the format really takes** -- :mod:`compress.quant.packing` counts
   ``bits x weights + scales/zeros + kept outliers`` and can actually pack the codes
   (``pack_codes``), so the number in the report is checked against real bytes.
-* **speed on the device at hand** -- only real int8 kernels run faster on a CPU:
-  :mod:`compress.quant.dynamic` (``torch.ao`` dynamic int8) and
-  :mod:`compress.quant.onnx` (ONNX Runtime dynamic int8). bitsandbytes and quanto
-  save memory here but run slower than fp32 on this CPU.
+* **speed on the device at hand** -- measured, never stated: every run's profile
+  times it against the dense model in the same process (``latency_vs_dense``,
+  :mod:`eval.paired`). Real low-bit kernels live in :mod:`compress.quant.dynamic`
+  (``torch.ao`` dynamic int8), :mod:`compress.quant.onnx` (ONNX Runtime dynamic int8)
+  and :mod:`compress.quant.runtime` (ONNX Runtime / OpenVINO int8 and int4, compared in
+  ``bench/cpu_engines.py``, reports/bench/cpu_engines.json); bitsandbytes and quanto
+  save memory (their CPU speed: ``bench/quant_speed.py --extra``,
+  reports/bench/quant_speed.json).
 """

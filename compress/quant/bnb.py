@@ -10,8 +10,10 @@ written into ``config.json``).
 Only the linears the architecture table targets are converted: every other linear
 (LM head, classifier, pooler) is passed in ``llm_int8_skip_modules``.
 
-On the CPU these layers save memory but are slower than fp32 (weights are
-dequantized for every matmul; LLM.int8's CPU path also casts activations to fp16).
+On the CPU these layers save memory; every matmul dequantizes the weights first
+(LLM.int8's CPU path also casts activations to fp16), so expect no speed-up: the
+measured ratio is each run's ``profile.latency_vs_dense`` (and
+``bench/quant_speed.py --extra bnb-int8 bnb-4bit``, reports/bench/quant_speed.json).
 On CUDA they use bitsandbytes' kernels. The report records which.
 """
 

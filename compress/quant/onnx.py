@@ -461,6 +461,7 @@ class OnnxModel(nn.Module):
         if eos is None and hasattr(cfg, "decoder"):
             eos = getattr(cfg.decoder, "eos_token_id", None)
         eos_set = set(eos) if isinstance(eos, (list, tuple)) else ({eos} if eos is not None else set())
+        min_new = int(ignored.get("min_new_tokens") or 0)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool)
@@ -468,7 +469,7 @@ class OnnxModel(nn.Module):
         if self.task == "causal-lm":
             seq, mask = input_ids, attention_mask
             past, step = None, seq
-            for _ in range(max_new_tokens):
+            for i in range(max_new_tokens):
                 if self.cache_shapes is not None:  # feed only the new token
                     # positions count real tokens (left padding), as Hugging Face's generate does
                     pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, -step.shape[1]:]
@@ -479,6 +480,8 @@ class OnnxModel(nn.Module):
                     logits = logits[:, -1]
                 else:
                     logits = self.forward(input_ids=seq, attention_mask=mask).logits[:, -1]
+                if i < min_new and eos_set:  # min_new_tokens: no end of sequence before
+                    logits[:, list(eos_set)] = float("-inf")
                 nxt = torch.where(done, torch.full_like(done, pad, dtype=torch.long), logits.argmax(-1))
                 seq, step = torch.cat([seq, nxt[:, None]], dim=1), nxt[:, None]
                 mask = torch.cat([mask, (~done).long()[:, None]], dim=1)
@@ -487,9 +490,11 @@ class OnnxModel(nn.Module):
                     break
             return seq
         dec = torch.full((input_ids.shape[0], 1), self._decoder_start(), dtype=torch.long)
-        for _ in range(max_new_tokens):
+        for i in range(max_new_tokens):
             logits = self.forward(input_ids=input_ids, attention_mask=attention_mask,
                                   decoder_input_ids=dec).logits[:, -1]
+            if i < min_new and eos_set:
+                logits[:, list(eos_set)] = float("-inf")
             nxt = torch.where(done, torch.full_like(done, pad, dtype=torch.long), logits.argmax(-1))
             dec = torch.cat([dec, nxt[:, None]], dim=1)
             done |= torch.tensor([int(t) in eos_set for t in nxt])

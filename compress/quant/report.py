@@ -1,8 +1,10 @@
 """The ``context.info["quant"]`` record every quantization recipe writes for the report.
 
 It keeps apart what users confuse: ``simulated`` (rounded values stored in float: the
-number format's *quality* only), ``packed_bytes`` (what the format really takes) and
-``runs_faster_here`` (whether the saved model runs faster than fp32 on ``device``).
+number format's *quality* only) and ``packed_bytes`` (what the format really takes).
+Whether the result runs faster is not a fact the recipe states: the profiler measures it
+against the dense model in the same process (``profile.latency_vs_dense``,
+:mod:`eval.paired`), on the CPU the report names.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ def record(
     *,
     method: str,
     simulated: bool,
-    runs_faster_here: bool | None,
     device: str,
     **facts: Any,
 ) -> dict[str, Any]:
@@ -32,7 +33,6 @@ def record(
     info = {
         "method": method,
         "simulated": simulated,
-        "runs_faster_here": runs_faster_here,
         "device": device,
         **facts,
     }

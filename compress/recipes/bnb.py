@@ -7,9 +7,10 @@
   ``compute_dtype`` is the dtype the weights are dequantized to for each matmul.
 
 bitsandbytes has 8-bit and 4-bit formats only: other bit widths are an error (use
-``rtn`` or ``gptq``). On this CPU both save memory but run slower than fp32; on CUDA
-they use bitsandbytes' kernels. The report's ``quant.device`` and
-``quant.runs_faster_here`` record which. The result is a plain transformers model
+``rtn`` or ``gptq``). On a CPU both save memory; their speed against fp32 is each run's
+``profile.latency_vs_dense`` and ``bench/quant_speed.py --extra bnb-int8 bnb-4bit``
+(reports/bench/quant_speed.json); on CUDA they use bitsandbytes' kernels. The report's ``quant.device`` records which, and its
+``profile.latency_vs_dense`` the measured speed against fp32. The result is a plain transformers model
 with the quantization config in ``config.json`` (``from_pretrained`` reloads it).
 
     python -m compress.recipes.bnb --help            # (two recipes: run via eval.run)
@@ -80,7 +81,7 @@ def _finish(model: nn.Module, out: nn.Module, context: Context, method: str, dev
     counts = bnb_q.storage_counts(out, before)
     out.compress_parameter_counts = counts
     record(
-        context, method=method, simulated=False, runs_faster_here=False if device == "cpu" else None,
+        context, method=method, simulated=False,
         device=device, layers=n_targets - len(out._compress_kept_fp32),
         kept_fp32=out._compress_kept_fp32, dense_bytes=before["bytes"], packed_bytes=counts["bytes"],
         **facts,
@@ -116,9 +117,11 @@ def bnb_4bit_memory(config: Bnb4bitConfig, facts: ModelFacts) -> Need:
 
 
 # int8 / NF4 / FP4 codes all hold an exact 0; bitsandbytes models save with
-# save_pretrained (their quantization_config), no format of the suite's own.
+# save_pretrained (their quantization_config) in the "bnb" format, whose loader keeps the
+# portable CPU layout.
 @register_recipe("bnb-int8", BnbInt8Config, family="quantization", knobs=(),
-                 traits=Traits(runtime_format=True), formats=(), memory=bnb_int8_memory)
+                 traits=Traits(runtime_format=True), formats=(bnb_q.FORMAT.name,),
+                 memory=bnb_int8_memory)
 def bnb_int8(model: nn.Module, config: BnbInt8Config, context: Context) -> nn.Module:
     """LLM.int8 via bitsandbytes: int8 weights, 16-bit outlier columns."""
     from transformers import BitsAndBytesConfig
@@ -135,7 +138,8 @@ def bnb_int8(model: nn.Module, config: BnbInt8Config, context: Context) -> nn.Mo
 
 
 @register_recipe("bnb-4bit", Bnb4bitConfig, family="quantization", knobs=(),
-                 traits=Traits(runtime_format=True), formats=(), memory=bnb_4bit_memory)
+                 traits=Traits(runtime_format=True), formats=(bnb_q.FORMAT.name,),
+                 memory=bnb_4bit_memory)
 def bnb_4bit(model: nn.Module, config: Bnb4bitConfig, context: Context) -> nn.Module:
     """4-bit NF4 or FP4 weights via bitsandbytes (blockwise, optional double quantization)."""
     from transformers import BitsAndBytesConfig

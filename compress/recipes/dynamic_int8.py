@@ -1,9 +1,12 @@
 """``dynamic-int8``: int8 weights and dynamic int8 activations with ``torch.ao`` (CPU).
 
 Real int8 kernels (fbgemm / onednn). Whether that is faster than fp32 depends on the
-CPU: on this project's 2-core AVX-512 machine without VNNI, ``bench/quant_speed.py``
-measures about 1.05-1.1x on SmolLM2 and 0.95x on MiniLM at 8 x 128 (the int8 GEMMs gain
-~1.4x, attention and GELU do not change). Linears with huge activation outliers can be
+CPU (its ISA flags: VNNI, AMX), so it is measured, never assumed: each run's
+``profile.latency_vs_dense`` is the same-process ratio to fp32, and
+``reports/bench/quant_speed.json`` (``bench/quant_speed.py``, quiet machine, 0.014 other
+cores; written before the JSON recorded the CPU) gives fp32 / dynamic-int8 time of 1.19
+per generated SmolLM2 token, 1.10 for its 1 x 128 prefill and 1.00 for MiniLM at
+8 x 128. Linears with huge activation outliers can be
 left in float (``skip``, ``outlier_threshold``): one int8 scale per activation tensor
 otherwise rounds their small features away (SmolLM2: perplexity 20 -> 73). Each targeted
 ``nn.Linear`` (GPT-2 ``Conv1D`` converted first) becomes a ``DynamicQuantizedLinear``
@@ -25,7 +28,7 @@ import torch.nn as nn
 from compress.config import option
 from compress.context import Context
 from compress.errors import UserError
-from compress.footprint import F32, ModelFacts, Need, forward_bytes
+from compress.footprint import F32, ModelFacts, Need, calib_forward_parts, calib_hint
 from compress.quant import dynamic
 from compress.quant.layers import KeepFloatConfig, select_targets
 from compress.quant.modules import conv1d_to_linear
@@ -49,10 +52,9 @@ def dynamic_int8_memory(config: DynamicInt8Config, facts: ModelFacts) -> Need:
     parts = {"int8 weights": facts.linear_bytes // max(facts.elem, 1),
              "quantizing the largest linear": 2 * facts.largest_linear() * F32}
     if getattr(config, "outlier_threshold", None) is not None:
-        b = min(8, getattr(config, "nsamples", 8))
-        parts["calibration forward"] = forward_bytes(facts, b, getattr(config, "seq_len", 512))
-    return Need(parts, "use outlier_fraction instead of outlier_threshold (no calibration), "
-                "or fewer calibration texts")
+        parts.update(calib_forward_parts(facts))
+    return Need(parts, calib_hint(facts, "outlier_fraction instead of outlier_threshold (no "
+                                         "calibration)"))
 
 
 # symmetric int8 codes hold an exact 0
@@ -76,7 +78,7 @@ def dynamic_int8(model: nn.Module, config: DynamicInt8Config, context: Context) 
     after = dynamic.size_counts(model)
     model.compress_parameter_counts = after
     record(
-        context, method="dynamic-int8", simulated=False, runs_faster_here=True, device="cpu",
+        context, method="dynamic-int8", simulated=False, device="cpu",
         bits=8, weights="int8 " + ("per-channel" if config.per_channel else "per-tensor"),
         activations="int8 dynamic (per batch)", layers=len(quantized),
         kept_in_float=kept or None,

@@ -7,7 +7,9 @@ over calibration tokens; a neuron's gate, up and down slices move together), and
 router per layer picks which experts each token runs: top-k (``k = round(E *
 active_fraction)``) or, per token, the fewest experts whose predicted share of
 activation energy reaches ``threshold``. Nothing is removed; the MoE FFN computes only
-the experts it runs (:class:`compress.moe.layer.MoEFFN`), so FLOPs and time drop.
+the experts it runs (:class:`compress.moe.layer.MoEFFN`), so FLOPs drop. Whether time
+drops is measured: the MoE FFN against the dense FFN in ``bench/moe_ffn.py``
+(reports/bench/moe_ffn.json), the whole model in each run's ``profile.latency_vs_dense``.
 
 Routers: ``similarity`` (no training; expert centroid . hidden state), ``learned``
 (a small MLP trained on calibration tokens to predict each expert's activation
@@ -41,10 +43,11 @@ import torch
 import torch.nn as nn
 
 from compress.arch import iter_blocks
+from compress.calibration import calibration_set
 from compress.config import RecipeConfig, option
 from compress.context import Context
 from compress.errors import UserError
-from compress.footprint import F32, ModelFacts, Need
+from compress.footprint import F32, ModelFacts, Need, calib_text_parts
 from compress.moe import calib
 from compress.moe.convert import DenseFFN, Site, build_moe, find_sites, install, use
 from compress.moe.format import FORMAT_NAME as MOE_FORMAT
@@ -97,9 +100,9 @@ class MoefyConfig(RecipeConfig):
                                  "FFN output with the router fixed (0: no fine-tuning)", low=0)
     finetune_lr: float = option(1e-4, "learning rate of expert fine-tuning", low=0.0,
                                 low_inclusive=False)
-    calibration_tokens: int = option(8192, "calibration tokens collected per FFN (a share "
-                                     "is held out for scoring)", low=64)
-    seq_len: int = option(128, "max tokens per calibration text", low=8)
+    calibration_tokens: int = option(8192, "at most this many of the shared calibration set's "
+                                     "tokens are collected per FFN (a share is held out for "
+                                     "scoring)", low=64)
     held_out: float = option(0.2, "share of calibration tokens held out for router scores",
                              low=0.05, high=0.5)
     kmeans_iters: int = option(25, "balanced k-means iterations", low=1)
@@ -108,6 +111,9 @@ class MoefyConfig(RecipeConfig):
                                  low_inclusive=False)
     timing_rounds: int = option(10, "alternating dense/MoE rounds timing the FFN blocks and "
                                 "the whole model at 1x128 (0: skip)", low=0)
+
+    VERSION = 2  # calibration moved to the context (compress.calibration); seq_len removed
+
 
     def validate(self) -> None:
         if self.routing == "threshold" and self.router == "similarity":
@@ -292,7 +298,9 @@ def moefy_memory(config: MoefyConfig, facts: ModelFacts) -> Need:
     partition, the train/held-out copies of its inputs, and both router candidates'
     experts."""
     n_ffn = sum(s.blocks for s in facts.stacks if s.ffn) or 1
-    tokens = (config.calibration_tokens + config.seq_len) if _needs_data(config) else 0
+    d = facts.data
+    tokens = (min(config.calibration_tokens, d.calib_tokens()) + d.calib_len()
+              if _needs_data(config) and d.calib_sequences else 0)
     ffn = facts.ffn
     site = facts.ffn_linear_bytes() // n_ffn
     parts = {
@@ -302,8 +310,11 @@ def moefy_memory(config: MoefyConfig, facts: ModelFacts) -> Need:
         "one FFN's activations and partition": tokens * (2 * facts.hidden + 4 * ffn) * F32
         + 2 * site,
     }
-    hint = (f"use fewer calibration tokens (calibration_tokens={max(64, config.calibration_tokens // 4)}) "
-            "or partition=weights with router=similarity (no calibration)")
+    if tokens:
+        parts.update(calib_text_parts(facts))
+    hint = (f"use fewer calibration tokens (calibration_tokens="
+            f"{max(64, config.calibration_tokens // 4)}) or partition=weights with "
+            "router=similarity (no calibration)")
     return Need(parts, hint)
 
 
@@ -338,16 +349,15 @@ def moefy(model: nn.Module, config: MoefyConfig, context: Context) -> nn.Module:
                             f"num_experts={E}; choose one of {divisors}")
     have_data = bool(context.calibration)
     if _needs_data(config) and not have_data:
-        calib.calibration_inputs(model, context.tokenizer, [], max_tokens=1, seq_len=1)
+        calibration_set(context, model, recipe="moefy (co-activation partition, learned "
+                        "router or sparsity)")
     was_training = model.training
     model.eval()
     xs: dict[str, torch.Tensor] = {}
     inputs: list[dict[str, torch.Tensor]] = []
     try:
         if have_data:
-            inputs = calib.calibration_inputs(model, context.tokenizer, context.calibration,
-                                              max_tokens=config.calibration_tokens,
-                                              seq_len=config.seq_len)
+            inputs = _calibration_inputs(model, context, config.calibration_tokens)
             xs = calib.capture_ffn_inputs(model, sites, inputs)
         layers = []
         for site in sites:
@@ -362,6 +372,31 @@ def moefy(model: nn.Module, config: MoefyConfig, context: Context) -> nn.Module:
     context.info["moe"] = _summary(config, k, layers, timing, inputs, xs, sites,
                                    time.perf_counter() - t0)
     return model
+
+
+def _calibration_inputs(model: nn.Module, context: Context, max_tokens: int
+                        ) -> list[dict[str, torch.Tensor]]:
+    """The shared calibration set one sequence at a time (no padding reaches the
+    statistics), until ``max_tokens`` encoder tokens; encoder-decoders read the target
+    as decoder input, so decoder FFNs see real tokens too."""
+    from compress.models import input_device
+
+    device = input_device(model)
+    inputs, total = [], 0
+    for b in calibration_set(context, model, recipe="moefy").batches(batch_size=1):
+        ids = b.inputs["input_ids"]
+        if ids.shape[1] < 2:
+            continue
+        batch = {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device)}
+        if "labels" in b.inputs:
+            batch["decoder_input_ids"] = b.inputs["labels"].to(device)
+        inputs.append(batch)
+        total += ids.shape[1]
+        if total >= max_tokens:
+            break
+    if not inputs:
+        raise UserError("moefy: the calibration texts produced no tokens")
+    return inputs
 
 
 def _summary(config, k, layers, timing, inputs, xs, sites, seconds) -> dict[str, Any]:
@@ -407,8 +442,8 @@ def _summary(config, k, layers, timing, inputs, xs, sites, seconds) -> dict[str,
             for name in ("similarity", "learned")
             if any(name in f.get("router_scores", {}) for f in layers)
         },
-        "calibration": {"texts": len(inputs), "tokens_per_ffn": tokens,
-                        "held_out": config.held_out, "seq_len": config.seq_len},
+        "calibration": {"sequences": len(inputs), "tokens_per_ffn": tokens,
+                        "held_out": config.held_out},
         "timing": timing,
         "timing_note": "same process, alternating rounds; on a shared CPU these numbers are "
         "provisional until re-run on a quiet machine" if timing else None,

@@ -23,7 +23,7 @@ import torch.nn as nn
 from compress.config import option
 from compress.context import Context
 from compress.errors import UserError
-from compress.footprint import ModelFacts, Need, forward_bytes
+from compress.footprint import ModelFacts, Need, calib_forward_parts
 from compress.quant import onnx as onnx_q
 from compress.quant.layers import KeepFloatConfig, select_targets
 from compress.quant.modules import conv1d_to_linear
@@ -53,8 +53,7 @@ def onnx_int8_memory(config: OnnxInt8Config, facts: ModelFacts) -> Need:
     parts = {"exported graph and its bytes": 2 * facts.param_bytes,
              "int8 graph, session and counts": facts.param_bytes // 2}
     if config.outlier_threshold is not None:
-        parts["calibration forward"] = forward_bytes(facts, min(8, config.nsamples),
-                                                     config.seq_len)
+        parts.update(calib_forward_parts(facts))
     return Need(parts, "use dynamic-int8 (quantizes in place, no export) or free memory")
 
 
@@ -82,7 +81,7 @@ def onnx_int8(model: nn.Module, config: OnnxInt8Config, context: Context) -> nn.
                            kv_cache=config.kv_cache)
     counts = wrapped.compress_parameter_counts
     record(
-        context, method="onnx-int8", simulated=False, runs_faster_here=True, device="cpu",
+        context, method="onnx-int8", simulated=False, device="cpu",
         bits=8, weights=("int7" if reduce_range else "int8") + " "
         + ("per-channel" if config.per_channel else "per-tensor"),
         activations="int8 dynamic (per batch)", task=task, reduce_range=reduce_range,

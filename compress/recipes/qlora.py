@@ -134,7 +134,7 @@ def qlora(model: nn.Module, config: QLoRAConfig, context: Context) -> nn.Module:
         packed = base_counts["bytes"] + 4 * adapter_params
     record(
         context, method="qlora", simulated=config.merge == "fp32",
-        runs_faster_here=False if device == "cpu" else None, device=device, bits=4,
+        device=device, bits=4,
         quant_type=config.quant_type, double_quant=config.double_quant, merge=config.merge,
         layers=len(targets) - len(kept_fp32), kept_fp32=kept_fp32,
         dense_bytes=before["bytes"], packed_bytes=packed,

@@ -3,8 +3,9 @@
 The optimum route: ``optimum.quanto.quantize`` + ``freeze`` on the targeted linears
 (GPT-2 ``Conv1D`` converted to ``Linear`` first); with ``activations=int8`` a
 calibration pass records activation scales first. Weights are really stored in int8 /
-packed int4 (int4 in groups of 128 with scale and shift). On this CPU quanto's
-kernels are slower than fp32 (measured in ``bench/quant_speed.py``). The weights are
+packed int4 (int4 in groups of 128 with scale and shift). Its speed against fp32 is
+each run's ``profile.latency_vs_dense``, and ``bench/quant_speed.py --extra quanto-int8``
+(reports/bench/quant_speed.json) compares it with the other int8 paths. The weights are
 frozen inside ``torch.inference_mode`` (optimum-quanto 0.2.7's int4 weights frozen
 outside it fail under ``inference_mode``), so the result is for inference only. Reload with
 :func:`compress.saving.load_compressed` (format ``quanto``).
@@ -19,10 +20,10 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
+from compress.calibration import calibration_batches
 from compress.config import RecipeConfig, option
 from compress.context import Context
-from compress.footprint import F32, ModelFacts, Need, forward_bytes
-from compress.quant import calib
+from compress.footprint import F32, ModelFacts, Need, calib_forward_parts, calib_hint
 from compress.quant import quanto as quanto_q
 from compress.quant.layers import select_targets
 from compress.quant.modules import conv1d_to_linear, state_counts
@@ -39,9 +40,9 @@ class QuantoConfig(RecipeConfig):
     weights: str = option("int8", "weight type", choices=("int8", "int4"))
     activations: str = option("none", "activation type (int8 needs calibration text)",
                               choices=("none", "int8"))
-    nsamples: int = option(32, "calibration texts for activation scales", low=1)
-    seq_len: int = option(512, "max tokens per calibration text", low=8)
     include_head: bool = option(False, "also quantize the LM head")
+
+    VERSION = 2  # calibration moved to the context (compress.calibration)
 
 
 def quanto_memory(config: QuantoConfig, facts: ModelFacts) -> Need:
@@ -52,11 +53,8 @@ def quanto_memory(config: QuantoConfig, facts: ModelFacts) -> Need:
     parts = {"quantized weights": int(facts.linear_bytes / max(facts.elem, 1) * per_weight),
              "quantizing the largest linear": 2 * facts.largest_linear() * F32}
     if config.activations != "none":
-        b = min(8, config.nsamples)
-        parts["calibration forward"] = forward_bytes(facts, b, config.seq_len)
-    hint = (f"use fewer or shorter calibration texts (nsamples={max(1, config.nsamples // 4)}, "
-            "seq_len) or activations=none")
-    return Need(parts, hint)
+        parts.update(calib_forward_parts(facts, hooked=False))
+    return Need(parts, calib_hint(facts, "activations=none"))
 
 
 @register_recipe(
@@ -71,22 +69,20 @@ def quanto(model: nn.Module, config: QuantoConfig, context: Context) -> nn.Modul
     activations = None if config.activations == "none" else config.activations
     batches = None
     if activations:
-        batches = calib.calibration_batches(
-            model, context.tokenizer, context.calibration, n_samples=config.nsamples,
-            seq_len=config.seq_len, recipe="quanto with int8 activations",
-        )
+        batches = calibration_batches(context, model, recipe="quanto with int8 activations")
     model._compress_conv1d_converted = conv1d_to_linear(model, set(targets))
     quanto_q.quantize(model, list(targets), config.weights, activations, batches)
     model._compress_logical_counts = before
     counts = state_counts(model, before)
     model.compress_parameter_counts = counts
     record(
-        context, method="quanto", simulated=False, runs_faster_here=False, device=device_of(model),
+        context, method="quanto", simulated=False, device=device_of(model),
         weights=config.weights, activations=config.activations, layers=len(targets),
         bits=8 if config.weights == "int8" else 4,
         group_size=128 if config.weights == "int4" else None,
         dense_bytes=before["bytes"], packed_bytes=counts["bytes"],
-        note="optimum-quanto: real packed weights, inference only; slower than fp32 on this CPU",
+        note="optimum-quanto: real packed weights, inference only; speed against fp32: "
+        "profile.latency_vs_dense",
     )
     return model
 

@@ -21,22 +21,24 @@ from typing import Any
 
 import torch.nn as nn
 
+from compress.calibration import calibration_batches
 from compress.config import option
 from compress.context import Context
 from compress.errors import UserError
 from compress.footprint import (
+    CALIB_BATCH,
     F32,
     FINETUNE_HINT,
     ModelFacts,
     Need,
+    calib_hint,
+    calib_text_parts,
     forward_bytes,
     hidden_states_bytes,
-    joined_text_bytes,
     logits_bytes,
     recovery_need,
     saved_activation_bytes,
 )
-from compress.pruning.calibration import make_batches
 from compress.pruning.config import RecoveryConfig
 from compress.pruning.importance import (
     IMPORTANCES,
@@ -75,10 +77,9 @@ class StructuredConfig(RecoveryConfig):
                              "or taylor (|sum w * grad|, needs a loss)", choices=IMPORTANCES)
     gqa: str = option("query", "with grouped KV heads: remove query heads evenly from every KV "
                       "group (query) or whole KV groups (group)", choices=("query", "group"))
-    nsamples: int = option(32, "calibration sequences for activation/taylor importance",
-                           low=1, high=100_000)
-    seq_len: int = option(128, "tokens per calibration sequence", low=2, high=1_000_000)
-    calib_batch_size: int = option(8, "calibration sequences per forward", low=1, high=4096)
+
+    VERSION = 2  # calibration moved to the context (compress.calibration)
+
 
     def validate(self) -> None:
         super().validate()
@@ -145,11 +146,11 @@ def structured_memory(config: StructuredConfig, facts: ModelFacts) -> Need:
     (the block linears' gradients, saved activations, the loss's logits copies); a causal
     LM's calibration text is tokenized as one text. Removal copies the removed columns
     aside to check the result. Then recovery fine-tuning, if any."""
-    n, t = config.nsamples, config.seq_len
-    b = min(config.calib_batch_size, n)
+    n, t = facts.data.calib_sequences, facts.data.calib_len()
+    b = min(CALIB_BATCH, n)
     parts: dict[str, int] = {}
-    if config.importance != "magnitude" and facts.causal:
-        parts["tokenized calibration text"] = joined_text_bytes(facts.data.calibration_chars)
+    if config.importance != "magnitude":
+        parts.update(calib_text_parts(facts))
     if config.importance == "activation":
         parts["calibration forward"] = (forward_bytes(facts, b, t)
                                         + 2 * b * t * facts.widest_in() * F32)
@@ -160,8 +161,7 @@ def structured_memory(config: StructuredConfig, facts: ModelFacts) -> Need:
             + logits_bytes(facts, b, t, 4))
     parts["removed columns kept to check the result"] = int(
         (config.ffn_ratio + config.heads_ratio) * facts.linear_bytes / 4)
-    hint = (f"use fewer or shorter calibration sequences (calib_batch_size={max(1, b // 4)}, "
-            "seq_len) or importance=magnitude (no calibration)")
+    hint = calib_hint(facts, "importance=magnitude (no calibration)")
     return Need.peak(Need(parts, hint), recovery_need(config, facts, FINETUNE_HINT))
 
 
@@ -196,9 +196,7 @@ def structured(model: nn.Module, config: StructuredConfig, context: Context) -> 
         if config.importance == "magnitude":
             scores = magnitude_scores(m)
         else:
-            batches = make_batches(context.tokenizer, context.calibration, task,
-                                   nsamples=config.nsamples, seq_len=config.seq_len,
-                                   batch_size=config.calib_batch_size, seed=config.seed)
+            batches = calibration_batches(context, m, recipe="structured")
             scores = activation_scores(m, batches) if config.importance == "activation" \
                 else taylor_scores(m, batches, task)
         sizes = apply_selection(m, select(m, scores, ffn_now, heads_now, config.gqa))

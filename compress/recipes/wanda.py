@@ -2,7 +2,9 @@
 
 Wanda ("A Simple and Effective Pruning Approach for Large Language Models",
 arXiv:2306.11695) scores each weight by ``|W_ij| * ||X_j||_2`` over calibration
-tokens and removes the lowest scores of every output row. Calibration is sequential:
+tokens and removes the lowest scores of every output row. Calibration tokens are the
+context's shared set (:mod:`compress.calibration`, ``--calib-sequences`` x
+``--calib-seq-len``); calibration is sequential:
 block by block, each block fed the outputs of the already-pruned blocks before it, so
 memory holds one stack's calibration activations rather than the whole model's
 (see :mod:`compress.pruning.calibration`). N:M patterns (``--pattern 2:4``) pick
@@ -21,14 +23,14 @@ from compress.config import option
 from compress.context import Context
 from compress.errors import UserError
 from compress.footprint import (
+    CALIB_BATCH,
     F32,
     FINETUNE_HINT,
     ModelFacts,
     Need,
-    block_forward_bytes,
-    hidden_states_bytes,
-    joined_text_bytes,
+    calib_hint,
     recovery_need,
+    sequential_parts,
 )
 from compress.pruning.config import UnstructuredConfig
 from compress.pruning.recovery import run_with_recovery, task_for
@@ -43,11 +45,11 @@ from compress.traits import Knob, Traits, nm_divides, pattern_sparsity
 class WandaConfig(UnstructuredConfig):
     """Wanda: weight magnitude times input activation norm, calibrated block by block."""
 
+    VERSION = 2  # calibration moved to the context (compress.calibration)
+
     scope: str = option("row", "comparison group: row (each output row, as in the paper) or "
                         "layer (each matrix)", choices=("row", "layer"))
-    nsamples: int = option(128, "calibration sequences", low=1, high=100_000)
-    seq_len: int = option(128, "tokens per calibration sequence", low=2, high=1_000_000)
-    calib_batch_size: int = option(8, "calibration sequences per forward", low=1, high=4096)
+
 
     def validate(self) -> None:
         super().validate()
@@ -61,17 +63,13 @@ def wanda_memory(config: WandaConfig, facts: ModelFacts) -> Need:
     replaces), one block's forward on a batch with the hooks' squared copies of the widest
     input, the per-batch masks; a causal LM's calibration text tokenized as one text.
     Then recovery fine-tuning, if any."""
-    n, t = config.nsamples, config.seq_len
-    b = min(config.calib_batch_size, n)
-    parts = {
-        "calibration hidden states": hidden_states_bytes(facts, (n + b) * t),
-        "one block's forward": block_forward_bytes(facts, b, t)
-        + 2 * b * t * facts.widest_in() * F32 + (0 if facts.causal else n * t * t),
-    }
-    if facts.causal:
-        parts["tokenized calibration text"] = joined_text_bytes(facts.data.calibration_chars)
-    hint = (f"use fewer calibration samples (nsamples={max(1, n // 4)}) or a shorter seq_len, "
-            "or magnitude pruning (no calibration)")
+    n, t = facts.data.calib_sequences, facts.data.calib_len()
+    b = min(CALIB_BATCH, n)
+    parts = sequential_parts(facts)
+    if n:
+        parts["hooked inputs and scores"] = (2 * b * t * facts.widest_in() * F32
+                                             + 3 * facts.largest_linear() * F32)
+    hint = calib_hint(facts, "magnitude pruning (no calibration)")
     return Need.peak(Need(parts, hint), recovery_need(config, facts, FINETUNE_HINT))
 
 

@@ -15,6 +15,16 @@ from eval.report.common import SECTIONS, Writer, fmt_mb, fmt_ratio, task_of_runs
 from eval.report.schema import dig, fmt_value
 
 
+def _vs_dense(report: dict[str, Any]) -> str:
+    """The run's same-process latency ratio to dense at 1 x 128 with its 95% interval."""
+    vs = dig(report, "profile", "latency_vs_dense", "1x128")
+    if not isinstance(vs, dict) or vs.get("ratio") is None:
+        return "not measured"
+    lo, hi = vs.get("ci95") or (None, None)
+    span = f" [{lo:.2f}, {hi:.2f}]" if lo is not None and hi is not None else ""
+    return f"{vs['ratio']:.2f}x{span} ({vs.get('verdict', '?')})"
+
+
 def section_size_runtime(w: Writer, reports: list[dict[str, Any]]) -> None:
     w(f"## 7. {SECTIONS[6]}")
     w()
@@ -49,13 +59,13 @@ def section_size_runtime(w: Writer, reports: list[dict[str, Any]]) -> None:
             "once packed (codes + scales + zero points + kept outliers):"
         )
         w()
-        w("| model | run | format | on disk | packed | runs faster here |")
+        w("| model | run | format | on disk | packed | latency / dense (same process) |")
         w("|---|---|---|--:|--:|---|")
         for r, q in sorted(packed, key=lambda x: (x[0]["model"]["name"], x[0]["label"])):
             w(
                 f"| {r['model']['name']} | `{r['label']}` | {q.get('format', '?')} | "
                 f"{fmt_mb(dig(r, 'profile', 'bytes_on_disk'))} | {fmt_mb(q.get('packed_bytes'))} | "
-                f"{q.get('runs_faster_here')} |"
+                f"{_vs_dense(r)} |"
             )
         w()
 

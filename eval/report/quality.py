@@ -18,6 +18,7 @@ from eval.report.common import (
     protocol_text,
     task_of_runs,
 )
+from eval.report.methods import grid_paragraph
 from eval.report.schema import dig, fmt_value
 
 SPARSITY_LEVELS = (0.1, 0.5, 0.9, 0.95, 0.99)
@@ -69,6 +70,7 @@ def section_analysis(
                 f"{fmt_value(s.get('max_abs'))} |"
             )
         w()
+        grid_paragraph(w, model, data)
         slug = data.get("slug") or Path(data["_path"]).stem
         for suffix, alt in (("_hist", "weight histograms"), ("_blocks", "per-block fractions")):
             png = analysis_dir / f"{slug}{suffix}.png"

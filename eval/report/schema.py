@@ -6,8 +6,9 @@ wall time; the model (name, source, task, architecture facts); the pipeline of
 recipes with their full configs; metrics with direction and protocol; the profile;
 what the recipes recorded (``info``); library versions and thread count.
 
-The run key is a hash of model + pipeline configs + quick flag: the same run always
-maps to the same file, so a rerun replaces its report and a sweep can skip runs whose
+The run key is a hash of model + pipeline configs + quick flag, plus the calibration
+spec (N sequences x L tokens, seed; :mod:`compress.calibration`) when a step
+calibrates: the same run always maps to the same file, so a rerun replaces its report and a sweep can skip runs whose
 report already says ``ok``.
 """
 
@@ -30,6 +31,7 @@ from typing import Any
 
 from compress.errors import UserError
 from compress.fileio import TMP_PREFIX, atomic_write_json
+from eval.machine import cpu_info
 
 log = logging.getLogger(__name__)
 
@@ -113,12 +115,20 @@ def _short(v: Any) -> str:
     return str(v)
 
 
-def run_key(model: str, pipeline: list[dict[str, Any]], quick: bool) -> str:
-    """Stable hash of what determines a run's result."""
-    canonical = json.dumps(
-        {"model": model, "pipeline": [s["config"] for s in pipeline], "quick": quick},
-        sort_keys=True,
-    )
+def run_key(
+    model: str, pipeline: list[dict[str, Any]], quick: bool,
+    calibration: dict[str, Any] | None = None,
+) -> str:
+    """Stable hash of what determines a run's result.
+
+    ``calibration`` (:func:`compress.calibration.run_key_part`) is given when a step
+    calibrates; runs that do not calibrate keep the key they always had.
+    """
+    data: dict[str, Any] = {"model": model, "pipeline": [s["config"] for s in pipeline],
+                            "quick": quick}
+    if calibration is not None:
+        data["calibration"] = calibration
+    canonical = json.dumps(data, sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
@@ -161,6 +171,7 @@ def environment(threads: int | None = None) -> dict[str, Any]:
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
+        "cpu": cpu_info(),  # model and ISA flags (AVX2, AVX-512, VNNI, AMX): int8 gains depend on them
         "threads": threads if threads is not None else torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "libraries": versions,
@@ -174,6 +185,9 @@ class Report:
     model: dict[str, Any]
     pipeline: list[dict[str, Any]]
     quick: bool = False
+    #: the calibration spec in the run key (None when no step calibrates); the drawn
+    #: set's record (source, tokens, sha256) is in ``info["calibration"]``.
+    calibration: dict[str, Any] | None = None
     status: str = "running"
     error: str | None = None
     traceback: str | None = None
@@ -188,7 +202,7 @@ class Report:
 
     @property
     def key(self) -> str:
-        return run_key(self.model["name"], self.pipeline, self.quick)
+        return run_key(self.model["name"], self.pipeline, self.quick, self.calibration)
 
     @property
     def run_id(self) -> str:
@@ -209,6 +223,7 @@ class Report:
             "wall_time_s": self.wall_time_s,
             "stage_times_s": self.stage_times_s,
             "quick": self.quick,
+            "calibration": self.calibration,
             "model": self.model,
             "label": pipeline_label(self.pipeline),
             "pipeline": self.pipeline,
