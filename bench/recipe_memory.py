@@ -48,10 +48,11 @@ from pathlib import Path
 
 MODELS = ("smollm2-135m", "minilm-l6-sentiment")
 
-#: the calibration set of every case (``context.calib``): N sequences x L tokens. Half the
-#: suite's default N (64 x 256), to keep a bench of 40 runs on a shared 2-core machine
-#: short; every estimate reads N and L from the context, so any N x L is a fair test.
-CALIB = (32, 256)
+#: the calibration set of every case (``context.calib``): N sequences x L tokens. A
+#: quarter of the suite's default N and half its L (64 x 256): the 40 runs share a busy
+#: 2-core machine (SmolLM2's sequential calibration at 64 x 256 takes over 15 minutes a
+#: run there). Every estimate reads N and L from the context, so any N x L is a fair test.
+CALIB = (16, 128)
 #: case -> (recipe, config fields). Small but real: the settings of a smoke sweep; training
 #: recipes run 2 steps (the peak is the first step's backward with the optimizer made).
 CASES: dict[str, tuple[str, dict]] = {
@@ -268,6 +269,23 @@ def _mib(n: float | None) -> str:
     return "-" if n is None else f"{n / 2**20:8.1f}"
 
 
+def _save(folder: Path, result: dict) -> Path:
+    """Merge ``result`` into ``folder/recipe_memory.json`` (a re-run case replaces its
+    entry; the others stay)."""
+    from compress.fileio import atomic_write_json
+
+    path = folder / "recipe_memory.json"
+    merged = {}
+    if path.exists():
+        for r in json.loads(path.read_text()).get("results", []):
+            merged[(r.get("model"), r.get("case"))] = r
+    merged[(result.get("model"), result.get("case"))] = result
+    return atomic_write_json(path, {
+        "benchmark": "recipe_memory", "protocol": __doc__, "band": [LOW, HIGH],
+        "results": sorted(merged.values(), key=lambda r: (r.get("model", ""), r.get("case", ""))),
+    })
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", nargs="+", default=list(DEFAULT_CASES),
@@ -285,7 +303,6 @@ def main(argv: list[str] | None = None) -> int:
         model_name, case = args.one.split(":")
         print(json.dumps(measure_one(model_name, case)))
         return 0
-    results = []
     for item in args.cases:
         model_name, _, case = item.partition(":")
         if case not in CASES and case != "torch-prune":
@@ -294,28 +311,15 @@ def main(argv: list[str] | None = None) -> int:
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             print(f"{item}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
-            results.append({"model": model_name, "case": case,
-                            "error": (proc.stderr.strip().splitlines() or ["?"])[-1]})
+            _save(args.out, {"model": model_name, "case": case,
+                             "error": (proc.stderr.strip().splitlines() or ["?"])[-1]})
             continue
         r = json.loads(proc.stdout.strip().splitlines()[-1])
-        results.append(r)
+        _save(args.out, r)  # after every case: an interrupted bench keeps what it measured
         ok = "" if r["ratio"] is None else ("ok" if LOW <= r["ratio"] <= HIGH else "OUT")
         print(f"{r['model']:>20} {r['case']:>18}  estimate {_mib(r['estimate_bytes'])} MiB  "
               f"measured {_mib(r['measured_bytes'])} MiB  ratio {r['ratio']} {ok}  "
               f"({r['seconds']} s)", flush=True)
-    from compress.fileio import atomic_write_json
-
-    path = args.out / "recipe_memory.json"
-    merged = {}
-    if path.exists():  # earlier runs of other cases stay; a re-run case replaces its entry
-        for r in json.loads(path.read_text()).get("results", []):
-            merged[(r.get("model"), r.get("case"))] = r
-    for r in results:
-        merged[(r.get("model"), r.get("case"))] = r
-    atomic_write_json(path, {
-        "benchmark": "recipe_memory", "protocol": __doc__, "band": [LOW, HIGH],
-        "results": list(merged.values()),
-    })
     return 0
 
 

@@ -137,6 +137,11 @@ class ModelFacts:
         return max((i * o for b in self.block_linears() for i, o in b),
                    default=self.hidden * self.ffn)
 
+    def largest_block(self) -> int:
+        """Elements of the block linears of the largest block."""
+        return max((sum(i * o for i, o in b) for b in self.block_linears()),
+                   default=self.largest_linear())
+
     def ffn_linear_bytes(self) -> int:
         """Bytes of the FFN linears (moefy copies them into experts): those whose input or
         output width is the FFN width."""
@@ -515,64 +520,6 @@ FINETUNE_HINT = ("use finetune_method=lora instead of full fine-tuning, a smalle
                  "--device-map auto")
 
 
-#: the batch size of calibration (compress.calibration.DEFAULT_BATCH_SIZE).
-CALIB_BATCH = 8
-
-
-def calib_hint(facts: ModelFacts, other: str = "") -> str:
-    """The cheaper option a calibrating recipe's refusal names."""
-    n = max(1, facts.data.calib_sequences // 4)
-    return (f"use fewer calibration sequences (--calib-sequences {n}) or a shorter "
-            "--calib-seq-len" + (f", or {other}" if other else ""))
-
-
-def calib_text_parts(facts: ModelFacts) -> dict[str, int]:
-    """Drawing the calibration set: a causal LM's pool is tokenized as one joined text."""
-    if facts.causal and facts.data.calib_sequences:
-        return {"tokenized calibration text": joined_text_bytes(facts.data.calibration_chars)}
-    return {}
-
-
-def calib_forward_parts(facts: ModelFacts, hooked: bool = True) -> dict[str, int]:
-    """Whole-model calibration forwards, one batch at a time (logits included), with the
-    hooks' float copy of the widest input (``hooked``), and the drawn calibration text."""
-    n = facts.data.calib_sequences
-    if not n:
-        return {}
-    b, t = min(CALIB_BATCH, n), facts.data.calib_len()
-    extra = b * t * facts.widest_in() * F32 if hooked else 0
-    return {"calibration forward": forward_bytes(facts, b, t) + extra, **calib_text_parts(facts)}
-
-
-def sequential_parts(facts: ModelFacts, batch: int = CALIB_BATCH) -> dict[str, int]:
-    """What :func:`compress.sequential.run_sequential` holds besides a recipe's own
-    statistics: one stack's hidden states for every calibration token (plus one batch of
-    outputs while they are replaced), the arguments recorded for the blocks (rotary
-    cos/sin per token; a padded task's 4D attention mask per batch), one block's forward
-    on a batch, and the drawn calibration text."""
-    n, t = facts.data.calib_sequences, facts.data.calib_len()
-    if not n:
-        return {}
-    b = min(batch, n)
-    s = facts.stacks[0] if facts.stacks else StackFacts("decoder", 1)
-    args = n * t * s.head_dim * 2 * F32 if facts.causal else n * t * t * F32
-    return {
-        "calibration hidden states": hidden_states_bytes(facts, n * t + b * t),
-        "recorded block arguments": args,
-        "one block's forward": block_forward_bytes(facts, b, t),
-        **calib_text_parts(facts),
-    }
-
-
-def hessian_bytes(facts: ModelFacts) -> int:
-    """GPTQ / SparseGPT on the widest-input linear of a block: its float32 Hessian
-    accumulator (in x in), then in float64 the Hessian's copy, its permuted copy, the
-    Cholesky work and inverse (about five in x in doubles), and four weight-sized float
-    temporaries (W, Q, block errors) of the largest linear."""
-    w = facts.widest_in()
-    return w * w * F32 + 5 * w * w * 8 + 4 * facts.largest_linear() * F32
-
-
 def lora_bytes(facts: ModelFacts, r: int) -> int:
     """LoRA adapters (A: r x in, B: out x r) on every block linear, float32."""
     return sum(r * (i + o) * F32 for b in facts.block_linears() for i, o in b)
@@ -586,8 +533,7 @@ def as_facts(facts_or_bytes: Any, hidden: int | None = None) -> ModelFacts:
 
 
 __all__ = [
-    "CALIB_BATCH", "F32", "FINETUNE_HINT", "calib_forward_parts", "calib_hint", "calib_text_parts", "hessian_bytes",
-    "sequential_parts", "TOKENIZE_BYTES_PER_CHAR", "DataFacts", "ModelFacts", "Need", "StackFacts", "as_facts", "call_estimate", "fmt_bytes", "block_forward_bytes", "forward_bytes",
+    "F32", "FINETUNE_HINT", "TOKENIZE_BYTES_PER_CHAR", "DataFacts", "ModelFacts", "Need", "StackFacts", "as_facts", "call_estimate", "fmt_bytes", "block_forward_bytes", "forward_bytes",
     "data_facts", "finetune_parts", "hidden_states_bytes", "joined_text_bytes",
     "logits_bytes", "lora_bytes", "lora_input_bytes", "model_facts", "optimizer_bytes",
     "recovery_need",

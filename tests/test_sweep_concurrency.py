@@ -50,7 +50,7 @@ def sweep_file(tmp_path: Path, llama: Path, levels=LEVELS, sleep: float = 0.5,
         [defaults]
         quick = true
         threads = 1
-        calibration_samples = 4
+        calib_sequences = 4
         reports = "{tmp_path / 'reports'}"
         [[runs]]
         recipe = "sweep-probe-test"

@@ -24,18 +24,11 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
+from compress.calib_footprint import calib_hint, hessian_bytes, sequential_parts
 from compress.calibration import calibration_set
 from compress.config import RecipeConfig, option
 from compress.context import Context
-from compress.footprint import (
-    F32,
-    ModelFacts,
-    Need,
-    calib_hint,
-    hessian_bytes,
-    hidden_states_bytes,
-    sequential_parts,
-)
+from compress.footprint import F32, ModelFacts, Need, hidden_states_bytes
 from compress.quant.awq import awq_model
 from compress.quant.grid import GRANULARITIES, SCHEME_CHOICES, QuantSpec, model_size_summary
 from compress.quant.layers import select_targets

@@ -25,10 +25,11 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
+from compress.calib_footprint import calib_forward_parts, calib_hint
 from compress.config import option
 from compress.context import Context
 from compress.errors import UserError
-from compress.footprint import F32, ModelFacts, Need, calib_forward_parts, calib_hint
+from compress.footprint import F32, ModelFacts, Need
 from compress.quant import dynamic
 from compress.quant.layers import KeepFloatConfig, select_targets
 from compress.quant.modules import conv1d_to_linear

@@ -25,12 +25,13 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
+from compress.calib_footprint import calib_hint, hessian_bytes, sequential_parts
 from compress.calibration import calibration_set
 from compress.config import RecipeConfig, option
 from compress.context import Context
 from compress.export import compressed_tensors
 from compress.export.grid import mark
-from compress.footprint import F32, ModelFacts, Need, calib_hint, hessian_bytes, sequential_parts
+from compress.footprint import F32, ModelFacts, Need
 from compress.quant.gptq import gptq_model
 from compress.quant.grid import GRANULARITIES, SCHEME_CHOICES, QuantSpec, model_size_summary
 from compress.quant.layers import select_targets

@@ -43,11 +43,12 @@ import torch
 import torch.nn as nn
 
 from compress.arch import iter_blocks
+from compress.calib_footprint import calib_text_parts
 from compress.calibration import calibration_set
 from compress.config import RecipeConfig, option
 from compress.context import Context
 from compress.errors import UserError
-from compress.footprint import F32, ModelFacts, Need, calib_text_parts
+from compress.footprint import F32, ModelFacts, Need
 from compress.moe import calib
 from compress.moe.convert import DenseFFN, Site, build_moe, find_sites, install, use
 from compress.moe.format import FORMAT_NAME as MOE_FORMAT

@@ -20,10 +20,11 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
+from compress.calib_footprint import calib_forward_parts
 from compress.config import option
 from compress.context import Context
 from compress.errors import UserError
-from compress.footprint import ModelFacts, Need, calib_forward_parts
+from compress.footprint import ModelFacts, Need
 from compress.quant import onnx as onnx_q
 from compress.quant.layers import KeepFloatConfig, select_targets
 from compress.quant.modules import conv1d_to_linear

@@ -23,11 +23,12 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
+from compress.calib_footprint import CALIB_BATCH, calib_hint, sequential_parts
 from compress.calibration import calibration_set
 from compress.config import option
 from compress.context import Context
 from compress.errors import UserError
-from compress.footprint import CALIB_BATCH, F32, ModelFacts, Need, calib_hint, sequential_parts
+from compress.footprint import F32, ModelFacts, Need
 from compress.pruning.config import UnstructuredConfig
 from compress.pruning.owl import owl_sparsities
 from compress.pruning.recovery import run_with_recovery, task_for
@@ -89,13 +90,15 @@ class OWLConfig(UnstructuredConfig):
 
 
 def owl_memory(config: OWLConfig, facts: ModelFacts) -> Need:
-    """The larger of the outlier pass (sequential calibration with the hooks' copies of
-    the widest input and one linear's scores) and the pruning method's own estimate."""
+    """The larger of the outlier pass and the pruning method's own estimate. The outlier
+    pass: sequential calibration with the hooks' copies of the widest input, and the
+    Wanda scores of every linear of a block at once (|W| copies, the scores, their
+    concatenation and the outlier mask: about 20 bytes a weight at the peak)."""
     n, t = facts.data.calib_sequences, facts.data.calib_len()
     parts = sequential_parts(facts)
     if n:
-        parts["hooked inputs and scores"] = (2 * min(CALIB_BATCH, n) * t * facts.widest_in()
-                                             * F32 + 3 * facts.largest_linear() * F32)
+        parts["hooked inputs"] = 2 * min(CALIB_BATCH, n) * t * facts.widest_in() * F32
+        parts["scores of one block"] = 5 * facts.largest_block() * F32
     outliers = Need(parts, calib_hint(facts, "magnitude pruning (no calibration)"))
     return Need.peak(outliers, get_recipe(config.method).memory_need(config.inner(), facts))
 

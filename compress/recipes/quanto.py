@@ -20,10 +20,11 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
+from compress.calib_footprint import calib_forward_parts, calib_hint
 from compress.calibration import calibration_batches
 from compress.config import RecipeConfig, option
 from compress.context import Context
-from compress.footprint import F32, ModelFacts, Need, calib_forward_parts, calib_hint
+from compress.footprint import F32, ModelFacts, Need
 from compress.quant import quanto as quanto_q
 from compress.quant.layers import select_targets
 from compress.quant.modules import conv1d_to_linear, state_counts

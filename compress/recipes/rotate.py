@@ -24,10 +24,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from compress.calib_footprint import calib_hint, hessian_bytes, sequential_parts
 from compress.calibration import calibration_set
 from compress.config import RecipeConfig, option
 from compress.context import Context
-from compress.footprint import F32, ModelFacts, Need, calib_hint, hessian_bytes, sequential_parts
+from compress.footprint import F32, ModelFacts, Need
 from compress.quant.gptq import gptq_model
 from compress.quant.grid import (
     GRANULARITIES,

@@ -26,13 +26,14 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
+from compress.calib_footprint import calib_forward_parts, calib_hint
 from compress.calibration import calibration_batches
 from compress.config import RecipeConfig, option
 from compress.context import Context
 from compress.errors import UserError
 from compress.export import compressed_tensors
 from compress.export.grid import mark
-from compress.footprint import F32, ModelFacts, Need, calib_forward_parts, calib_hint
+from compress.footprint import F32, ModelFacts, Need
 from compress.quant import calib
 from compress.quant.grid import (
     GRANULARITIES,

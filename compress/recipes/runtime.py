@@ -24,10 +24,11 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
+from compress.calib_footprint import calib_forward_parts
 from compress.config import option
 from compress.context import Context
 from compress.errors import UserError
-from compress.footprint import ModelFacts, Need, calib_forward_parts
+from compress.footprint import ModelFacts, Need
 from compress.quant import onnx as oq
 from compress.quant import runtime as rt
 from compress.quant.layers import KeepFloatConfig, select_targets

@@ -29,20 +29,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from compress.calib_footprint import CALIB_BATCH, calib_forward_parts, calib_hint
 from compress.calibration import calibration_batches
 from compress.config import RecipeConfig, option
 from compress.context import Context
 from compress.errors import UserError
-from compress.footprint import (
-    CALIB_BATCH,
-    F32,
-    ModelFacts,
-    Need,
-    calib_forward_parts,
-    calib_hint,
-    forward_bytes,
-    logits_bytes,
-)
+from compress.footprint import F32, ModelFacts, Need, forward_bytes, logits_bytes
 from compress.quant import calib, dynamic
 from compress.quant.grid import (
     QuantSpec,

@@ -28,19 +28,11 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
+from compress.calib_footprint import calib_hint, hessian_bytes, sequential_parts
 from compress.config import option
 from compress.context import Context
 from compress.errors import UserError
-from compress.footprint import (
-    F32,
-    FINETUNE_HINT,
-    ModelFacts,
-    Need,
-    calib_hint,
-    hessian_bytes,
-    recovery_need,
-    sequential_parts,
-)
+from compress.footprint import F32, FINETUNE_HINT, ModelFacts, Need, recovery_need
 from compress.pruning.config import UnstructuredConfig
 from compress.pruning.recovery import run_with_recovery
 from compress.pruning.sparse_format import NAME as SPARSE_FORMAT

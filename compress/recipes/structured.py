@@ -21,18 +21,16 @@ from typing import Any
 
 import torch.nn as nn
 
+from compress.calib_footprint import CALIB_BATCH, calib_hint, calib_text_parts
 from compress.calibration import calibration_batches
 from compress.config import option
 from compress.context import Context
 from compress.errors import UserError
 from compress.footprint import (
-    CALIB_BATCH,
     F32,
     FINETUNE_HINT,
     ModelFacts,
     Need,
-    calib_hint,
-    calib_text_parts,
     forward_bytes,
     hidden_states_bytes,
     logits_bytes,

@@ -19,19 +19,11 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
+from compress.calib_footprint import CALIB_BATCH, calib_hint, sequential_parts
 from compress.config import option
 from compress.context import Context
 from compress.errors import UserError
-from compress.footprint import (
-    CALIB_BATCH,
-    F32,
-    FINETUNE_HINT,
-    ModelFacts,
-    Need,
-    calib_hint,
-    recovery_need,
-    sequential_parts,
-)
+from compress.footprint import F32, FINETUNE_HINT, ModelFacts, Need, recovery_need
 from compress.pruning.config import UnstructuredConfig
 from compress.pruning.recovery import run_with_recovery, task_for
 from compress.pruning.sparse_format import NAME as SPARSE_FORMAT
