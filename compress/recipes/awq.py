@@ -64,14 +64,18 @@ def awq_memory(config: AWQConfig, facts: ModelFacts) -> Need:
     """:func:`compress.quant.awq.awq_model`: the sequential calibration, the float
     block's outputs kept as the reference (one more stack of hidden states), every
     linear's float64 input statistics of one block at once, and the search on the
-    largest linear (its float copies, scaled and rounded candidates; with
+    largest linear (its float copies, scaled, clipped and rounded candidates; with
     rounding=gptq, GPTQ's solve)."""
     parts = sequential_parts(facts)
     if facts.data.calib_sequences:
         parts["float reference outputs"] = hidden_states_bytes(facts, facts.data.calib_tokens())
     parts["input statistics of one block (float64)"] = max(
         (sum(i * i * 8 for i, _ in b) for b in facts.block_linears()), default=0)
-    search = 6 * facts.largest_linear() * F32 + 2 * facts.widest_in() ** 2 * 8
+    # the widest input's statistics as the search reads them (float64 H / n and its
+    # scaled copy, float32 copies for the scale search, the clip search and its per-group
+    # blocks) and about ten weight-sized float copies (units, clipped, rounded, errors)
+    w = facts.widest_in()
+    search = (8 + 8 + 4 + 4 + 4) * w * w + 10 * facts.largest_linear() * F32
     parts["scale and clip search"] = (max(search, hessian_bytes(facts))
                                       if config.rounding == "gptq" else search)
     return Need(parts, calib_hint(facts, "rtn or hqq (no calibration)"))

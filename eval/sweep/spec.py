@@ -13,6 +13,7 @@ import fnmatch
 import importlib
 import itertools
 import os
+import re
 import tomllib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -260,6 +261,10 @@ def _read(path: Path) -> dict[str, Any]:
         raise UserError(f"{path.name}: not valid TOML ({exc})") from None
     _check_keys(data, TOP_KEYS, path.name)
     for module in _as_list(data.get("imports", []), _where(path, "imports")):
+        if not isinstance(module, str) or not re.fullmatch(
+                r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", module):
+            raise UserError(f"{_where(path, 'imports')}: {module!r} is not a module name "
+                            "(dotted Python names, e.g. my_recipes)")
         try:
             importlib.import_module(module)
         except ImportError as exc:
