@@ -73,8 +73,10 @@ class DataFacts:
     train_chars: int = 0
     calib_sequences: int = 0
     calib_seq_len: int = 0
-    #: characters of the longest calibration item (short examples pad to their batch).
+    #: characters of the longest calibration / training item (short examples pad to
+    #: their batch's longest, not to the length limit).
     calibration_longest: int = 0
+    train_longest: int = 0
 
     def calib_len(self) -> int:
         """Tokens per calibration sequence: L for a causal LM (windows of the joined
@@ -83,6 +85,13 @@ class DataFacts:
         if self.task in (None, "causal-lm") or not self.calibration_longest:
             return self.calib_seq_len
         return min(self.calib_seq_len, self.calibration_longest // 3 + 2)
+
+    def train_len(self, seq: int) -> int:
+        """Tokens per training sequence of at most ``seq``: ``seq`` for a causal LM
+        (windows of the joined text), else at most the longest example."""
+        if self.task in (None, "causal-lm") or not self.train_longest:
+            return seq
+        return min(seq, self.train_longest // 3 + 2)
 
     def calib_tokens(self) -> int:
         """Calibration tokens N x L (per-sequence length as :meth:`calib_len`)."""
@@ -208,12 +217,12 @@ def data_facts(context: Any) -> DataFacts:
     if context is None:
         return DataFacts()
     ci, cc, longest = _chars(getattr(context, "calibration", None))
-    ti, tc, _ = _chars(getattr(context, "train", None))
+    ti, tc, train_longest = _chars(getattr(context, "train", None))
     spec = getattr(context, "calib", None)
     n = int(getattr(spec, "sequences", 0) or 0) if ci else 0
     return DataFacts(getattr(context, "task", None), ci, cc, ti, tc, calib_sequences=n,
                      calib_seq_len=int(getattr(spec, "seq_len", 0) or 0),
-                     calibration_longest=longest)
+                     calibration_longest=longest, train_longest=train_longest)
 
 
 def model_facts(model: nn.Module, context: Any = None) -> ModelFacts:
@@ -486,6 +495,7 @@ def finetune_parts(facts: ModelFacts, *, steps: int, method: str, batch: int, se
     """
     if steps <= 0:
         return {}
+    seq = facts.data.train_len(seq)
     parts: dict[str, int] = {}
     task = facts.task
     if task == "embedding" and not teacher:

@@ -43,7 +43,7 @@ import torch
 import torch.nn as nn
 
 from compress.arch import iter_blocks
-from compress.calib_footprint import calib_text_parts
+from compress.calib_footprint import FIRST_FORWARD, calib_text_parts
 from compress.calibration import calibration_set
 from compress.config import RecipeConfig, option
 from compress.context import Context
@@ -313,6 +313,7 @@ def moefy_memory(config: MoefyConfig, facts: ModelFacts) -> Need:
     }
     if tokens:
         parts.update(calib_text_parts(facts))
+        parts["first forward's kernel caches"] = FIRST_FORWARD
     hint = (f"use fewer calibration tokens (calibration_tokens="
             f"{max(64, config.calibration_tokens // 4)}) or partition=weights with "
             "router=similarity (no calibration)")

@@ -55,6 +55,8 @@ def quanto_memory(config: QuantoConfig, facts: ModelFacts) -> Need:
              "quantizing the largest linear": 2 * facts.largest_linear() * F32}
     if config.activations != "none":
         parts.update(calib_forward_parts(facts, hooked=False))
+        # the quantized linears dequantize their weights as they run
+        parts["dequantized weights in the forward"] = 2 * facts.largest_linear() * F32
     return Need(parts, calib_hint(facts, "activations=none"))
 
 
