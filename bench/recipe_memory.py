@@ -3,6 +3,7 @@
     python bench/recipe_memory.py                          # every case, one subprocess each
     python bench/recipe_memory.py --cases minilm-l6-sentiment:wanda smollm2-135m:gptq
     python bench/recipe_memory.py --list                   # the cases and their settings
+    python bench/recipe_memory.py --reestimate smollm2-135m  # stored peaks, current estimates
 
 Every calibrating or training recipe (and the ones that copy the model: bitsandbytes'
 reload, the ONNX export) runs on SmolLM2-135M and MiniLM-L6-sentiment at small but
@@ -259,6 +260,41 @@ def measure_one(model_name: str, case: str) -> dict:
     }
 
 
+def estimate_all(model_name: str) -> dict:
+    """The current code's estimate of every case on ``model_name`` (nothing runs)."""
+    from compress import make_config
+    from compress.footprint import model_facts
+    from compress.registry import get_recipe, recipe_names
+
+    recipe_names()
+    loaded, context, _ = _load(model_name)
+    facts = model_facts(loaded.model, context)
+    out = {}
+    for case, (recipe, params) in CASES.items():
+        need = get_recipe(recipe).memory_need(make_config(recipe, **params), facts)
+        out[case] = {"estimate_bytes": need.bytes, "estimate_parts": need.parts}
+    return out
+
+
+def reestimate(folder: Path, models: list[str]) -> None:
+    """Replace the stored results' estimates by the current code's (the measured peaks do
+    not depend on them), so estimates can be revised without re-running every case."""
+    from compress.fileio import atomic_write_json
+
+    path = folder / "recipe_memory.json"
+    data = json.loads(path.read_text())
+    for model_name in models:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--estimate-only", model_name]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        fresh = json.loads(proc.stdout.strip().splitlines()[-1])
+        for r in data["results"]:
+            if r.get("model") != model_name or r.get("case") not in fresh or "error" in r:
+                continue
+            r.update(fresh[r["case"]], estimate_recomputed=True)
+            r["ratio"] = round(r["estimate_bytes"] / r["measured_bytes"], 3)
+    atomic_write_json(path, data)
+
+
 def _machine() -> str:
     """CPUs and memory of the machine that measured (results from several may be merged)."""
     total = next((line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
@@ -296,7 +332,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder for recipe_memory.json")
     parser.add_argument("--list", action="store_true", help="print the cases and exit")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: MODEL:CASE in-process
+    parser.add_argument("--estimate-only", help=argparse.SUPPRESS)  # internal: MODEL
+    parser.add_argument("--reestimate", nargs="+", metavar="MODEL",
+                        help="recompute the stored results' estimates for these models with "
+                        "the current code, without running anything")
     args = parser.parse_args(argv)
+    if args.estimate_only:
+        print(json.dumps(estimate_all(args.estimate_only)))
+        return 0
+    if args.reestimate:
+        reestimate(args.out, args.reestimate)
+        return 0
     if args.list:
         for name, (recipe, params) in CASES.items():
             print(f"{name:>20}  {recipe} {params}")
