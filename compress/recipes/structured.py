@@ -21,7 +21,7 @@ from typing import Any
 
 import torch.nn as nn
 
-from compress.calib_footprint import CALIB_BATCH, calib_hint, calib_text_parts
+from compress.calib_footprint import CALIB_BATCH, FIRST_FORWARD, calib_hint, calib_text_parts
 from compress.calibration import calibration_batches
 from compress.config import option
 from compress.context import Context
@@ -149,6 +149,7 @@ def structured_memory(config: StructuredConfig, facts: ModelFacts) -> Need:
     parts: dict[str, int] = {}
     if config.importance != "magnitude":
         parts.update(calib_text_parts(facts))
+        parts["first forward's kernel caches"] = FIRST_FORWARD  # whole-model forwards
     if config.importance == "activation":
         parts["calibration forward"] = (forward_bytes(facts, b, t)
                                         + 2 * b * t * facts.widest_in() * F32)
