@@ -12,7 +12,6 @@ A failed run still writes its report, with status ``failed`` and the error.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import shutil
@@ -45,6 +44,7 @@ from compress.models import check_model_name, load_model
 from compress.registry import get_recipe
 from compress.saving import save_model
 from eval.benchmark import run_benchmarks
+from eval.benchmark.reference import dense_reference
 from eval.pipeline import parse_step, report_label, step_record
 from eval.profiler import profile
 from eval.report import Report, environment
@@ -137,15 +137,22 @@ def _run_stages(
     except UserError as exc:
         report.model["arch"] = {"error": str(exc)}
     context = build_context(loaded, calibration)
+    # the dense side of the paired intervals and agreement metrics, before the recipes
+    # change the model in place: cached per model and protocol, so usually just a load
+    reference, reference_record = timed("dense reference", lambda: _dense_reference(loaded, quick))
     model = loaded.model
     for i, config in enumerate(configs):
         model = timed(
             f"compress:{i}:{config.RECIPE}", lambda m=model, c=config: compress(m, c, context)
         )
     report.info = _jsonable(context.info)
+    report.info["dense_reference"] = reference_record
     timed("save", lambda: save_model(model, loaded.tokenizer, out_dir))
     metrics = timed(
-        "benchmark", lambda: run_benchmarks(model, loaded.tokenizer, loaded.task, quick=quick)
+        "benchmark",
+        lambda: run_benchmarks(
+            model, loaded.tokenizer, loaded.task, quick=quick, reference=reference
+        ),
     )
     report.metrics = [_metric_dict(m) for m in metrics]
     report.profile = timed(
@@ -165,8 +172,19 @@ def _run_stages(
         report.profile["interchange"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
 
 
+def _dense_reference(loaded: Any, quick: bool) -> tuple[Any, dict[str, Any]]:
+    """The dense model's reference (eval.benchmark.reference) and its record, or None and
+    the reason: without it the run still gets intervals, not agreement or pairing."""
+    try:
+        ref = dense_reference(loaded.model, loaded.tokenizer, loaded.task, quick=quick)
+    except Exception as exc:  # noqa: BLE001 - a missing comparison is not a failed run
+        log.warning("no dense reference: %s", exc)
+        return None, {"error": f"{type(exc).__name__}: {exc}"[:300]}
+    return ref, ref.record
+
+
 def _metric_dict(metric: Any) -> dict[str, Any]:
-    data = dataclasses.asdict(metric) if dataclasses.is_dataclass(metric) else dict(metric)
+    data = metric.to_dict() if hasattr(metric, "to_dict") else dict(metric)
     data["value"] = float(data["value"])
     return _jsonable(data)
 

@@ -1,0 +1,229 @@
+"""Agreement with the dense model, measured in the benchmark's own forward passes.
+
+Perplexity and accuracy miss damage that shows in how far a compressed model's outputs
+move from the dense model's (ModelOpt's KL evaluation; Jaiswal et al. 2023, "Compressing
+LLMs: the truth is rarely pure and never simple", LLM-KICK). Per task:
+
+* **causal-lm** (on the perplexity windows) and **seq2seq** (on the teacher-forced
+  target tokens): token KL(dense || compressed) and top-1 agreement;
+* **classification**: prediction agreement (same argmax class as dense);
+* **embedding**: cosine of each test text's embedding to the dense embedding.
+
+The dense outputs come from :class:`Agreement` in *record* mode (one dense forward, kept
+in the dense reference, :mod:`eval.benchmark.reference`); a compressed run compares in
+the forward that also scores its perplexity or accuracy.
+
+**KL is computed on a compact form of the dense distribution**, since 49k-vocabulary
+logits over 24 x 512 tokens are too large to keep. For each scored token the reference
+keeps the dense model's ``k`` most likely tokens (``TOPK``), their log-probabilities, and
+the log of the probability mass of all other tokens together. The KL reported is the
+exact KL divergence between the two models' distributions *coarsened to k + 1
+outcomes* (the dense top-k tokens, each on its own, and one bucket for the rest):
+
+    KL_k = sum_{v in topk} p_d(v) log(p_d(v) / p_c(v)) + P_d(rest) log(P_d(rest) / P_c(rest))
+
+where ``P(rest)`` is each model's total probability outside the dense top-k. By the
+data-processing inequality ``KL_k <= KL`` (a lower bound on the full-vocabulary KL),
+with equality when the dense model puts no mass outside its top-k; it is 0 when the
+two distributions agree. Top-1 agreement is exact: the dense model's most likely token
+is (one of) the compressed model's most likely token(s). Both are token-weighted over
+the scored tokens, with 95% bootstrap intervals over windows or sentences.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from compress.errors import UserError
+from eval.benchmark.metrics import Metric
+from eval.benchmark.samples import Samples, interval
+
+log = logging.getLogger(__name__)
+
+#: dense tokens kept per scored position (log-probabilities, float32)
+TOPK = 32
+
+
+def bucket_logp(logp: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probabilities at ``ids`` (S, k) and the log of the remaining mass (S,).
+
+    ``logp`` is (S, V) log-softmax. The rest is a log-sum-exp over the other tokens
+    (exact, no ``1 - sum`` cancellation); ``-inf`` where nothing is left.
+    """
+    at = logp.gather(-1, ids)  # (S, k)
+    rest = logp.scatter(-1, ids, float("-inf")).logsumexp(-1)  # (S,)
+    return at, rest
+
+
+def token_kl(
+    dense_at: torch.Tensor, dense_rest: torch.Tensor, at: torch.Tensor, rest: torch.Tensor
+) -> torch.Tensor:
+    """Per-token KL(dense || compressed) over the k + 1 buckets (module docstring): (S,) float64."""
+    dense_at, dense_rest = dense_at.double(), dense_rest.double()
+    at, rest = at.double(), rest.double()
+    kl = (dense_at.exp() * (dense_at - at)).sum(-1)  # (S,)
+    tail = dense_rest.exp() * (dense_rest - rest)
+    return kl + torch.where(dense_rest > float("-inf"), tail, torch.zeros_like(tail))
+
+
+@dataclass
+class DenseReference:
+    """The dense model's side of every comparison, from one dense benchmark run.
+
+    ``samples``: per metric name, the dense per-item statistics (paired intervals);
+    ``outputs``: per agreement group, the dense outputs (top-k log-probabilities,
+    predicted classes, embeddings); ``record``: where it came from (cache key, path,
+    built or loaded), for the report.
+    """
+
+    samples: dict[str, Samples]
+    outputs: dict[str, dict[str, np.ndarray]]
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+class TokenAgreement:
+    """Token KL and top-1 agreement over items (windows or sentences) of one corpus.
+
+    Record mode (``reference=None``) keeps the dense compact form per item; compare mode
+    checks each item scores the same target tokens as the reference and accumulates
+    per-item KL sums, top-1 matches and token counts.
+    """
+
+    def __init__(self, name: str, unit: str, reference: dict[str, np.ndarray] | None = None):
+        self.name, self.unit, self.reference = name, unit, reference
+        self.items: dict[int, dict[str, Any]] = {}
+
+    def observe(self, item: int, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        """``logits`` (S, V) that predict ``targets`` (S,) for item ``item``."""
+        logp = torch.log_softmax(logits.float(), dim=-1)  # (S, V)
+        if self.reference is None:
+            k = min(TOPK, logp.shape[-1])
+            ids = logp.topk(k, dim=-1).indices  # (S, k), most likely first
+            at, rest = bucket_logp(logp, ids)
+            self.items[item] = {
+                "ids": ids.int().cpu().numpy(),
+                "logp": at.cpu().numpy(),
+                "rest": rest.cpu().numpy(),
+                "targets": targets.int().cpu().numpy(),
+            }
+            return
+        ref = self.reference
+        lo, hi = int(ref["offsets"][item]), int(ref["offsets"][item + 1])
+        if not np.array_equal(ref["targets"][lo:hi], targets.cpu().numpy()):
+            raise UserError(
+                f"the dense reference scored other tokens in {self.name} item {item}; "
+                "delete the dense reference cache and rerun"
+            )
+        ids = torch.as_tensor(ref["ids"][lo:hi], dtype=torch.long, device=logp.device)
+        at, rest = bucket_logp(logp, ids)
+        dense_at = torch.as_tensor(ref["logp"][lo:hi], device=logp.device)
+        dense_rest = torch.as_tensor(ref["rest"][lo:hi], device=logp.device)
+        kl = token_kl(dense_at, dense_rest, at, rest)
+        top1 = at[:, 0] >= logp.max(-1).values  # dense's top token is a top token here too
+        self.items[item] = {
+            "kl": float(kl.sum()),
+            "top1": int(top1.sum()),
+            "tokens": int(targets.numel()),
+        }
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Record mode: the reference, items concatenated in item order with offsets."""
+        order = sorted(self.items)
+        if order != list(range(len(order))):
+            raise UserError(f"{self.name}: items {order[:5]}... are not 0..n-1")
+        rows = [self.items[i] for i in order]
+        sizes = [len(r["targets"]) for r in rows]
+        out = {key: np.concatenate([r[key] for r in rows]) for key in rows[0]}
+        out["offsets"] = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        return out
+
+    def samples(self) -> tuple[Samples, Samples]:
+        """Compare mode: (KL per token, top-1 agreement) as per-item samples."""
+        rows = [self.items[i] for i in sorted(self.items)]
+        tokens = np.array([r["tokens"] for r in rows], dtype=float)
+        kl = Samples("ratio", self.unit, {"num": [r["kl"] for r in rows], "den": tokens})
+        top1 = Samples("ratio", self.unit, {"num": [r["top1"] for r in rows], "den": tokens})
+        return kl, top1
+
+
+class Agreement:
+    """The agreement collectors of one benchmark run: off, record, or compare.
+
+    ``Agreement.off()`` measures nothing, ``Agreement.record()`` keeps the dense
+    outputs, ``Agreement(reference_arrays)`` compares against them.
+    """
+
+    def __init__(self, reference: dict[str, dict[str, np.ndarray]] | None, recording: bool):
+        self.reference = reference or {}
+        self.recording = recording
+        self.tokens: dict[str, TokenAgreement] = {}
+        self.recorded: dict[str, dict[str, np.ndarray]] = {}
+        self.metrics: list[Metric] = []
+
+    @classmethod
+    def off(cls) -> Agreement:
+        return cls(None, recording=False)
+
+    @classmethod
+    def record(cls) -> Agreement:
+        return cls(None, recording=True)
+
+    @property
+    def active(self) -> bool:
+        return self.recording or bool(self.reference)
+
+    def token_collector(self, group: str, unit: str) -> TokenAgreement | None:
+        """A collector for ``group`` (pass its ``observe`` to the scoring forward), or None."""
+        if self.recording:
+            self.tokens[group] = TokenAgreement(group, unit)
+        elif group in self.reference:
+            self.tokens[group] = TokenAgreement(group, unit, self.reference[group])
+        else:
+            return None
+        return self.tokens[group]
+
+    def finish_tokens(self, group: str, protocol: dict[str, Any]) -> None:
+        """Close ``group``: keep its reference, or add its ``kl_*`` and ``top1_*`` metrics."""
+        collector = self.tokens.get(group)
+        if collector is None:
+            return
+        if self.recording:
+            self.recorded[group] = collector.arrays()
+            return
+        kl, top1 = collector.samples()
+        proto = dict(protocol, agreement=f"dense top-{TOPK} + rest (eval.benchmark.agreement)")
+        self._add(f"kl_{group}", kl, False, proto, "token KL(dense || compressed), nats")
+        self._add(f"top1_{group}", top1, True, dict(proto), "top-1 agreement with dense")
+
+    def outputs(self, group: str, values: np.ndarray, kind: str, protocol: dict[str, Any]) -> None:
+        """Per-example outputs: predicted classes (``kind="agreement"``) or unit
+        embeddings (``kind="cosine"``); recorded, or compared as ``<kind>_<group>``."""
+        values = np.asarray(values)
+        if self.recording:
+            self.recorded[group] = {"values": values}
+            return
+        ref = self.reference.get(group)
+        if ref is None:
+            return
+        dense = ref["values"]
+        if dense.shape != values.shape:
+            raise UserError(
+                f"dense reference for {group} has shape {dense.shape}, this run {values.shape}"
+            )
+        if kind == "agreement":
+            per_item = (values == dense).astype(float)
+            what = "fraction of examples where the predicted class equals dense's"
+        else:
+            per_item = (values.astype(np.float64) * dense).sum(-1)  # both L2-normalised
+            what = "mean cosine of each example's embedding to the dense embedding"
+        s = Samples("mean", "examples", {"x": per_item})
+        self._add(f"{kind}_{group}", s, True, protocol, what)
+
+    def _add(self, name: str, s: Samples, hib: bool, protocol: dict[str, Any], what: str) -> None:
+        m = Metric(name, s.value(), hib, protocol, {"measures": what}, interval(s), samples=s)
+        self.metrics.append(m)
