@@ -222,7 +222,8 @@ class Agreement:
             per_item = (values.astype(np.float64) * dense).sum(-1)  # both L2-normalised
             what = "mean cosine of each example's embedding to the dense embedding"
         s = Samples("mean", "examples", {"x": per_item})
-        self._add(f"{kind}_{group}", s, True, protocol, what)
+        proto = dict(protocol, agreement=f"{kind} with the dense model's outputs")
+        self._add(f"{kind}_{group}", s, True, proto, what)
 
     def _add(self, name: str, s: Samples, hib: bool, protocol: dict[str, Any], what: str) -> None:
         m = Metric(name, s.value(), hib, protocol, {"measures": what}, interval(s), samples=s)
