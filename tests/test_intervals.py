@@ -17,7 +17,7 @@ from sklearn.metrics import f1_score
 from compress.errors import UserError
 from compress.tiny import tiny_model
 from eval.benchmark import perplexity
-from eval.benchmark.agreement import TOPK, Agreement, bucket_logp, token_kl
+from eval.benchmark.agreement import TOPK, Agreement, dense_compact, token_kl
 from eval.benchmark.metrics import window_nll
 from eval.benchmark.reference import dense_reference, load_reference, model_fingerprint
 from eval.benchmark.samples import Samples, interval, sentence_stats, vs_dense
@@ -135,21 +135,26 @@ def test_samples_recompute_the_benchmark_numbers():
 # ---------------------------------------------------------------- KL and agreement
 
 
-def test_bucketed_kl_is_exact_with_the_whole_vocabulary_and_a_lower_bound_otherwise():
+def test_kl_estimate_is_exact_without_a_tail_and_unbiased_with_one(monkeypatch):
+    from eval.benchmark import agreement
+
     g = torch.Generator().manual_seed(0)
-    dense = torch.log_softmax(torch.randn(6, 50, generator=g) * 2, -1)  # (S, V)
-    other = torch.log_softmax(torch.randn(6, 50, generator=g) * 2, -1)
+    dense = torch.log_softmax(torch.randn(4000, 50, generator=g) * 2, -1)  # (S, V)
+    other = torch.log_softmax(dense + torch.randn(4000, 50, generator=g), -1)
     full = (dense.exp() * (dense - other)).sum(-1).double()  # exact KL(dense || other)
-    for k, exact in ((50, True), (8, False), (1, False)):
-        ids = dense.topk(k, -1).indices
-        kl = token_kl(*bucket_logp(dense, ids), *bucket_logp(other, ids))
-        if exact:
-            assert torch.allclose(kl, full, atol=1e-5)
-        else:
-            assert (kl <= full + 1e-6).all() and (kl >= -1e-9).all()
-    ids = dense.topk(8, -1).indices
-    assert torch.equal(token_kl(*bucket_logp(dense, ids), *bucket_logp(dense, ids)),
-                       torch.zeros(6, dtype=torch.float64))
+    monkeypatch.setattr(agreement, "TOPK", 50)  # the whole vocabulary: nothing sampled
+    kl = token_kl(dense_compact(dense, seed=0), other)
+    assert torch.allclose(kl, full, atol=1e-5)
+    monkeypatch.setattr(agreement, "TOPK", 4)  # most of the mass in the sampled tail
+    compact = dense_compact(dense, seed=0)
+    assert compact["rest"].exp().mean() > 0.3 and compact["tail_ids"].shape == (4000, 32)
+    assert not torch.isin(compact["tail_ids"][0], compact["ids"][0]).any()
+    kl = token_kl(compact, other)
+    assert kl.mean().item() == pytest.approx(full.mean().item(), rel=0.02)
+    # the top-4 alone (no tail) would be far off: the tail estimate matters
+    no_tail = dict(compact, tail_ids=compact["tail_ids"][:, :0], tail_logp=compact["tail_logp"][:, :0])
+    assert abs(token_kl(no_tail, other).mean() - full.mean()) > 0.2 * full.mean()
+    assert torch.equal(token_kl(compact, dense), torch.zeros(4000, dtype=torch.float64))
 
 
 def _perturb(model: torch.nn.Module, scale: float = 0.05) -> None:

@@ -13,21 +13,28 @@ The dense outputs come from :class:`Agreement` in *record* mode (one dense forwa
 in the dense reference, :mod:`eval.benchmark.reference`); a compressed run compares in
 the forward that also scores its perplexity or accuracy.
 
-**KL is computed on a compact form of the dense distribution**, since 49k-vocabulary
+**KL is computed from a compact form of the dense distribution**, since 49k-vocabulary
 logits over 24 x 512 tokens are too large to keep. For each scored token the reference
-keeps the dense model's ``k`` most likely tokens (``TOPK``), their log-probabilities, and
-the log of the probability mass of all other tokens together. The KL reported is the
-exact KL divergence between the two models' distributions *coarsened to k + 1
-outcomes* (the dense top-k tokens, each on its own, and one bucket for the rest):
+keeps the dense model's ``TOPK`` most likely tokens with their log-probabilities, the
+log of the probability mass ``P_d(rest)`` of all other tokens, and ``TAIL_SAMPLES``
+tokens drawn (with replacement, seeded by the item's index) from the dense distribution
+restricted to the rest, with their log-probabilities. The per-token KL is
 
-    KL_k = sum_{v in topk} p_d(v) log(p_d(v) / p_c(v)) + P_d(rest) log(P_d(rest) / P_c(rest))
+    KL = sum_{v in topk} p_d(v) (log p_d(v) - log p_c(v))
+         + P_d(rest) * mean_{j} (log p_d(t_j) - log p_c(t_j)),   t_j ~ p_d(. | rest)
 
-where ``P(rest)`` is each model's total probability outside the dense top-k. By the
-data-processing inequality ``KL_k <= KL`` (a lower bound on the full-vocabulary KL),
-with equality when the dense model puts no mass outside its top-k; it is 0 when the
-two distributions agree. Top-1 agreement is exact: the dense model's most likely token
-is (one of) the compressed model's most likely token(s). Both are token-weighted over
-the scored tokens, with 95% bootstrap intervals over windows or sentences.
+The first term is exact; the second is a Monte-Carlo estimate of the rest's exact
+contribution ``sum_{v in rest} p_d(v) (log p_d(v) - log p_c(v))``, unbiased because the
+``t_j`` are drawn from ``p_d`` restricted to the rest. So the reported KL (token-weighted
+mean over the scored tokens) is an unbiased estimate of the full-vocabulary KL(dense ||
+compressed), exactly 0 for identical outputs, and exact when the dense top-k holds all
+the mass. On SmolLM2 (two 256-token windows, k = 32, 32 samples) it came within 0.5% of
+the full KL for 30% magnitude pruning and 4-bit RTN and within 7% for 8-bit RTN (KL
+0.003), where keeping the top 32 alone (the tail as one bucket, a lower bound) gives 76-79%.
+A single token's estimate can be below 0 (the sampled part is noisy); the mean over
+thousands of tokens is not, in practice. Top-1 agreement is exact: the dense model's
+most likely token is (one of) the compressed model's most likely token(s). Both carry
+95% bootstrap intervals over windows or sentences.
 """
 
 from __future__ import annotations
@@ -47,28 +54,47 @@ log = logging.getLogger(__name__)
 
 #: dense tokens kept per scored position (log-probabilities, float32)
 TOPK = 32
+#: tokens drawn per scored position from the dense distribution outside the top-k
+TAIL_SAMPLES = 32
 
 
-def bucket_logp(logp: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probabilities at ``ids`` (S, k) and the log of the remaining mass (S,).
+def dense_compact(logp: torch.Tensor, seed: int) -> dict[str, torch.Tensor]:
+    """The dense distribution's compact form (module docstring) from ``logp`` (S, V).
 
-    ``logp`` is (S, V) log-softmax. The rest is a log-sum-exp over the other tokens
-    (exact, no ``1 - sum`` cancellation); ``-inf`` where nothing is left.
+    ``ids``/``logp`` (S, k): top-k tokens, most likely first; ``rest`` (S,): log of the
+    mass outside them (``-inf`` where none); ``tail_ids``/``tail_logp`` (S, m): tokens
+    drawn from the dense distribution outside the top-k (seeded with ``seed``).
     """
-    at = logp.gather(-1, ids)  # (S, k)
-    rest = logp.scatter(-1, ids, float("-inf")).logsumexp(-1)  # (S,)
-    return at, rest
+    k = min(TOPK, logp.shape[-1])
+    ids = logp.topk(k, dim=-1).indices  # (S, k)
+    at = logp.gather(-1, ids)
+    rest_logp = logp.scatter(-1, ids, float("-inf"))  # (S, V), top-k removed
+    rest = rest_logp.logsumexp(-1)  # (S,): exact, no 1 - sum cancellation
+    if k == logp.shape[-1]:
+        tail = torch.zeros(logp.shape[0], 0, dtype=torch.long, device=logp.device)
+    else:
+        # p_d(. | rest); rows whose rest underflowed to 0 draw uniformly (weight 0 anyway)
+        probs = (rest_logp - rest.clamp_min(-1e30)[:, None]).exp()
+        probs = torch.where(rest[:, None] > float("-inf"), probs, (rest_logp > -1e30).float())
+        gen = torch.Generator(device=logp.device).manual_seed(seed)
+        tail = torch.multinomial(probs, TAIL_SAMPLES, replacement=True, generator=gen)  # (S, m)
+    return {"ids": ids, "logp": at, "rest": rest, "tail_ids": tail,
+            "tail_logp": logp.gather(-1, tail)}
 
 
-def token_kl(
-    dense_at: torch.Tensor, dense_rest: torch.Tensor, at: torch.Tensor, rest: torch.Tensor
-) -> torch.Tensor:
-    """Per-token KL(dense || compressed) over the k + 1 buckets (module docstring): (S,) float64."""
-    dense_at, dense_rest = dense_at.double(), dense_rest.double()
-    at, rest = at.double(), rest.double()
-    kl = (dense_at.exp() * (dense_at - at)).sum(-1)  # (S,)
-    tail = dense_rest.exp() * (dense_rest - rest)
-    return kl + torch.where(dense_rest > float("-inf"), tail, torch.zeros_like(tail))
+def token_kl(dense: dict[str, torch.Tensor], logp: torch.Tensor) -> torch.Tensor:
+    """Per-token estimate of KL(dense || compressed) (module docstring): (S,) float64.
+
+    ``dense`` is :func:`dense_compact`'s form, ``logp`` (S, V) the compressed model's
+    log-softmax.
+    """
+    d_at = dense["logp"].double()
+    top = (d_at.exp() * (d_at - logp.gather(-1, dense["ids"]).double())).sum(-1)  # (S,)
+    if dense["tail_ids"].shape[-1] == 0:
+        return top
+    diff = dense["tail_logp"].double() - logp.gather(-1, dense["tail_ids"]).double()  # (S, m)
+    weight = dense["rest"].double().exp()  # P_d(rest); 0 where nothing is left
+    return top + torch.where(weight > 0, weight * diff.mean(-1), torch.zeros_like(weight))
 
 
 @dataclass
@@ -102,15 +128,11 @@ class TokenAgreement:
         """``logits`` (S, V) that predict ``targets`` (S,) for item ``item``."""
         logp = torch.log_softmax(logits.float(), dim=-1)  # (S, V)
         if self.reference is None:
-            k = min(TOPK, logp.shape[-1])
-            ids = logp.topk(k, dim=-1).indices  # (S, k), most likely first
-            at, rest = bucket_logp(logp, ids)
-            self.items[item] = {
-                "ids": ids.int().cpu().numpy(),
-                "logp": at.cpu().numpy(),
-                "rest": rest.cpu().numpy(),
-                "targets": targets.int().cpu().numpy(),
-            }
+            compact = dense_compact(logp, seed=item)
+            self.items[item] = {k: v.cpu().numpy() for k, v in compact.items()}
+            self.items[item]["ids"] = self.items[item]["ids"].astype(np.int32)
+            self.items[item]["tail_ids"] = self.items[item]["tail_ids"].astype(np.int32)
+            self.items[item]["targets"] = targets.int().cpu().numpy()
             return
         ref = self.reference
         lo, hi = int(ref["offsets"][item]), int(ref["offsets"][item + 1])
@@ -119,12 +141,14 @@ class TokenAgreement:
                 f"the dense reference scored other tokens in {self.name} item {item}; "
                 "delete the dense reference cache and rerun"
             )
-        ids = torch.as_tensor(ref["ids"][lo:hi], dtype=torch.long, device=logp.device)
-        at, rest = bucket_logp(logp, ids)
-        dense_at = torch.as_tensor(ref["logp"][lo:hi], device=logp.device)
-        dense_rest = torch.as_tensor(ref["rest"][lo:hi], device=logp.device)
-        kl = token_kl(dense_at, dense_rest, at, rest)
-        top1 = at[:, 0] >= logp.max(-1).values  # dense's top token is a top token here too
+        dense = {
+            key: torch.as_tensor(ref[key][lo:hi], device=logp.device)
+            for key in ("ids", "logp", "rest", "tail_ids", "tail_logp")
+        }
+        dense["ids"], dense["tail_ids"] = dense["ids"].long(), dense["tail_ids"].long()
+        kl = token_kl(dense, logp)
+        # dense's top token is a top token here too (ties count as agreement)
+        top1 = logp.gather(-1, dense["ids"][:, :1])[:, 0] >= logp.max(-1).values
         self.items[item] = {
             "kl": float(kl.sum()),
             "top1": int(top1.sum()),
@@ -196,7 +220,11 @@ class Agreement:
             self.recorded[group] = collector.arrays()
             return
         kl, top1 = collector.samples()
-        proto = dict(protocol, agreement=f"dense top-{TOPK} + rest (eval.benchmark.agreement)")
+        proto = dict(
+            protocol,
+            agreement=f"dense top-{TOPK} exact + {TAIL_SAMPLES} sampled tail tokens per token "
+            "(eval.benchmark.agreement)",
+        )
         self._add(f"kl_{group}", kl, False, proto, "token KL(dense || compressed), nats")
         self._add(f"top1_{group}", top1, True, dict(proto), "top-1 agreement with dense")
 

@@ -11,7 +11,8 @@ written atomically. The key hashes everything the outputs depend on:
   bytes), so a rebuilt zoo model or another checkpoint gets its own entry;
 * the tokenizer (class, size, vocabulary);
 * the protocol: task, quick flag, the suite's settings (windows, examples, lengths),
-  the data splits' protocols, the agreement's top-k and this module's version.
+  the data splits' protocols, the agreement's top-k and tail samples, and this
+  module's version.
 
 A later run with the same key loads the file, so a compressed run costs one forward.
 The token agreement also checks, per window, that the stored target tokens are the
@@ -37,7 +38,7 @@ import torch.nn as nn
 
 from compress.cache import cache_dir
 from compress.fileio import atomic_write_bytes
-from eval.benchmark.agreement import TOPK, DenseReference
+from eval.benchmark.agreement import TAIL_SAMPLES, TOPK, DenseReference
 from eval.benchmark.samples import Samples
 from eval.benchmark.suites import SUITES, _data_protocol, record_reference
 
@@ -89,6 +90,7 @@ def reference_key(model: nn.Module, tokenizer: Any, task: str, quick: bool) -> d
         "quick": quick,
         "settings": suite.quick if quick else suite.full,
         "topk": TOPK,
+        "tail_samples": TAIL_SAMPLES,
         "data": [_data_protocol(c, s) for c, s in CORPORA.get(task, ())],
         "model_sha256": model_fingerprint(model),
         "tokenizer_sha256": tokenizer_fingerprint(tokenizer),
