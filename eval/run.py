@@ -43,8 +43,7 @@ from compress.export import interchange_sizes
 from compress.models import check_model_name, load_model
 from compress.registry import get_recipe
 from compress.saving import save_model
-from eval.benchmark import run_benchmarks
-from eval.benchmark.reference import dense_reference
+from eval.benchmark import dense_reference, run_benchmarks
 from eval.pipeline import parse_step, report_label, step_record
 from eval.profiler import profile
 from eval.report import Report, environment

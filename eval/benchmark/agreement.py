@@ -73,9 +73,9 @@ def dense_compact(logp: torch.Tensor, seed: int) -> dict[str, torch.Tensor]:
     if k == logp.shape[-1]:
         tail = torch.zeros(logp.shape[0], 0, dtype=torch.long, device=logp.device)
     else:
-        # p_d(. | rest); rows whose rest underflowed to 0 draw uniformly (weight 0 anyway)
+        # p_d(. | rest); rows with no mass left draw uniformly (their weight is 0 anyway)
         probs = (rest_logp - rest.clamp_min(-1e30)[:, None]).exp()
-        probs = torch.where(rest[:, None] > float("-inf"), probs, (rest_logp > -1e30).float())
+        probs = torch.where(rest[:, None] > float("-inf"), probs, torch.ones_like(probs))
         gen = torch.Generator(device=logp.device).manual_seed(seed)
         tail = torch.multinomial(probs, TAIL_SAMPLES, replacement=True, generator=gen)  # (S, m)
     return {"ids": ids, "logp": at, "rest": rest, "tail_ids": tail,
