@@ -311,16 +311,23 @@ def test_compare_shows_intervals_and_marks_changes_within_noise():
     assert "±0.85" in md and "≈+1.5%" in md
 
 
-def test_a_run_reports_intervals_pairs_and_agreement(tmp_path, monkeypatch):
-    """eval.run end to end on a tiny decoder: identity measures the dense reference,
-    magnitude reads it from the cache; eval.compare shows both with ±."""
+@pytest.mark.parametrize(
+    "family,kw,names",
+    [("llama", {}, ("ppl_wiki", "kl_wiki", "top1_wiki")),
+     ("bert", {"classifier": True}, ("accuracy", "agreement_tweets", None))],
+)
+def test_a_run_reports_intervals_pairs_and_agreement(family, kw, names, tmp_path, monkeypatch):
+    """eval.run end to end on a tiny model: identity measures the dense reference (on a
+    fresh copy, after compressing: no forward touches the model a recipe gets), magnitude
+    reads it from the cache; eval.compare shows both with ±."""
     _data_or_skip()
     from compress import make_config
     from eval.compare import render
     from eval.run import run_pipeline
 
     monkeypatch.setenv("COMPRESS_DENSE_CACHE", str(tmp_path / "dense"))
-    model, tok = tiny_model("llama")
+    monkeypatch.setitem(SUITES["classification"].quick, "n_test", 64)
+    model, tok = tiny_model(family, **kw)
     model.config.architectures = [type(model).__name__]
     model.save_pretrained(tmp_path / "m")
     tok.save_pretrained(tmp_path / "m")
@@ -333,17 +340,21 @@ def test_a_run_reports_intervals_pairs_and_agreement(tmp_path, monkeypatch):
     dense, pruned = reports
     assert dense["info"]["dense_reference"]["source"] == "measured"
     assert pruned["info"]["dense_reference"]["source"] == "cache"
+    assert pruned["info"]["dense_reference"]["key"] == dense["info"]["dense_reference"]["key"]
     by_name = {m["name"]: m for m in pruned["metrics"]}
     for m in pruned["metrics"]:
         assert m["interval"]["low"] <= m["value"] <= m["interval"]["high"], m["name"]
-    assert "samples" not in by_name["ppl_wiki"]  # per-item arrays stay in the cache
-    assert by_name["ppl_wiki"]["vs_dense"]["delta"] == pytest.approx(
-        by_name["ppl_wiki"]["value"] - next(
-            m["value"] for m in dense["metrics"] if m["name"] == "ppl_wiki"), rel=1e-4)
-    assert by_name["kl_wiki"]["value"] > 0 and by_name["top1_wiki"]["value"] < 1
-    assert {m["name"]: m["value"] for m in dense["metrics"]}["kl_wiki"] == 0.0
+    metric, agree, top1 = names
+    assert "samples" not in by_name[metric]  # per-item arrays stay in the cache
+    dense_value = next(m["value"] for m in dense["metrics"] if m["name"] == metric)
+    assert by_name[metric]["vs_dense"]["delta"] == pytest.approx(
+        by_name[metric]["value"] - dense_value, rel=1e-4, abs=1e-9)
+    dense_agree = {m["name"]: m["value"] for m in dense["metrics"]}[agree]
+    assert dense_agree == pytest.approx(0.0 if agree.startswith("kl_") else 1.0, abs=1e-9)
+    if top1:
+        assert by_name[agree]["value"] > 0 and by_name[top1]["value"] < 1
     text = render(reports)
-    assert "kl_wiki" in text and "±" in _row(text, "magnitude")
+    assert agree in text and "±" in _row(text, "magnitude")
 
 
 def test_report_md_shows_intervals_noise_and_agreement(tmp_path):

@@ -37,6 +37,7 @@ import torch
 import torch.nn as nn
 
 from compress.cache import cache_dir
+from compress.errors import UserError
 from compress.fileio import atomic_write_bytes
 from eval.benchmark.agreement import TAIL_SAMPLES, TOPK, DenseReference
 from eval.benchmark.samples import Samples
@@ -104,19 +105,58 @@ def dense_reference(
 ) -> DenseReference:
     """The dense ``model``'s reference: loaded from the cache, or measured and cached."""
     parts = reference_key(model, tokenizer, task, quick)
-    path = Path(folder or dense_cache_dir()) / f"{task}__{parts['key']}.npz"
-    record = {"key": parts["key"], "path": str(path), "model_sha256": parts["model_sha256"],
-              "topk": TOPK}
-    if path.is_file():
-        try:
-            ref = load_reference(path)
-            ref.record = record | {"source": "cache"}
-            return ref
-        except (OSError, ValueError, KeyError) as exc:
-            log.warning("dense reference %s unreadable (%s): measuring it again", path, exc)
+    return cached_reference(parts, task, folder) or measure_reference(
+        model, tokenizer, task, quick, parts, folder
+    )
+
+
+def _path(parts: dict[str, Any], task: str, folder: Path | None) -> Path:
+    return Path(folder or dense_cache_dir()) / f"{task}__{parts['key']}.npz"
+
+
+def _record(parts: dict[str, Any], path: Path, source: str) -> dict[str, Any]:
+    return {"key": parts["key"], "path": str(path), "model_sha256": parts["model_sha256"],
+            "topk": TOPK, "tail_samples": TAIL_SAMPLES, "source": source}
+
+
+def cached_reference(
+    parts: dict[str, Any], task: str, folder: Path | None = None
+) -> DenseReference | None:
+    """The reference cached under ``parts`` (:func:`reference_key`), or None."""
+    path = _path(parts, task, folder)
+    if not path.is_file():
+        return None
+    try:
+        ref = load_reference(path)
+    except (OSError, ValueError, KeyError) as exc:
+        log.warning("dense reference %s unreadable (%s): measuring it again", path, exc)
+        return None
+    ref.record = _record(parts, path, "cache")
+    return ref
+
+
+def measure_reference(
+    model: nn.Module,
+    tokenizer: Any,
+    task: str,
+    quick: bool,
+    parts: dict[str, Any],
+    folder: Path | None = None,
+) -> DenseReference:
+    """Benchmark the dense ``model`` and cache the result under ``parts``.
+
+    ``model`` must be the model ``parts`` was computed from (checked by its weights'
+    hash): ``eval.run`` computes the key before the recipes change the model in place
+    and measures on a freshly loaded copy only when the cache has no entry.
+    """
+    if model_fingerprint(model) != parts["model_sha256"]:
+        raise UserError(
+            "the dense model loaded for the reference differs from the one the run started "
+            "from (weights initialised at random on load?): no paired comparison"
+        )
     ref = record_reference(model, tokenizer, task, quick)
-    save_reference(ref, path)
-    ref.record = record | {"source": "measured"}
+    path = save_reference(ref, _path(parts, task, folder))
+    ref.record = _record(parts, path, "measured")
     return ref
 
 

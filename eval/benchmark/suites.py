@@ -118,11 +118,13 @@ def _similarity_metric(model, tokenizer, s: dict[str, Any], quick: bool) -> Metr
         truncation=s["doc_len"],
         pooling="mean over attention mask, L2-normalised, last hidden state",
     )
-    if len(score) < 2:
-        exc = "similarity_spearman needs at least 2 pairs"
+    try:
+        if len(score) < 2:
+            raise UserError("similarity_spearman needs at least 2 pairs")
+        cos = pair_cosines(model, tokenizer, a, b, s["batch_size"], s["doc_len"])
+    except UserError as exc:  # e.g. a wrapper without hidden states: no embeddings
         log.warning("similarity_spearman skipped: %s", exc)
-        return Metric("similarity_spearman", float("nan"), True, proto, {"skipped": exc})
-    cos = pair_cosines(model, tokenizer, a, b, s["batch_size"], s["doc_len"])
+        return Metric("similarity_spearman", float("nan"), True, proto, {"skipped": str(exc)})
     samples = Samples("rho", "pairs", {"a": cos, "b": np.asarray(score, dtype=float)})
     rho = float(spearmanr(cos, np.asarray(score, dtype=float)).statistic)
     extra = {"seconds": round(time.perf_counter() - t0, 2), "interval_note": _PAIRS_NOTE}
