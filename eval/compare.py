@@ -108,7 +108,7 @@ def delta_text(
         return Text("")
     change = (value - base) / abs(base)
     if abs(change) < 5e-4:
-        return Text("±0%", style="dim")
+        return Text("0%", style="dim")  # unchanged; ± is for intervals
     better = (change > 0) == higher_is_better
     pct = f"{change * 100:+.1f}%" if abs(change) < 10 else f"{value / base:.3g}x"
     if noise:
