@@ -28,7 +28,9 @@ the check lets through runs that do not fit; far above, it refuses runs that wou
 Results go to ``reports/bench/recipe_memory.json`` (cases re-run replace their entry).
 
 Memory does not depend on CPU speed, so a busy machine changes the seconds, not the
-bytes. ``torch-prune`` (``torch.nn.utils.prune`` on the same matrices, for comparison
+bytes. ``BENCH_THREADS`` sets torch's threads (default 2); the committed results used 1
+(on a busy 2-core machine two threads made a case six times slower; a second thread's
+buffers add a few MiB). ``torch-prune`` (``torch.nn.utils.prune`` on the same matrices, for comparison
 with ``magnitude``) and the ``gpt2-xl-random`` model (1.56B parameters, random weights)
 are available with ``--cases`` and not run by default.
 """

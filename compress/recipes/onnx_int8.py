@@ -48,10 +48,11 @@ class OnnxInt8Config(KeepFloatConfig):
 
 def onnx_int8_memory(config: OnnxInt8Config, facts: ModelFacts) -> Need:
     """The export and quantization copies of :func:`compress.quant.onnx.build`: the
-    traced graph's initializers (one copy of the weights) and their serialised protobuf
-    (another), the fp32 graph loaded by the quantizer beside its int8 weights, then the
-    int8 graph's bytes, its ONNX Runtime session and the initializer count."""
-    parts = {"exported graph and its bytes": 2 * facts.param_bytes,
+    traced graph's initializers (one copy of the weights), their serialised protobuf
+    (another) and the fp32 graph the quantizer loads (a third), beside its int8 weights,
+    then the int8 graph's bytes, its ONNX Runtime session and the initializer count (the
+    bench measures about four copies of the weights at the peak)."""
+    parts = {"exported graph and its bytes": 3 * facts.param_bytes,
              "int8 graph, session and counts": facts.param_bytes // 2}
     if config.outlier_threshold is not None:
         parts.update(calib_forward_parts(facts))

@@ -61,12 +61,13 @@ class RuntimeConfig(KeepFloatConfig):
 
 
 def runtime_memory(config: RuntimeConfig, facts: ModelFacts) -> Need:
-    """The export of :mod:`compress.quant.runtime`: the traced graph's weights and their
-    serialised bytes (two copies of the model), the engine's session over the quantized
+    """The export of :mod:`compress.quant.runtime`: the traced graph's weights, their
+    serialised bytes and the graph the quantizer loads (three copies of the model), the
+    engine's session over the quantized
     graph (the model's size at the chosen weight type); ``outlier_threshold`` adds
     calibration forwards."""
     share = {"fp32": 1.0, "int8": 0.5, "int4": 0.375}.get(config.weights, 1.0)
-    parts = {"exported graph and its bytes": 2 * facts.param_bytes,
+    parts = {"exported graph and its bytes": 3 * facts.param_bytes,
              "engine session": int(facts.param_bytes * share)}
     if config.outlier_threshold is not None:
         parts.update(calib_forward_parts(facts))

@@ -69,18 +69,24 @@ class SmoothQuantConfig(RecipeConfig):
 
 
 def smoothquant_memory(config: SmoothQuantConfig, facts: ModelFacts) -> Need:
-    """The largest of three phases: whole-model calibration forwards for the input absmax
-    (hooks on every linear), the smoothing check (reference outputs of one batch kept
-    while the model runs it again), then the int8 weights made beside the float ones."""
+    """Whole-model calibration forwards for the input absmax (hooks on every linear),
+    whose pages stay resident under the smoothing check: the reference outputs of one
+    batch, a forward, and the traced forward that finds each norm's linears (it keeps
+    every norm's output and every linear's input of the batch: about three hidden-wide
+    tensors and one FFN-wide per block). Then, freed, the int8 weights made beside the
+    float ones."""
     hint = calib_hint(facts, "dynamic-int8 (no calibration)")
-    absmax = Need(calib_forward_parts(facts), hint)
+    parts = calib_forward_parts(facts)
     n, t = facts.data.calib_sequences, facts.data.calib_len()
-    check = Need({"smoothing check": logits_bytes(facts, min(CALIB_BATCH, n), t)
-                  + forward_bytes(facts, min(CALIB_BATCH, n), t)} if n and config.smooth
-                 else {}, hint)
+    if n and config.smooth:
+        b = min(CALIB_BATCH, n)
+        traced = sum(s.blocks * (3 * facts.hidden + (s.ffn or 4 * facts.hidden))
+                     for s in facts.stacks) or 4 * facts.hidden
+        parts["smoothing check"] = logits_bytes(facts, b, t) + forward_bytes(facts, b, t)
+        parts["traced norm outputs and linear inputs"] = b * t * traced * F32
     quant = Need({"int8 weights": facts.linear_bytes // max(facts.elem, 1),
                   "quantizing the largest linear": 2 * facts.largest_linear() * F32}, hint)
-    return Need.peak(absmax, check, quant)
+    return Need.peak(Need(parts, hint), quant)
 
 
 @register_recipe(
