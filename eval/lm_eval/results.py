@@ -1,0 +1,152 @@
+"""lm-eval results as the suite's metric records, each with a standard error and a 95% interval.
+
+lm-eval reports ``"<metric>,<filter>"`` values per task and, for most metrics, a
+``"<metric>_stderr,<filter>"`` (for perplexities it gives none: ``"N/A"``). The suite
+wants an interval for every number, so the interval is a seeded percentile bootstrap over
+the task's documents, computed from the per-document values lm-eval logs (its
+``samples``) and lm-eval's own aggregation of the metric: the mean for ``acc``, the
+token-weighted perplexity for ``word_perplexity``, ... ``stderr`` is the bootstrap's
+standard deviation; lm-eval's own stderr is kept beside it in ``extra``.
+
+A record: ``{"name": "suite_sentiment/acc", "value", "higher_is_better", "stderr",
+"ci95": [lo, hi], "protocol": {...}, "extra": {...}}`` (the filter joins the name when it
+is not lm-eval's ``none``: ``gsm8k/exact_match[strict-match]``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+#: bootstrap resamples and the seed that draws them
+BOOTSTRAP = 1000
+_SKIP = {"alias", "name", "sample_len", "samples", " "}
+
+
+def _aggregation(results: dict[str, Any], task: str, metric: str):
+    """lm-eval's aggregation function of ``metric`` in ``task`` (configured, else default)."""
+    from lm_eval.api.registry import get_aggregation, get_metric_aggregation
+
+    for entry in (results.get("configs", {}).get(task, {}).get("metric_list") or []):
+        agg = entry.get("aggregation") if isinstance(entry, dict) else None
+        if entry.get("metric") == metric and isinstance(agg, str):
+            return get_aggregation(agg)
+    return get_metric_aggregation(metric)
+
+
+def bootstrap(items: list[Any], aggregate, seed: int = 0, resamples: int = BOOTSTRAP
+              ) -> tuple[float, list[float]] | None:
+    """(standard error, [2.5%, 97.5%]) of ``aggregate(items)`` over documents resampled with
+    replacement (seeded); None with fewer than 2 documents or when it cannot aggregate."""
+    n = len(items)
+    if n < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    stats = []
+    try:
+        for _ in range(resamples):
+            idx = rng.integers(0, n, n)
+            stats.append(float(aggregate([items[i] for i in idx])))
+    except (TypeError, ValueError, ZeroDivisionError, OverflowError):
+        return None
+    arr = np.asarray(stats)
+    if not np.isfinite(arr).all():
+        return None
+    lo, hi = np.percentile(arr, [2.5, 97.5])
+    return float(arr.std(ddof=1)), [float(lo), float(hi)]
+
+
+def _data_protocol(task: str) -> dict[str, Any] | None:
+    from eval.lm_eval import OFFLINE_TASKS
+
+    if task not in OFFLINE_TASKS:
+        return None
+    from compress import data
+
+    return data.protocol(*OFFLINE_TASKS[task])
+
+
+def _metric_keys(values: dict[str, Any]) -> list[tuple[str, str]]:
+    """(metric, filter) of every value key of one task's results."""
+    out = []
+    for key in values:
+        if key in _SKIP or "," not in key or "_stderr," in key:
+            continue
+        metric, _, filt = key.partition(",")
+        out.append((metric, filt))
+    return out
+
+
+def _one_metric(results: dict[str, Any], task: str, metric: str, filt: str,
+                seed: int) -> dict[str, Any] | None:
+    values = results["results"][task]
+    value = values[f"{metric},{filt}"]
+    hib = results.get("higher_is_better", {}).get(task, {}).get(metric)
+    if not isinstance(value, (int, float)) or not isinstance(hib, bool):
+        return None  # not a number, or no direction to compare by
+    docs = [s for s in results.get("samples", {}).get(task, []) if s.get("filter") == filt]
+    items = [s[metric] for s in docs if metric in s]
+    interval = bootstrap(items, _aggregation(results, task, metric), seed) if items else None
+    theirs = values.get(f"{metric}_stderr,{filt}")
+    how = f"percentile bootstrap over {len(items)} documents, {BOOTSTRAP} resamples, seed {seed}"
+    if interval is None and isinstance(theirs, (int, float)) and math.isfinite(theirs):
+        interval = (float(theirs), [value - 1.96 * theirs, value + 1.96 * theirs])
+        how = "normal approximation from lm-eval's stderr"
+    n = results.get("n-samples", {}).get(task, {})
+    protocol = {
+        "harness": "lm-eval",
+        "lm_eval_version": results.get("lm_eval_version"),
+        "task": task,
+        "task_version": results.get("versions", {}).get(task),
+        "metric": metric,
+        "filter": filt,
+        "num_fewshot": results.get("n-shot", {}).get(task),
+        "n_documents": n.get("effective"),
+        "n_available": n.get("original"),
+    }
+    data = _data_protocol(task)
+    if data is not None:
+        protocol["data"] = data
+    name = f"{task}/{metric}" + ("" if filt == "none" else f"[{filt}]")
+    return {
+        "name": name,
+        "value": float(value),
+        "higher_is_better": hib,
+        "stderr": None if interval is None else interval[0],
+        "ci95": None if interval is None else interval[1],
+        "protocol": protocol,
+        "extra": {"interval": how if interval is not None else None,
+                  "lm_eval_stderr": theirs if isinstance(theirs, (int, float)) else None},
+    }
+
+
+def metrics_from_results(results: dict[str, Any], *, limit: int | float | None = None,
+                         seed: int = 0) -> list[dict[str, Any]]:
+    """Every numeric metric of every task in lm-eval's ``results`` as a suite metric record."""
+    out = []
+    for task in sorted(results.get("results", {})):
+        for metric, filt in _metric_keys(results["results"][task]):
+            record = _one_metric(results, task, metric, filt, seed)
+            if record is not None:
+                record["protocol"]["limit"] = limit
+                out.append(record)
+    return out
+
+
+def run_record(results: dict[str, Any], limit: int | float | None) -> dict[str, Any]:
+    """What an lm-eval pass ran: version, per task its version, shots and documents."""
+    return {
+        "lm_eval_version": results.get("lm_eval_version"),
+        "limit": limit,
+        "tasks": {
+            task: {
+                "version": results.get("versions", {}).get(task),
+                "num_fewshot": results.get("n-shot", {}).get(task),
+                "documents": results.get("n-samples", {}).get(task),
+            }
+            for task in sorted(results.get("results", {}))
+        },
+        "max_length": results.get("max_length"),
+    }

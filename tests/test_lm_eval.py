@@ -1,0 +1,130 @@
+"""The lm-eval bridge: the suite's offline tasks on a tiny model, written into reports that
+``eval.compare`` shows, with an interval for every metric."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+pytest.importorskip("lm_eval")
+
+from compress.errors import UserError  # noqa: E402
+from compress.tiny import tiny_model  # noqa: E402
+from eval.compare import render  # noqa: E402
+from eval.lm_eval import results as lm_results  # noqa: E402
+from eval.lm_eval.cli import main  # noqa: E402
+from eval.report import Report, read_reports  # noqa: E402
+
+TASKS = "suite_news,suite_sentiment"
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("lm") / "tiny-llama"
+    model, tok = tiny_model("llama")
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def _run(folder, reports, *extra):
+    argv = ["--model", str(folder), "--tasks", TASKS, "--limit", "6", "--max-length", "64",
+            "--reports", str(reports), *extra]
+    assert main(argv) == 0
+    return {r["label"]: r for r in read_reports(reports)}
+
+
+def _metrics(report):
+    return {m["name"]: m for m in report["metrics"]}
+
+
+def test_offline_tasks_on_a_tiny_model_reach_the_report_and_compare(tiny_folder, tmp_path):
+    runs = _run(tiny_folder, tmp_path)
+    runs = _run(tiny_folder, tmp_path, "--recipe", "rtn", "--opt", "bits=2")
+    assert set(runs) == {"identity", "rtn(bits=2)"}
+    dense, rtn2 = _metrics(runs["identity"]), _metrics(runs["rtn(bits=2)"])
+    names = {"suite_news/word_perplexity", "suite_news/byte_perplexity",
+             "suite_news/bits_per_byte", "suite_sentiment/acc", "suite_sentiment/acc_norm"}
+    assert names <= set(dense)
+    for m in dense.values():
+        lo, hi = m["ci95"]
+        assert lo <= m["value"] <= hi and m["stderr"] >= 0
+        assert m["protocol"]["harness"] == "lm-eval" and m["protocol"]["n_documents"] == 6
+    # lm-eval's aggregates agree with each other: bits per byte = log2(byte perplexity)
+    bpb, bppl = dense["suite_news/bits_per_byte"]["value"], dense["suite_news/byte_perplexity"]
+    assert bpb == pytest.approx(math.log2(bppl["value"]), rel=1e-6)
+    assert bppl["protocol"]["data"]["corpus"] == "news"
+    assert 0.0 <= dense["suite_sentiment/acc"]["value"] <= 1.0
+    # 2-bit weights change the model's scores, so the bridge evaluated the compressed model
+    assert rtn2["suite_news/bits_per_byte"]["value"] != bpb
+    assert runs["rtn(bits=2)"]["info"]["quant"]["bits"] == 2
+    # reports of their own (no eval.run report here): marked, so no sweep takes them as done
+    assert runs["identity"]["harness"] == "lm-eval"
+    table = render(read_reports(tmp_path), markdown=True)
+    assert "suite_news/bits_per_byte ↓" in table and "suite_sentiment/acc ↑" in table
+    assert "rtn(bits=2)" in table
+
+
+def test_results_join_the_report_eval_run_wrote_for_the_same_run(tiny_folder, tmp_path):
+    from compress.registry import make_config
+    from eval.pipeline import step_record
+
+    prior = Report(model={"name": str(tiny_folder), "task": "causal-lm"},
+                   pipeline=[step_record(make_config("identity"))])
+    prior.status = "ok"
+    prior.metrics = [{"name": "ppl_wiki", "value": 12.0, "higher_is_better": False}]
+    path = prior.write(tmp_path)
+    runs = _run(tiny_folder, tmp_path)
+    assert list(tmp_path.glob("*.json")) == [path]
+    merged = json.loads(path.read_text())
+    assert "harness" not in merged and merged["key"] == prior.key
+    assert {"ppl_wiki", "suite_sentiment/acc"} <= set(_metrics(merged))
+    assert merged["lm_eval"]["tasks"]["suite_sentiment"]["documents"]["effective"] == 6
+    assert runs["identity"]["status"] == "ok"
+
+
+def test_a_saved_compressed_folder_scores_as_the_model_compressed_in_memory(tiny_folder,
+                                                                            tmp_path):
+    from compress.cli import recipe_main
+
+    assert recipe_main("rtn", ["--model", str(tiny_folder), "--bits", "3",
+                               "--out", str(tmp_path / "rtn3")]) == 0
+    runs = _run(tiny_folder, tmp_path / "r", "--recipe", "rtn", "--opt", "bits=3")
+    runs = _run(tiny_folder, tmp_path / "r", "--compressed", str(tmp_path / "rtn3"))
+    saved = _metrics(next(r for label, r in runs.items() if label.startswith("compressed(")))
+    memory = _metrics(runs["rtn(bits=3)"])
+    for name, m in memory.items():
+        assert saved[name]["value"] == pytest.approx(m["value"], rel=1e-5), name
+
+
+def test_the_bootstrap_has_known_answers():
+    from lm_eval.api.registry import get_aggregation
+
+    mean = get_aggregation("mean")
+    stderr, (lo, hi) = lm_results.bootstrap([0.7] * 50, mean)
+    assert stderr == pytest.approx(0.0, abs=1e-12) and lo == pytest.approx(hi)
+    wide = lm_results.bootstrap([0.0, 1.0] * 25, mean)
+    narrow = lm_results.bootstrap([0.0, 1.0] * 2500, mean)
+    # the standard error of a mean of coin flips: 0.5 / sqrt(n), so it shrinks with sqrt(n)
+    assert wide[0] == pytest.approx(0.5 / math.sqrt(50), rel=0.15)
+    assert narrow[0] == pytest.approx(wide[0] / 10, rel=0.2)
+    assert lm_results.bootstrap([1.0], mean) is None
+
+
+def test_bad_input_is_one_line(tiny_folder, tmp_path):
+    with pytest.raises(UserError, match="did you mean"):
+        main(["--model", str(tiny_folder), "--tasks", "suite_sentimen", "--reports",
+              str(tmp_path)])
+    with pytest.raises(UserError, match="need --recipe"):
+        main(["--model", str(tiny_folder), "--tasks", TASKS, "--opt", "bits=4"])
+    with pytest.raises(UserError, match="not both"):
+        main(["--model", str(tiny_folder), "--tasks", TASKS, "--recipe", "rtn",
+              "--compressed", str(tmp_path)])
+    enc = tmp_path / "bert"
+    model, tok = tiny_model("bert")
+    model.save_pretrained(enc)
+    tok.save_pretrained(enc)
+    with pytest.raises(UserError, match="language models"):
+        main(["--model", str(enc), "--tasks", TASKS, "--reports", str(tmp_path)])
