@@ -33,6 +33,7 @@ from compress.errors import UserError
 from compress.export import compressed_tensors
 from compress.export.grid import mark
 from compress.quant import calib
+from compress.quant.embeddings import EMBEDDING_CHOICES, quantize_embeddings
 from compress.quant.grid import (
     GRANULARITIES,
     SCHEME_CHOICES,
@@ -69,6 +70,10 @@ class RTNConfig(RecipeConfig):
                                              "activations exceed this |x| (LLM.int8 uses 6.0)",
                                              low=0.0, low_inclusive=False)
     include_head: bool = option(False, "also quantize the LM head (tied embeddings change too)")
+    embeddings: str = option("none", "also round the embedding tables and the LM head to "
+                             "int8 or int4 with one scale per row (tied tensors once; see "
+                             "compress.quant.embeddings): none, int8 or int4",
+                             choices=EMBEDDING_CHOICES)
 
 
     def validate(self) -> None:
@@ -103,7 +108,8 @@ def rtn(model: nn.Module, config: RTNConfig, context: Context) -> nn.Module:
             keep = outlier_columns_by_weight(weight_matrix(module), config.outlier_fraction)
         kept += int(keep.numel())
         packed[name] = rtn_layer(module, spec, keep)
-    size = model_size_summary(model, packed)
+    tables = quantize_embeddings(model, config.embeddings, skip=targets)
+    size = model_size_summary(model, packed | tables)
     # the grid's shape on the model: compress.export writes it as integer codes
     mark(model, spec, targets, outlier_columns=kept)
     record(
@@ -112,7 +118,9 @@ def rtn(model: nn.Module, config: RTNConfig, context: Context) -> nn.Module:
         outlier_rule=(f"activation>{config.outlier_threshold:g}" if config.outlier_threshold
                       else f"weight top {config.outlier_fraction:g}" if config.outlier_fraction
                       else None),
-        include_head=config.include_head, **size,
+        include_head=config.include_head, embeddings=config.embeddings,
+        embedding_tables=sorted(tables) or None,
+        embedding_packed_bytes=sum(b["total"] for b in tables.values()), **size,
         note="weights rounded to the grid and stored as fp32: quality of the format only; "
         "packed_bytes is the real packed size, the saved checkpoint is still fp32",
     )
