@@ -20,6 +20,12 @@ from eval.report import Report, read_reports  # noqa: E402
 TASKS = "suite_news,suite_sentiment"
 
 
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    """The dense model's per-document values are cached: here, in a fresh folder per test."""
+    monkeypatch.setenv("COMPRESS_CACHE", str(tmp_path / "cache"))
+
+
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("lm") / "tiny-llama"
@@ -49,8 +55,9 @@ def test_offline_tasks_on_a_tiny_model_reach_the_report_and_compare(tiny_folder,
              "suite_news/bits_per_byte", "suite_sentiment/acc", "suite_sentiment/acc_norm"}
     assert names <= set(dense)
     for m in dense.values():
-        lo, hi = m["ci95"]
-        assert lo <= m["value"] <= hi and m["stderr"] >= 0
+        iv = m["interval"]
+        assert iv["low"] <= m["value"] <= iv["high"] and m["stderr"] >= 0
+        assert iv["n"] == 6 and iv["unit"] == "documents"
         assert m["protocol"]["harness"] == "lm-eval" and m["protocol"]["n_documents"] == 6
     # lm-eval's aggregates agree with each other: bits per byte = log2(byte perplexity)
     bpb, bppl = dense["suite_news/bits_per_byte"]["value"], dense["suite_news/byte_perplexity"]
@@ -59,6 +66,16 @@ def test_offline_tasks_on_a_tiny_model_reach_the_report_and_compare(tiny_folder,
     assert 0.0 <= dense["suite_sentiment/acc"]["value"] <= 1.0
     # 2-bit weights change the model's scores, so the bridge evaluated the compressed model
     assert rtn2["suite_news/bits_per_byte"]["value"] != bpb
+    # paired with the identity run's documents (cached when it ran): the same delta, and an
+    # interval of the difference no wider than the two intervals side by side
+    for name, m in rtn2.items():
+        vs = m["vs_dense"]
+        assert vs["delta"] == pytest.approx(m["value"] - dense[name]["value"], rel=1e-6, abs=1e-9)
+        assert vs["low"] <= vs["delta"] <= vs["high"] and vs["n"] == 6
+        width = (m["interval"]["high"] - m["interval"]["low"]
+                 + dense[name]["interval"]["high"] - dense[name]["interval"]["low"])
+        assert vs["high"] - vs["low"] <= width
+    assert "vs_dense" not in dense["suite_sentiment/acc"]
     assert runs["rtn(bits=2)"]["info"]["quant"]["bits"] == 2
     # reports of their own (no eval.run report here): marked, so no sweep takes them as done
     assert runs["identity"]["harness"] == "lm-eval"
@@ -97,6 +114,17 @@ def test_a_saved_compressed_folder_scores_as_the_model_compressed_in_memory(tiny
     memory = _metrics(runs["rtn(bits=3)"])
     for name, m in memory.items():
         assert saved[name]["value"] == pytest.approx(m["value"], rel=1e-5), name
+
+
+def test_vs_dense_measures_dense_first_when_nothing_is_cached(tiny_folder, tmp_path):
+    runs = _run(tiny_folder, tmp_path, "--recipe", "rtn", "--opt", "bits=2", "--vs-dense")
+    assert all("vs_dense" in m for m in runs["rtn(bits=2)"]["metrics"])
+    assert runs["rtn(bits=2)"]["lm_eval"]["paired_with_dense"] == 5
+    # the same model against itself: a zero difference, within noise
+    from eval.lm_eval import paired
+
+    same = paired.paired([0.0, 1.0, 1.0, 0.0], [0.0, 1.0, 1.0, 0.0], lambda x: sum(x) / len(x))
+    assert same == (0.0, 0.0, 0.0)
 
 
 def test_the_bootstrap_has_known_answers():

@@ -4,7 +4,7 @@ lm-eval (EleutherAI's lm-evaluation-harness, pinned in ``pyproject.toml``) accep
 object already in memory: :func:`evaluate` wraps the model a recipe returned in its
 ``HFLM`` (causal or seq2seq backend, from the suite's task) and runs the named tasks;
 :mod:`eval.lm_eval.results` turns lm-eval's results into the suite's metric records (with
-their standard error and a 95% interval), and ``python -m eval.lm_eval`` writes them into
+their standard error and a 95% bootstrap interval), and ``python -m eval.lm_eval`` writes them into
 a report that ``python -m eval.compare`` shows.
 
 Offline tasks (``tasks/`` beside this file, tag ``suite_offline``) read the suite's own

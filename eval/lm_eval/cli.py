@@ -19,6 +19,7 @@ pipeline is recorded as the step ``compressed(folder=DIR)``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import sys
@@ -34,12 +35,13 @@ from compress.cli import (
 )
 from compress.errors import UserError
 from compress.fileio import atomic_write_json
-from eval.lm_eval import evaluate, split_tasks
+from eval.lm_eval import TASKS_DIR, evaluate, paired, split_tasks
 from eval.pipeline import parse_step, parse_step_text, step_record
 from eval.report import Report, environment
 from eval.report.schema import report_filename
 
 HARNESS = "lm-eval"
+log = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "are this long (default: 1024)")
     parser.add_argument("--include-path", action="append", default=[], metavar="DIR",
                         help="another folder of lm-eval task YAMLs (repeatable)")
+    parser.add_argument("--vs-dense", action="store_true",
+                        help="pair every metric with the dense model's on the same documents "
+                        "(measuring dense first unless an earlier run cached it)")
     parser.add_argument("--reports", type=Path, default=Path("reports"),
                         help="folder of the suite's JSON reports (default: reports/)")
     return parser
@@ -92,25 +97,73 @@ def configs_from_args(args: argparse.Namespace) -> list:
     return [first] + [parse_step(s) for s in args.then]
 
 
-def load_for_eval(args: argparse.Namespace, configs: list) -> tuple[Any, Any, dict[str, Any],
-                                                                    dict[str, Any]]:
-    """(model, tokenizer, model record, recipe info): compressed now, or loaded from a folder."""
-    from compress.api import compress
-    from compress.models import check_model_name, load_model, resolve_path, task_of
+class Evaluator:
+    """One lm-eval setting (tasks, limit, shots, lengths) applied to several models, with the
+    dense model's per-document values cached for the paired comparison
+    (:mod:`eval.lm_eval.paired`)."""
 
-    kwargs = {"device_map": args.device_map, "allow_pickle": args.allow_pickle,
-              "trust_remote_code": args.trust_remote_code}
-    if args.compressed is None:
-        loaded = load_model(args.model, args.task, **kwargs)
-        context = build_context(loaded, calibration_spec_from_args(args))
-        model = loaded.model
-        for config in configs:
-            model = compress(model, config, context)
-        record = {"name": args.model, "source": loaded.source, "path": loaded.path,
-                  "task": loaded.task}
-        return model, loaded.tokenizer, record, dict(context.info)
+    def __init__(self, args: argparse.Namespace, tasks: list[str], limit: int | float | None):
+        self.tasks, self.limit = tasks, limit
+        self.settings = {"limit": limit, "num_fewshot": args.num_fewshot,
+                         "batch_size": args.batch_size, "max_length": args.max_length,
+                         "include_path": [str(p) for p in args.include_path]}
+
+    def __call__(self, model: Any, tokenizer: Any, task: str) -> tuple[list, dict[str, Any]]:
+        return evaluate(model, tokenizer, self.tasks, task=task, **self.settings)
+
+    def dense_key(self, dense: Any) -> str:
+        from lm_eval import __version__ as lm_eval_version
+
+        # the suite's task files: editing a prompt or a split makes a new dense entry
+        files = hashlib.sha256()
+        for path in sorted(TASKS_DIR.glob("*.*")):
+            files.update(path.name.encode() + path.read_bytes())
+        protocol = {"tasks": self.tasks, "lm_eval": lm_eval_version, **self.settings,
+                    "suite_tasks": files.hexdigest()}
+        return paired.dense_key(paired.fingerprint(dense), protocol)
+
+    def dense_documents(self, dense: Any, tokenizer: Any, task: str, measure: bool
+                        ) -> tuple[str, dict | None]:
+        """(cache key, dense per-document values): cached, else measured now if ``measure``."""
+        key = self.dense_key(dense)
+        docs = paired.load_dense(key)
+        if docs is None and measure:
+            log.info("lm-eval: measuring the dense model for the paired comparison")
+            docs = paired.documents(self(dense, tokenizer, task)[0])
+            paired.save_dense(key, docs)
+        return key, docs
+
+
+def _load_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return {"device_map": args.device_map, "allow_pickle": args.allow_pickle,
+            "trust_remote_code": args.trust_remote_code}
+
+
+def compress_now(args: argparse.Namespace, configs: list, ev: Evaluator) -> tuple:
+    """Load ``--model``, read (or, with ``--vs-dense``, measure) dense's documents, compress.
+    Returns (model, tokenizer, model record, recipe info, dense key, dense documents)."""
+    from compress.api import compress
+    from compress.models import load_model
+
+    loaded = load_model(args.model, args.task, **_load_kwargs(args))
+    identity = all(c.RECIPE == "identity" for c in configs)
+    key, dense = ev.dense_documents(loaded.model, loaded.tokenizer, loaded.task,
+                                    measure=args.vs_dense and not identity)
+    context = build_context(loaded, calibration_spec_from_args(args))
+    model = loaded.model
+    for config in configs:
+        model = compress(model, config, context)
+    record = {"name": args.model, "source": loaded.source, "path": loaded.path,
+              "task": loaded.task}
+    return model, loaded.tokenizer, record, dict(context.info), (key if identity else None), dense
+
+
+def load_saved(args: argparse.Namespace, ev: Evaluator) -> tuple:
+    """The model ``--compressed DIR`` holds (its tokenizer, else ``--model``'s); dense's
+    documents from the cache (with ``--vs-dense``: measured when missing)."""
     import transformers as tf
 
+    from compress.models import check_model_name, load_model, resolve_path, task_of
     from compress.saving import load_compressed
 
     folder = args.compressed
@@ -124,9 +177,14 @@ def load_for_eval(args: argparse.Namespace, configs: list) -> tuple[Any, Any, di
     tokenizer = tf.AutoTokenizer.from_pretrained(tok_path,
                                                  trust_remote_code=args.trust_remote_code)
     task = args.task or task_of(model.config)
+    dense = None
+    if args.vs_dense:
+        base = load_model(args.model, task, **_load_kwargs(args)).model
+        dense = ev.dense_documents(base, tokenizer, task, measure=True)[1]
+        del base
     record = {"name": args.model, "source": f"local:{folder.resolve()}", "path": str(folder),
               "task": task}
-    return model, tokenizer, record, {}
+    return model, tokenizer, record, {}, None, dense
 
 
 def write_results(reports: Path, report: Report, metrics: list[dict[str, Any]],
@@ -163,26 +221,33 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError("--limit must be positive")
         limit = int(limit) if limit >= 1 else limit
     configs = configs_from_args(args)
-    model, tokenizer, model_record, info = load_for_eval(args, configs)
-    metrics, record = evaluate(
-        model, tokenizer, tasks, task=model_record["task"], limit=limit,
-        num_fewshot=args.num_fewshot, batch_size=args.batch_size, max_length=args.max_length,
-        include_path=args.include_path)
-    if args.compressed is not None:
+    ev = Evaluator(args, tasks, limit)
+    if args.compressed is None:
+        model, tokenizer, model_record, info, dense_key, dense = compress_now(args, configs, ev)
+        pipeline = [step_record(c) for c in configs]
+        calibration = run_key_part(configs, calibration_spec_from_args(args))
+    else:
+        model, tokenizer, model_record, info, dense_key, dense = load_saved(args, ev)
         pipeline = [{"recipe": "compressed", "config": {"folder": str(args.compressed.resolve())},
                      "defaults": {}}]
         calibration = None
-    else:
-        pipeline = [step_record(c) for c in configs]
-        calibration = run_key_part(configs, calibration_spec_from_args(args))
+    metrics, record = ev(model, tokenizer, model_record["task"])
+    if dense_key is not None:  # the uncompressed model: later runs pair against it
+        paired.save_dense(dense_key, paired.documents(metrics))
+    elif dense is not None:
+        record["paired_with_dense"] = paired.add_vs_dense(metrics, dense)
     report = Report(model=model_record, pipeline=pipeline, calibration=calibration)
     report.environment = environment()
     report.info = json.loads(json.dumps(info, default=str))
     record["tasks_asked"] = tasks
+    metrics = paired.public(metrics)
     path, merged = write_results(args.reports, report, metrics, record)
     for m in metrics:
-        ci = m.get("ci95")
-        band = f" [{ci[0]:.4g}, {ci[1]:.4g}]" if ci else ""
+        iv, vs = m.get("interval"), m.get("vs_dense")
+        band = f" [{iv['low']:.4g}, {iv['high']:.4g}]" if iv else ""
+        if vs:
+            band += (f"  vs dense {vs['delta']:+.4g} [{vs['low']:.4g}, {vs['high']:.4g}]"
+                     + (" (within noise)" if vs["within_noise"] else ""))
         print(f"{m['name']}: {m['value']:.4g}{band}")
     print(f"{'added to' if merged else 'wrote'} {path}")
     return 0

@@ -9,8 +9,9 @@ token-weighted perplexity for ``word_perplexity``, ... ``stderr`` is the bootstr
 standard deviation; lm-eval's own stderr is kept beside it in ``extra``.
 
 A record: ``{"name": "suite_sentiment/acc", "value", "higher_is_better", "stderr",
-"ci95": [lo, hi], "protocol": {...}, "extra": {...}}`` (the filter joins the name when it
-is not lm-eval's ``none``: ``gsm8k/exact_match[strict-match]``).
+"interval": {"low", "high", "n", "unit", "confidence", "method"}, "protocol": {...},
+"extra": {...}}``, the interval as the suite's own benchmark metrics record it. The filter
+joins the name when it is not lm-eval's ``none``: ``gsm8k/exact_match[strict-match]``.
 """
 
 from __future__ import annotations
@@ -58,6 +59,25 @@ def bootstrap(items: list[Any], aggregate, seed: int = 0, resamples: int = BOOTS
     return float(arr.std(ddof=1)), [float(lo), float(hi)]
 
 
+def _interval(items: list[Any], aggregate, value: float, theirs: float | None, seed: int
+              ) -> tuple[float | None, dict[str, Any] | None]:
+    """(stderr, interval record) of a metric: the bootstrap over its documents, else a normal
+    interval from lm-eval's own stderr, else none. The record has the fields the suite's
+    benchmark metrics use (:mod:`eval.benchmark`): low, high, n, unit, confidence, method."""
+    boot = bootstrap(items, aggregate, seed) if items else None
+    if boot is not None:
+        stderr, (lo, hi) = boot
+        method = (f"percentile bootstrap over documents ({BOOTSTRAP} resamples, seed {seed}): "
+                  "lm-eval's aggregation of each resample")
+    elif theirs is not None and math.isfinite(theirs):
+        stderr, lo, hi = theirs, value - 1.96 * theirs, value + 1.96 * theirs
+        method = "normal approximation from lm-eval's stderr"
+    else:
+        return None, None
+    return stderr, {"low": lo, "high": hi, "n": len(items), "unit": "documents",
+                    "confidence": 0.95, "method": method}
+
+
 def _data_protocol(task: str) -> dict[str, Any] | None:
     from eval.lm_eval import OFFLINE_TASKS
 
@@ -86,14 +106,13 @@ def _one_metric(results: dict[str, Any], task: str, metric: str, filt: str,
     hib = results.get("higher_is_better", {}).get(task, {}).get(metric)
     if not isinstance(value, (int, float)) or not isinstance(hib, bool):
         return None  # not a number, or no direction to compare by
-    docs = [s for s in results.get("samples", {}).get(task, []) if s.get("filter") == filt]
-    items = [s[metric] for s in docs if metric in s]
-    interval = bootstrap(items, _aggregation(results, task, metric), seed) if items else None
+    docs = sorted((s for s in results.get("samples", {}).get(task, [])
+                   if s.get("filter") == filt and metric in s), key=lambda s: int(s["doc_id"]))
+    items = [s[metric] for s in docs]
+    aggregate = _aggregation(results, task, metric)
     theirs = values.get(f"{metric}_stderr,{filt}")
-    how = f"percentile bootstrap over {len(items)} documents, {BOOTSTRAP} resamples, seed {seed}"
-    if interval is None and isinstance(theirs, (int, float)) and math.isfinite(theirs):
-        interval = (float(theirs), [value - 1.96 * theirs, value + 1.96 * theirs])
-        how = "normal approximation from lm-eval's stderr"
+    theirs = float(theirs) if isinstance(theirs, (int, float)) else None
+    stderr, interval = _interval(items, aggregate, value, theirs, seed)
     n = results.get("n-samples", {}).get(task, {})
     protocol = {
         "harness": "lm-eval",
@@ -114,11 +133,12 @@ def _one_metric(results: dict[str, Any], task: str, metric: str, filt: str,
         "name": name,
         "value": float(value),
         "higher_is_better": hib,
-        "stderr": None if interval is None else interval[0],
-        "ci95": None if interval is None else interval[1],
+        "stderr": stderr,
+        "interval": interval,
         "protocol": protocol,
-        "extra": {"interval": how if interval is not None else None,
-                  "lm_eval_stderr": theirs if isinstance(theirs, (int, float)) else None},
+        "extra": {"lm_eval_stderr": theirs},
+        # in memory only (eval.lm_eval.paired): the values behind the metric, per document
+        "_documents": ([int(s["doc_id"]) for s in docs], items, aggregate),
     }
 
 
