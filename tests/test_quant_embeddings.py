@@ -109,16 +109,53 @@ def test_the_saved_model_reloads_with_the_same_outputs(family, recipe, tmp_path)
     assert max(len(torch.unique(r)) for r in emb[:16]) <= 16
 
 
-def test_packed_4_bit_linears_and_int8_tables_reload_exactly(tmp_path):
-    """Symmetric 4-bit linears are written packed (compressed-tensors pack-quantized); the
-    tables travel beside them as float tensors holding grid values."""
-    model, tok, _ = _run("llama", bits=4, scheme="sym", embeddings="int8")
-    after = _out(model, "llama")
+@pytest.mark.parametrize("family,choice", [("llama", "int8"), ("bert", "int4")])
+def test_untied_tables_are_written_as_integer_codes_that_transformers_loads(family, choice,
+                                                                            tmp_path):
+    """Symmetric 4-bit linears are written packed (compressed-tensors pack-quantized), the
+    untied tables as one integer code per weight with a scale per row (int-quantized):
+    ``mixed-precision``. Plain ``from_pretrained`` (no suite code) gives the same outputs."""
+    import json
+
+    from safetensors import safe_open
+
+    from compress.export import compressed_tensors as ct
+
+    model, tok, info = _run(family, bits=4, scheme="sym", embeddings=choice)
+    after = _out(model, family)
     save_model(model, tok, tmp_path / "m")
-    config = (tmp_path / "m" / "config.json").read_text()
-    assert "pack-quantized" in config
-    torch.testing.assert_close(_out(load_compressed(tmp_path / "m"), "llama"), after,
+    qconfig = json.loads((tmp_path / "m" / "config.json").read_text())["quantization_config"]
+    assert qconfig["format"] == "mixed-precision"
+    with safe_open(str(tmp_path / "m" / "model.safetensors"), "pt") as f:
+        for name in info["embedding_tables"]:
+            assert f.get_tensor(f"{name}.weight").dtype == torch.int8, name
+            assert f.get_tensor(f"{name}.weight_scale").shape[0] == f.get_tensor(
+                f"{name}.weight").shape[0]  # one scale per row
+    torch.testing.assert_close(_out(load_compressed(tmp_path / "m"), family), after,
                                rtol=0, atol=0)
+    cls = type(model)
+    plain = ct.plain(cls.from_pretrained(tmp_path / "m", dtype=torch.float32))
+    torch.testing.assert_close(_out(plain.eval(), family), after, rtol=0, atol=0)
+    tables = sum(4 * dict(model.named_modules())[n].weight.numel()
+                 for n in info["embedding_tables"])
+    dense_dir = tmp_path / "dense"
+    tiny_model(family)[0].save_pretrained(dense_dir)
+    saved = (tmp_path / "m" / "model.safetensors").stat().st_size
+    # the tables take a byte per weight on disk (int-quantized), not four
+    assert saved < (dense_dir / "model.safetensors").stat().st_size - tables // 2
+
+
+def test_a_tied_table_stays_a_float_tensor_of_grid_values_on_disk(tmp_path):
+    from safetensors import safe_open
+
+    model, tok, info = _run("t5", embeddings="int8")
+    after = _out(model, "t5")
+    save_model(model, tok, tmp_path / "m")
+    with safe_open(str(tmp_path / "m" / "model.safetensors"), "pt") as f:
+        assert f.get_tensor("shared.weight").dtype == torch.float32
+    reloaded = load_compressed(tmp_path / "m")
+    assert reloaded.get_output_embeddings().weight is reloaded.get_input_embeddings().weight
+    torch.testing.assert_close(_out(reloaded, "t5"), after, rtol=0, atol=0)
 
 
 def test_quality_change_is_bounded_and_int8_beats_int4():

@@ -16,10 +16,14 @@ transformers recomputes them when it loads a model. A tensor shared by several m
 bytes count once; a tensor a quantizer already put on its layer grid (``rtn
 include_head=True``) is not rounded again.
 
-The rounded values are stored in float, like the recipes' linears: the saved model reloads
-with the same outputs. compressed-tensors (the save format of ``rtn`` / ``gptq``) stores
-only quantized ``nn.Linear`` layers, so the tables are written there as float tensors
-holding grid values; the report's ``quant.packed_bytes`` counts them packed.
+The rounded values are stored in float, like the recipes' linears, and recorded on the
+model (:func:`compress.export.grid.mark_tables`): the compressed-tensors save format of
+``rtn`` / ``gptq`` writes an untied table as int8 codes with a scale per row
+(``int-quantized``; compressed-tensors quantizes ``nn.Embedding`` too), a tied one as a
+float tensor of grid values (see :func:`compress.export.compressed_tensors.untied_tables`).
+Either way the saved model reloads with the same outputs; the report's
+``quant.packed_bytes`` counts every table packed (4 bits a weight for ``int4``, where the
+int-quantized file spends a byte).
 
 >>> packed = quantize_embeddings(model, "int8", skip=targets)      # doctest: +SKIP
 >>> sum(b["total"] for b in packed.values())                      # doctest: +SKIP
@@ -88,8 +92,12 @@ def quantize_embeddings(model: nn.Module, choice: str,
     spec = embedding_spec(choice)
     if spec is None:
         return {}
+    from compress.export.grid import mark_tables
+
     modules = embedding_targets(model, skip)
     for mod in modules.values():
         w = mod.weight.data  # (rows, hidden): one scale per row
         w.copy_(fake_quantize(w, spec))
+    if modules:  # compress.export writes untied tables as integer codes
+        mark_tables(model, spec, modules)
     return plan_bytes(modules, spec)
