@@ -109,6 +109,20 @@ def test_the_saved_model_reloads_with_the_same_outputs(family, recipe, tmp_path)
     assert max(len(torch.unique(r)) for r in emb[:16]) <= 16
 
 
+@pytest.mark.parametrize("recipe", ["awq", "hqq"])
+def test_the_other_weight_quantizers_take_the_option_too(recipe, tmp_path):
+    base, _ = tiny_model("llama")
+    _, _, plain = _run("llama", recipe, model=copy.deepcopy(base), bits=4)
+    model, tok, info = _run("llama", recipe, model=base, bits=4, embeddings="int8")
+    assert plain["packed_bytes"] - info["packed_bytes"] == sum(
+        4 * m.weight.numel() - _packed_table_bytes(*m.weight.shape, 8)
+        for m in embedding_targets(tiny_model("llama")[0]).values())
+    after = _out(model, "llama")
+    save_model(model, tok, tmp_path / "m")
+    torch.testing.assert_close(_out(load_compressed(tmp_path / "m"), "llama"), after,
+                               rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("family,choice", [("llama", "int8"), ("bert", "int4")])
 def test_untied_tables_are_written_as_integer_codes_that_transformers_loads(family, choice,
                                                                             tmp_path):

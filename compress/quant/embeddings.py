@@ -3,7 +3,7 @@
 A small model's embeddings are much of its size (all-MiniLM-L6-v2: 11.7M of its 22.7M
 parameters; SmolLM2-135M: 28M of 135M), so weight quantization that leaves them in float
 cannot reach a size budget. The ``embeddings`` option of the weight quantizers (``rtn``,
-``gptq``) rounds them too: ``int8`` (symmetric) or ``int4`` (asymmetric with a zero point,
+``gptq``, ``awq``, ``hqq``) rounds them too: ``int8`` (symmetric) or ``int4`` (asymmetric with a zero point,
 the grid's default at <= 4 bits), one fp16 scale per row, that is per token for a
 ``[vocab, hidden]`` table and per output logit for the LM head (same layout).
 
@@ -31,6 +31,8 @@ int-quantized file spends a byte).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn as nn
 
@@ -40,6 +42,21 @@ from compress.quant.grid import QuantSpec, fake_quantize, layer_bytes
 #: the choices of the recipes' ``embeddings`` option -> bits (None: left in float)
 EMBEDDING_CHOICES = ("none", "int8", "int4")
 _BITS = {"none": None, "int8": 8, "int4": 4}
+
+
+def embeddings_option() -> Any:
+    """The ``embeddings`` field of a weight quantizer's config (one help text for all)."""
+    from compress.config import option
+
+    return option("none", "also round the embedding tables and the LM head to int8 or int4 "
+                  "with one scale per row (tied tensors once; see compress.quant.embeddings): "
+                  "none, int8 or int4", choices=EMBEDDING_CHOICES)
+
+
+def table_facts(choice: str, packed: dict[str, dict[str, int]]) -> dict[str, Any]:
+    """What a recipe records about its tables (``context.info["quant"]``)."""
+    return {"embeddings": choice, "embedding_tables": sorted(packed) or None,
+            "embedding_packed_bytes": sum(b["total"] for b in packed.values())}
 
 
 def embedding_spec(choice: str) -> QuantSpec | None:

@@ -30,7 +30,7 @@ from compress.config import RecipeConfig, option
 from compress.context import Context
 from compress.export import compressed_tensors
 from compress.export.grid import mark
-from compress.quant.embeddings import EMBEDDING_CHOICES, quantize_embeddings
+from compress.quant.embeddings import embeddings_option, quantize_embeddings, table_facts
 from compress.quant.gptq import gptq_model
 from compress.quant.grid import GRANULARITIES, SCHEME_CHOICES, QuantSpec, model_size_summary
 from compress.quant.layers import select_targets
@@ -58,10 +58,7 @@ class GPTQConfig(RecipeConfig):
                              "(with static groups: no per-column group index)")
     true_sequential: bool = option(True, "within a block, collect each group of linears' inputs "
                                    "after the groups before it were quantized")
-    embeddings: str = option("none", "also round the embedding tables and the LM head to "
-                             "int8 or int4 with one scale per row (tied tensors once; see "
-                             "compress.quant.embeddings): none, int8 or int4",
-                             choices=EMBEDDING_CHOICES)
+    embeddings: str = embeddings_option()
 
 
     def spec(self) -> QuantSpec:
@@ -99,8 +96,7 @@ def gptq(model: nn.Module, config: GPTQConfig, context: Context) -> nn.Module:
         true_sequential=config.true_sequential,
         uncalibrated_layers=res.uncalibrated, damp_raised=res.damp_raised or None,
         calibration_sequences=cal.record["sequences"], calibration_tokens=cal.tokens,
-        embeddings=config.embeddings, embedding_tables=sorted(tables) or None,
-        embedding_packed_bytes=sum(b["total"] for b in tables.values()),
+        **table_facts(config.embeddings, tables),
         **size,
         note="weights rounded to the grid and stored as fp32: quality of the format only; "
         "packed_bytes is the real packed size, the saved checkpoint is still fp32",

@@ -33,7 +33,7 @@ from compress.errors import UserError
 from compress.export import compressed_tensors
 from compress.export.grid import mark
 from compress.quant import calib
-from compress.quant.embeddings import EMBEDDING_CHOICES, quantize_embeddings
+from compress.quant.embeddings import embeddings_option, quantize_embeddings, table_facts
 from compress.quant.grid import (
     GRANULARITIES,
     SCHEME_CHOICES,
@@ -70,10 +70,7 @@ class RTNConfig(RecipeConfig):
                                              "activations exceed this |x| (LLM.int8 uses 6.0)",
                                              low=0.0, low_inclusive=False)
     include_head: bool = option(False, "also quantize the LM head (tied embeddings change too)")
-    embeddings: str = option("none", "also round the embedding tables and the LM head to "
-                             "int8 or int4 with one scale per row (tied tensors once; see "
-                             "compress.quant.embeddings): none, int8 or int4",
-                             choices=EMBEDDING_CHOICES)
+    embeddings: str = embeddings_option()
 
 
     def validate(self) -> None:
@@ -118,9 +115,7 @@ def rtn(model: nn.Module, config: RTNConfig, context: Context) -> nn.Module:
         outlier_rule=(f"activation>{config.outlier_threshold:g}" if config.outlier_threshold
                       else f"weight top {config.outlier_fraction:g}" if config.outlier_fraction
                       else None),
-        include_head=config.include_head, embeddings=config.embeddings,
-        embedding_tables=sorted(tables) or None,
-        embedding_packed_bytes=sum(b["total"] for b in tables.values()), **size,
+        include_head=config.include_head, **table_facts(config.embeddings, tables), **size,
         note="weights rounded to the grid and stored as fp32: quality of the format only; "
         "packed_bytes is the real packed size, the saved checkpoint is still fp32",
     )
