@@ -214,6 +214,8 @@ def build_tables(reports: list[dict[str, Any]], columns: list[str] | None = None
             label = run.get("label") or "+".join(s["recipe"] for s in run["pipeline"])
             if run.get("quick"):
                 label += " [quick]"
+            if run.get("harness"):  # only an outside harness's metrics (eval.lm_eval)
+                label += f" [{run['harness']}]"
             status = (
                 Text("ok", style="green")
                 if run["status"] == "ok"

@@ -81,7 +81,7 @@ def test_offline_tasks_on_a_tiny_model_reach_the_report_and_compare(tiny_folder,
     assert runs["identity"]["harness"] == "lm-eval"
     table = render(read_reports(tmp_path), markdown=True)
     assert "suite_news/bits_per_byte ↓" in table and "suite_sentiment/acc ↑" in table
-    assert "rtn(bits=2)" in table
+    assert "rtn(bits=2) [lm-eval]" in table
 
 
 def test_results_join_the_report_eval_run_wrote_for_the_same_run(tiny_folder, tmp_path):
@@ -125,6 +125,18 @@ def test_vs_dense_measures_dense_first_when_nothing_is_cached(tiny_folder, tmp_p
 
     same = paired.paired([0.0, 1.0, 1.0, 0.0], [0.0, 1.0, 1.0, 0.0], lambda x: sum(x) / len(x))
     assert same == (0.0, 0.0, 0.0)
+
+
+def test_an_encoder_decoder_is_scored_through_the_seq2seq_backend(tmp_path):
+    folder = tmp_path / "t5"
+    model, tok = tiny_model("t5")
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    assert main(["--model", str(folder), "--tasks", "suite_sentiment", "--limit", "4",
+                 "--reports", str(tmp_path / "r")]) == 0
+    (report,) = read_reports(tmp_path / "r")
+    assert report["model"]["task"] == "seq2seq"
+    assert _metrics(report)["suite_sentiment/acc"]["interval"]["n"] == 4
 
 
 def test_the_bootstrap_has_known_answers():
