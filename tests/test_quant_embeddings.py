@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from compress import Context, compress, make_config
-from compress.quant.embeddings import embedding_targets
+from compress.quant.embeddings import embedding_spec, embedding_targets, plan_bytes
 from compress.quant.grid import unique_parameters
 from compress.saving import load_compressed, save_model
 from compress.tiny import sample_inputs, tiny_model
@@ -196,6 +196,16 @@ def test_fixed_tables_and_tensors_already_quantized_are_left_alone():
     model, _, info = _run("gpt2", include_head=True, embeddings="int8", bits=4)
     assert "lm_head" not in (info["embedding_tables"] or [])
     assert "transformer.wte" not in (info["embedding_tables"] or [])
+
+
+@pytest.mark.parametrize("family", ["gpt2", "bert2bert"])
+def test_the_tables_cost_is_known_before_compressing(family):
+    """What the budget search needs: the packed bytes of the tables, without a run."""
+    base, _ = tiny_model(family)
+    planned = plan_bytes(embedding_targets(base), embedding_spec("int4"))
+    _, _, info = _run(family, model=base, embeddings="int4")
+    assert sum(b["total"] for b in planned.values()) == info["embedding_packed_bytes"]
+    assert sorted(planned) == info["embedding_tables"]
 
 
 def test_none_changes_nothing():
