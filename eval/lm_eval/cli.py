@@ -171,6 +171,9 @@ def load_saved(args: argparse.Namespace, ev: Evaluator) -> tuple:
         raise UserError(f"--compressed {folder}: no such folder")
     check_model_name(args.model)
     model = load_compressed(folder)
+    if not isinstance(model, tf.PreTrainedModel):
+        raise UserError(f"--compressed {folder} holds a {type(model).__name__}, not a "
+                        "transformers model: lm-eval's HFLM scores transformers models only")
     model.eval()
     has_tokenizer = any((folder / f).exists() for f in ("tokenizer.json", "tokenizer_config.json"))
     tok_path = str(folder) if has_tokenizer else resolve_path(args.model)[1]
