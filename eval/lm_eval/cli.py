@@ -14,6 +14,11 @@ this model, pipeline and calibration: its metrics gain ``<task>/<metric>`` entri
 of their own (``harness: lm-eval``, no profile; its key differs, so a sweep never takes it
 for a finished run). ``--compressed DIR`` evaluates a folder ``save_model`` wrote; its
 pipeline is recorded as the step ``compressed(folder=DIR)``.
+
+Every metric has a 95% bootstrap interval over documents; ``vs_dense`` (its change
+against the dense model on the same documents, paired) is added whenever the dense
+model's per-document values are cached for this setting: an uncompressed run caches them,
+and ``--vs-dense`` measures them first when missing (:mod:`eval.lm_eval.paired`).
 """
 
 from __future__ import annotations
