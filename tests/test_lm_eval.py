@@ -35,8 +35,8 @@ def tiny_folder(tmp_path_factory):
     return folder
 
 
-def _run(folder, reports, *extra):
-    argv = ["--model", str(folder), "--tasks", TASKS, "--limit", "6", "--max-length", "64",
+def _run(folder, reports, *extra, tasks=TASKS):
+    argv = ["--model", str(folder), "--tasks", tasks, "--limit", "6", "--max-length", "64",
             "--reports", str(reports), *extra]
     assert main(argv) == 0
     return {r["label"]: r for r in read_reports(reports)}
@@ -120,6 +120,11 @@ def test_vs_dense_measures_dense_first_when_nothing_is_cached(tiny_folder, tmp_p
     runs = _run(tiny_folder, tmp_path, "--recipe", "rtn", "--opt", "bits=2", "--vs-dense")
     assert all("vs_dense" in m for m in runs["rtn(bits=2)"]["metrics"])
     assert runs["rtn(bits=2)"]["lm_eval"]["paired_with_dense"] == 5
+    # one cache entry per dense model and setting gathers every task measured: a run on
+    # one of them pairs without measuring dense again
+    runs = _run(tiny_folder, tmp_path, "--recipe", "rtn", "--opt", "bits=3",
+                tasks="suite_sentiment")
+    assert runs["rtn(bits=3)"]["lm_eval"]["paired_with_dense"] == 2
     # the same model against itself: a zero difference, within noise
     from eval.lm_eval import paired
 

@@ -117,26 +117,30 @@ class Evaluator:
         return evaluate(model, tokenizer, self.tasks, task=task, **self.settings)
 
     def dense_key(self, dense: Any) -> str:
+        """The cache key of ``dense`` (the uncompressed model) under this setting."""
         from lm_eval import __version__ as lm_eval_version
 
         # the suite's task files: editing a prompt or a split makes a new dense entry
         files = hashlib.sha256()
         for path in sorted(TASKS_DIR.glob("*.*")):
             files.update(path.name.encode() + path.read_bytes())
-        protocol = {"tasks": self.tasks, "lm_eval": lm_eval_version, **self.settings,
-                    "suite_tasks": files.hexdigest()}
+        protocol = {"lm_eval": lm_eval_version, **self.settings, "suite_tasks": files.hexdigest()}
         return paired.dense_key(paired.fingerprint(dense), protocol)
 
     def dense_documents(self, dense: Any, tokenizer: Any, task: str, measure: bool
-                        ) -> tuple[str, dict | None]:
-        """(cache key, dense per-document values): cached, else measured now if ``measure``."""
+                        ) -> tuple[str, dict[str, Any]]:
+        """(cache key, dense per-document values by metric): cached, and with ``measure``
+        the tasks the cache lacks measured now (and cached)."""
         key = self.dense_key(dense)
-        docs = paired.load_dense(key)
-        if docs is None and measure:
-            log.info("lm-eval: measuring the dense model for the paired comparison")
-            docs = paired.documents(self(dense, tokenizer, task)[0])
-            paired.save_dense(key, docs)
-        return key, docs
+        entry = paired.load_dense(key)
+        missing = [t for t in self.tasks if t not in entry["requested"]]
+        if missing and measure:
+            log.info("lm-eval: measuring the dense model on %s for the paired comparison",
+                     ", ".join(missing))
+            metrics = evaluate(dense, tokenizer, missing, task=task, **self.settings)[0]
+            paired.save_dense(key, missing, paired.documents(metrics))
+            entry = paired.load_dense(key)
+        return key, entry["documents"]
 
 
 def _load_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -241,8 +245,8 @@ def main(argv: list[str] | None = None) -> int:
         calibration = None
     metrics, record = ev(model, tokenizer, model_record["task"])
     if dense_key is not None:  # the uncompressed model: later runs pair against it
-        paired.save_dense(dense_key, paired.documents(metrics))
-    elif dense is not None:
+        paired.save_dense(dense_key, tasks, paired.documents(metrics))
+    elif dense:
         record["paired_with_dense"] = paired.add_vs_dense(metrics, dense)
     report = Report(model=model_record, pipeline=pipeline, calibration=calibration)
     report.environment = environment()

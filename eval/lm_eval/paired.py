@@ -4,10 +4,10 @@ Whether a compressed model's ``suite_sentiment/acc`` of 0.47 differs from dense'
 a question about the same 2,000 tweets, so the interval of the *difference* comes from
 resampling documents once for both models (each resample: lm-eval's aggregation over the
 compressed model's values minus the same over dense's). The dense model's per-document
-values are measured once per model and protocol and cached under
-``$COMPRESS_CACHE/lm_eval_dense/<key>.json``; the key hashes the dense weights (every
-parameter and buffer), the tasks and what they were run with (lm-eval version, task
-versions, limit, shots, max length). ``python -m eval.lm_eval`` writes the cache when it
+values are measured once per model and setting and cached under
+``$COMPRESS_CACHE/lm_eval_dense/<key>.json``, one entry gathering every task measured; the
+key hashes the dense weights (every parameter and buffer) and the setting (lm-eval
+version, the suite's task files, limit, shots, batch size, max length). ``python -m eval.lm_eval`` writes the cache when it
 evaluates the uncompressed model and, with ``--vs-dense``, evaluates dense first when the
 cache has no entry.
 
@@ -64,21 +64,29 @@ def documents(metrics: list[dict[str, Any]]) -> dict[str, dict[str, list]]:
             for m in metrics if m.get("_documents")}
 
 
-def load_dense(key: str) -> dict[str, dict[str, list]] | None:
+def load_dense(key: str) -> dict[str, Any]:
+    """The cache entry ``{"requested": [task names measured], "documents": {metric: ...}}``
+    (empty when there is none)."""
     path = cache_path(key)
+    empty: dict[str, Any] = {"requested": [], "documents": {}}
     if not path.exists():
-        return None
+        return empty
     try:
-        return json.loads(path.read_text(encoding="utf-8"))["documents"]
-    except (OSError, ValueError, KeyError):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return {"requested": list(data["requested"]), "documents": dict(data["documents"])}
+    except (OSError, ValueError, KeyError, TypeError):
         log.warning("ignoring an unreadable dense cache entry %s", path)
-        return None
+        return empty
 
 
-def save_dense(key: str, docs: dict[str, dict[str, list]]) -> Path:
+def save_dense(key: str, requested: list[str], docs: dict[str, dict[str, list]]) -> Path:
+    """Merge the dense model's documents of the ``requested`` tasks into the cache entry."""
+    entry = load_dense(key)
+    entry["requested"] = sorted(set(entry["requested"]) | set(requested))
+    entry["documents"].update(docs)
     path = cache_path(key)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, {"version": VERSION, "documents": docs})
+    atomic_write_json(path, {"version": VERSION, **entry})
     return path
 
 
