@@ -12,7 +12,6 @@ A failed run still writes its report, with status ``failed`` and the error.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import shutil
@@ -45,6 +44,7 @@ from compress.models import check_model_name, load_model
 from compress.registry import get_recipe
 from compress.saving import save_model
 from eval.benchmark import run_benchmarks
+from eval.benchmark.reference import cached_reference, measure_reference, reference_key
 from eval.pipeline import parse_step, report_label, step_record
 from eval.profiler import profile
 from eval.report import Report, environment
@@ -137,15 +137,33 @@ def _run_stages(
     except UserError as exc:
         report.model["arch"] = {"error": str(exc)}
     context = build_context(loaded, calibration)
+    # the dense side of the paired intervals and agreement metrics: keyed by the weights
+    # before the recipes change them in place, usually in the cache; else measured below
+    # on a fresh copy (a forward now could leave transformers' output hooks on the model)
+    cached = timed("dense reference: key", lambda: _cached_reference(loaded, quick))
     model = loaded.model
     for i, config in enumerate(configs):
         model = timed(
             f"compress:{i}:{config.RECIPE}", lambda m=model, c=config: compress(m, c, context)
         )
     report.info = _jsonable(context.info)
+    reference, record = cached
+    if reference is not None:
+        record = reference.record
+    elif "error" not in record:
+        reference, record = timed(
+            "dense reference: measure",
+            lambda: _measured_reference(
+                loaded, quick, record, lambda: load_model(model_name, task, **load_kwargs).model
+            ),
+        )
+    report.info["dense_reference"] = record
     timed("save", lambda: save_model(model, loaded.tokenizer, out_dir))
     metrics = timed(
-        "benchmark", lambda: run_benchmarks(model, loaded.tokenizer, loaded.task, quick=quick)
+        "benchmark",
+        lambda: run_benchmarks(
+            model, loaded.tokenizer, loaded.task, quick=quick, reference=reference
+        ),
     )
     report.metrics = [_metric_dict(m) for m in metrics]
     report.profile = timed(
@@ -165,8 +183,31 @@ def _run_stages(
         report.profile["interchange"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
 
 
+def _cached_reference(loaded: Any, quick: bool) -> tuple[Any, dict[str, Any]]:
+    """(cached dense reference or None, the key parts or the error that stops pairing)."""
+    try:
+        parts = reference_key(loaded.model, loaded.tokenizer, loaded.task, quick)
+        return cached_reference(parts, loaded.task), parts
+    except Exception as exc:  # noqa: BLE001 - a missing comparison is not a failed run
+        log.warning("no dense reference: %s", exc)
+        return None, {"error": f"{type(exc).__name__}: {exc}"[:300]}
+
+
+def _measured_reference(
+    loaded: Any, quick: bool, parts: dict[str, Any], load_dense: Callable[[], Any]
+) -> tuple[Any, dict[str, Any]]:
+    """Measure the dense reference on a freshly loaded dense model (eval.benchmark.reference);
+    without it the run still gets intervals, not agreement or paired changes."""
+    try:
+        ref = measure_reference(load_dense(), loaded.tokenizer, loaded.task, quick, parts)
+    except Exception as exc:  # noqa: BLE001 - a missing comparison is not a failed run
+        log.warning("no dense reference: %s", exc)
+        return None, {"error": f"{type(exc).__name__}: {exc}"[:300]}
+    return ref, ref.record  # the dense copy is freed on return, before the benchmark
+
+
 def _metric_dict(metric: Any) -> dict[str, Any]:
-    data = dataclasses.asdict(metric) if dataclasses.is_dataclass(metric) else dict(metric)
+    data = metric.to_dict() if hasattr(metric, "to_dict") else dict(metric)
     data["value"] = float(data["value"])
     return _jsonable(data)
 

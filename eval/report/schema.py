@@ -92,6 +92,34 @@ def fmt_value(v: float | None, digits: int = 4) -> str:
     return f"{v:.{digits}g}"
 
 
+def fmt_pm(metric: dict[str, Any] | None) -> str:
+    """``±h``: half the width of a metric's 95% interval, or ``""`` where it has none
+    (reports written before intervals).
+
+    >>> fmt_pm({"value": 20.0, "interval": {"low": 19.2, "high": 20.9}})
+    '±0.85'
+    >>> fmt_pm({"value": 20.0}), fmt_pm({"interval": {"low": 5.0, "high": 5.0}})
+    ('', '±0')
+    """
+    iv = (metric or {}).get("interval")
+    if not isinstance(iv, dict):
+        return ""
+    lo, hi = iv.get("low"), iv.get("high")
+    if not isinstance(lo, (int, float)) or not isinstance(hi, (int, float)):
+        return ""
+    half = (hi - lo) / 2
+    if half == 0:
+        return "±0"
+    return f"±{half:,.0f}" if half >= 10 else f"±{half:.2g}"
+
+
+def within_noise(metric: dict[str, Any] | None) -> bool:
+    """True when the metric's paired change against dense is within noise (its 95%
+    interval contains 0); False where it is resolved or was not measured."""
+    paired = (metric or {}).get("vs_dense")
+    return isinstance(paired, dict) and paired.get("within_noise") is True
+
+
 def pipeline_label(pipeline: list[dict[str, Any]]) -> str:
     """Short human label of a pipeline, e.g. ``wanda(sparsity=0.5)+rtn(bits=4)``."""
     parts = []
