@@ -20,16 +20,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn as nn
 
 from compress.cache import cache_dir
 from compress.fileio import atomic_write_json
-from eval.lm_eval.results import BOOTSTRAP
+from eval.lm_eval.results import statistic
+from eval.paired import BOOTSTRAP, paired_bootstrap
 
 log = logging.getLogger(__name__)
 
@@ -90,28 +91,23 @@ def save_dense(key: str, requested: list[str], docs: dict[str, dict[str, list]])
     return path
 
 
-def paired(comp: list[Any], dense: list[Any], aggregate, seed: int = 0,
-           resamples: int = BOOTSTRAP) -> tuple[float, float, float] | None:
-    """(delta, low, high): ``aggregate(comp) - aggregate(dense)`` and its 95% percentile
-    interval over documents resampled once for both (seeded); None if it cannot aggregate."""
+def paired(comp: list[Any], dense: list[Any], aggregate, seed: int = 0
+           ) -> tuple[float, float, float] | None:
+    """(delta, low, high): ``aggregate(comp) - aggregate(dense)`` and its 95% interval over
+    documents resampled once for both (:func:`eval.paired.paired_bootstrap`, seeded);
+    None when the lists differ in length or do not aggregate to finite numbers."""
     n = len(comp)
     if n < 2 or len(dense) != n:
         return None
-    rng = np.random.default_rng(seed)
-    diffs = []
     try:
         delta = float(aggregate(comp)) - float(aggregate(dense))
-        for _ in range(resamples):
-            idx = rng.integers(0, n, n)
-            diffs.append(float(aggregate([comp[i] for i in idx]))
-                         - float(aggregate([dense[i] for i in idx])))
+        lo, hi = paired_bootstrap(statistic(dense, aggregate), statistic(comp, aggregate), n,
+                                  seed=seed)
     except (TypeError, ValueError, ZeroDivisionError, OverflowError):
         return None
-    arr = np.asarray(diffs)
-    if not np.isfinite(arr).all():
+    if not all(math.isfinite(v) for v in (delta, lo, hi)):
         return None
-    lo, hi = np.percentile(arr, [2.5, 97.5])
-    return delta, float(lo), float(hi)
+    return delta, lo, hi
 
 
 def add_vs_dense(metrics: list[dict[str, Any]], dense: dict[str, dict[str, list]],

@@ -2,27 +2,28 @@
 
 lm-eval reports ``"<metric>,<filter>"`` values per task and, for most metrics, a
 ``"<metric>_stderr,<filter>"`` (for perplexities it gives none: ``"N/A"``). The suite
-wants an interval for every number, so the interval is a seeded percentile bootstrap over
-the task's documents, computed from the per-document values lm-eval logs (its
-``samples``) and lm-eval's own aggregation of the metric: the mean for ``acc``, the
-token-weighted perplexity for ``word_perplexity``, ... ``stderr`` is the bootstrap's
-standard deviation; lm-eval's own stderr is kept beside it in ``extra``.
+wants an interval for every number, so the interval is the suite's one seeded percentile
+bootstrap (:mod:`eval.paired`) over the task's documents, computed from the per-document
+values lm-eval logs (its ``samples``) and lm-eval's own aggregation of the metric: the mean
+for ``acc``, the word-weighted perplexity for ``word_perplexity``, ... ``stderr`` is
+lm-eval's own (None where it gives none).
 
 A record: ``{"name": "suite_sentiment/acc", "value", "higher_is_better", "stderr",
-"interval": {"low", "high", "n", "unit", "confidence", "method"}, "protocol": {...},
-"extra": {...}}``, the interval as the suite's own benchmark metrics record it. The filter
+"interval": {"low", "high", "n", "unit", "confidence", "method"}, "protocol": {...}}``,
+the interval as the suite's own benchmark metrics record it. The filter
 joins the name when it is not lm-eval's ``none``: ``gsm8k/exact_match[strict-match]``.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-#: bootstrap resamples and the seed that draws them
-BOOTSTRAP = 1000
+from eval.paired import BOOTSTRAP, CONFIDENCE
+
 _SKIP = {"alias", "name", "sample_len", "samples", " "}
 
 
@@ -37,45 +38,59 @@ def _aggregation(results: dict[str, Any], task: str, metric: str):
     return get_metric_aggregation(metric)
 
 
-def bootstrap(items: list[Any], aggregate, seed: int = 0, resamples: int = BOOTSTRAP
-              ) -> tuple[float, list[float]] | None:
-    """(standard error, [2.5%, 97.5%]) of ``aggregate(items)`` over documents resampled with
-    replacement (seeded); None with fewer than 2 documents or when it cannot aggregate."""
-    n = len(items)
-    if n < 2:
+def statistic(items: list[Any], aggregate) -> Callable[[np.ndarray], np.ndarray]:
+    """lm-eval's ``aggregate`` of the documents each row of an index matrix ``(R, n)`` picks,
+    as :mod:`eval.paired`'s bootstrap takes it: ``(R,)`` values. Vectorised for lm-eval's
+    mean, perplexity, weighted perplexity and bits per byte; any other aggregation is
+    called on each resample's list of documents."""
+    from lm_eval.api import metrics as lm
+
+    if aggregate in (lm.mean, lm.perplexity):
+        x = np.asarray(items, dtype=float)  # (n,)
+        if aggregate is lm.mean:
+            return lambda idx: x[idx].mean(axis=1)
+        return lambda idx: np.exp(-x[idx].mean(axis=1))
+    if aggregate in (lm.weighted_perplexity, lm.bits_per_byte):
+        pairs = np.asarray(items, dtype=float)  # (n, 2): log-likelihood, words or bytes
+        ll, count = pairs[:, 0], pairs[:, 1]
+        if aggregate is lm.weighted_perplexity:
+            return lambda idx: np.exp(-ll[idx].sum(axis=1) / count[idx].sum(axis=1))
+        return lambda idx: -ll[idx].sum(axis=1) / count[idx].sum(axis=1) / math.log(2)
+    return lambda idx: np.asarray([float(aggregate([items[i] for i in row])) for row in idx])
+
+
+def bootstrap(items: list[Any], aggregate, seed: int = 0) -> tuple[float, float] | None:
+    """The 95% interval of ``aggregate(items)`` over documents resampled with replacement
+    (:func:`eval.paired.bootstrap_interval`, seeded); None with fewer than 2 documents or
+    when it does not aggregate to finite numbers."""
+    from eval.paired import bootstrap_interval
+
+    if len(items) < 2:
         return None
-    rng = np.random.default_rng(seed)
-    stats = []
     try:
-        for _ in range(resamples):
-            idx = rng.integers(0, n, n)
-            stats.append(float(aggregate([items[i] for i in idx])))
+        lo, hi = bootstrap_interval(statistic(items, aggregate), len(items), seed=seed)
     except (TypeError, ValueError, ZeroDivisionError, OverflowError):
         return None
-    arr = np.asarray(stats)
-    if not np.isfinite(arr).all():
-        return None
-    lo, hi = np.percentile(arr, [2.5, 97.5])
-    return float(arr.std(ddof=1)), [float(lo), float(hi)]
+    return (lo, hi) if math.isfinite(lo) and math.isfinite(hi) else None
 
 
 def _interval(items: list[Any], aggregate, value: float, theirs: float | None, seed: int
-              ) -> tuple[float | None, dict[str, Any] | None]:
-    """(stderr, interval record) of a metric: the bootstrap over its documents, else a normal
-    interval from lm-eval's own stderr, else none. The record has the fields the suite's
-    benchmark metrics use (:mod:`eval.benchmark`): low, high, n, unit, confidence, method."""
+              ) -> dict[str, Any] | None:
+    """The interval record of a metric: the bootstrap over its documents, else a normal
+    interval from lm-eval's own stderr, else None. Its fields are those of the suite's
+    benchmark metrics (:mod:`eval.benchmark.samples`): low, high, n, unit, confidence, method."""
     boot = bootstrap(items, aggregate, seed) if items else None
     if boot is not None:
-        stderr, (lo, hi) = boot
+        lo, hi = boot
         method = (f"percentile bootstrap over documents ({BOOTSTRAP} resamples, seed {seed}): "
                   "lm-eval's aggregation of each resample")
     elif theirs is not None and math.isfinite(theirs):
-        stderr, lo, hi = theirs, value - 1.96 * theirs, value + 1.96 * theirs
+        lo, hi = value - 1.96 * theirs, value + 1.96 * theirs
         method = "normal approximation from lm-eval's stderr"
     else:
-        return None, None
-    return stderr, {"low": lo, "high": hi, "n": len(items), "unit": "documents",
-                    "confidence": 0.95, "method": method}
+        return None
+    return {"low": lo, "high": hi, "n": len(items), "unit": "documents",
+            "confidence": CONFIDENCE, "method": method}
 
 
 def _data_protocol(task: str) -> dict[str, Any] | None:
@@ -112,7 +127,7 @@ def _one_metric(results: dict[str, Any], task: str, metric: str, filt: str,
     aggregate = _aggregation(results, task, metric)
     theirs = values.get(f"{metric}_stderr,{filt}")
     theirs = float(theirs) if isinstance(theirs, (int, float)) else None
-    stderr, interval = _interval(items, aggregate, value, theirs, seed)
+    interval = _interval(items, aggregate, value, theirs, seed)
     n = results.get("n-samples", {}).get(task, {})
     protocol = {
         "harness": "lm-eval",
@@ -133,10 +148,9 @@ def _one_metric(results: dict[str, Any], task: str, metric: str, filt: str,
         "name": name,
         "value": float(value),
         "higher_is_better": hib,
-        "stderr": stderr,
+        "stderr": theirs,
         "interval": interval,
         "protocol": protocol,
-        "extra": {"lm_eval_stderr": theirs},
         # in memory only (eval.lm_eval.paired): the values behind the metric, per document
         "_documents": ([int(s["doc_id"]) for s in docs], items, aggregate),
     }
