@@ -539,6 +539,14 @@ FINETUNE_HINT = ("use finetune_method=lora instead of full fine-tuning, a smalle
                  "--device-map auto")
 
 
+def embedding_parts(config: Any, facts: ModelFacts) -> dict[str, int]:
+    """``embeddings=int8|int4`` (rtn, gptq, awq, hqq) rounds each table in place through
+    a rounded copy and its per-row grid: about two copies of the largest table."""
+    if getattr(config, "embeddings", "none") in (None, "none"):
+        return {}
+    return {"rounding the embedding tables": 2 * facts.embedding_bytes}
+
+
 def lora_bytes(facts: ModelFacts, r: int) -> int:
     """LoRA adapters (A: r x in, B: out x r) on every block linear, float32."""
     return sum(r * (i + o) * F32 for b in facts.block_linears() for i, o in b)
@@ -552,7 +560,7 @@ def as_facts(facts_or_bytes: Any, hidden: int | None = None) -> ModelFacts:
 
 
 __all__ = [
-    "F32", "FINETUNE_HINT", "TOKENIZE_BYTES_PER_CHAR", "DataFacts", "ModelFacts", "Need", "StackFacts", "as_facts", "call_estimate", "fmt_bytes", "block_forward_bytes", "forward_bytes",
+    "F32", "FINETUNE_HINT", "embedding_parts", "TOKENIZE_BYTES_PER_CHAR", "DataFacts", "ModelFacts", "Need", "StackFacts", "as_facts", "call_estimate", "fmt_bytes", "block_forward_bytes", "forward_bytes",
     "data_facts", "finetune_parts", "hidden_states_bytes", "joined_text_bytes",
     "logits_bytes", "lora_bytes", "lora_input_bytes", "model_facts", "optimizer_bytes",
     "recovery_need",
