@@ -174,8 +174,10 @@ def measure_one(model_name: str, case: str, nsamples: int, seq_len: int) -> dict
         elif case == "magnitude-global":
             compress(model, make_config("magnitude", sparsity=0.5, scope="global"), ctx)
         elif case == "wanda":
-            compress(model, make_config("wanda", sparsity=0.5, nsamples=nsamples,
-                                        seq_len=seq_len), ctx)
+            from compress.calibration import CalibrationSpec
+
+            ctx.calib = CalibrationSpec(sequences=nsamples, seq_len=seq_len)
+            compress(model, make_config("wanda", sparsity=0.5), ctx)
         else:
             raise SystemExit(f"unknown case {case}")
     seconds = time.perf_counter() - t0

@@ -56,17 +56,22 @@ def _check_not_offloaded(model: nn.Module, name: str) -> None:
         )
 
 
-def _check_memory(model: nn.Module, config: RecipeConfig, recipe: Recipe) -> None:
+def _check_memory(model: nn.Module, config: RecipeConfig, recipe: Recipe,
+                  context: Context | None = None) -> None:
     """Stop with a clear message before a recipe needs more memory than is free."""
     from compress.arch import hidden_size
 
     hidden = hidden_size(model)
     extra = recipe.memory_bytes(config, parameter_counts(model)["bytes"], hidden)
+    if context is not None and recipe.traits is not None and recipe.traits.calibrates_for(config):
+        # one stack's hidden states for the shared calibration set, inputs and outputs
+        extra += 2 * context.calib.tokens * hidden * 4
     if extra > 0:
         require_memory(
             extra,
             f"recipe {recipe.name!r} (calibration activations / optimizer state)",
-            "use fewer calibration samples (--nsamples) or a shorter --seq-len, LoRA instead "
+            "use fewer calibration sequences (--calib-sequences) or a shorter --calib-seq-len "
+            "(or --nsamples / --seq-len where the recipe has them), LoRA instead "
             "of full fine-tuning, or load the model with --device-map auto",
         )
 
@@ -82,7 +87,7 @@ def compress(model: nn.Module, config: RecipeConfig, context: Context | None = N
     recipe = recipe_for_config(config)
     context = context or Context()
     _check_not_offloaded(model, recipe.name)
-    _check_memory(model, config, recipe)
+    _check_memory(model, config, recipe, context)
     torch.manual_seed(config.seed)
     log.info("applying recipe %s", recipe.name)
     out = recipe.handler(model, config, context)

@@ -9,6 +9,7 @@ through :func:`run_main` (:mod:`compress.errors`, re-exported here), which turns
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 import typing
 from pathlib import Path
@@ -18,7 +19,7 @@ from compress import data
 from compress.api import compress
 from compress.config import RecipeConfig, _base_type
 from compress.context import Context
-from compress.errors import UserError, run_main
+from compress.errors import run_main
 from compress.models import Loaded, load_model
 from compress.registry import get_recipe
 from compress.saving import save_model
@@ -28,6 +29,7 @@ __all__ = [
     "add_config_arguments",
     "add_model_arguments",
     "build_context",
+    "calibration_spec_from_args",
     "config_from_args",
     "recipe_main",
     "run_main",
@@ -93,19 +95,48 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="allow pickle (.bin/.pt) weights, loaded with weights_only=True")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="run the model repository's own Python code (off by default)")
-    parser.add_argument("--calibration-samples", type=int, default=128,
-                        help="number of calibration texts handed to the recipe (default: 128)")
+    from compress.calibration import DEFAULT_SEQ_LEN, DEFAULT_SEQUENCES
+
+    parser.add_argument("--calib-sequences", type=int, default=DEFAULT_SEQUENCES,
+                        help="calibration sequences (N) every calibrating recipe reads, drawn "
+                        f"from the task's calibration split; 0: none (default: {DEFAULT_SEQUENCES})")
+    parser.add_argument("--calib-seq-len", type=int, default=DEFAULT_SEQ_LEN,
+                        help="tokens per calibration sequence (L; at most L for short examples) "
+                        f"(default: {DEFAULT_SEQ_LEN})")
+    parser.add_argument("--calib-seed", type=int, default=0,
+                        help="seed that draws the calibration sequences (default: 0)")
 
 
-def build_context(loaded: Loaded, calibration_samples: int, seed: int = 0) -> Context:
-    """Context with tokenizer and calibration/training data for the model's task."""
-    if calibration_samples < 0:
-        raise UserError("--calibration-samples must be at least 0")
+def calibration_spec_from_args(args: argparse.Namespace):
+    from compress.calibration import CalibrationSpec
+
+    return CalibrationSpec(args.calib_sequences, args.calib_seq_len, args.calib_seed)
+
+
+#: where each task's calibration pool comes from (compress.data corpora, split "calibration").
+CALIBRATION_SOURCES = {"causal-lm": "wiki+news", "classification": "tweets",
+                       "embedding": "tweets", "seq2seq": "punct"}
+
+
+def build_context(loaded: Loaded, calibration=None) -> Context:
+    """Context with tokenizer, the calibration pool and spec, and training data.
+
+    ``calibration``: a :class:`~compress.calibration.CalibrationSpec` (default: the
+    suite's default N x L); ``sequences=0`` leaves the pool empty.
+    """
+    from compress.calibration import CalibrationSpec
+
+    spec = calibration if calibration is not None else CalibrationSpec()
+    if not isinstance(spec, CalibrationSpec):
+        raise TypeError("calibration must be a CalibrationSpec")
+    pool = data.calibration_for(loaded.task, sys.maxsize) if spec.sequences else []
     return Context(
         tokenizer=loaded.tokenizer,
-        calibration=data.calibration_for(loaded.task, calibration_samples),
+        calibration=pool,
         train=data.train_for(loaded.task),
         task=loaded.task,
+        calib=spec,
+        calibration_source=f"compress.data {CALIBRATION_SOURCES.get(loaded.task, loaded.task)}",
     )
 
 
@@ -128,7 +159,7 @@ def recipe_main(name: str, argv: list[str] | None = None) -> int:
                             allow_pickle=args.allow_pickle,
                             trust_remote_code=args.trust_remote_code)
         before = parameter_counts(loaded.model)
-        context = build_context(loaded, args.calibration_samples, config.seed)
+        context = build_context(loaded, calibration_spec_from_args(args))
         model = compress(loaded.model, config, context)
         after = parameter_counts(model)
         save_model(model, loaded.tokenizer, args.out)

@@ -10,15 +10,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from compress.calibration import CalibrationSpec
+
 
 @dataclass
 class Context:
     """Inputs a recipe may use besides the model.
 
-    ``calibration`` and ``train`` are lists of raw texts (or, for labelled tasks,
-    ``(text, label)`` pairs, or ``(source, target)`` pairs for sequence-to-sequence);
-    the recipe tokenizes with ``tokenizer``. ``task`` names what the model is scored
-    on ("causal-lm", "classification", "embedding", "seq2seq").
+    ``calibration`` (the pool calibration sequences are drawn from) and ``train`` are
+    lists of raw texts (or, for labelled tasks, ``(text, label)`` pairs, or ``(source,
+    target)`` pairs for sequence-to-sequence); ``calib`` says how many sequences of how
+    many tokens every calibrating recipe draws from the pool (:mod:`compress.calibration`:
+    the same tensors for every recipe given this context). ``task`` names what the model
+    is scored on ("causal-lm", "classification", "embedding", "seq2seq").
     """
 
     tokenizer: Any = None
@@ -27,3 +31,8 @@ class Context:
     task: str | None = None
     #: free-form facts a recipe records for the report (e.g. measured sparsity).
     info: dict[str, Any] = field(default_factory=dict)
+    calib: CalibrationSpec = field(default_factory=CalibrationSpec)
+    #: where the pool came from, for the report (e.g. "wiki+news").
+    calibration_source: str = "context.calibration"
+    #: tokenized calibration set, drawn once per context (see compress.calibration).
+    cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)

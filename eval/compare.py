@@ -5,6 +5,11 @@ figure (size on disk, nonzeros, latency, memory), each with its change against
 that model's ``identity`` run, green when better and red when worse by the
 metric's direction. ``--markdown`` renders the same tables as markdown.
 
+A metric shows ``±`` half its 95% bootstrap interval (over windows or examples,
+:mod:`eval.benchmark.samples`). A change marked ``≈`` (dim) is within noise: the
+paired bootstrap of the difference against dense on the same items has a 95%
+interval that contains 0. Reports written before intervals show neither.
+
 :func:`build_tables` is a pure function from reports to tables; :func:`render`
 turns them into a string.
 """
@@ -26,7 +31,7 @@ from rich.text import Text
 
 from compress.errors import UserError, did_you_mean, run_main
 from eval.budget import latency_ratio
-from eval.report import dig, fmt_value, read_reports, runs_by_model
+from eval.report import dig, fmt_pm, fmt_value, read_reports, runs_by_model, within_noise
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,8 @@ class Column:
     higher_is_better: bool
     fmt: Callable[[float], str]
     timing: bool = False
+    #: the metric's record (interval, vs_dense) for metric columns
+    detail: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None
 
 
 def _first(*paths: tuple[str, ...]) -> Callable[[dict[str, Any]], float | None]:
@@ -76,37 +83,55 @@ PROFILE_COLUMNS = (
 )
 
 
-def _metric_value(report: dict[str, Any], name: str) -> float | None:
-    for metric in report.get("metrics", []):
+def _metric_record(report: dict[str, Any] | None, name: str) -> dict[str, Any] | None:
+    for metric in (report or {}).get("metrics", []):
         if metric["name"] == name:
-            return float(metric["value"])
+            return metric
     return None
+
+
+def _metric_value(report: dict[str, Any], name: str) -> float | None:
+    metric = _metric_record(report, name)
+    return float(metric["value"]) if metric is not None else None
 
 
 def _is_baseline(report: dict[str, Any]) -> bool:
     return [s.get("recipe") for s in report.get("pipeline", [])] in (["identity"], [])
 
 
-def delta_text(value: float | None, base: float | None, higher_is_better: bool) -> Text:
-    """``+12.3%`` coloured green when the change is an improvement, red when worse."""
+def delta_text(
+    value: float | None, base: float | None, higher_is_better: bool, noise: bool = False
+) -> Text:
+    """``+12.3%`` coloured green when the change is an improvement, red when worse;
+    ``≈+0.4%`` (dim) when ``noise``: the paired interval against dense contains 0."""
     if value is None or base is None or base == 0:
         return Text("")
     change = (value - base) / abs(base)
     if abs(change) < 5e-4:
-        return Text("±0%", style="dim")
+        return Text("0%", style="dim")  # unchanged; ± is for intervals
     better = (change > 0) == higher_is_better
     pct = f"{change * 100:+.1f}%" if abs(change) < 10 else f"{value / base:.3g}x"
+    if noise:
+        return Text(f"≈{pct}", style="dim")
     return Text(pct, style="green" if better else "red")
 
 
 def _cell(
-    value: float | None, base: float | None, hib: bool, fmt: Callable[[float], str], is_base: bool
+    value: float | None,
+    base: float | None,
+    hib: bool,
+    fmt: Callable[[float], str],
+    is_base: bool,
+    metric: dict[str, Any] | None = None,
 ) -> Text:
     if value is None:
         return Text("–", style="dim")
     text = Text(fmt(value))
+    pm = fmt_pm(metric)
+    if pm:
+        text.append(f" {pm}", style="dim")
     if not is_base:
-        delta = delta_text(value, base, hib)
+        delta = delta_text(value, base, hib, noise=within_noise(metric))
         if delta.plain:
             text.append(" ")
             text.append_text(delta)
@@ -126,6 +151,7 @@ def _metric_column(name: str, higher_is_better: bool) -> Column:
         lambda report: _metric_value(report, name),
         higher_is_better,
         fmt_value,
+        detail=lambda report: _metric_record(report, name),
     )
 
 
@@ -190,7 +216,8 @@ def build_tables(reports: list[dict[str, Any]], columns: list[str] | None = None
         title = f"{model}" + (f" ({task})" if task else "")
         caption = (
             "change against the identity run; green better, red worse "
-            "(↑ higher is better, ↓ lower is better)"
+            "(↑ higher is better, ↓ lower is better); ± half the 95% bootstrap interval; "
+            "≈ within noise (the paired 95% interval of the change against dense contains 0)"
             if base
             else "no successful identity run: no baseline to compare against"
         )
@@ -226,6 +253,7 @@ def build_tables(reports: list[dict[str, Any]], columns: list[str] | None = None
                     col.higher_is_better,
                     col.fmt,
                     is_base,
+                    col.detail(run) if col.detail else None,
                 )
                 if busy and col.timing and col.get(run) is not None:
                     cell.append("*", style="yellow")

@@ -19,6 +19,10 @@ The ratio and its interval (:func:`ratio_interval`):
 
 A ratio below 1 means the compressed model takes less time than dense.
 
+The same percentile bootstrap (:func:`bootstrap_interval`, :func:`paired_bootstrap`)
+gives every quality metric its interval over windows or examples
+(:mod:`eval.benchmark.samples`): it is the suite's one bootstrap.
+
 >>> rounds = alternate({"dense": f_dense, "model": f_model}, rounds=10)   # doctest: +SKIP
 >>> ratio_interval(rounds["dense"], rounds["model"])["verdict"]          # doctest: +SKIP
 'faster'
@@ -33,7 +37,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["BOOTSTRAP", "alternate", "ratio_interval", "verdict"]
+__all__ = [
+    "BOOTSTRAP",
+    "alternate",
+    "bootstrap_interval",
+    "paired_bootstrap",
+    "ratio_interval",
+    "verdict",
+]
 
 BOOTSTRAP = 2000
 CONFIDENCE = 0.95
@@ -81,6 +92,83 @@ def alternate(
     return times
 
 
+Statistic = Callable[[np.ndarray], np.ndarray]
+
+#: resamples drawn per chunk: (chunk, n) index matrices stay small for n in the thousands
+_CHUNK = 250
+
+
+def _boot(statistics: Sequence[Statistic], n: int, resamples: int, seed: int) -> list[np.ndarray]:
+    """Each statistic on the same ``resamples`` index draws (with replacement) of ``0..n-1``.
+
+    A statistic takes an index matrix ``(R, n)`` and returns ``(R,)`` values. Draws come
+    in chunks from one seeded generator: the same draws as one ``(resamples, n)`` call.
+    """
+    if n < 1 or resamples < 1:
+        raise ValueError("the bootstrap needs at least one item and one resample")
+    rng = np.random.default_rng(seed)
+    out: list[list[np.ndarray]] = [[] for _ in statistics]
+    for start in range(0, resamples, _CHUNK):
+        idx = rng.integers(0, n, size=(min(_CHUNK, resamples - start), n))  # (R, n)
+        for values, stat in zip(out, statistics, strict=True):
+            values.append(np.asarray(stat(idx), dtype=float))
+    return [np.concatenate(v) for v in out]
+
+
+def _percentiles(boot: np.ndarray, confidence: float) -> tuple[float, float]:
+    alpha = (1.0 - confidence) / 2
+    boot = boot[np.isfinite(boot)]
+    if boot.size == 0:
+        return float("nan"), float("nan")
+    lo, hi = np.quantile(boot, [alpha, 1.0 - alpha])
+    return float(lo), float(hi)
+
+
+def bootstrap_interval(
+    statistic: Statistic,
+    n: int,
+    *,
+    confidence: float = CONFIDENCE,
+    resamples: int = BOOTSTRAP,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``statistic`` over ``n`` items resampled with replacement.
+
+    ``statistic(idx)`` maps an index matrix ``(R, n)`` to ``(R,)`` values (the statistic
+    of each resample). Seeded: the same data give the same interval.
+
+    >>> x = np.array([3.0, 3.0, 3.0])
+    >>> bootstrap_interval(lambda idx: x[idx].mean(axis=1), x.size)
+    (3.0, 3.0)
+    """
+    (boot,) = _boot([statistic], n, resamples, seed)
+    return _percentiles(boot, confidence)
+
+
+def paired_bootstrap(
+    statistic_a: Statistic,
+    statistic_b: Statistic,
+    n: int,
+    *,
+    confidence: float = CONFIDENCE,
+    resamples: int = BOOTSTRAP,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Interval of ``statistic_b - statistic_a`` with both on the *same* resampled items.
+
+    The paired bootstrap (Koehn 2004, "Statistical significance tests for machine
+    translation evaluation"): each resample draws item indices once and evaluates both
+    systems on them, so what the two share (hard windows, easy sentences) cancels out.
+
+    >>> a, b = np.arange(10.0), np.arange(10.0) + 1
+    >>> lo, hi = paired_bootstrap(lambda i: a[i].mean(1), lambda i: b[i].mean(1), 10)
+    >>> round(lo, 9), round(hi, 9)
+    (1.0, 1.0)
+    """
+    boot_a, boot_b = _boot([statistic_a, statistic_b], n, resamples, seed)
+    return _percentiles(boot_b - boot_a, confidence)
+
+
 def verdict(lo: float, hi: float) -> str:
     if hi < 1.0:
         return "faster"
@@ -111,11 +199,13 @@ def ratio_interval(
         raise ValueError("dense times must be positive")
     per_round = m / d
     estimate = float(np.median(per_round))
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, per_round.size, size=(resamples, per_round.size))
-    boot = np.median(per_round[idx], axis=1)
-    alpha = (1.0 - confidence) / 2
-    lo, hi = (float(x) for x in np.quantile(boot, [alpha, 1.0 - alpha]))
+    lo, hi = bootstrap_interval(
+        lambda idx: np.median(per_round[idx], axis=1),
+        per_round.size,
+        confidence=confidence,
+        resamples=resamples,
+        seed=seed,
+    )
     return {
         "ratio": round(estimate, 4),
         "ci95": [round(lo, 4), round(hi, 4)],

@@ -12,7 +12,6 @@ A failed run still writes its report, with status ``failed`` and the error.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import shutil
@@ -29,10 +28,12 @@ from rich.console import Console
 
 from compress.api import compress
 from compress.arch import describe
+from compress.calibration import CalibrationSpec, run_key_part
 from compress.cli import (
     add_config_arguments,
     add_model_arguments,
     build_context,
+    calibration_spec_from_args,
     config_from_args,
     run_main,
 )
@@ -43,6 +44,7 @@ from compress.models import check_model_name, load_model
 from compress.registry import get_recipe
 from compress.saving import save_model
 from eval.benchmark import run_benchmarks
+from eval.benchmark.reference import cached_reference, measure_reference, reference_key
 from eval.pipeline import parse_step, report_label, step_record
 from eval.profiler import profile
 from eval.report import Report, environment
@@ -63,7 +65,7 @@ def run_pipeline(
     device_map: str | None = None,
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
-    calibration_samples: int = 128,
+    calibration: Any = None,
     save_dir: str | Path | None = None,
     stage: Callable[[str], None] | None = None,
 ) -> tuple[Path, dict[str, Any]]:
@@ -71,19 +73,22 @@ def run_pipeline(
 
     Errors inside the run are recorded in the report (status ``failed``) and the
     report is still written; bad arguments raise :class:`UserError` before anything runs.
+    ``calibration`` is the :class:`~compress.calibration.CalibrationSpec` every calibrating
+    step reads (default: the suite's N x L); it joins the run key when a step calibrates.
     """
+    calibration = calibration if calibration is not None else CalibrationSpec()
     stage = stage or (lambda name: log.info("stage: %s", name))
     if threads is not None:
         torch.set_num_threads(threads)
     report = Report(model={"name": model_name}, pipeline=[step_record(c) for c in configs],
-                    quick=quick)
+                    quick=quick, calibration=run_key_part(configs, calibration))
     report.environment = environment(threads)
     t_start = time.perf_counter()
     tmp_save = None if save_dir is not None else Path(tempfile.mkdtemp(prefix="compress-run-"))
     out_dir = Path(save_dir) if save_dir is not None else tmp_save / "model"
     try:
         _run_stages(report, configs, out_dir, stage, model_name, task=task, threads=threads,
-                    quick=quick, calibration_samples=calibration_samples,
+                    quick=quick, calibration=calibration,
                     load_kwargs={"device_map": device_map, "allow_pickle": allow_pickle,
                                  "trust_remote_code": trust_remote_code})
         report.status = "ok"
@@ -112,7 +117,7 @@ def _run_stages(
     task: str | None,
     threads: int | None,
     quick: bool,
-    calibration_samples: int,
+    calibration: CalibrationSpec,
     load_kwargs: dict[str, Any],
 ) -> None:
     """Load, compress, save, benchmark and profile, filling ``report`` stage by stage."""
@@ -131,17 +136,34 @@ def _run_stages(
         report.model["arch"] = describe(loaded.model)
     except UserError as exc:
         report.model["arch"] = {"error": str(exc)}
-    seed = configs[0].seed if configs else 0
-    context = build_context(loaded, calibration_samples, seed)
+    context = build_context(loaded, calibration)
+    # the dense side of the paired intervals and agreement metrics: keyed by the weights
+    # before the recipes change them in place, usually in the cache; else measured below
+    # on a fresh copy (a forward now could leave transformers' output hooks on the model)
+    cached = timed("dense reference: key", lambda: _cached_reference(loaded, quick))
     model = loaded.model
     for i, config in enumerate(configs):
         model = timed(
             f"compress:{i}:{config.RECIPE}", lambda m=model, c=config: compress(m, c, context)
         )
     report.info = _jsonable(context.info)
+    reference, record = cached
+    if reference is not None:
+        record = reference.record
+    elif "error" not in record:
+        reference, record = timed(
+            "dense reference: measure",
+            lambda: _measured_reference(
+                loaded, quick, record, lambda: load_model(model_name, task, **load_kwargs).model
+            ),
+        )
+    report.info["dense_reference"] = record
     timed("save", lambda: save_model(model, loaded.tokenizer, out_dir))
     metrics = timed(
-        "benchmark", lambda: run_benchmarks(model, loaded.tokenizer, loaded.task, quick=quick)
+        "benchmark",
+        lambda: run_benchmarks(
+            model, loaded.tokenizer, loaded.task, quick=quick, reference=reference
+        ),
     )
     report.metrics = [_metric_dict(m) for m in metrics]
     report.profile = timed(
@@ -161,8 +183,31 @@ def _run_stages(
         report.profile["interchange"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
 
 
+def _cached_reference(loaded: Any, quick: bool) -> tuple[Any, dict[str, Any]]:
+    """(cached dense reference or None, the key parts or the error that stops pairing)."""
+    try:
+        parts = reference_key(loaded.model, loaded.tokenizer, loaded.task, quick)
+        return cached_reference(parts, loaded.task), parts
+    except Exception as exc:  # noqa: BLE001 - a missing comparison is not a failed run
+        log.warning("no dense reference: %s", exc)
+        return None, {"error": f"{type(exc).__name__}: {exc}"[:300]}
+
+
+def _measured_reference(
+    loaded: Any, quick: bool, parts: dict[str, Any], load_dense: Callable[[], Any]
+) -> tuple[Any, dict[str, Any]]:
+    """Measure the dense reference on a freshly loaded dense model (eval.benchmark.reference);
+    without it the run still gets intervals, not agreement or paired changes."""
+    try:
+        ref = measure_reference(load_dense(), loaded.tokenizer, loaded.task, quick, parts)
+    except Exception as exc:  # noqa: BLE001 - a missing comparison is not a failed run
+        log.warning("no dense reference: %s", exc)
+        return None, {"error": f"{type(exc).__name__}: {exc}"[:300]}
+    return ref, ref.record  # the dense copy is freed on return, before the benchmark
+
+
 def _metric_dict(metric: Any) -> dict[str, Any]:
-    data = dataclasses.asdict(metric) if dataclasses.is_dataclass(metric) else dict(metric)
+    data = metric.to_dict() if hasattr(metric, "to_dict") else dict(metric)
     data["value"] = float(data["value"])
     return _jsonable(data)
 
@@ -250,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
             device_map=args.device_map,
             allow_pickle=args.allow_pickle,
             trust_remote_code=args.trust_remote_code,
-            calibration_samples=args.calibration_samples,
+            calibration=calibration_spec_from_args(args),
             save_dir=args.save,
             stage=lambda s: status.update(f"{args.model} · {report_label(configs)} · {s}"),
         )

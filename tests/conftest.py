@@ -1,8 +1,16 @@
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# dense references of the tests' tiny models (eval.benchmark.reference) stay out of the
+# user's cache
+if "COMPRESS_DENSE_CACHE" not in os.environ:
+    os.environ["COMPRESS_DENSE_CACHE"] = tempfile.mkdtemp(prefix="dense-reference-")
+    atexit.register(shutil.rmtree, os.environ["COMPRESS_DENSE_CACHE"], True)
 
 import torch  # noqa: E402
 

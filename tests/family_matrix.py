@@ -28,6 +28,7 @@ import torch.nn as nn
 
 from compress import Context, UserError, compress, make_config
 from compress.arch import arch_for, out_in, targeted_linears
+from compress.calibration import CalibrationSpec
 from compress.registry import get_recipe
 from compress.saving import load_compressed, save_model
 from compress.tiny import MATRIX_FAMILIES, tiny_model
@@ -44,16 +45,23 @@ PAIRS = [("the quick brown fox jumps", "The quick brown fox jumps."),
          ("paris is the capital of france", "Paris is the capital of France."),
          ("numbers like one two and three", "Numbers like one, two and three.")] * 6
 TASK = {"decoder": "causal-lm", "encoder": "embedding", "encoder-decoder": "seq2seq"}
-CALIB = {"nsamples": 4, "seq_len": 16}
+#: the calibration every calibrating recipe reads (compress.calibration): 4 x 16 tokens.
+CALIB_SPEC = CalibrationSpec(sequences=4, seq_len=16)
 
 #: per recipe: the settings of one cell (small calibration, a few steps).
 CELL_CONFIG: dict[str, dict[str, Any]] = {
     "identity": {},
     "magnitude": {"sparsity": 0.5},
-    "wanda": {"sparsity": 0.5, **CALIB, "calib_batch_size": 2},
-    "structured": {"ffn_ratio": 0.5, "heads_ratio": 0.5, **CALIB, "calib_batch_size": 2},
+    "wanda": {"sparsity": 0.5},
+    "sparsegpt": {"sparsity": 0.5},
+    "owl": {"sparsity": 0.5},
+    "structured": {"ffn_ratio": 0.5, "heads_ratio": 0.5},
     "rtn": {"bits": 4, "granularity": "group", "group_size": 16},
-    "gptq": {"bits": 4, "granularity": "group", "group_size": 16, **CALIB},
+    "gptq": {"bits": 4, "granularity": "group", "group_size": 16},
+    "awq": {"bits": 4, "granularity": "group", "group_size": 16},
+    "hqq": {"bits": 4, "granularity": "group", "group_size": 16},
+    "rotate": {"bits": 4, "granularity": "group", "group_size": 16},
+    "smoothquant": {},
     "dynamic-int8": {},
     "onnx-int8": {},
     "runtime": {"weights": "int8"},
@@ -64,8 +72,7 @@ CELL_CONFIG: dict[str, dict[str, Any]] = {
     "distill": {"student_layers": 1, "steps": 2, "batch_size": 2, "seq_len": 16,
                 "eval_every": 2, "eval_samples": 2},
     "moefy": {"num_experts": 4, "active_fraction": 0.5, "router": "similarity",
-              "partition": "weights", "timing_rounds": 0, "calibration_tokens": 64,
-              "seq_len": 16},
+              "partition": "weights", "timing_rounds": 0, "calibration_tokens": 64},
 }
 
 
@@ -129,7 +136,7 @@ def check_claim(recipe: str, cfg, model_before: dict[str, Any], out: nn.Module,
         after = sum(p.numel() for p in out.parameters())
         assert after < model_before["params"], "structured pruning removed nothing"
         return f"{after / model_before['params']:.2f} of params"
-    if recipe in ("rtn", "gptq"):
+    if recipe in ("rtn", "gptq", "hqq"):
         return _grid_claim(out, cfg)
     if recipe == "distill":
         depth = _depth(out)
@@ -159,7 +166,7 @@ def run_cell(family: str, recipe: str, tmp: Path) -> dict[str, Any]:
     model, tok = tiny_model(family, width=WIDTH)
     task = TASK[kind]
     data = PAIRS if task == "seq2seq" else TEXTS
-    ctx = Context(tokenizer=tok, calibration=data, train=data, task=task)
+    ctx = Context(tokenizer=tok, calibration=data, train=data, task=task, calib=CALIB_SPEC)
     cfg = make_config(recipe, **CELL_CONFIG[recipe])
     inputs = inputs_for(model)
     before = {"params": sum(p.numel() for p in model.parameters()), "depth": _depth(model),

@@ -361,3 +361,31 @@ def test_weight_files_are_picked_by_name(tmp_path):
     # a single file can be named directly
     rep = analyze_folder(tmp_path / "export.safetensors")
     assert rep["overall"]["params"] == 2 and rep["files"] == ["export.safetensors"]
+
+
+def test_grid_check_detects_weights_already_on_a_low_bit_grid(tmp_path):
+    """Weights dequantized from 4-bit blocks of 32 (GGUF Q4_1-like) are detected; fp32 are not."""
+    from compress.tiny import tiny_model
+    from eval.analyze import analyze_folder
+    from eval.grid_analysis import implications
+
+    model, tok = tiny_model("llama")
+    model.config.architectures = ["LlamaForCausalLM"]
+    model.save_pretrained(tmp_path / "fp32")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2 and "embed" not in name and "lm_head" not in name:
+                blocks = p.reshape(-1, 32)  # per block: scale and minimum, 16 levels
+                lo = blocks.min(1, keepdim=True).values
+                d = (blocks.max(1, keepdim=True).values - lo) / 15
+                p.copy_((torch.round((blocks - lo) / d) * d + lo).reshape(p.shape))
+    model.save_pretrained(tmp_path / "q4")
+    plain = analyze_folder(tmp_path / "fp32", model="fp32")["grid"]
+    q4 = analyze_folder(tmp_path / "q4", model="q4")["grid"]
+    assert plain["linear"]["grid"] is None
+    assert plain["linear"]["blocks"]["32"]["median_distinct"] == 32
+    assert q4["linear"]["grid"] == {"bits": 4, "block": 32, "share": 1.0}
+    assert q4["linear"]["blocks"]["64"]["max_distinct"] <= 32
+    text = " ".join(implications("q4", q4))
+    assert "4-bit grid" in text and "at 4 bits or more" in text
+    assert "every bit width is informative" in " ".join(implications("fp32", plain))

@@ -187,7 +187,7 @@ def test_recipe_cli_saves_local_model(tmp_path):
     tok.save_pretrained(tmp_path / "src")
     res = subprocess.run(
         [sys.executable, "-m", "compress.recipes.identity", "--model", str(tmp_path / "src"),
-         "--out", str(tmp_path / "dst"), "--calibration-samples", "0"],
+         "--out", str(tmp_path / "dst"), "--calib-sequences", "0"],
         capture_output=True, text=True,
     )
     assert res.returncode == 0, res.stderr

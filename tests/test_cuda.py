@@ -15,6 +15,7 @@ import torch
 from test_pruning import PAIRS, TEXTS  # the same tiny calibration data as the CPU tests
 
 from compress import Context, UserError, compress, make_config
+from compress.calibration import CalibrationSpec
 from compress.registry import recipe_names
 from compress.saving import load_compressed, save_model
 from compress.tiny import sample_inputs, tiny_model
@@ -37,9 +38,9 @@ SMALL = {
     "distill": {"steps": 4, "batch_size": 4, "eval_every": 2, "seq_len": 16},
     "qlora": {"steps": 4},
     "moefy": {"router_steps": 20},
-    "wanda": {"nsamples": 6, "seq_len": 16, "calib_batch_size": 3},
-    "gptq": {"nsamples": 6, "seq_len": 16},
 }
+#: the calibration every calibrating recipe reads here (compress.calibration).
+SPEC = CalibrationSpec(sequences=6, seq_len=16)
 #: recipes whose CPU and CUDA results must agree (no randomness beyond the fixed seed,
 #: no kernels that differ by design).
 AGREE = {"identity", "magnitude", "wanda", "structured", "rtn", "gptq"}
@@ -60,7 +61,7 @@ def _recipes():
 
 def _context(task, tok):
     data = {"seq2seq": PAIRS, "classification": LABELLED}.get(task, TEXTS)
-    return Context(tokenizer=tok, calibration=data, train=data, task=task)
+    return Context(tokenizer=tok, calibration=data, train=data, task=task, calib=SPEC)
 
 
 def _config(name):

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from compress import Context, UserError, compress, make_config
+from compress.calibration import CalibrationSpec
 from compress.export.compressed_tensors import export
 from compress.export.grid import GRID_ATTR, marked, recover, unit_width
 from compress.quant.rtn import QuantSpec, fake_quantize
@@ -21,7 +22,7 @@ from compress.tiny import _TRAIN_TEXT, sample_inputs, tiny_model
 pytest.importorskip("compressed_tensors")
 
 CALIB = _TRAIN_TEXT[:8]
-GPTQ4 = dict(bits=4, granularity="group", group_size=16, nsamples=4, seq_len=32)
+GPTQ4 = dict(bits=4, scheme="sym", granularity="group", group_size=16)  # packed codes
 
 #: run by a fresh interpreter that never imports this suite: plain transformers only
 PLAIN_LOAD = """
@@ -53,7 +54,7 @@ def _plain_logits(folder, inputs) -> torch.Tensor:
 
 def _compressed(steps):
     model, tok = tiny_model("llama")
-    ctx = Context(tokenizer=tok, calibration=CALIB)
+    ctx = Context(tokenizer=tok, calibration=CALIB, calib=CalibrationSpec(4, 32))
     for recipe, kw in steps:
         model = compress(model, make_config(recipe, **kw), ctx)
     return model, tok
@@ -165,7 +166,7 @@ def test_classes_transformers_cannot_load_packed_keep_the_suite_formats(tmp_path
     linear no longer has, so transformers cannot load such a folder: the 4-bit result saves
     in another format and round-trips; 8-bit (int-quantized keeps ``weight``) and a class
     without that habit (BART) use compressed-tensors."""
-    grid = {"granularity": "group", "group_size": 16}
+    grid = {"scheme": "sym", "granularity": "group", "group_size": 16}  # packed at 4 bits
     t5, tok = tiny_model("t5")
     t5 = compress(t5, make_config("rtn", bits=4, **grid), Context(tokenizer=tok))
     assert marked(t5) is not None
@@ -186,7 +187,8 @@ def test_classes_transformers_cannot_load_packed_keep_the_suite_formats(tmp_path
 
 @pytest.mark.parametrize("steps,types", [
     ([], {"F32"}),
-    ([("rtn", {"bits": 4, "granularity": "group", "group_size": 32})], {"F32", "Q4_0"}),
+    ([("rtn", {"bits": 4, "scheme": "sym", "granularity": "group", "group_size": 32})],
+     {"F32", "Q4_0"}),
     ([("gptq", dict(GPTQ4, granularity="channel"))], {"F32", "Q4_0"}),
     ([("rtn", {"bits": 8})], {"F32", "Q8_0"}),
     ([("rtn", {"bits": 4, "scheme": "asym"})], {"F32"}),  # no exact GGUF type: floats
@@ -213,7 +215,8 @@ def test_gguf_export_reloads_in_transformers_with_the_same_logits(steps, types, 
 def test_export_cli_reads_the_grid_from_a_saved_folder(tmp_path, capsys):
     from compress.export.__main__ import main
 
-    model, tok = _compressed([("rtn", {"bits": 4, "granularity": "group", "group_size": 32})])
+    model, tok = _compressed([("rtn", {"bits": 4, "scheme": "sym", "granularity": "group",
+                                       "group_size": 32})])
     save_model(model, tok, tmp_path / "rtn4")
     assert main([str(tmp_path / "rtn4"), "--to", "gguf", "--out", str(tmp_path / "m.gguf")]) == 0
     info = json.loads(capsys.readouterr().out)

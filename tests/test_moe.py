@@ -301,10 +301,14 @@ def test_threshold_routing_varies_per_token():
 
 def test_router_training_lowers_loss():
     family, model, tok = _model("llama")
+    from compress.calibration import CalibrationSpec
     from compress.moe import calib
+    from compress.recipes.moefy import _calibration_inputs
 
     sites = find_sites(model)
-    inputs = calib.calibration_inputs(model, tok, CALIB, max_tokens=600, seq_len=64)
+    ctx = Context(tokenizer=tok, calibration=CALIB, task="causal-lm",
+                  calib=CalibrationSpec(sequences=16, seq_len=64))
+    inputs = _calibration_inputs(model, ctx, max_tokens=600)
     xs = calib.capture_ffn_inputs(model, sites, inputs)
     assert not leftover_attachments(model)
     dense = sites[0].dense()

@@ -12,8 +12,8 @@ import torch
 
 from compress import Context, UserError, compress, make_config
 from compress.arch import iter_blocks
+from compress.calibration import CalibrationSpec, draw
 from compress.pruning import masks
-from compress.pruning.calibration import make_batches
 from compress.pruning.targets import out_in, select_targets
 from compress.saving import load_compressed, save_model
 from compress.tiny import TINY_FAMILIES, sample_inputs, tiny_model
@@ -27,16 +27,16 @@ PAIRS = [("the quick brown fox jumps", "The quick brown fox jumps."),
          ("paris is the capital of france", "Paris is the capital of France.")] * 8
 TASK = {"bert": "embedding", "gpt2": "causal-lm", "llama": "causal-lm", "opt": "causal-lm",
         "t5": "seq2seq", "bart": "seq2seq", "bert2bert": "seq2seq"}
-WANDA = {"nsamples": 6, "seq_len": 16, "calib_batch_size": 3}
+SPEC = CalibrationSpec(sequences=6, seq_len=16)
 
 
 def context(family: str, tok) -> Context:
     data = PAIRS if TASK[family] == "seq2seq" else TEXTS
-    return Context(tokenizer=tok, calibration=data, train=data, task=TASK[family])
+    return Context(tokenizer=tok, calibration=data, train=data, task=TASK[family], calib=SPEC)
 
 
 def config(recipe: str, **kw):
-    return make_config(recipe, **(WANDA | kw if recipe == "wanda" else kw))
+    return make_config(recipe, **kw)
 
 
 def outputs(model, family):
@@ -195,18 +195,16 @@ def test_nm_on_conv1d_groups_run_along_the_input():
 
 def _reference_wanda(model, batches, sparsity):
     """Naive Wanda: per block, a whole-model forward of the partly pruned model, then prune."""
-    from compress.pruning.calibration import _forward_kwargs, _mask_role, _SumSq
+    from compress.pruning.calibration import collect_input_sumsq
+    from compress.sequential import mask_role
 
     for block in list(iter_blocks(model)):
-        watched = {n: (block.linears[c], _mask_role(c, block.role))
+        watched = {n: (block.linears[c], mask_role(c, block.role))
                    for c, n in block.linear_names.items()}
-        with torch.no_grad(), _SumSq(watched) as acc:
-            for b in batches:
-                acc.masks = b.token_masks
-                model(**b.inputs, **_forward_kwargs(model))
+        sumsq, _ = collect_input_sumsq(model, batches, watched)
         for t in targeted(model):
             if t.name in watched:
-                score = out_in(t).abs() * acc.sumsq[t.name].sqrt()[None, :]
+                score = out_in(t).abs() * sumsq[t.name].sqrt()[None, :]
                 k = round(sparsity * score.shape[1])
                 idx = score.argsort(dim=1, stable=True)[:, :k]
                 with torch.no_grad():
@@ -219,8 +217,7 @@ def test_sequential_wanda_equals_a_naive_whole_model_reference(family):
     ref = copy.deepcopy(model)
     ctx = context(family, tok)
     compress(model, config("wanda", sparsity=0.5), ctx)
-    batches = make_batches(tok, ctx.calibration, TASK[family], nsamples=6, seq_len=16,
-                           batch_size=3, seed=0)
+    batches = draw(tok, ctx.calibration, TASK[family], SPEC).batches(3)
     _reference_wanda(ref, batches, 0.5)
     for a, b in zip(targeted(model), targeted(ref), strict=True):
         same = ((out_in(a) == 0) == (out_in(b) == 0)).float().mean()
@@ -332,10 +329,11 @@ def test_embedding_finetuning_distils_from_the_dense_model():
     ({"group_ratios": "atn=0.5"}, "group_ratios: unknown group 'atn'; did you mean 'attn'"),
     ({"group_ratios": "attn"}, "group_ratios: group ratio 'attn' is not NAME=VALUE"),
     ({"groups": "ffn,norms"}, "groups: unknown group 'norms'"),
-    ({"scope": "global", "nsamples": 4}, "scope='global' is not allowed"),
+    ({"scope": "global", "recipe": "wanda"}, "scope='global' is not allowed"),
 ])
 def test_bad_configs_give_one_line_errors(kw, match):
-    recipe = "wanda" if "nsamples" in kw else "magnitude"
+    kw = dict(kw)
+    recipe = kw.pop("recipe", "magnitude")
     with pytest.raises(UserError, match=match) as err:
         make_config(recipe, **kw)
     assert "\n" not in str(err.value)
@@ -353,7 +351,7 @@ def test_unreachable_targets_are_clear_errors():
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     with pytest.raises(UserError, match="has no cross matrices"):
         compress(model, make_config("magnitude", group_ratios="cross=0.5"), context("llama", tok))
-    with pytest.raises(UserError, match="calibration data is empty"):
+    with pytest.raises(UserError, match="needs calibration text"):
         compress(model, config("wanda"), Context(tokenizer=tok, task="causal-lm"))
     with pytest.raises(UserError, match="Wanda cannot score embeddings"):
         make_config("wanda", groups="attn,embeddings")

@@ -10,9 +10,9 @@ import torch
 import transformers as tf
 
 from compress import Context, UserError, compress, make_config
+from compress.calibration import CalibrationSpec, draw
 from compress.pruning import importance as imp
 from compress.pruning import surgery
-from compress.pruning.calibration import make_batches
 from compress.saving import load_compressed, save_model
 from compress.tiny import TINY_FAMILIES, sample_inputs, tiny_model
 
@@ -22,12 +22,12 @@ PAIRS = [("the quick brown fox jumps", "The quick brown fox jumps."),
          ("paris is the capital of france", "Paris is the capital of France.")] * 8
 TASK = {"bert": "embedding", "gpt2": "causal-lm", "llama": "causal-lm", "opt": "causal-lm",
         "t5": "seq2seq", "bart": "seq2seq", "bert2bert": "seq2seq"}
-CALIB = {"nsamples": 4, "seq_len": 16, "calib_batch_size": 2}
+SPEC = CalibrationSpec(sequences=4, seq_len=16)
 
 
 def context(family, tok):
     data = PAIRS if TASK[family] == "seq2seq" else TEXTS
-    return Context(tokenizer=tok, calibration=data, train=data, task=TASK[family])
+    return Context(tokenizer=tok, calibration=data, train=data, task=TASK[family], calib=SPEC)
 
 
 def outputs(model, family):
@@ -47,8 +47,7 @@ def test_removed_equals_masked_and_round_trips(family, importance, tmp_path):
         pytest.skip("a bare encoder has no loss")
     model, tok = tiny_model(family)
     ctx = context(family, tok)
-    batches = make_batches(tok, ctx.calibration, TASK[family], nsamples=4, seq_len=16,
-                           batch_size=2)
+    batches = draw(tok, ctx.calibration, TASK[family], SPEC).batches(2)
     scores = {"magnitude": lambda: imp.magnitude_scores(model),
               "activation": lambda: imp.activation_scores(model, batches),
               "taylor": lambda: imp.taylor_scores(model, batches, TASK[family])}[importance]()
@@ -80,7 +79,7 @@ def test_removed_equals_masked_and_round_trips(family, importance, tmp_path):
 def test_ffn_removal_reloads_with_plain_from_pretrained(family, tmp_path):
     model, tok = tiny_model(family)
     ctx = context(family, tok)
-    out = compress(model, make_config("structured", ffn_ratio=0.5, **CALIB), ctx)
+    out = compress(model, make_config("structured", ffn_ratio=0.5), ctx)
     info = ctx.info["structured"]
     assert all(v["after"] == v["before"] // 2 and v["removed_fraction"] == 0.5
                for v in info["ffn"].values())
@@ -96,7 +95,7 @@ def test_ffn_removal_reloads_with_plain_from_pretrained(family, tmp_path):
 def test_llama_heads_and_gqa_recorded_in_config(tmp_path):
     model, tok = tiny_model("llama")  # 4 heads, 2 KV heads, head_dim 8
     ctx = context("llama", tok)
-    compress(model, make_config("structured", ffn_ratio=0.25, heads_ratio=0.5, **CALIB), ctx)
+    compress(model, make_config("structured", ffn_ratio=0.25, heads_ratio=0.5), ctx)
     cfg = model.config
     assert (cfg.intermediate_size, cfg.num_attention_heads, cfg.num_key_value_heads,
             cfg.head_dim) == (48, 2, 2, 8)
@@ -127,7 +126,7 @@ def test_gqa_group_mode_removes_kv_groups():
 def test_t5_heads_shared_across_blocks_with_relative_bias():
     model, tok = tiny_model("t5")
     ref = copy.deepcopy(model)
-    batches = make_batches(tok, PAIRS, "seq2seq", nsamples=4, seq_len=16, batch_size=2)
+    batches = draw(tok, PAIRS, "seq2seq", SPEC).batches(2)
     sel = imp.select(model, imp.activation_scores(model, batches), {},
                          {"encoder": 2, "decoder": 2})
     enc_self = [v[0].tolist() for k, v in sel.heads.items()
@@ -181,5 +180,5 @@ def test_structured_errors():
         make_config("structured", rewind=True, finetune_steps=1)
     bert, btok = tiny_model("bert")
     with pytest.raises(UserError, match="taylor needs a loss"):
-        compress(bert, make_config("structured", importance="taylor", **CALIB),
+        compress(bert, make_config("structured", importance="taylor"),
                  context("bert", btok))

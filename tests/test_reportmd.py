@@ -273,3 +273,29 @@ def test_protocol_text_stays_on_one_table_line():
     assert _data_sources([report]) == [
         "`wiki` / `test`: 10 examples from gensim 4.4.0 `x.bz2`; sorted by sha1"
     ]
+
+
+def test_method_bench_table_reads_the_bench_json(tmp_path):
+    from eval.report.common import Writer
+    from eval.report.methods import section_method_bench
+
+    (tmp_path / "bench").mkdir()
+    proto = {"corpus": "wiki", "split": "test", "seq_len": 512}
+    doc = {"model": "m", "calibration": {"sequences": 64, "seq_len": 256, "tokens": 16384,
+                                         "source": "wiki+news", "sha256": "abc"},
+           "results": {
+               "dense": {"status": "ok", "recipe": "identity", "metrics": {"ppl_wiki": 20.0},
+                         "metric_protocols": {"ppl_wiki": proto},
+                         "ratio_to_dense": {"ppl_wiki": 1.0}},
+               "gptq4-g128": {"status": "ok", "recipe": "gptq", "metrics": {"ppl_wiki": 24.0},
+                              "metric_protocols": {"ppl_wiki": proto},
+                              "ratio_to_dense": {"ppl_wiki": 1.2},
+                              "info": {"quant": {"target_bits_per_weight": 4.156}}},
+               "awq3-g128": {"status": "failed", "recipe": "awq"}}}
+    (tmp_path / "bench" / "method_quality_m.json").write_text(json.dumps(doc))
+    w = Writer()
+    section_method_bench(w, tmp_path)
+    text = w.text()
+    assert "same 64 x 256 calibration tokens (16384 tokens of wiki+news, sha256 abc)" in text
+    assert "| gptq4-g128 | gptq | 24 | 1.200x | 4.16 |  |" in text
+    assert "awq3-g128" not in text

@@ -61,8 +61,12 @@ class FakeRunner:
         self.calls: list[tuple[str, str]] = []
 
     def __call__(self, model, configs, *, quick, reports_dir, stage=None, **kw):
+        from compress.calibration import CalibrationSpec, run_key_part
+
         pipeline = [step_record(c) for c in configs]
-        report = Report(model={"name": model, "task": "causal-lm"}, pipeline=pipeline, quick=quick)
+        spec = kw.get("calibration") or CalibrationSpec()
+        report = Report(model={"name": model, "task": "causal-lm"}, pipeline=pipeline, quick=quick,
+                        calibration=run_key_part(configs, spec))
         self.calls.append((model, report.to_dict()["label"]))
         if stage:
             stage("compress")
@@ -392,7 +396,7 @@ def test_real_sweep_on_tiny_models_with_a_failing_run(tmp_path, tiny_models, mon
         [defaults]
         quick = true
         threads = 1
-        calibration_samples = 8
+        calib_sequences = 8
         reports = "{tmp_path / "reports"}"
         [[runs]]
         recipe = "identity"
@@ -435,7 +439,7 @@ def test_killed_sweep_resumes_without_repeating_or_losing_runs(tmp_path, tiny_mo
         [defaults]
         quick = true
         threads = 1
-        calibration_samples = 4
+        calib_sequences = 4
         reports = "{reports}"
         [[runs]]
         recipe = "sweep-probe-test"
@@ -488,7 +492,7 @@ def test_killed_sweep_resumes_without_repeating_or_losing_runs(tmp_path, tiny_mo
 
 
 @pytest.mark.parametrize(
-    "name, quick, n", [("default", False, 33), ("default", True, 25), ("extended", False, None)]
+    "name, quick, n", [("default", False, 39), ("default", True, 28), ("extended", False, None)]
 )
 def test_committed_sweep_files_parse_and_check(name, quick, n):
     root = TESTS.parent

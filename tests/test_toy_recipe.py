@@ -40,7 +40,7 @@ def test_the_toy_recipe_has_a_command_line(tiny_llama, tmp_path):
     assert "--sparsity" in help_text and "(toy)" in help_text
     out = tmp_path / "out"
     assert recipe_main(toy_recipe.NAME, ["--model", tiny_llama, "--out", str(out),
-                                         "--sparsity", "0.5", "--calibration-samples", "0"]) == 0
+                                         "--sparsity", "0.5", "--calib-sequences", "0"]) == 0
     from compress.saving import load_compressed
 
     counts = parameter_counts(load_compressed(out))
@@ -60,7 +60,7 @@ def test_the_toy_recipe_in_sweep_budget_search_and_report(tiny_llama, tmp_path, 
         [defaults]
         quick = true
         threads = 1
-        calibration_samples = 4
+        calib_sequences = 4
         reports = "{reports}"
         [[runs]]
         recipe = "identity"

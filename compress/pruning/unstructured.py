@@ -4,7 +4,8 @@ A *plan* pairs each targeted matrix with its target sparsity and the pool it is
 ranked in (``scope=global``: one pool per group; ``layer``: one per matrix; ``row``:
 each output row). :func:`magnitude_step` prunes the plan by ``|W|``;
 :func:`wanda_step` by ``|W| * ||X||`` with activations gathered block by block
-(:func:`compress.pruning.calibration.sequential_blocks`). :func:`record_sparsity`
+(:func:`compress.pruning.calibration.sequential_blocks`, on the shared calibration
+set of :mod:`compress.calibration`). :func:`record_sparsity`
 writes the measured result into ``context.info``.
 """
 
@@ -18,17 +19,14 @@ import torch
 import torch.nn as nn
 
 from compress.arch import Block
+from compress.calibration import calibration_set
 from compress.context import Context
 from compress.errors import UserError
 from compress.pruning import masks
-from compress.pruning.calibration import (
-    collect_input_sumsq,
-    make_batches,
-    sequential_blocks,
-)
+from compress.pruning.calibration import collect_input_sumsq, sequential_blocks
 from compress.pruning.config import UnstructuredConfig
 from compress.pruning.scoring import magnitude_score, wanda_score
-from compress.pruning.targets import GROUPS, Target, lm_head_tied, select_targets
+from compress.pruning.targets import GROUPS, Target, lm_head_tied, out_in, select_targets
 
 log = logging.getLogger(__name__)
 
@@ -104,24 +102,39 @@ def prune_planned(items: list[Planned], score: masks.ScoreFn, config: Unstructur
     return done
 
 
-def magnitude_step(model: nn.Module, config: UnstructuredConfig, fraction: float) -> dict:
-    items = plan(model, config, fraction)
+def _override(items: list[Planned], sparsities: dict[str, float] | None,
+              fraction: float) -> list[Planned]:
+    """Per-matrix targets (OWL's layerwise sparsity) in place of the configured ones."""
+    if sparsities:
+        for it in items:
+            if it.target.name in sparsities:
+                it.sparsity = sparsities[it.target.name] * fraction
+    return items
+
+
+def magnitude_step(model: nn.Module, config: UnstructuredConfig, fraction: float,
+                   sparsities: dict[str, float] | None = None) -> dict:
+    items = _override(plan(model, config, fraction), sparsities, fraction)
     check_planned(items, config)
     return {"zeroed": prune_planned(items, magnitude_score, config)}
 
 
+def _no_embeddings(items: list[Planned], config: Any, method: str) -> None:
+    if any(it.target.group == "embeddings" for it in items):
+        raise UserError(f"{config._where('groups')}: {method} cannot score embeddings (they have "
+                        "no input activations); prune them with magnitude")
+
+
 def wanda_step(
-    model: nn.Module, config: Any, context: Context, task: str, fraction: float
+    model: nn.Module, config: Any, context: Context, task: str, fraction: float,
+    sparsities: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Wanda, calibrated sequentially: block by block on the pruned blocks' outputs."""
-    items = plan(model, config, fraction)
-    if any(it.target.group == "embeddings" for it in items):
-        raise UserError(f"{config._where('groups')}: Wanda cannot score embeddings (they have "
-                        "no input activations); prune them with magnitude")
+    items = _override(plan(model, config, fraction), sparsities, fraction)
+    _no_embeddings(items, config, "Wanda")
     check_planned(items, config)
-    batches = make_batches(context.tokenizer, context.calibration, task,
-                           nsamples=config.nsamples, seq_len=config.seq_len,
-                           batch_size=config.calib_batch_size, seed=config.seed)
+    cal = calibration_set(context, model, recipe=config.RECIPE)
+    batches = cal.batches()
     by_name = {it.target.name: it for it in items}
     zeroed = 0
 
@@ -141,10 +154,66 @@ def wanda_step(
         mods = {it.target.name: (it.target.module, "decoder") for it in head}
         sumsq, _ = collect_input_sumsq(model, batches, mods)
         zeroed += prune_planned(head, wanda_score(sumsq), config)
-    tokens = sum(int(m.sum()) for b in batches for r, m in b.token_masks.items()
-                 if r == ("decoder" if task == "causal-lm" else "encoder"))
-    return {"zeroed": zeroed, "calibration": {"sequences": sum(b.size for b in batches),
-                                              "tokens": tokens, "blocks": n_blocks}}
+    return {"zeroed": zeroed, "calibration_blocks": n_blocks}
+
+
+def sparsegpt_step(
+    model: nn.Module, config: Any, context: Context, fraction: float,
+    sparsities: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """SparseGPT (:mod:`compress.pruning.sparsegpt`), block by block on the shared
+    calibration set; true-sequential within a block when ``config.true_sequential``."""
+    from compress.hessian import HessianAccumulator, SharedInputs
+    from compress.pruning.sparsegpt import sparsegpt_prune
+    from compress.sequential import (
+        BlockRun,
+        all_linears,
+        collect_model_inputs,
+        run_sequential,
+        sequential_groups,
+    )
+
+    items = _override(plan(model, config, fraction), sparsities, fraction)
+    _no_embeddings(items, config, "SparseGPT")
+    check_planned(items, config)
+    batches = calibration_set(context, model, recipe=config.RECIPE).batches()
+    by_name = {it.target.name: it for it in items}
+    names = set(by_name)
+    nm = config.nm()
+    zeroed, raised = 0, {}
+
+    def prune(name: str, acc: HessianAccumulator | None) -> None:
+        nonlocal zeroed
+        it = by_name[name]
+        view = out_in(it.target)  # (out, in), a transposed view for Conv1D: writes go through
+        H = acc.H if acc is not None and acc.H is not None else torch.eye(view.shape[1], dtype=torch.float64,
+                                                      device=view.device)
+        new, _loss, used = sparsegpt_prune(view, H, it.sparsity, nm=nm, scope=config.scope,
+                                           blocksize=config.blocksize, damp=config.damp)
+        if used > config.damp * 1.0001:
+            raised[name] = round(used, 6)
+        with torch.no_grad():
+            view.copy_(new.to(view.dtype))
+        zeroed += int((new == 0).sum())
+
+    def on_block(run: BlockRun) -> None:
+        groups = (sequential_groups(run.block, names) if config.true_sequential
+                  else [all_linears(run.block, names)])
+        for group in groups:
+            acc = SharedInputs(lambda n: HessianAccumulator(by_name[n].target.in_features))
+            run.collect(group, acc.add)
+            for n in group.values():
+                prune(n, acc.get(n))
+
+    n_blocks = run_sequential(model, batches, on_block)
+    head = [it for it in items if it.target.block < 0]
+    if head:  # the LM head reads the final hidden states: one forward of the pruned model
+        acc = {it.target.name: HessianAccumulator(it.target.in_features) for it in head}
+        mods = {it.target.name: (it.target.module, "decoder") for it in head}
+        collect_model_inputs(model, batches, mods, lambda n, x: acc[n].add(x))
+        for it in head:
+            prune(it.target.name, acc[it.target.name])
+    return {"zeroed": zeroed, "calibration_blocks": n_blocks, "damp_raised": raised or None}
 
 
 @torch.no_grad()

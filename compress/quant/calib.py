@@ -1,95 +1,30 @@
-"""Calibration inputs for data-dependent quantization (GPTQ, outlier thresholds, quanto).
+"""Running calibration batches through a model for quantization statistics.
 
-``Context.calibration`` holds raw texts, ``(text, label)`` pairs (classification) or
-``(source, target)`` pairs (sequence-to-sequence); this module tokenizes them into
-model-ready batches and runs them with every hook removed afterwards.
+The tokens come from :mod:`compress.calibration` (one protocol for every recipe);
+this module runs :class:`~compress.calibration.CalibBatch` es through a model with
+every hook removed afterwards, and measures per-feature input ranges with padding
+excluded.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 import torch.nn as nn
 
-from compress.errors import UserError
+from compress.calibration import CalibBatch
+from compress.models import input_device, to_device
+from compress.sequential import _rows, forward_kwargs
 
 
-def _is_seq2seq(model: nn.Module) -> bool:
-    cfg = getattr(model, "config", None)
-    return bool(getattr(cfg, "is_encoder_decoder", False))
-
-
-def _first(item: Any) -> tuple[str, str | None]:
-    """(text, target-or-None) of one calibration item."""
-    if isinstance(item, str):
-        return item, None
-    if isinstance(item, (tuple, list)) and item and isinstance(item[0], str):
-        second = item[1] if len(item) > 1 and isinstance(item[1], str) else None
-        return item[0], second
-    if isinstance(item, dict) and "text" in item:
-        return item["text"], item.get("target")
-    raise UserError(f"calibration item of type {type(item).__name__} is not text or a (text, x) pair")
-
-
-def calibration_batches(
-    model: nn.Module,
-    tokenizer: Any,
-    calibration: Sequence[Any],
-    *,
-    n_samples: int,
-    seq_len: int,
-    batch_size: int = 8,
-    recipe: str = "quantization",
-) -> list[dict[str, torch.Tensor]]:
-    """Tokenized, padded batches of the first ``n_samples`` calibration items.
-
-    Seq2seq models get ``decoder_input_ids`` from the target text (or, with no target,
-    from the source text, which still exercises the decoder's weights).
-    """
-    if not calibration:
-        raise UserError(
-            f"{recipe} needs calibration text: pass texts in context.calibration "
-            "(the command line does so with --calibration-samples N, N > 0)"
-        )
-    if tokenizer is None:
-        raise UserError(f"{recipe} needs the model's tokenizer in context.tokenizer")
-    items = [_first(x) for x in list(calibration)[:n_samples]]
-    from compress.models import input_device
-
-    device = input_device(model)
-    seq2seq = _is_seq2seq(model)
-    batches = []
-    for i in range(0, len(items), batch_size):
-        chunk = items[i : i + batch_size]
-        enc = tokenizer(
-            [t for t, _ in chunk], return_tensors="pt", padding=True, truncation=True,
-            max_length=seq_len,
-        )
-        batch = {"input_ids": enc["input_ids"].to(device),
-                 "attention_mask": enc["attention_mask"].to(device)}
-        if seq2seq:
-            targets = [tgt if tgt is not None else src for src, tgt in chunk]
-            dec = tokenizer(targets, return_tensors="pt", padding=True, truncation=True,
-                            max_length=seq_len)
-            batch["decoder_input_ids"] = dec["input_ids"].to(device)
-            batch["decoder_attention_mask"] = dec["attention_mask"].to(device)
-        batches.append(batch)
-    return batches
-
-
-def forward(model: nn.Module, batch: dict[str, torch.Tensor]) -> Any:
-    """One inference forward (no cache, no grad)."""
-    kwargs = dict(batch)
-    cfg = getattr(model, "config", None)
-    # EncoderDecoderModel's own config has no use_cache, but its decoder builds a cache
-    # unless told not to.
-    if getattr(cfg, "use_cache", None) is not None or _is_seq2seq(model):
-        kwargs["use_cache"] = False
+def forward(model: nn.Module, batch: CalibBatch | dict[str, torch.Tensor]) -> Any:
+    """One inference forward (no cache, no grad) of a calibration batch."""
+    inputs = batch.inputs if isinstance(batch, CalibBatch) else batch
     with torch.no_grad():
-        return model(**kwargs)
+        return model(**to_device(inputs, input_device(model)), **forward_kwargs(model))
 
 
 @contextlib.contextmanager
@@ -104,15 +39,33 @@ def hooks(handles: list[Any]) -> Iterator[None]:
 
 
 def input_absmax(
-    model: nn.Module, modules: dict[str, nn.Module], batches: list[dict[str, torch.Tensor]]
+    model: nn.Module,
+    modules: dict[str, nn.Module],
+    batches: list[CalibBatch],
+    roles: dict[str, str] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Per-input-feature max |x| seen by each module over the calibration batches."""
+    """Per-input-feature max |x| seen by each module over the calibration batches.
+
+    ``roles`` maps a module name to the token mask that excludes its padding
+    ("encoder" / "decoder"); by default the blocks' linears get their stack's mask,
+    other modules the only mask when there is exactly one.
+    """
+    if roles is None:
+        from compress.sequential import linear_roles
+
+        roles = linear_roles(model)
     stats: dict[str, torch.Tensor] = {}
+    masks: dict[str, torch.Tensor] = {}
 
     def make(name: str):
         def hook(_mod, args):
-            x = args[0].detach()
-            m = x.abs().reshape(-1, x.shape[-1]).amax(dim=0).float().cpu()
+            role = roles.get(name)
+            mask = masks.get(role) if role else (next(iter(masks.values())) if len(masks) == 1
+                                                 else None)
+            x = _rows(args[0], mask)
+            if x.numel() == 0:
+                return
+            m = x.abs().amax(dim=0).cpu()
             stats[name] = m if name not in stats else torch.maximum(stats[name], m)
 
         return hook
@@ -120,5 +73,6 @@ def input_absmax(
     handles = [mod.register_forward_pre_hook(make(name)) for name, mod in modules.items()]
     with hooks(handles):
         for batch in batches:
+            masks = batch.token_masks
             forward(model, batch)
     return stats

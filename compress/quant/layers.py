@@ -9,8 +9,13 @@ import torch.nn as nn
 
 from compress.arch import ExpertLinear, arch_for, linear_weight_in_out, targeted_linears
 from compress.config import RecipeConfig, option
-from compress.quant.packing import layer_bytes
-from compress.quant.rtn import QuantSpec, fake_quantize, set_weight_matrix, weight_matrix
+from compress.quant.grid import (
+    QuantSpec,
+    fake_quantize,
+    layer_bytes,
+    set_weight_matrix,
+    weight_matrix,
+)
 
 
 def select_targets(model: nn.Module, include_head: bool = False, views: bool = True
@@ -79,8 +84,6 @@ def kept_in_float(
     skip: str,
     outlier_threshold: float | None,
     context,
-    nsamples: int,
-    seq_len: int,
     recipe: str,
 ) -> dict[str, float | None]:
     """Targets to leave in float for a real-int8 runtime: name -> calibration max |x|.
@@ -105,10 +108,9 @@ def kept_in_float(
                             f"name components of the linears, e.g. of {sample}")
         kept.update({n: None for n in hits})
     if outlier_threshold is not None:
-        batches = calib.calibration_batches(
-            model, context.tokenizer, context.calibration, n_samples=nsamples, seq_len=seq_len,
-            recipe=f"{recipe} with outlier_threshold",
-        )
+        from compress.calibration import calibration_batches
+
+        batches = calibration_batches(context, model, recipe=f"{recipe} with outlier_threshold")
         absmax = calib.input_absmax(model, targets, batches)
         kept.update({n: round(float(a.max()), 2) for n, a in absmax.items()
                      if float(a.max()) > outlier_threshold})
@@ -127,10 +129,11 @@ class KeepFloatConfig(RecipeConfig):
     outlier_threshold: float | None = option(
         None, "keep in float every linear whose calibration inputs exceed this |x| "
         "(SmolLM2: 40 keeps 11-12 of its 30 down_proj, by calibration set)", low=0.0, low_inclusive=False)
-    nsamples: int = option(16, "calibration texts for outlier_threshold", low=1)
-    seq_len: int = option(256, "max tokens per calibration text", low=8)
+
+    VERSION = 2  # calibration moved to the context (compress.calibration)
+
 
     def kept(self, model: nn.Module, targets: dict[str, nn.Module], context, recipe: str):
         return kept_in_float(model, targets, skip=self.skip,
                              outlier_threshold=self.outlier_threshold, context=context,
-                             nsamples=self.nsamples, seq_len=self.seq_len, recipe=recipe)
+                             recipe=recipe)

@@ -52,6 +52,7 @@ from compress.cli import (
     add_config_arguments,
     add_model_arguments,
     build_context,
+    calibration_spec_from_args,
     config_from_args,
     run_main,
 )
@@ -424,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     loaded = load_model(args.model, args.task, device_map=args.device_map,
                         allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code)
     before = parameter_counts(loaded.model)
-    context = build_context(loaded, args.calibration_samples, config.seed)
+    context = build_context(loaded, calibration_spec_from_args(args))
     student = compress(loaded.model, config, context)
     after = parameter_counts(student)
     save_model(student, loaded.tokenizer, args.out)

@@ -43,6 +43,7 @@ import torch
 import torch.nn as nn
 
 from compress.arch import iter_blocks
+from compress.calibration import calibration_set
 from compress.config import RecipeConfig, option
 from compress.context import Context
 from compress.errors import UserError
@@ -98,9 +99,9 @@ class MoefyConfig(RecipeConfig):
                                  "FFN output with the router fixed (0: no fine-tuning)", low=0)
     finetune_lr: float = option(1e-4, "learning rate of expert fine-tuning", low=0.0,
                                 low_inclusive=False)
-    calibration_tokens: int = option(8192, "calibration tokens collected per FFN (a share "
-                                     "is held out for scoring)", low=64)
-    seq_len: int = option(128, "max tokens per calibration text", low=8)
+    calibration_tokens: int = option(8192, "at most this many of the shared calibration set's "
+                                     "tokens are collected per FFN (a share is held out for "
+                                     "scoring)", low=64)
     held_out: float = option(0.2, "share of calibration tokens held out for router scores",
                              low=0.05, high=0.5)
     kmeans_iters: int = option(25, "balanced k-means iterations", low=1)
@@ -109,6 +110,9 @@ class MoefyConfig(RecipeConfig):
                                  low_inclusive=False)
     timing_rounds: int = option(10, "alternating dense/MoE rounds timing the FFN blocks and "
                                 "the whole model at 1x128 (0: skip)", low=0)
+
+    VERSION = 2  # calibration moved to the context (compress.calibration); seq_len removed
+
 
     def validate(self) -> None:
         if self.routing == "threshold" and self.router == "similarity":
@@ -316,16 +320,15 @@ def moefy(model: nn.Module, config: MoefyConfig, context: Context) -> nn.Module:
                             f"num_experts={E}; choose one of {divisors}")
     have_data = bool(context.calibration)
     if _needs_data(config) and not have_data:
-        calib.calibration_inputs(model, context.tokenizer, [], max_tokens=1, seq_len=1)
+        calibration_set(context, model, recipe="moefy (co-activation partition, learned "
+                        "router or sparsity)")
     was_training = model.training
     model.eval()
     xs: dict[str, torch.Tensor] = {}
     inputs: list[dict[str, torch.Tensor]] = []
     try:
         if have_data:
-            inputs = calib.calibration_inputs(model, context.tokenizer, context.calibration,
-                                              max_tokens=config.calibration_tokens,
-                                              seq_len=config.seq_len)
+            inputs = _calibration_inputs(model, context, config.calibration_tokens)
             xs = calib.capture_ffn_inputs(model, sites, inputs)
         layers = []
         for site in sites:
@@ -340,6 +343,31 @@ def moefy(model: nn.Module, config: MoefyConfig, context: Context) -> nn.Module:
     context.info["moe"] = _summary(config, k, layers, timing, inputs, xs, sites,
                                    time.perf_counter() - t0)
     return model
+
+
+def _calibration_inputs(model: nn.Module, context: Context, max_tokens: int
+                        ) -> list[dict[str, torch.Tensor]]:
+    """The shared calibration set one sequence at a time (no padding reaches the
+    statistics), until ``max_tokens`` encoder tokens; encoder-decoders read the target
+    as decoder input, so decoder FFNs see real tokens too."""
+    from compress.models import input_device
+
+    device = input_device(model)
+    inputs, total = [], 0
+    for b in calibration_set(context, model, recipe="moefy").batches(batch_size=1):
+        ids = b.inputs["input_ids"]
+        if ids.shape[1] < 2:
+            continue
+        batch = {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device)}
+        if "labels" in b.inputs:
+            batch["decoder_input_ids"] = b.inputs["labels"].to(device)
+        inputs.append(batch)
+        total += ids.shape[1]
+        if total >= max_tokens:
+            break
+    if not inputs:
+        raise UserError("moefy: the calibration texts produced no tokens")
+    return inputs
 
 
 def _summary(config, k, layers, timing, inputs, xs, sites, seconds) -> dict[str, Any]:
@@ -385,8 +413,8 @@ def _summary(config, k, layers, timing, inputs, xs, sites, seconds) -> dict[str,
             for name in ("similarity", "learned")
             if any(name in f.get("router_scores", {}) for f in layers)
         },
-        "calibration": {"texts": len(inputs), "tokens_per_ffn": tokens,
-                        "held_out": config.held_out, "seq_len": config.seq_len},
+        "calibration": {"sequences": len(inputs), "tokens_per_ffn": tokens,
+                        "held_out": config.held_out},
         "timing": timing,
         "timing_note": "same process, alternating rounds; on a shared CPU these numbers are "
         "provisional until re-run on a quiet machine" if timing else None,

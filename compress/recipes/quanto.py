@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
+from compress.calibration import calibration_batches
 from compress.config import RecipeConfig, option
 from compress.context import Context
-from compress.quant import calib
 from compress.quant import quanto as quanto_q
 from compress.quant.layers import select_targets
 from compress.quant.modules import conv1d_to_linear, state_counts
@@ -39,9 +39,10 @@ class QuantoConfig(RecipeConfig):
     weights: str = option("int8", "weight type", choices=("int8", "int4"))
     activations: str = option("none", "activation type (int8 needs calibration text)",
                               choices=("none", "int8"))
-    nsamples: int = option(32, "calibration texts for activation scales", low=1)
-    seq_len: int = option(512, "max tokens per calibration text", low=8)
     include_head: bool = option(False, "also quantize the LM head")
+
+    VERSION = 2  # calibration moved to the context (compress.calibration)
+
 
 
 @register_recipe(
@@ -56,10 +57,7 @@ def quanto(model: nn.Module, config: QuantoConfig, context: Context) -> nn.Modul
     activations = None if config.activations == "none" else config.activations
     batches = None
     if activations:
-        batches = calib.calibration_batches(
-            model, context.tokenizer, context.calibration, n_samples=config.nsamples,
-            seq_len=config.seq_len, recipe="quanto with int8 activations",
-        )
+        batches = calibration_batches(context, model, recipe="quanto with int8 activations")
     model._compress_conv1d_converted = conv1d_to_linear(model, set(targets))
     quanto_q.quantize(model, list(targets), config.weights, activations, batches)
     model._compress_logical_counts = before

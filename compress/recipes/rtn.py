@@ -1,6 +1,7 @@
 """``rtn``: round-to-nearest weight quantization, simulated in float.
 
-Symmetric absmax or asymmetric min/max grids; per tensor, per output channel, or per
+The shared grid of :mod:`compress.quant.grid`: asymmetric with a zero point at <= 4
+bits and symmetric above by default (``scheme=auto``); per tensor, per output channel, or per
 group of input columns (32/64/128); 8, 4, 3 or 2 bits. An LLM.int8-style outlier
 option keeps the largest-magnitude input columns in full precision, chosen either as
 a fraction of columns (ranked by weight magnitude) or by an activation threshold
@@ -10,7 +11,9 @@ The rounded weights are stored back as fp32, so the result is a plain model that
 ``save_pretrained`` round-trips; its quality is the format's quality, while its bytes
 and speed are still fp32's. The report's ``quant.packed_bytes`` is the real packed size
 (bits x weights + fp16 scales + zero points + kept outliers, see
-:mod:`compress.quant.packing`).
+:mod:`compress.quant.grid`).
+
+Family: quantization; budget knob: ``bits``.
 
     python -m compress.recipes.rtn --model smollm2-135m --bits 4 --granularity group \
         --group-size 128 --out out/smollm2-rtn4
@@ -23,21 +26,27 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
+from compress.calibration import calibration_batches
 from compress.config import RecipeConfig, option
 from compress.context import Context
 from compress.errors import UserError
 from compress.export import compressed_tensors
 from compress.export.grid import mark
 from compress.quant import calib
+from compress.quant.grid import (
+    GRANULARITIES,
+    SCHEME_CHOICES,
+    QuantSpec,
+    model_size_summary,
+    weight_matrix,
+)
 from compress.quant.layers import (
     outlier_columns_by_activation,
     outlier_columns_by_weight,
     rtn_layer,
     select_targets,
 )
-from compress.quant.packing import model_size_summary
 from compress.quant.report import device_of, record
-from compress.quant.rtn import GRANULARITIES, SCHEMES, QuantSpec, weight_matrix
 from compress.registry import register_recipe
 from compress.traits import Knob, Traits, config_memory
 
@@ -46,9 +55,11 @@ from compress.traits import Knob, Traits, config_memory
 class RTNConfig(RecipeConfig):
     """Round-to-nearest weight quantization (simulated in float)."""
 
+    VERSION = 2  # calibration moved to the context; scheme auto (asym at <= 4 bits)
+
     bits: int = option(8, "bits per weight", low=2, high=8)
-    scheme: str = option("sym", "sym: absmax grid around 0; asym: min/max grid with a zero point",
-                         choices=SCHEMES)
+    scheme: str = option("auto", "auto: asym at <= 4 bits, sym above; sym: absmax grid around 0; "
+                         "asym: min/max grid with a zero point", choices=SCHEME_CHOICES)
     granularity: str = option("channel", "weights sharing one scale: tensor, channel "
                               "(per output row) or group (of input columns)", choices=GRANULARITIES)
     group_size: int = option(128, "input columns per group (granularity=group)", low=1)
@@ -57,9 +68,8 @@ class RTNConfig(RecipeConfig):
     outlier_threshold: float | None = option(None, "keep input columns whose calibration "
                                              "activations exceed this |x| (LLM.int8 uses 6.0)",
                                              low=0.0, low_inclusive=False)
-    nsamples: int = option(32, "calibration texts used for outlier_threshold", low=1)
-    seq_len: int = option(512, "max tokens per calibration text", low=8)
     include_head: bool = option(False, "also quantize the LM head (tied embeddings change too)")
+
 
     def validate(self) -> None:
         if self.outlier_fraction > 0 and self.outlier_threshold is not None:
@@ -83,10 +93,7 @@ def rtn(model: nn.Module, config: RTNConfig, context: Context) -> nn.Module:
     targets = select_targets(model, config.include_head)
     absmax = {}
     if config.outlier_threshold is not None:
-        batches = calib.calibration_batches(
-            model, context.tokenizer, context.calibration, n_samples=config.nsamples,
-            seq_len=config.seq_len, recipe="rtn with outlier_threshold",
-        )
+        batches = calibration_batches(context, model, recipe="rtn with outlier_threshold")
         absmax = calib.input_absmax(model, targets, batches)
     packed, kept = {}, 0
     for name, module in targets.items():
@@ -96,7 +103,7 @@ def rtn(model: nn.Module, config: RTNConfig, context: Context) -> nn.Module:
             keep = outlier_columns_by_weight(weight_matrix(module), config.outlier_fraction)
         kept += int(keep.numel())
         packed[name] = rtn_layer(module, spec, keep)
-    size = model_size_summary(model, packed, targets)
+    size = model_size_summary(model, packed)
     # the grid's shape on the model: compress.export writes it as integer codes
     mark(model, spec, targets, outlier_columns=kept)
     record(

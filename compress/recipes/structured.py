@@ -21,10 +21,10 @@ from typing import Any
 
 import torch.nn as nn
 
+from compress.calibration import calibration_batches
 from compress.config import option
 from compress.context import Context
 from compress.errors import UserError
-from compress.pruning.calibration import make_batches
 from compress.pruning.config import RecoveryConfig
 from compress.pruning.importance import (
     IMPORTANCES,
@@ -63,10 +63,9 @@ class StructuredConfig(RecoveryConfig):
                              "or taylor (|sum w * grad|, needs a loss)", choices=IMPORTANCES)
     gqa: str = option("query", "with grouped KV heads: remove query heads evenly from every KV "
                       "group (query) or whole KV groups (group)", choices=("query", "group"))
-    nsamples: int = option(32, "calibration sequences for activation/taylor importance",
-                           low=1, high=100_000)
-    seq_len: int = option(128, "tokens per calibration sequence", low=2, high=1_000_000)
-    calib_batch_size: int = option(8, "calibration sequences per forward", low=1, high=4096)
+
+    VERSION = 2  # calibration moved to the context (compress.calibration)
+
 
     def validate(self) -> None:
         super().validate()
@@ -158,9 +157,7 @@ def structured(model: nn.Module, config: StructuredConfig, context: Context) -> 
         if config.importance == "magnitude":
             scores = magnitude_scores(m)
         else:
-            batches = make_batches(context.tokenizer, context.calibration, task,
-                                   nsamples=config.nsamples, seq_len=config.seq_len,
-                                   batch_size=config.calib_batch_size, seed=config.seed)
+            batches = calibration_batches(context, m, recipe="structured")
             scores = activation_scores(m, batches) if config.importance == "activation" \
                 else taylor_scores(m, batches, task)
         sizes = apply_selection(m, select(m, scores, ffn_now, heads_now, config.gqa))

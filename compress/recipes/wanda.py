@@ -2,7 +2,9 @@
 
 Wanda ("A Simple and Effective Pruning Approach for Large Language Models",
 arXiv:2306.11695) scores each weight by ``|W_ij| * ||X_j||_2`` over calibration
-tokens and removes the lowest scores of every output row. Calibration is sequential:
+tokens and removes the lowest scores of every output row. Calibration tokens are the
+context's shared set (:mod:`compress.calibration`, ``--calib-sequences`` x
+``--calib-seq-len``); calibration is sequential:
 block by block, each block fed the outputs of the already-pruned blocks before it, so
 memory holds one stack's calibration activations rather than the whole model's
 (see :mod:`compress.pruning.calibration`). N:M patterns (``--pattern 2:4``) pick
@@ -33,11 +35,11 @@ from compress.traits import Knob, Traits, config_memory, nm_divides, pattern_spa
 class WandaConfig(UnstructuredConfig):
     """Wanda: weight magnitude times input activation norm, calibrated block by block."""
 
+    VERSION = 2  # calibration moved to the context (compress.calibration)
+
     scope: str = option("row", "comparison group: row (each output row, as in the paper) or "
                         "layer (each matrix)", choices=("row", "layer"))
-    nsamples: int = option(128, "calibration sequences", low=1, high=100_000)
-    seq_len: int = option(128, "tokens per calibration sequence", low=2, high=1_000_000)
-    calib_batch_size: int = option(8, "calibration sequences per forward", low=1, high=4096)
+
 
     def validate(self) -> None:
         super().validate()

@@ -92,7 +92,9 @@ def build_tables(reports: Sequence[dict[str, Any]]) -> list[Any]:
 
 def notes(rep: dict[str, Any]) -> list[str]:
     """One-line facts a reader needs next to the tables (tied or skipped tensors)."""
-    out = []
+    from eval.grid_analysis import implications
+
+    out = list(implications(rep["model"], rep.get("grid") or {}))
     tied = rep["absent_from_files"]["tied"]
     if tied:
         out.append(f"{rep['model']}: counted what the files store; tied weights stored once "

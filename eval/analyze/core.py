@@ -38,6 +38,7 @@ from eval.analyze.stats import (
     _slice_stats,
     _Workspace,
 )
+from eval.grid_analysis import GridCounter
 from eval.report import slug
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,9 @@ DEFAULT_THRESHOLDS = (1e-3, 1e-2, 0.1, 1.0)
 
 #: coarse groups of components.
 GROUPS = ("attn", "cross", "ffn", "embedding", "lm_head", "norm", "bias", "other")
+#: which tensors the low-bit grid check looks at (eval.grid_analysis), by group.
+GRID_KINDS = {"attn": "linear", "cross": "linear", "ffn": "linear", "embedding": "embedding",
+              "lm_head": "embedding"}
 #: kinds of the per-model histograms (a few readable lines per plot).
 HIST_KINDS = {
     "attn": "attention", "cross": "attention", "ffn": "ffn", "embedding": "embedding",
@@ -172,6 +176,7 @@ class _Accumulator:
         self.skipped: list[dict[str, Any]] = []
         self.matched: set[str] = set()
         self.dtypes: dict[str, int] = {}
+        self.grids = GridCounter()
 
     def add(self, entry: _Entry, chunks: Iterator[torch.Tensor]) -> None:
         if entry.dtype not in _FLOAT_DTYPES:
@@ -186,8 +191,11 @@ class _Accumulator:
         if block_key is not None and block_key not in self.blocks:
             self.blocks[block_key] = (Moments(self.thresholds), _Groups(self.thresholds))
         tensor_stats = Moments(self.thresholds)
+        grid_kind = GRID_KINDS.get(info.group)
         for chunk in chunks:
             x = chunk if chunk.dtype in (torch.float32, torch.float64) else chunk.float()
+            if grid_kind:
+                self.grids.add(grid_kind, x, entry.shape)
             for piece in x.split(SUB_CHUNK):
                 stats, counts = _slice_stats(piece, self.ws)
                 tensor_stats.merge(stats)
@@ -235,6 +243,10 @@ class _Accumulator:
             },
             "skipped_non_float": self.skipped,
             "histograms": _histograms(self.hist),
+            "grid": self.grids.summary(),
+            "grid_note": "distinct values per block of 32/64/128 consecutive stored columns of "
+            "every 2-D weight; a grid is detected when 99% of blocks hold at most 2^b < k values "
+            "(eval.grid_analysis)",
             "tensors": self.tensors,
         }
 

@@ -15,6 +15,13 @@ Two layers:
   (corpus, split, number of examples, window, stride, batch size, truncation, quick flag
   and the data protocol), so a number is never separated from how it was measured.
 
+Every metric carries a 95% bootstrap interval over its windows or examples
+(:mod:`eval.benchmark.samples`). Given the dense model's cached reference
+(:mod:`eval.benchmark.reference`), :func:`run_benchmarks` also gives each metric its
+paired change against dense on the same items and adds agreement with dense measured
+in the same forward passes (token KL and top-1 agreement, prediction agreement,
+embedding cosine: :mod:`eval.benchmark.agreement`).
+
 Perplexity follows the transformers guide "Perplexity of fixed-length models": the
 texts are joined into one token stream, cut into windows of ``seq_len`` tokens every
 ``stride`` tokens, and with ``stride < seq_len`` only the tokens new to a window are
@@ -24,40 +31,57 @@ same way (the published numbers in ``eval/report/anchors.toml`` say how each was
 
 >>> ppl, n = perplexity(model, tokenizer, ["Some held-out text."], seq_len=512)  # doctest: +SKIP
 >>> metrics = run_benchmarks(model, tokenizer, "causal-lm", quick=True)          # doctest: +SKIP
+>>> ref = dense_reference(dense_model, tokenizer, "causal-lm")                  # doctest: +SKIP
+>>> metrics = run_benchmarks(compressed, tokenizer, "causal-lm", reference=ref) # doctest: +SKIP
 """
 
 from compress.models import input_device
+from eval.benchmark.agreement import Agreement, DenseReference
 from eval.benchmark.metrics import (
     Metric,
     classification_scores,
     embed,
     linear_probe_accuracy,
     linear_probe_scores,
+    pair_cosines,
     perplexity,
+    predict_logits,
     similarity_spearman,
+    window_nll,
 )
+from eval.benchmark.reference import dense_reference
+from eval.benchmark.samples import Samples
 from eval.benchmark.seq2seq import (
     copy_baseline,
     decoder_start_id,
     seq2seq_perplexity,
     seq2seq_scores,
+    target_nll,
 )
 from eval.benchmark.suites import SUITES, Suite, run_benchmarks
 
 __all__ = [
     "SUITES",
+    "Agreement",
+    "DenseReference",
     "Metric",
+    "Samples",
     "Suite",
     "classification_scores",
     "copy_baseline",
     "decoder_start_id",
+    "dense_reference",
     "embed",
     "input_device",
     "linear_probe_accuracy",
     "linear_probe_scores",
+    "pair_cosines",
     "perplexity",
+    "predict_logits",
     "run_benchmarks",
     "seq2seq_perplexity",
     "seq2seq_scores",
     "similarity_spearman",
+    "target_nll",
+    "window_nll",
 ]

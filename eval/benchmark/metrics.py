@@ -3,9 +3,10 @@ embeddings, similarity and a linear probe (see :mod:`eval.benchmark`)."""
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,11 @@ class Metric:
     ``protocol`` says what was measured (corpus, split, n_examples, seq_len, stride,
     batch_size, truncation, quick, data); ``extra`` holds side facts (tokens scored,
     baselines, ``seconds``: wall time, the only field that varies between runs).
+    ``interval`` is the 95% bootstrap interval over the metric's items (``low``, ``high``,
+    ``n``, ``unit``, ``method``) and ``vs_dense`` the paired change against the dense
+    model on the same items (``delta``, ``low``, ``high``, ``within_noise``), see
+    :mod:`eval.benchmark.samples`. ``samples`` (the per-item statistics both come from)
+    stays in memory: :meth:`to_dict` leaves it out.
     """
 
     name: str
@@ -34,9 +40,13 @@ class Metric:
     higher_is_better: bool
     protocol: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    interval: dict[str, Any] | None = None
+    vs_dense: dict[str, Any] | None = None
+    samples: Any = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "samples"}
+        return copy.deepcopy(out)
 
 
 def _logits(out: Any) -> torch.Tensor:
@@ -109,21 +119,15 @@ def perplexity(
     >>> perplexity(model, tok, texts, seq_len=512, stride=256)   # doctest: +SKIP
     (21.7, 40123)
     """
-    _check_positive(seq_len=seq_len, stride=stride, batch_size=batch_size, max_windows=max_windows)
-    if stride > seq_len:
-        raise UserError(
-            f"stride ({stride}) must not exceed seq_len ({seq_len}): tokens would go unscored"
-        )
-    if seq_len < 2:
-        raise UserError("seq_len must be at least 2 (one token of context, one to score)")
-    text = separator.join(t for t in texts if t)
-    ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
-    ids = torch.as_tensor(ids, dtype=torch.long).flatten()  # (N,)
-    n = ids.numel()
-    if n < 2:
-        raise UserError("perplexity needs at least 2 tokens of text")
+    nll, tokens = window_nll(model, tokenizer, texts, seq_len, stride, batch_size, max_windows,
+                             separator)
+    return math.exp(nll.sum() / tokens.sum()), int(tokens.sum())
 
-    # windows as in the transformers guide: (begin, end, first scored position)
+
+def _windows(
+    n: int, seq_len: int, stride: int, max_windows: int | None
+) -> list[tuple[int, int, int]]:
+    """(begin, end, first scored position) of each window, as in the transformers guide."""
     windows: list[tuple[int, int, int]] = []
     prev_end = 0
     for begin in range(0, n, stride):
@@ -139,34 +143,74 @@ def perplexity(
         # keeps its own scored span, so no token is scored twice or without its context
         total = len(windows)
         windows = [windows[i * total // max_windows] for i in range(max_windows)]
+    return windows
 
+
+#: ``observe(item, logits (S, V), targets (S,))``: what the agreement collectors read
+Observer = Callable[[int, torch.Tensor, torch.Tensor], None]
+
+
+def window_nll(
+    model: nn.Module,
+    tokenizer: Any,
+    texts: Sequence[str],
+    seq_len: int = 512,
+    stride: int = 512,
+    batch_size: int = 4,
+    max_windows: int | None = None,
+    separator: str = "\n\n",
+    observe: Observer | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per window (in stream order): summed NLL (float64) and tokens scored, ``(W,)`` each.
+
+    The windows and scoring of :func:`perplexity` (which is ``exp(sum nll / sum
+    tokens)`` of these). ``observe``, if given, sees each window's scored logits and
+    target tokens in the same forward (agreement with dense, :mod:`eval.benchmark.agreement`).
+    """
+    _check_positive(seq_len=seq_len, stride=stride, batch_size=batch_size, max_windows=max_windows)
+    if stride > seq_len:
+        raise UserError(
+            f"stride ({stride}) must not exceed seq_len ({seq_len}): tokens would go unscored"
+        )
+    if seq_len < 2:
+        raise UserError("seq_len must be at least 2 (one token of context, one to score)")
+    text = separator.join(t for t in texts if t)
+    ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+    ids = torch.as_tensor(ids, dtype=torch.long).flatten()  # (N,)
+    if ids.numel() < 2:
+        raise UserError("perplexity needs at least 2 tokens of text")
+    windows = _windows(ids.numel(), seq_len, stride, max_windows)
     device = input_device(model)
     kwargs = _no_cache_kwargs(model)
-    nll_sum = 0.0
-    count = 0
+    nll = np.zeros(len(windows))
+    tokens = np.array([e - first for _, e, first in windows], dtype=np.int64)
     # full-length windows are batched together; a shorter tail window runs alone
-    groups: dict[int, list[tuple[int, int, int]]] = {}
-    for w in windows:
-        groups.setdefault(w[1] - w[0], []).append(w)
+    groups: dict[int, list[int]] = {}
+    for i, (b, e, _) in enumerate(windows):
+        groups.setdefault(e - b, []).append(i)
     with torch.inference_mode():
         for group in groups.values():
             for start in range(0, len(group), batch_size):
                 batch = group[start : start + batch_size]
-                input_ids = torch.stack([ids[b:e] for b, e, _ in batch]).to(device)  # (B, T)
+                input_ids = torch.stack([ids[windows[i][0] : windows[i][1]] for i in batch])
+                input_ids = input_ids.to(device)  # (B, T)
                 mask = torch.ones_like(input_ids)
                 logits = _logits(model(input_ids=input_ids, attention_mask=mask, **kwargs))
-                for row, (b, e, first) in enumerate(batch):
+                for row, i in enumerate(batch):
+                    b, e, first = windows[i]
                     # logits at position t predict token t+1: rows first-1 .. e-2 of the window
                     pred = logits[row, first - 1 - b : e - 1 - b].float()  # (S, V)
                     target = ids[first:e].to(pred.device)  # (S,)
-                    nll_sum += F.cross_entropy(pred, target, reduction="sum").double().item()
-                    count += e - first
-    return math.exp(nll_sum / count), count
+                    nll[i] = F.cross_entropy(pred, target, reduction="sum").double().item()
+                    if observe is not None:
+                        observe(i, pred, target)
+    return nll, tokens
 
 
-def _predict_logits(
+def predict_logits(
     model: nn.Module, tokenizer: Any, texts: Sequence[str], batch_size: int, max_len: int
 ) -> torch.Tensor:
+    """Classifier logits ``(N, C)`` float32 on CPU, in input order."""
     device = input_device(model)
     order = _order_by_length(texts)
     out: list[torch.Tensor | None] = [None] * len(texts)
@@ -201,7 +245,7 @@ def classification_scores(
     if not texts:
         raise UserError("classification_scores needs at least one example")
     _check_positive(batch_size=batch_size, max_len=max_len)
-    pred = _predict_logits(model, tokenizer, texts, batch_size, max_len).argmax(-1).numpy()
+    pred = predict_logits(model, tokenizer, texts, batch_size, max_len).argmax(-1).numpy()
     y = np.asarray(labels)
     return {
         "accuracy": float(accuracy_score(y, pred)),
@@ -270,7 +314,8 @@ def similarity_spearman(
 ) -> float:
     """Spearman rho between embedding cosine similarity and human similarity ``scores``.
 
-    Each distinct text is embedded once (the Lee pairs reuse 50 documents).
+    Each distinct text is embedded once (the Lee pairs reuse 50 documents; see
+    :func:`pair_cosines`).
 
     >>> similarity_spearman(model, tok, docs_a, docs_b, human)   # doctest: +SKIP
     0.61
@@ -281,14 +326,28 @@ def similarity_spearman(
         )
     if len(scores) < 2:
         raise UserError("similarity_spearman needs at least 2 pairs")
+    cos = pair_cosines(model, tokenizer, pairs_a, pairs_b, batch_size, max_len)
+    return float(spearmanr(cos, np.asarray(scores, dtype=float)).statistic)
+
+
+def pair_cosines(
+    model: nn.Module,
+    tokenizer: Any,
+    pairs_a: Sequence[str],
+    pairs_b: Sequence[str],
+    batch_size: int = 32,
+    max_len: int = 256,
+) -> np.ndarray:
+    """Cosine similarity of the :func:`embed` embeddings of each pair: ``(P,)`` float64.
+
+    Each distinct text is embedded once.
+    """
     unique = sorted(set(pairs_a) | set(pairs_b))
     where = {t: i for i, t in enumerate(unique)}
     emb = embed(model, tokenizer, unique, batch_size=batch_size, max_len=max_len)  # (U, H)
     a = emb[[where[t] for t in pairs_a]]
     b = emb[[where[t] for t in pairs_b]]
-    cos = (a * b).sum(-1).double().numpy()  # normalised, so the dot product is the cosine
-    rho = spearmanr(cos, np.asarray(scores, dtype=float)).statistic
-    return float(rho)
+    return (a * b).sum(-1).double().numpy()  # normalised, so the dot product is the cosine
 
 
 def linear_probe_scores(
@@ -307,14 +366,21 @@ def linear_probe_scores(
         raise UserError("texts and labels differ in length")
     x_train = embed(model, tokenizer, train_texts, batch_size, max_len).numpy()
     x_test = embed(model, tokenizer, test_texts, batch_size, max_len).numpy()
-    clf = LogisticRegression(C=C, max_iter=2000)  # lbfgs: deterministic
-    clf.fit(x_train, np.asarray(train_labels))
-    pred = clf.predict(x_test)
+    pred = probe_predict(x_train, train_labels, x_test, C)
     y = np.asarray(test_labels)
     return {
         "accuracy": float(accuracy_score(y, pred)),
         "macro_f1": float(f1_score(y, pred, average="macro", zero_division=0)),
     }
+
+
+def probe_predict(
+    x_train: np.ndarray, train_labels: Sequence[int], x_test: np.ndarray, C: float = 1.0
+) -> np.ndarray:
+    """Fit the linear probe (logistic regression, lbfgs: deterministic) and predict ``x_test``."""
+    clf = LogisticRegression(C=C, max_iter=2000)
+    clf.fit(x_train, np.asarray(train_labels))
+    return clf.predict(x_test)
 
 
 def linear_probe_accuracy(

@@ -7,6 +7,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import sacrebleu
 import torch
 import torch.nn as nn
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 from compress.errors import UserError
 from compress.models import input_device
 from eval.benchmark.metrics import (
+    Observer,
     _batches,
     _check_positive,
     _encoder_inputs,
@@ -126,6 +128,27 @@ def seq2seq_perplexity(
     the logits, over the non-padding label positions (the tokenizer's attention mask,
     since pad and start ids can coincide), summed and divided by the count.
     """
+    nll, tokens = target_nll(
+        model, tokenizer, sources, targets, batch_size, max_source_len, max_target_len
+    )
+    return math.exp(nll.sum() / tokens.sum()), int(tokens.sum())
+
+
+def target_nll(
+    model: nn.Module,
+    tokenizer: Any,
+    sources: Sequence[str],
+    targets: Sequence[str],
+    batch_size: int = 16,
+    max_source_len: int = 256,
+    max_target_len: int = 256,
+    observe: Observer | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per example (input order): summed target NLL (float64) and tokens scored, ``(N,)`` each.
+
+    The scoring of :func:`seq2seq_perplexity`; ``observe(i, logits (S, V), targets (S,))``,
+    if given, sees each example's scored logits in the same forward.
+    """
     if len(sources) != len(targets):
         raise UserError(f"{len(sources)} sources but {len(targets)} targets")
     if not sources:
@@ -133,11 +156,10 @@ def seq2seq_perplexity(
     _check_positive(batch_size=batch_size)
     device = input_device(model)
     start = decoder_start_id(model)
-    order = _order_by_length(sources)
-    nll_sum = 0.0
-    count = 0
+    nll = np.zeros(len(sources))
+    tokens = np.zeros(len(sources), dtype=np.int64)
     with torch.inference_mode():
-        for idx in _batches(order, batch_size):
+        for idx in _batches(_order_by_length(sources), batch_size):
             inputs = _encoder_inputs(tokenizer, [sources[i] for i in idx], max_source_len, device)
             tgt = _target_ids(tokenizer, [targets[i] for i in idx], max_target_len)
             labels, label_mask = tgt["input_ids"], tgt["attention_mask"]  # (B, T)
@@ -145,10 +167,11 @@ def seq2seq_perplexity(
             dec[:, 1:] = labels[:, :-1]  # (B, T); padding only feeds unscored later positions
             logits = _logits(model(**inputs, decoder_input_ids=dec.to(device))).float()  # (B, T, V)
             keep = label_mask.bool().to(logits.device)
-            nll_sum += (
-                F.cross_entropy(logits[keep], labels.to(logits.device)[keep], reduction="sum")
-                .double()
-                .item()
-            )
-            count += int(keep.sum())
-    return math.exp(nll_sum / count), count
+            labels = labels.to(logits.device)
+            for row, i in enumerate(idx):
+                pred, target = logits[row][keep[row]], labels[row][keep[row]]  # (S, V), (S,)
+                nll[i] = F.cross_entropy(pred, target, reduction="sum").double().item()
+                tokens[i] = target.numel()
+                if observe is not None:
+                    observe(i, pred, target)
+    return nll, tokens

@@ -9,18 +9,24 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch.nn as nn
+from scipy.stats import spearmanr
+from sklearn.metrics import accuracy_score, f1_score
 
 from compress import data
 from compress.errors import UserError, did_you_mean
+from eval.benchmark.agreement import Agreement, DenseReference
 from eval.benchmark.metrics import (
     Metric,
-    classification_scores,
-    linear_probe_scores,
-    perplexity,
-    similarity_spearman,
+    embed,
+    pair_cosines,
+    predict_logits,
+    probe_predict,
+    window_nll,
 )
-from eval.benchmark.seq2seq import copy_baseline, seq2seq_perplexity, seq2seq_scores
+from eval.benchmark.samples import Samples, interval, sentence_stats, vs_dense
+from eval.benchmark.seq2seq import copy_baseline, seq2seq_scores, target_nll
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +39,7 @@ class Suite:
     metrics: tuple[str, ...]
     full: dict[str, Any]
     quick: dict[str, Any]
-    run: Callable[[nn.Module, Any, dict[str, Any], bool], list[Metric]]
+    run: Callable[[nn.Module, Any, dict[str, Any], bool, Agreement], list[Metric]]
     description: str = ""
 
 
@@ -62,37 +68,42 @@ def _protocol(corpus: str, split: str, quick: bool, **kw: Any) -> dict[str, Any]
     }
 
 
-def _run_causal_lm(model, tokenizer, s: dict[str, Any], quick: bool) -> list[Metric]:
+def _run_causal_lm(model, tokenizer, s: dict[str, Any], quick: bool, agree: Agreement):
     metrics = []
     for name, corpus in (("ppl_wiki", "wiki"), ("ppl_news", "news")):
         t0 = time.perf_counter()
         (texts,) = _columns(corpus, "test", ["text"])
-        ppl, n_tok = perplexity(
-            model, tokenizer, texts, s["seq_len"], s["stride"], s["batch_size"], s["max_windows"]
+        collector = agree.token_collector(corpus, "windows")
+        nll, tokens = window_nll(
+            model, tokenizer, texts, s["seq_len"], s["stride"], s["batch_size"], s["max_windows"],
+            observe=collector.observe if collector else None,
         )
-        metrics.append(
-            Metric(
-                name,
-                ppl,
-                False,
-                _protocol(
-                    corpus,
-                    "test",
-                    quick,
-                    n_examples=len(texts),
-                    seq_len=s["seq_len"],
-                    stride=s["stride"],
-                    batch_size=s["batch_size"],
-                    max_windows=s["max_windows"],
-                    window_selection="evenly spaced over the joined split",
-                    separator="\n\n",
-                    level="token",
-                    truncation=None,
-                ),
-                {"n_tokens": n_tok, "seconds": round(time.perf_counter() - t0, 2)},
-            )
+        samples = Samples("ppl", "windows", {"nll": nll, "tokens": tokens})
+        proto = _protocol(
+            corpus,
+            "test",
+            quick,
+            n_examples=len(texts),
+            seq_len=s["seq_len"],
+            stride=s["stride"],
+            batch_size=s["batch_size"],
+            max_windows=s["max_windows"],
+            window_selection="evenly spaced over the joined split",
+            separator="\n\n",
+            level="token",
+            truncation=None,
         )
+        extra = {"n_tokens": int(tokens.sum()), "seconds": round(time.perf_counter() - t0, 2)}
+        metrics.append(Metric(name, samples.value(), False, proto, extra, samples=samples))
+        agree.finish_tokens(corpus, proto)
     return metrics
+
+
+#: why the similarity interval is optimistic (pairs are not independent items)
+_PAIRS_NOTE = (
+    "the 1,225 pairs reuse 50 documents; resampling pairs treats them as independent, "
+    "so the interval is narrower than one over documents would be"
+)
 
 
 def _similarity_metric(model, tokenizer, s: dict[str, Any], quick: bool) -> Metric:
@@ -108,19 +119,36 @@ def _similarity_metric(model, tokenizer, s: dict[str, Any], quick: bool) -> Metr
         pooling="mean over attention mask, L2-normalised, last hidden state",
     )
     try:
-        rho = similarity_spearman(model, tokenizer, a, b, score, s["batch_size"], s["doc_len"])
-    except UserError as exc:
+        if len(score) < 2:
+            raise UserError("similarity_spearman needs at least 2 pairs")
+        cos = pair_cosines(model, tokenizer, a, b, s["batch_size"], s["doc_len"])
+    except UserError as exc:  # e.g. a wrapper without hidden states: no embeddings
         log.warning("similarity_spearman skipped: %s", exc)
         return Metric("similarity_spearman", float("nan"), True, proto, {"skipped": str(exc)})
-    return Metric(
-        "similarity_spearman", rho, True, proto, {"seconds": round(time.perf_counter() - t0, 2)}
-    )
+    samples = Samples("rho", "pairs", {"a": cos, "b": np.asarray(score, dtype=float)})
+    rho = float(spearmanr(cos, np.asarray(score, dtype=float)).statistic)
+    extra = {"seconds": round(time.perf_counter() - t0, 2), "interval_note": _PAIRS_NOTE}
+    return Metric("similarity_spearman", rho, True, proto, extra, samples=samples)
 
 
-def _run_classification(model, tokenizer, s: dict[str, Any], quick: bool) -> list[Metric]:
+def _class_metrics(y, pred, proto: dict[str, Any], extra: dict[str, Any]) -> list[Metric]:
+    """Accuracy and macro-F1 of predicted classes, each with its per-example samples."""
+    acc = Samples("mean", "examples", {"x": (pred == y).astype(float)})
+    f1 = Samples("f1", "examples", {"y": y, "pred": pred})
+    macro = float(f1_score(y, pred, average="macro", zero_division=0))
+    return [
+        Metric("accuracy", float(accuracy_score(y, pred)), True, proto, dict(extra), samples=acc),
+        Metric("macro_f1", macro, True, dict(proto), dict(extra), samples=f1),
+    ]
+
+
+def _run_classification(model, tokenizer, s: dict[str, Any], quick: bool, agree: Agreement):
     t0 = time.perf_counter()
     texts, labels = _columns("tweets", "test", ["text", "label"], s["n_test"])
-    scores = classification_scores(model, tokenizer, texts, labels, s["batch_size"], s["max_len"])
+    if not texts:
+        raise UserError("classification needs at least one test example")
+    logits = predict_logits(model, tokenizer, texts, s["batch_size"], s["max_len"])  # (N, C)
+    pred = logits.argmax(-1).numpy()
     seconds = round(time.perf_counter() - t0, 2)
     proto = _protocol(
         "tweets",
@@ -130,21 +158,19 @@ def _run_classification(model, tokenizer, s: dict[str, Any], quick: bool) -> lis
         batch_size=s["batch_size"],
         truncation=s["max_len"],
     )
-    return [
-        Metric("accuracy", scores["accuracy"], True, proto, {"seconds": seconds}),
-        Metric("macro_f1", scores["macro_f1"], True, dict(proto), {"seconds": seconds}),
-        _similarity_metric(model, tokenizer, s, quick),
-    ]
+    agree.outputs("tweets", pred, "agreement", proto)
+    metrics = _class_metrics(np.asarray(labels), pred, proto, {"seconds": seconds})
+    return [*metrics, _similarity_metric(model, tokenizer, s, quick)]
 
 
-def _run_embedding(model, tokenizer, s: dict[str, Any], quick: bool) -> list[Metric]:
+def _run_embedding(model, tokenizer, s: dict[str, Any], quick: bool, agree: Agreement):
     sim = _similarity_metric(model, tokenizer, s, quick)
     t0 = time.perf_counter()
     tr_x, tr_y = _columns("tweets", "train", ["text", "label"], s["n_train"])
     te_x, te_y = _columns("tweets", "test", ["text", "label"], s["n_test"])
-    probe = linear_probe_scores(
-        model, tokenizer, tr_x, tr_y, te_x, te_y, batch_size=s["batch_size"], max_len=s["max_len"]
-    )
+    emb_train = embed(model, tokenizer, tr_x, s["batch_size"], s["max_len"]).numpy()
+    emb_test = embed(model, tokenizer, te_x, s["batch_size"], s["max_len"]).numpy()  # (N, H)
+    pred = probe_predict(emb_train, tr_y, emb_test)
     proto = _protocol(
         "tweets",
         "test",
@@ -157,19 +183,19 @@ def _run_embedding(model, tokenizer, s: dict[str, Any], quick: bool) -> list[Met
         probe="LogisticRegression(C=1.0, lbfgs) on frozen mean-pooled embeddings",
         train_data=_data_protocol("tweets", "train"),
     )
-    return [
-        sim,
-        Metric(
-            "probe_accuracy",
-            probe["accuracy"],
-            True,
-            proto,
-            {"macro_f1": probe["macro_f1"], "seconds": round(time.perf_counter() - t0, 2)},
-        ),
-    ]
+    agree.outputs("tweets", emb_test, "cosine", proto)
+    y = np.asarray(te_y)
+    samples = Samples("mean", "examples", {"x": (pred == y).astype(float)})
+    extra = {
+        "macro_f1": float(f1_score(y, pred, average="macro", zero_division=0)),
+        "seconds": round(time.perf_counter() - t0, 2),
+        "interval_note": "over test examples, for the one probe fitted on the train split",
+    }
+    acc = float(accuracy_score(y, pred))
+    return [sim, Metric("probe_accuracy", acc, True, proto, extra, samples=samples)]
 
 
-def _run_seq2seq(model, tokenizer, s: dict[str, Any], quick: bool) -> list[Metric]:
+def _run_seq2seq(model, tokenizer, s: dict[str, Any], quick: bool, agree: Agreement):
     sources, targets = _columns("punct", "test", ["source", "target"], s["n_test"])
     base = copy_baseline(sources, targets)
     proto = _protocol(
@@ -194,9 +220,15 @@ def _run_seq2seq(model, tokenizer, s: dict[str, Any], quick: bool) -> list[Metri
     )
     gen_seconds = round(time.perf_counter() - t0, 2)
     t0 = time.perf_counter()
-    ppl, n_tok = seq2seq_perplexity(
-        model, tokenizer, sources, targets, s["batch_size"], s["max_len"], s["max_len"]
+    ppl_proto = {k: v for k, v in proto.items() if k not in ("decoding", "max_new_tokens")}
+    ppl_proto["level"] = "target token, teacher forced"
+    collector = agree.token_collector("punct", "sentences")
+    nll, tokens = target_nll(
+        model, tokenizer, sources, targets, s["batch_size"], s["max_len"], s["max_len"],
+        observe=collector.observe if collector else None,
     )
+    agree.finish_tokens("punct", ppl_proto)
+    ppl = Samples("ppl", "sentences", {"nll": nll, "tokens": tokens})
     extra = {
         "copy_baseline": base,
         "seconds": gen_seconds,
@@ -205,22 +237,14 @@ def _run_seq2seq(model, tokenizer, s: dict[str, Any], quick: bool) -> list[Metri
             for i in range(min(3, len(sources)))
         ],
     }
-    ppl_proto = {k: v for k, v in proto.items() if k not in ("decoding", "max_new_tokens")}
-    ppl_proto["level"] = "target token, teacher forced"
+    ppl_extra = {"n_tokens": int(tokens.sum()), "copy_baseline": base,
+                 "seconds": round(time.perf_counter() - t0, 2)}
+    text = {k: Samples(k, "sentences", {"stats": sentence_stats(k, scores["outputs"], targets)})
+            for k in ("chrf", "bleu")}
     return [
-        Metric("chrf", scores["chrf"], True, proto, dict(extra)),
-        Metric("bleu", scores["bleu"], True, dict(proto), dict(extra)),
-        Metric(
-            "ppl_seq2seq",
-            ppl,
-            False,
-            ppl_proto,
-            {
-                "n_tokens": n_tok,
-                "copy_baseline": base,
-                "seconds": round(time.perf_counter() - t0, 2),
-            },
-        ),
+        Metric("chrf", scores["chrf"], True, proto, dict(extra), samples=text["chrf"]),
+        Metric("bleu", scores["bleu"], True, dict(proto), dict(extra), samples=text["bleu"]),
+        Metric("ppl_seq2seq", ppl.value(), False, ppl_proto, ppl_extra, samples=ppl),
     ]
 
 
@@ -263,16 +287,55 @@ SUITES: dict[str, Suite] = {
 
 
 def run_benchmarks(
-    model: nn.Module, tokenizer: Any, task: str, quick: bool = False
+    model: nn.Module,
+    tokenizer: Any,
+    task: str,
+    quick: bool = False,
+    reference: DenseReference | None = None,
 ) -> list[Metric]:
     """Run the suite of ``task`` (see :data:`SUITES`) on the fixed splits of :mod:`compress.data`.
 
     ``quick=True`` uses far fewer examples/windows (a smoke test, not comparable with
-    full runs; every metric records the flag).
+    full runs; every metric records the flag). Every metric carries its 95% bootstrap
+    ``interval``. With the dense model's ``reference`` (:mod:`eval.benchmark.reference`)
+    each metric also gets ``vs_dense`` (paired on the same items) and the agreement
+    metrics (``kl_*``, ``top1_*``, ``agreement_*``, ``cosine_*``) follow the task's own,
+    measured in the same forward passes.
 
     >>> [m.name for m in run_benchmarks(model, tok, "causal-lm")]   # doctest: +SKIP
     ['ppl_wiki', 'ppl_news']
     """
+    agree = Agreement(reference.outputs, recording=False) if reference else Agreement.off()
+    metrics = measure(model, tokenizer, task, quick, agree)
+    for m in metrics:
+        if m.samples is None:
+            continue
+        m.interval = interval(m.samples)
+        dense = reference.samples.get(m.name) if reference else None
+        if dense is not None:
+            try:
+                m.vs_dense = vs_dense(m.samples, dense)
+            except UserError as exc:
+                log.warning("%s: no paired comparison with dense: %s", m.name, exc)
+    for m in agree.metrics:
+        log.info("%s = %.4g (agreement with dense)", m.name, m.value)
+    return metrics + agree.metrics
+
+
+def record_reference(
+    model: nn.Module, tokenizer: Any, task: str, quick: bool = False
+) -> DenseReference:
+    """Benchmark the dense ``model`` once, keeping its per-item samples and outputs."""
+    agree = Agreement.record()
+    metrics = measure(model, tokenizer, task, quick, agree)
+    samples = {m.name: m.samples for m in metrics if m.samples is not None}
+    return DenseReference(samples, agree.recorded)
+
+
+def measure(
+    model: nn.Module, tokenizer: Any, task: str, quick: bool, agree: Agreement
+) -> list[Metric]:
+    """The task's metrics with their per-item samples (no intervals yet), in eval mode."""
     if task not in SUITES:
         raise did_you_mean("task", task, SUITES)
     suite = SUITES[task]
@@ -281,7 +344,7 @@ def run_benchmarks(
     if isinstance(model, nn.Module):
         model.eval()
     try:
-        metrics = suite.run(model, tokenizer, settings, quick)
+        metrics = suite.run(model, tokenizer, settings, quick, agree)
     finally:
         if was_training:
             model.train()

@@ -16,6 +16,7 @@ from eval.report.schema import (
     ReportError,
     dig,
     environment,
+    fmt_pm,
     fmt_value,
     git_commit,
     pipeline_label,
@@ -25,6 +26,7 @@ from eval.report.schema import (
     runs_by_model,
     slug,
     validate_report,
+    within_noise,
 )
 
 __all__ = [
@@ -35,6 +37,7 @@ __all__ = [
     "ReportError",
     "dig",
     "environment",
+    "fmt_pm",
     "fmt_value",
     "git_commit",
     "pipeline_label",
@@ -44,4 +47,5 @@ __all__ = [
     "runs_by_model",
     "slug",
     "validate_report",
+    "within_noise",
 ]

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from eval.report.schema import fmt_pm, fmt_value, within_noise
 from eval.sweep.spec import MANIFESTS
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,32 @@ def fmt_mb(v: float | None) -> str:
 
 def fmt_ratio(v: float | None) -> str:
     return "–" if v is None else f"{v:.2f}x"
+
+
+def fmt_metric(m: dict[str, Any] | None, noise: bool = True) -> str:
+    """A metric for a table: ``20.4 ±0.9``, with `` ≈`` (``noise``; not for the dense row)
+    when its paired change against dense is within noise; ``–`` when missing (reports
+    before intervals: the value alone)."""
+    if m is None:
+        return "–"
+    text = fmt_value(m.get("value"))
+    pm = fmt_pm(m)
+    if pm:
+        text += f" {pm}"
+    return text + (" ≈" if noise and within_noise(m) else "")
+
+
+def is_agreement(m: dict[str, Any]) -> bool:
+    """An agreement-with-dense metric (``kl_*``, ``top1_*``, ``agreement_*``, ``cosine_*``)."""
+    return "agreement" in (m.get("protocol") or {})
+
+
+INTERVAL_NOTE = (
+    "`±` is half the 95% bootstrap interval over the metric's windows or examples; `≈` marks "
+    "a change against dense within noise (the paired bootstrap of the difference on the same "
+    "items has a 95% interval containing 0). Reports written before intervals show the value "
+    "alone."
+)
 
 
 def protocol_text(protocol: dict[str, Any] | None) -> str:

@@ -39,6 +39,7 @@ from eval.report.costs import (
     section_reproduce,
     section_size_runtime,
 )
+from eval.report.methods import section_method_bench
 from eval.report.overview import section_budget, section_models, section_techniques
 from eval.report.quality import section_analysis, section_benchmarks, section_pruned
 from eval.report.schema import read_reports, runs_by_model
@@ -97,6 +98,7 @@ def generate(
     section_analysis(w, by_model, analysis, analysis_dir, out_dir)
     section_pruned(w, by_model, plots, out_dir)
     section_benchmarks(w, by_model)
+    section_method_bench(w, reports_dir)
     section_size_runtime(w, reports)
     section_pareto(w, plots, out_dir)
     section_challenges(w, reports, by_model)

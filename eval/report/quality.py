@@ -10,14 +10,18 @@ from eval.budget import comparable_runs, cost_ratio, metric, primary_metric
 from eval.plots import model_slug, sparsity_point
 from eval.report.anchors import load_anchors, matches
 from eval.report.common import (
+    INTERVAL_NOTE,
     SECTIONS,
     Writer,
     data_sources,
+    fmt_metric,
     fmt_pct,
     fmt_ratio,
+    is_agreement,
     protocol_text,
     task_of_runs,
 )
+from eval.report.methods import grid_paragraph
 from eval.report.schema import dig, fmt_value
 
 SPARSITY_LEVELS = (0.1, 0.5, 0.9, 0.95, 0.99)
@@ -69,6 +73,7 @@ def section_analysis(
                 f"{fmt_value(s.get('max_abs'))} |"
             )
         w()
+        grid_paragraph(w, model, data)
         slug = data.get("slug") or Path(data["_path"]).stem
         for suffix, alt in (("_hist", "weight histograms"), ("_blocks", "per-block fractions")):
             png = analysis_dir / f"{slug}{suffix}.png"
@@ -142,7 +147,10 @@ def _pruned_table(
 ) -> None:
     """One model's pruned runs: every metric, nonzero fraction and latency per level."""
     name = primary_metric(base)
-    other = [m["name"] for m in base.get("metrics", []) if m["name"] != name]
+    # agreement with dense (KL, top-1) has its own table in section 6
+    other = [
+        m["name"] for m in base.get("metrics", []) if m["name"] != name and not is_agreement(m)
+    ]
     w(f"### {model}")
     w()
     cols = [name] + other
@@ -155,14 +163,11 @@ def _pruned_table(
     dense_lat = dig(base, "profile", "latency", "1x128", "median_ms")
     w(
         "| dense | 0% | "
-        + " | ".join(fmt_value(metric(base, c)["value"]) for c in cols)
+        + " | ".join(fmt_metric(metric(base, c), noise=False) for c in cols)
         + f" | 100.0% | {fmt_value(dense_lat, 3)} ms |"
     )
     for (line, level), r in sorted(points, key=lambda x: (x[0][0], x[0][1])):
-        vals = []
-        for c in cols:
-            m = metric(r, c)
-            vals.append(fmt_value(m["value"]) if m else "–")
+        vals = [fmt_metric(metric(r, c)) for c in cols]
         nz = cost_ratio(r, base, "nonzeros")
         lat = dig(r, "profile", "latency", "1x128", "median_ms")
         w(
@@ -209,12 +214,17 @@ def section_benchmarks(w: Writer, by_model: dict[str, list[dict[str, Any]]]) -> 
             w(f"| {model} | – | – | no successful identity run |")
             continue
         for m in base.get("metrics", []):
+            if is_agreement(m):  # the dense model against itself: KL 0, agreement 1
+                continue
             arrow = "↑" if m["higher_is_better"] else "↓"
             w(
-                f"| {model} | {m['name']} {arrow} | {fmt_value(m['value'])} | "
+                f"| {model} | {m['name']} {arrow} | {fmt_metric(m, noise=False)} | "
                 f"{protocol_text(m.get('protocol'))} |"
             )
     w()
+    w(INTERVAL_NOTE)
+    w()
+    _agreement_table(w, by_model)
     sources = data_sources([r for runs in by_model.values() for r in runs])
     if sources:
         w(
@@ -225,6 +235,11 @@ def section_benchmarks(w: Writer, by_model: dict[str, list[dict[str, Any]]]) -> 
         for line in sources:
             w(f"- {line}")
         w()
+    _published(w, by_model)
+
+
+def _published(w: Writer, by_model: dict[str, list[dict[str, Any]]]) -> None:
+    """Our relative change next to the published one, method by method."""
     w("### Against published numbers")
     w()
     w(
@@ -273,3 +288,36 @@ def section_benchmarks(w: Writer, by_model: dict[str, list[dict[str, Any]]]) -> 
             )
     w()
 
+
+def _agreement_table(w: Writer, by_model: dict[str, list[dict[str, Any]]]) -> None:
+    """Each compressed run's agreement with its dense model (runs that measured it)."""
+    rows = []
+    for model, runs in by_model.items():
+        _, runs_ok = comparable_runs(runs)
+        for r in runs_ok:
+            found = [m for m in r.get("metrics", []) if is_agreement(m)]
+            if found and r.get("label") != "identity":
+                cells = ", ".join(
+                    f"{m['name']} {'↑' if m['higher_is_better'] else '↓'} {fmt_metric(m)}"
+                    for m in found
+                )
+                rows.append(f"| {model} | `{r['label']}` | {cells} |")
+    if not rows:
+        return
+    w("### Agreement with the dense model")
+    w()
+    w(
+        "Measured in the benchmark's own forward passes against the dense model's cached "
+        "outputs (`eval.benchmark.agreement`): token KL(dense ‖ compressed) in nats per token "
+        "(exact over the dense top-32 tokens, the rest estimated from 32 tokens sampled from "
+        "the dense distribution: unbiased for the full-vocabulary KL) and top-1 agreement, "
+        "on the perplexity windows (causal LMs) "
+        "or teacher-forced targets (seq2seq); the fraction of test examples classified as "
+        "dense classifies them; the cosine of each test embedding to dense's."
+    )
+    w()
+    w("| model | run | agreement |")
+    w("|---|---|---|")
+    for row in rows:
+        w(row)
+    w()

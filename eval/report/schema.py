@@ -6,8 +6,9 @@ wall time; the model (name, source, task, architecture facts); the pipeline of
 recipes with their full configs; metrics with direction and protocol; the profile;
 what the recipes recorded (``info``); library versions and thread count.
 
-The run key is a hash of model + pipeline configs + quick flag: the same run always
-maps to the same file, so a rerun replaces its report and a sweep can skip runs whose
+The run key is a hash of model + pipeline configs + quick flag, plus the calibration
+spec (N sequences x L tokens, seed; :mod:`compress.calibration`) when a step
+calibrates: the same run always maps to the same file, so a rerun replaces its report and a sweep can skip runs whose
 report already says ``ok``.
 """
 
@@ -91,6 +92,34 @@ def fmt_value(v: float | None, digits: int = 4) -> str:
     return f"{v:.{digits}g}"
 
 
+def fmt_pm(metric: dict[str, Any] | None) -> str:
+    """``±h``: half the width of a metric's 95% interval, or ``""`` where it has none
+    (reports written before intervals).
+
+    >>> fmt_pm({"value": 20.0, "interval": {"low": 19.2, "high": 20.9}})
+    '±0.85'
+    >>> fmt_pm({"value": 20.0}), fmt_pm({"interval": {"low": 5.0, "high": 5.0}})
+    ('', '±0')
+    """
+    iv = (metric or {}).get("interval")
+    if not isinstance(iv, dict):
+        return ""
+    lo, hi = iv.get("low"), iv.get("high")
+    if not isinstance(lo, (int, float)) or not isinstance(hi, (int, float)):
+        return ""
+    half = (hi - lo) / 2
+    if half == 0:
+        return "±0"
+    return f"±{half:,.0f}" if half >= 10 else f"±{half:.2g}"
+
+
+def within_noise(metric: dict[str, Any] | None) -> bool:
+    """True when the metric's paired change against dense is within noise (its 95%
+    interval contains 0); False where it is resolved or was not measured."""
+    paired = (metric or {}).get("vs_dense")
+    return isinstance(paired, dict) and paired.get("within_noise") is True
+
+
 def pipeline_label(pipeline: list[dict[str, Any]]) -> str:
     """Short human label of a pipeline, e.g. ``wanda(sparsity=0.5)+rtn(bits=4)``."""
     parts = []
@@ -114,12 +143,20 @@ def _short(v: Any) -> str:
     return str(v)
 
 
-def run_key(model: str, pipeline: list[dict[str, Any]], quick: bool) -> str:
-    """Stable hash of what determines a run's result."""
-    canonical = json.dumps(
-        {"model": model, "pipeline": [s["config"] for s in pipeline], "quick": quick},
-        sort_keys=True,
-    )
+def run_key(
+    model: str, pipeline: list[dict[str, Any]], quick: bool,
+    calibration: dict[str, Any] | None = None,
+) -> str:
+    """Stable hash of what determines a run's result.
+
+    ``calibration`` (:func:`compress.calibration.run_key_part`) is given when a step
+    calibrates; runs that do not calibrate keep the key they always had.
+    """
+    data: dict[str, Any] = {"model": model, "pipeline": [s["config"] for s in pipeline],
+                            "quick": quick}
+    if calibration is not None:
+        data["calibration"] = calibration
+    canonical = json.dumps(data, sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
@@ -176,6 +213,9 @@ class Report:
     model: dict[str, Any]
     pipeline: list[dict[str, Any]]
     quick: bool = False
+    #: the calibration spec in the run key (None when no step calibrates); the drawn
+    #: set's record (source, tokens, sha256) is in ``info["calibration"]``.
+    calibration: dict[str, Any] | None = None
     status: str = "running"
     error: str | None = None
     traceback: str | None = None
@@ -190,7 +230,7 @@ class Report:
 
     @property
     def key(self) -> str:
-        return run_key(self.model["name"], self.pipeline, self.quick)
+        return run_key(self.model["name"], self.pipeline, self.quick, self.calibration)
 
     @property
     def run_id(self) -> str:
@@ -211,6 +251,7 @@ class Report:
             "wall_time_s": self.wall_time_s,
             "stage_times_s": self.stage_times_s,
             "quick": self.quick,
+            "calibration": self.calibration,
             "model": self.model,
             "label": pipeline_label(self.pipeline),
             "pipeline": self.pipeline,

@@ -12,7 +12,9 @@ An experiment ("sweep") file is TOML (``tomllib``, standard library). Example::
     [defaults]                             # passed to eval.run for every run
     quick = false                          # small benchmark/profile (smoke runs)
     threads = 2                            # torch threads, pinned and recorded
-    calibration_samples = 128              # calibration texts handed to the recipes
+    calib_sequences = 64                   # calibration: N sequences x L tokens, one set
+    calib_seq_len = 256                    # shared by every calibrating run (compress.calibration)
+    calib_seed = 0
     reports = "reports"                    # folder of the JSON reports
 
     [[runs]]                               # one recipe, fixed parameters

@@ -254,7 +254,7 @@ class Runner:
             reports_dir=self.sweep.reports,
             task=self.sweep.task,
             threads=self.sweep.threads,
-            calibration_samples=self.sweep.calibration_samples,
+            calibration=self.sweep.calibration,
             stage=stage,
         )
 

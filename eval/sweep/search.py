@@ -76,12 +76,14 @@ def search_jobs(
             continue
         template = dict(group[0]["pipeline"][0]["config"])
         template[knob.field] = int(probe) if knob.values else probe
-        config = get_recipe(recipe).config_cls.from_dict(template)
         try:
+            # an old report's config may predate its recipe's current version
+            config = get_recipe(recipe).config_cls.from_dict(template)
             check_pipeline([config])
         except UserError:
             continue
-        return Job(model, (config,), sweep.quick, origin=f"search {budget}")
+        return Job(model, (config,), sweep.quick, origin=f"search {budget}",
+                   calibration=sweep.calibration)
     return None
 
 

@@ -22,6 +22,12 @@ from typing import Any
 import transformers as tf
 
 from compress import zoo
+from compress.calibration import (
+    DEFAULT_SEQ_LEN,
+    DEFAULT_SEQUENCES,
+    CalibrationSpec,
+    run_key_part,
+)
 from compress.config import RecipeConfig
 from compress.errors import UserError, did_you_mean
 from compress.models import check_model_name, resolve_path
@@ -43,7 +49,8 @@ TOP_KEYS = (
 )
 
 
-DEFAULT_KEYS = ("quick", "threads", "calibration_samples", "reports", "task")
+DEFAULT_KEYS = ("quick", "threads", "calib_sequences", "calib_seq_len", "calib_seed", "reports",
+                "task")
 
 
 RUN_KEYS = (
@@ -68,6 +75,8 @@ class Job:
     configs: tuple[RecipeConfig, ...]
     quick: bool
     origin: str = ""  # "runs[3]" or "search size=0.5"
+    #: the sweep's CalibrationSpec; part of the key when a step calibrates.
+    calibration: CalibrationSpec | None = None
 
     @property
     def pipeline(self) -> list[dict[str, Any]]:
@@ -75,7 +84,8 @@ class Job:
 
     @property
     def key(self) -> str:
-        return run_key(self.model, self.pipeline, self.quick)
+        spec = self.calibration if self.calibration is not None else CalibrationSpec()
+        return run_key(self.model, self.pipeline, self.quick, run_key_part(self.configs, spec))
 
     @property
     def label(self) -> str:
@@ -96,7 +106,7 @@ class Sweep:
     quick: bool
     reports: Path
     threads: int | None = None
-    calibration_samples: int = 128
+    calibration: CalibrationSpec = field(default_factory=CalibrationSpec)
     task: str | None = None
     budgets: list[Budget] = field(default_factory=list)
     search_runs: int = 0
@@ -231,7 +241,7 @@ class _Header:
     budgets: list[Budget]
     search_runs: int
     threads: int | None
-    calibration_samples: int
+    calibration: CalibrationSpec
     defaults: dict[str, Any]
 
 
@@ -253,6 +263,22 @@ def _read(path: Path) -> dict[str, Any]:
                 f"{_where(path, 'imports')}: cannot import {module!r} ({exc})"
             ) from None
     return data
+
+
+def _calibration(path: Path, defaults: dict[str, Any]) -> CalibrationSpec:
+    """The sweep's one calibration spec (N x L, seed) from ``[defaults]``."""
+    values = {}
+    for key, default in (("calib_sequences", DEFAULT_SEQUENCES), ("calib_seq_len", DEFAULT_SEQ_LEN),
+                         ("calib_seed", 0)):
+        value = defaults.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"{_where(path, 'defaults', key)}: expected a whole number")
+        values[key] = value
+    try:
+        return CalibrationSpec(values["calib_sequences"], values["calib_seq_len"],
+                               values["calib_seed"])
+    except UserError as exc:
+        raise UserError(f"{_where(path, 'defaults')}: {exc}") from None
 
 
 def _header(
@@ -288,11 +314,7 @@ def _header(
     thr = threads if threads is not None else defaults.get("threads")
     if thr is not None and (not isinstance(thr, int) or thr < 1):
         raise UserError(f"{_where(path, 'defaults', 'threads')}: expected a whole number >= 1")
-    calib = defaults.get("calibration_samples", 128)
-    if not isinstance(calib, int) or calib < 0:
-        raise UserError(
-            f"{_where(path, 'defaults', 'calibration_samples')}: expected a whole number >= 0"
-        )
+    calib = _calibration(path, defaults)
     for m in top_models:
         _check_model(m, _where(path, "models"))
     return _Header(is_quick, top_models, runs, budgets, search_runs, thr, calib, defaults)
@@ -394,7 +416,7 @@ def load_sweep(
         if head.quick and run.get("skip_quick", False):
             continue
         for m, configs in _expand_run(run, steps, where, head, models, loaders):
-            job = Job(m, configs, head.quick, origin=f"runs[{i}]")
+            job = Job(m, configs, head.quick, origin=f"runs[{i}]", calibration=head.calibration)
             if job.key not in seen:
                 seen.add(job.key)
                 jobs.append(job)
@@ -411,7 +433,7 @@ def load_sweep(
         quick=head.quick,
         reports=reports_dir,
         threads=head.threads,
-        calibration_samples=head.calibration_samples,
+        calibration=head.calibration,
         task=defaults.get("task"),
         budgets=head.budgets,
         search_runs=head.search_runs,
