@@ -2,8 +2,8 @@
 
 Structured pruning needs to know what each unit contributes before it removes it;
 this module measures it for any model :mod:`compress.arch` reads (encoders, decoders,
-encoder-decoders), from the calibration batches of
-:func:`compress.pruning.calibration.make_batches`:
+encoder-decoders), from the context's shared calibration batches
+(:func:`compress.calibration.calibration_batches`: every method sees the same tokens):
 
 * **blocks** (depth pruning):
 
@@ -53,9 +53,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from compress.arch import arch_for
+from compress.calibration import CalibBatch
 from compress.errors import UserError
 from compress.models import input_device, to_device
-from compress.pruning.calibration import CalibBatch, collect_input_sumsq
+from compress.pruning.calibration import collect_input_sumsq
 
 log = logging.getLogger(__name__)
 
@@ -272,7 +273,7 @@ def _skip_losses(model: nn.Module, stacks: list[_Stack], batches: list[CalibBatc
             call_wanted = pos // len(s.blocks) if s.calls > 1 else 0
             calls = [0]
 
-            def skip(mod, args, kwargs, out_, calls=calls, call_wanted=call_wanted):
+            def skip(mod, args, kwargs, out_, calls=calls, call_wanted=call_wanted, s=s):
                 mine = calls[0] % max(s.calls, 1) == call_wanted
                 calls[0] += 1
                 if not mine:

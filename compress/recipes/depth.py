@@ -2,8 +2,9 @@
 
 Depth pruning in the manner of ShortGPT (Men et al. 2024, arXiv:2403.03853), Shortened
 LLaMA (Kim et al. 2024, arXiv:2402.02834) and Minitron's depth axis (Muralidharan et
-al. 2024, arXiv:2407.14679): every block's importance is measured on calibration
-batches (:mod:`compress.pruning.influence`): the loss increase when the block is
+al. 2024, arXiv:2407.14679): every block's importance is measured on the context's shared
+calibration tokens (:mod:`compress.calibration`, ``--calib-sequences`` x
+``--calib-seq-len``; :mod:`compress.pruning.influence`): the loss increase when the block is
 skipped (``metric=skip``, default) or its block influence, the angular distance
 between its input and output (``metric=bi``). The least important blocks go until the
 non-embedding parameters (:mod:`compress.pruning.sizes`) are at most ``target`` of
@@ -17,12 +18,12 @@ it; per-layer config lists and KV-cache indices follow the kept blocks). A
 shared-weight stack (ALBERT: one block run N times) loses calls, which saves compute
 but no parameters: there ``target`` is the fraction of calls kept.
 
-The kept teacher blocks are recorded in ``config.compress_block_map`` so that a later
-``recover`` step (:mod:`compress.recipes.recover`) can align hidden states with the
-dense teacher's.
+The dense model's block behind each kept block is recorded in
+``config.compress_block_map`` (per stack role, composed through earlier depth steps) so
+that a recovery step distilling from the dense teacher can align hidden states.
 
-    python -m eval.run --model smollm2-135m --recipe depth --target 0.75 \\
-        --then "recover tokens=131072"
+    python -m compress.recipes.depth --model smollm2-135m --target 0.75 --out out/d75
+    python -m eval.run --model smollm2-135m --recipe depth --target 0.75 --metric bi
 """
 
 from __future__ import annotations
@@ -36,12 +37,12 @@ from typing import Any
 import torch.nn as nn
 
 from compress.arch import arch_for
+from compress.calibration import calibration_batches
 from compress.config import RecipeConfig, option
 from compress.context import Context
 from compress.distill.student import make_student, teacher_layer_counts
 from compress.errors import UserError
 from compress.pruning import sizes
-from compress.pruning.calibration import make_batches
 from compress.pruning.influence import BLOCK_METRICS, block_importance
 from compress.pruning.recovery import task_for
 from compress.registry import register_recipe
@@ -67,13 +68,10 @@ class DepthConfig(RecipeConfig):
                          choices=BLOCK_METRICS)
     stacks: str = option("all", "which stacks may lose blocks: all, encoder or decoder",
                          choices=("all", "encoder", "decoder"))
-    nsamples: int = option(32, "calibration sequences", low=1, high=100_000)
-    seq_len: int = option(128, "tokens per calibration sequence", low=2, high=1_000_000)
-    calib_batch_size: int = option(8, "calibration sequences per forward", low=1, high=4096)
 
     def extra_memory_bytes(self, param_bytes: int, hidden: int) -> int:
-        # the student is a copy of the model; calibration keeps one batch's activations
-        return param_bytes + 4 * self.calib_batch_size * self.seq_len * hidden * 4
+        # the student is a copy of the model (compress() adds the calibration activations)
+        return param_bytes
 
 
 def _depth_widths(config: DepthConfig, widths: dict[str, int]) -> dict[str, int]:
@@ -147,9 +145,7 @@ def compose_block_map(model: nn.Module, maps: dict[str, list[int]]) -> dict[str,
 def depth(model: nn.Module, config: DepthConfig, context: Context) -> nn.Module:
     """Drop the blocks whose removal costs least (measured), to a parameter target."""
     task = task_for(model, context)
-    batches = make_batches(context.tokenizer, context.calibration, task,
-                           nsamples=config.nsamples, seq_len=config.seq_len,
-                           batch_size=config.calib_batch_size, seed=config.seed)
+    batches = calibration_batches(context, model, recipe="depth")
     metrics = (config.metric,) if config.metric == "bi" else ("skip", "bi")
     scores = block_importance(model, batches, task, metrics)
     maps, dropped = _choose(model, config, scores)
@@ -165,8 +161,6 @@ def depth(model: nn.Module, config: DepthConfig, context: Context) -> nn.Module:
         "kept": maps,
         "blocks_before": {r: len(scores[r].bi) for r in maps},
         "blocks_after": {r: len(m) for r, m in maps.items()},
-        "calibration": {"sequences": config.nsamples, "seq_len": config.seq_len,
-                        "task": task},
         "params_before": before, "params_after": after,
         "non_embedding_fraction": round(after["non_embedding"] / max(before["non_embedding"], 1),
                                         6),
