@@ -60,7 +60,9 @@ from compress.pruning.calibration import collect_input_sumsq
 
 log = logging.getLogger(__name__)
 
-BLOCK_METRICS = ("skip", "bi")
+#: block metrics: ``skip`` (divergence from the full model's outputs when the block is
+#: skipped), ``loss`` (task-loss increase when skipped), ``bi`` (block influence).
+BLOCK_METRICS = ("skip", "loss", "bi")
 
 
 @dataclass
@@ -70,22 +72,37 @@ class BlockScores:
     role: str
     #: angular distance 1 - cos(input, output), averaged over real tokens.
     bi: list[float]
-    #: increase of ``skip_metric`` when the block is skipped.
+    #: divergence of the model's outputs from the full model's when the block is skipped
+    #: (``skip_metric``): >= 0, and 0 exactly when skipping changes nothing.
     skip: list[float]
-    #: what ``skip`` measures: "loss" (task cross-entropy), "kl" (to the full model) or
-    #: "hidden" (1 - cos of the final hidden states to the full model's).
-    skip_metric: str
-    #: the full model's value of that metric (0 for "kl" and "hidden").
-    base: float = 0.0
+    #: what ``skip`` measures: "kl" (KL(full || skipped) of the output distribution, per
+    #: token or example) or "hidden" (1 - cos of the final hidden states; no logits).
+    skip_metric: str = "kl"
+    #: increase of the task cross-entropy when the block is skipped (None: no labels).
+    loss: list[float] | None = None
+    #: the full model's task cross-entropy on the calibration set (None: no labels).
+    base_loss: float | None = None
     #: the stack runs one block several times (ALBERT): scores are per call.
     per_call: bool = False
 
     def scores(self, metric: str) -> list[float]:
-        return self.skip if metric == "skip" else self.bi
+        """Per block (depth position) the score ``metric`` ranks by: lowest goes first."""
+        if metric == "bi":
+            return self.bi
+        if metric == "loss":
+            if self.loss is None:
+                raise UserError("metric=loss needs labels (a causal LM, a seq2seq model or "
+                                "a labelled classifier); use metric=skip or bi")
+            return self.loss
+        return self.skip
 
     def to_dict(self) -> dict[str, Any]:
-        return {"bi": [round(v, 6) for v in self.bi], "skip": [round(v, 6) for v in self.skip],
-                "skip_metric": self.skip_metric, "base": round(self.base, 6),
+        def r(v: list[float] | None) -> list[float] | None:
+            return None if v is None else [round(x, 6) for x in v]
+
+        return {"bi": r(self.bi), "skip": r(self.skip), "skip_metric": self.skip_metric,
+                "loss": r(self.loss),
+                "base_loss": None if self.base_loss is None else round(self.base_loss, 6),
                 "per_call": self.per_call}
 
 
@@ -115,12 +132,6 @@ def _replace_hidden(out: Any, h: torch.Tensor) -> Any:
     raise UserError(f"cannot skip a block whose output is a {type(out).__name__}")
 
 
-def _forward_kwargs(model: nn.Module) -> dict[str, Any]:
-    from compress.arch import probe
-
-    return probe.forward_kwargs(model)
-
-
 @contextlib.contextmanager
 def _hooks(handles: list) -> Iterator[None]:
     try:
@@ -139,16 +150,25 @@ class _Stack:
         self.calls = stack.calls_per_block
         self.n = len(self.blocks) * self.calls  # depth as the forward sees it
 
-    def hook_targets(self) -> list[tuple[nn.Module, int]]:
-        """(module, depth position of its first call) per distinct block."""
-        return [(b, i) for i, b in enumerate(self.blocks)]
+    def locate(self, pos: int) -> tuple[nn.Module, int]:
+        """(block module, which of its calls in one forward) at depth position ``pos``."""
+        return self.blocks[pos % len(self.blocks)], pos // len(self.blocks)
 
 
-def _mask(batch: CalibBatch, role: str, like: torch.Tensor) -> torch.Tensor | None:
-    m = batch.token_masks.get(role)
-    if m is not None and tuple(m.shape) == tuple(like.shape[:2]):
-        return m.to(like.device, torch.float32)
-    return None
+def _mask(batch: CalibBatch, roles: tuple[str, ...], like: torch.Tensor) -> torch.Tensor:
+    """The first of ``roles``' token masks shaped like ``like``'s (B, T); else all ones."""
+    for role in roles:
+        m = batch.token_masks.get(role)
+        if m is not None and like.dim() >= 2 and tuple(m.shape) == tuple(like.shape[:2]):
+            return m.to(like.device, torch.float32)
+    return torch.ones(like.shape[:2] if like.dim() >= 2 else like.shape[:1],
+                      device=like.device)
+
+
+def _run(model: nn.Module, batch: CalibBatch) -> Any:
+    from compress.sequential import forward_kwargs
+
+    return model(**to_device(batch.inputs, input_device(model)), **forward_kwargs(model))
 
 
 @torch.no_grad()
@@ -158,31 +178,28 @@ def _block_influence(model: nn.Module, stacks: list[_Stack],
     sums = {s.role: torch.zeros(s.n, dtype=torch.float64) for s in stacks}
     counts = {s.role: torch.zeros(s.n, dtype=torch.float64) for s in stacks}
     current: dict[str, CalibBatch] = {}
+    calls: dict[int, int] = {}
     handles = []
     for s in stacks:
-        for block, first in s.hook_targets():
-            calls = [0]
+        for first, block in enumerate(s.blocks):
 
-            def hook(mod, args, kwargs, out, s=s, first=first, calls=calls):
+            def hook(mod, args, kwargs, out, s=s, first=first):
                 x, y = _hidden_in(args, kwargs), _hidden_out(out)
-                pos = first + (calls[0] % s.calls) * len(s.blocks) if s.calls > 1 else first
-                calls[0] += 1
+                pos = first + calls.get(id(mod), 0) * len(s.blocks)
+                calls[id(mod)] = calls.get(id(mod), 0) + 1
                 if x is None or y is None or x.shape != y.shape:
                     return
                 cos = F.cosine_similarity(x.float(), y.float(), dim=-1, eps=1e-8)  # (B, T)
-                m = _mask(current["batch"], s.role, x)
-                if m is None:
-                    m = torch.ones_like(cos)
+                m = _mask(current["batch"], (s.role,), x)
                 sums[s.role][pos] += float(((1.0 - cos) * m).sum())
                 counts[s.role][pos] += float(m.sum())
 
             handles.append(block.register_forward_hook(hook, with_kwargs=True))
-    extra = _forward_kwargs(model)
-    device = input_device(model)
     with _hooks(handles):
         for batch in batches:
             current["batch"] = batch
-            model(**to_device(batch.inputs, device), **extra)
+            calls.clear()  # a shared block's call number restarts every forward
+            _run(model, batch)
     out = {}
     for s in stacks:
         if bool((counts[s.role] == 0).any()):
@@ -191,113 +208,112 @@ def _block_influence(model: nn.Module, stacks: list[_Stack],
     return out
 
 
-def _metric_kind(model: nn.Module, batches: list[CalibBatch], task: str) -> str:
-    if task == "embedding":
-        return "hidden"
-    if task in ("causal-lm", "seq2seq"):
-        return "loss"
-    if task == "classification" and all(b.labels is not None for b in batches):
-        return "loss"
-    return "kl"
+@contextlib.contextmanager
+def _skipping(stack: _Stack, pos: int) -> Iterator[None]:
+    """Within the context, the block (call) at depth ``pos`` passes its input through."""
+    block, wanted = stack.locate(pos)
+    calls = [0]
+
+    def skip(mod, args, kwargs, out):
+        mine = calls[0] == wanted
+        calls[0] += 1
+        if not mine:
+            return None
+        x, y = _hidden_in(args, kwargs), _hidden_out(out)
+        if x is None or y is None or x.shape != y.shape:
+            raise UserError("a block's output is not shaped like its input; blocks cannot be "
+                            "skipped in this model")
+        return _replace_hidden(out, x)
+
+    with _hooks([block.register_forward_hook(skip, with_kwargs=True)]):
+        yield
 
 
-def _output(model: nn.Module, out: Any, kind: str) -> torch.Tensor:
-    if kind == "hidden":
-        h = getattr(out, "last_hidden_state", None)
-        return h if h is not None else _hidden_out(out)
+def _output(model: nn.Module, out: Any) -> tuple[torch.Tensor, str]:
+    """(what the skip metric compares, its kind): logits ("kl") or final hidden states."""
     logits = getattr(out, "logits", None)
-    if logits is None:
-        raise UserError(f"{type(model).__name__} returns no logits to measure a loss on")
-    return logits
+    if logits is not None:
+        return logits, "kl"
+    h = getattr(out, "last_hidden_state", None)
+    h = h if h is not None else _hidden_out(out)
+    if h is None:
+        raise UserError(f"{type(model).__name__} returns neither logits nor hidden states")
+    return h, "hidden"
 
 
-def _batch_metric(y: torch.Tensor, batch: CalibBatch, task: str, kind: str,
-                  ref: torch.Tensor | None) -> tuple[float, float]:
-    """(sum of the per-position metric, number of positions) for one batch."""
-    if kind == "loss":
-        if task == "causal-lm":
-            labels = batch.labels if batch.labels is not None else batch.inputs["input_ids"]
-            mask = batch.inputs.get("attention_mask")
-            labels = labels.to(y.device).clone()
-            if mask is not None:
-                labels[mask.to(y.device) == 0] = -100
-            logits, labels = y[:, :-1], labels[:, 1:]
-        elif task == "seq2seq":
-            logits, labels = y, batch.inputs["labels"].to(y.device)
-        else:
-            logits, labels = y, batch.labels.to(y.device)
-        flat = logits.float().reshape(-1, logits.shape[-1])
-        lab = labels.reshape(-1)
-        loss = F.cross_entropy(flat, lab, ignore_index=-100, reduction="sum")
-        return float(loss), float((lab != -100).sum())
+def _divergence(y: torch.Tensor, ref: torch.Tensor, kind: str,
+                batch: CalibBatch) -> tuple[float, float]:
+    """(sum over real positions, positions) of KL(full || y) or 1 - cos(y, full)."""
     if kind == "kl":
-        log_p = F.log_softmax(ref.float(), -1)
         log_q = F.log_softmax(y.float(), -1)
-        kl = (log_p.exp() * (log_p - log_q)).sum(-1)  # (B,) or (B, T)
-        return float(kl.sum()), float(kl.numel())
-    cos = F.cosine_similarity(y.float(), ref.float(), dim=-1)  # (B, T)
-    m = batch.token_masks.get("encoder")
-    m = torch.ones_like(cos) if m is None or m.shape != cos.shape else m.to(cos)
-    return float(((1 - cos) * m).sum()), float(m.sum())
+        per = (ref.exp() * (ref - log_q)).sum(-1)  # (B, T) or (B,); ref: full log-probs
+    else:
+        per = 1.0 - F.cosine_similarity(y.float(), ref, dim=-1)  # (B, T)
+    m = _mask(batch, ("decoder", "encoder"), per) if per.dim() >= 2 else torch.ones_like(per)
+    return float((per * m).sum()), float(m.sum())
+
+
+def _cross_entropy(logits: torch.Tensor, batch: CalibBatch, task: str) -> tuple[float, float]:
+    """(summed task cross-entropy, labelled positions) of one batch."""
+    if task == "causal-lm":
+        labels = batch.labels if batch.labels is not None else batch.inputs["input_ids"]
+        logits, labels = logits[:, :-1], labels[:, 1:]  # (B, T-1, V): token t predicts t+1
+    else:
+        labels = batch.labels
+    labels = labels.to(logits.device).reshape(-1)
+    flat = logits.float().reshape(labels.numel(), -1)
+    loss = F.cross_entropy(flat, labels, ignore_index=-100, reduction="sum")
+    return float(loss), float((labels != -100).sum())
+
+
+def _has_labels(task: str, batches: list[CalibBatch]) -> bool:
+    return task in ("causal-lm", "seq2seq") or all(b.labels is not None for b in batches)
 
 
 @torch.no_grad()
-def _skip_losses(model: nn.Module, stacks: list[_Stack], batches: list[CalibBatch],
-                 task: str) -> tuple[dict[str, list[float]], str, float]:
-    """Per stack role: the metric's increase when each block (call) is skipped."""
-    kind = _metric_kind(model, batches, task)
-    extra = _forward_kwargs(model)
-    device = input_device(model)
+def _skip_scores(model: nn.Module, stacks: list[_Stack], batches: list[CalibBatch],
+                 task: str) -> tuple[dict, dict | None, str, float | None]:
+    """Per stack role and depth position: the output divergence and (where there are
+    labels) the task-loss increase when that block (call) is skipped.
 
-    def run(refs: list[torch.Tensor] | None) -> tuple[float, list[torch.Tensor]]:
-        total = n = 0.0
-        outs = []
-        for j, batch in enumerate(batches):
-            y = _output(model, model(**to_device(batch.inputs, device), **extra), kind)
-            if refs is None and kind != "loss":
-                outs.append(y.detach())
-                continue
-            s, c = _batch_metric(y, batch, task, kind, None if refs is None else refs[j])
-            total, n = total + s, n + c
-        return (total / max(n, 1.0)), outs
-
-    base, refs = run(None)
-    refs_used = refs if kind != "loss" else None  # "kl" / "hidden": against the full model
-    if kind != "loss":
-        base = 0.0
-    out: dict[str, list[float]] = {}
-    for s in stacks:
-        values = []
-        for pos in range(s.n):
-            block = s.blocks[pos % len(s.blocks)] if s.calls > 1 else s.blocks[pos]
-            call_wanted = pos // len(s.blocks) if s.calls > 1 else 0
-            calls = [0]
-
-            def skip(mod, args, kwargs, out_, calls=calls, call_wanted=call_wanted, s=s):
-                mine = calls[0] % max(s.calls, 1) == call_wanted
-                calls[0] += 1
-                if not mine:
-                    return None
-                x = _hidden_in(args, kwargs)
-                y = _hidden_out(out_)
-                if x is None or y is None or x.shape != y.shape:
-                    raise UserError("a block's output is not shaped like its input; blocks "
-                                    "cannot be skipped in this model")
-                return _replace_hidden(out_, x)
-
-            handle = block.register_forward_hook(skip, with_kwargs=True)
-            with _hooks([handle]):
-                value, _ = run(refs_used)
-            values.append(value - base)
-        out[s.role] = values
-    return out, kind, base
+    Batch-major, so that only one batch's reference outputs are held at a time.
+    """
+    sums = {s.role: [0.0] * s.n for s in stacks}
+    losses = {s.role: [0.0] * s.n for s in stacks}
+    n_div = n_loss = base_loss = 0.0
+    kind = "kl"
+    with_loss = False
+    for batch in batches:
+        full, kind = _output(model, _run(model, batch))
+        ref = F.log_softmax(full.float(), -1) if kind == "kl" else full.float()
+        with_loss = kind == "kl" and _has_labels(task, batches)
+        if with_loss:
+            value, count = _cross_entropy(full, batch, task)
+            base_loss, n_loss = base_loss + value, n_loss + count
+        del full
+        for s in stacks:
+            for pos in range(s.n):
+                with _skipping(s, pos):
+                    y, _ = _output(model, _run(model, batch))
+                value, count = _divergence(y, ref, kind, batch)
+                sums[s.role][pos] += value
+                if with_loss:
+                    losses[s.role][pos] += _cross_entropy(y, batch, task)[0]
+        n_div += count
+    skip = {r: [v / max(n_div, 1.0) for v in vs] for r, vs in sums.items()}
+    if not with_loss:
+        return skip, None, kind, None
+    base = base_loss / max(n_loss, 1.0)
+    loss = {r: [v / max(n_loss, 1.0) - base for v in vs] for r, vs in losses.items()}
+    return skip, loss, kind, base
 
 
 def block_importance(model: nn.Module, batches: list[CalibBatch], task: str,
                      metrics: tuple[str, ...] = BLOCK_METRICS) -> dict[str, BlockScores]:
-    """Block influence and skip loss of every block, per stack role (see the module doc).
+    """Block influence, skip divergence and skip loss of every block, per stack role.
 
-    ``metrics`` limits what is measured ("skip" costs one calibration pass per block).
+    ``metrics`` limits what is measured (``skip`` and ``loss`` share one extra calibration
+    pass per block; ``bi`` needs one pass in all).
     """
     if not batches:
         raise UserError("block importance needs calibration data")
@@ -307,14 +323,15 @@ def block_importance(model: nn.Module, batches: list[CalibBatch], task: str,
     model.eval()
     try:
         bi = _block_influence(model, stacks, batches) if "bi" in metrics else {}
-        if "skip" in metrics:
-            skip, kind, base = _skip_losses(model, stacks, batches, task)
-        else:
-            skip, kind, base = {}, "none", 0.0
+        skip: dict = {}
+        loss, kind, base = None, "none", None
+        if "skip" in metrics or "loss" in metrics:
+            skip, loss, kind, base = _skip_scores(model, stacks, batches, task)
     finally:
         model.train(was_training)
     return {s.role: BlockScores(s.role, bi.get(s.role, [0.0] * s.n),
-                                skip.get(s.role, [0.0] * s.n), kind, base, s.calls > 1)
+                                skip.get(s.role, [0.0] * s.n), kind,
+                                None if loss is None else loss[s.role], base, s.calls > 1)
             for s in stacks}
 
 

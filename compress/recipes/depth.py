@@ -2,15 +2,23 @@
 
 Depth pruning in the manner of ShortGPT (Men et al. 2024, arXiv:2403.03853), Shortened
 LLaMA (Kim et al. 2024, arXiv:2402.02834) and Minitron's depth axis (Muralidharan et
-al. 2024, arXiv:2407.14679): every block's importance is measured on the context's shared
-calibration tokens (:mod:`compress.calibration`, ``--calib-sequences`` x
-``--calib-seq-len``; :mod:`compress.pruning.influence`): the loss increase when the block is
-skipped (``metric=skip``, default) or its block influence, the angular distance
-between its input and output (``metric=bi``). The least important blocks go until the
-non-embedding parameters (:mod:`compress.pruning.sizes`) are at most ``target`` of
-the dense model's; ``blocks`` drops a fixed number per stack instead. Blocks of an
-encoder-decoder's two stacks compete on the same skip loss (``stacks`` limits which
-stacks lose blocks); every stack keeps at least one.
+al. 2024, arXiv:2407.14679): every block's importance is measured on the context's
+shared calibration tokens (:mod:`compress.calibration`, ``--calib-sequences`` x
+``--calib-seq-len``; every calibrating recipe of a run sees the same tokens) by
+:mod:`compress.pruning.influence`:
+
+* ``metric=skip`` (default): KL(full || skipped) of the output distribution when the
+  block is skipped (its output replaced by its input); 0 exactly when skipping changes
+  nothing, and the quantity recovery distillation minimises;
+* ``metric=loss``: the increase of the task cross-entropy when the block is skipped
+  (Shortened LLaMA's perplexity criterion, Minitron's LM-loss depth metric);
+* ``metric=bi``: ShortGPT's block influence, 1 - cos(block input, block output).
+
+The least important blocks go until the non-embedding parameters
+(:mod:`compress.pruning.sizes`) are at most ``target`` of the dense model's; ``blocks``
+drops a fixed number per stack instead. Blocks of an encoder-decoder's two stacks
+compete on the same score (``stacks`` limits which stacks lose blocks); every stack
+keeps at least one.
 
 The student is built by :func:`compress.distill.student.make_student` (a plain model
 whose config states the new depth: ``save_pretrained`` / ``from_pretrained`` reload
@@ -63,9 +71,10 @@ class DepthConfig(RecipeConfig):
                            "left", low=0.0, high=1.0, low_inclusive=False, high_inclusive=False)
     blocks: int | None = option(None, "drop exactly this many blocks from every stack named "
                                 "by --stacks (instead of --target)", low=1)
-    metric: str = option("skip", "block importance: skip (loss increase when the block is "
-                         "skipped) or bi (angular distance between its input and output)",
-                         choices=BLOCK_METRICS)
+    metric: str = option("skip", "block importance: skip (KL of the outputs from the full "
+                         "model's when the block is skipped), loss (task-loss increase when "
+                         "skipped) or bi (angular distance between the block's input and "
+                         "output)", choices=BLOCK_METRICS)
     stacks: str = option("all", "which stacks may lose blocks: all, encoder or decoder",
                          choices=("all", "encoder", "decoder"))
 
@@ -146,7 +155,7 @@ def depth(model: nn.Module, config: DepthConfig, context: Context) -> nn.Module:
     """Drop the blocks whose removal costs least (measured), to a parameter target."""
     task = task_for(model, context)
     batches = calibration_batches(context, model, recipe="depth")
-    metrics = (config.metric,) if config.metric == "bi" else ("skip", "bi")
+    metrics = ("bi",) if config.metric == "bi" else BLOCK_METRICS
     scores = block_importance(model, batches, task, metrics)
     maps, dropped = _choose(model, config, scores)
     before = sizes.summary(model)
