@@ -14,7 +14,7 @@ from compress import Context, UserError, compress, make_config
 from compress.arch import arch_for, iter_blocks
 from compress.calibration import CalibrationSpec, calibration_batches
 from compress.pruning import sizes
-from compress.pruning.influence import block_importance
+from compress.pruning.influence import block_importance, hidden_importance
 from compress.recipes.depth import BLOCK_MAP_ATTR
 from compress.registry import get_recipe
 from compress.tiny import sample_inputs, tiny_model
@@ -88,6 +88,9 @@ def test_an_identity_block_is_ranked_least_important(family):
             assert min(others) > 10 * max(values[2], 1e-7), (role, metric, values)
         if s.loss is not None:  # skipping a block that changes nothing changes no loss
             assert abs(s.loss[2]) < 1e-5, (role, s.loss)
+        else:  # a bare encoder has no labels to measure a loss on
+            with pytest.raises(UserError, match="needs labels"):
+                s.scores("loss")
 
 
 @pytest.mark.parametrize("metric", ["skip", "bi"])
@@ -172,3 +175,27 @@ def test_registration_gives_the_budget_search_its_knob():
     assert (knob.field, knob.more) == ("target", "down")
     assert recipe.traits.calibrates_for(recipe.config_cls())
     assert recipe.memory(recipe.config_cls(), 4_000_000, 64) >= 4_000_000  # the student copy
+
+
+def test_a_labelled_classifier_gets_skip_kl_and_skip_loss():
+    model, tok = tiny_model("bert", width=32, classifier=True, initializer_range=0.2)
+    data = [(t, i % 3) for i, t in enumerate(TEXTS)]
+    ctx = Context(tokenizer=tok, calibration=data, task="classification", calib=SPEC)
+    scores = block_importance(model, calibration_batches(ctx, model), "classification")
+    s = scores["encoder"]
+    assert s.skip_metric == "kl" and s.base_loss is not None and s.base_loss > 0
+    assert len(s.loss) == 2 and all(v > 0 for v in s.skip)
+
+
+def test_a_silenced_hidden_channel_scores_zero():
+    """Channel 5 zeroed in every norm's gain: no attention, FFN or head reads it."""
+    model, tok = tiny_model("llama", width=32)
+    with torch.no_grad():
+        for name, mod in model.named_modules():
+            w = getattr(mod, "weight", None)
+            if "norm" in name and w is not None and w.shape == (32,):
+                w[5] = 0.0
+    ctx = Context(tokenizer=tok, calibration=TEXTS, task="causal-lm", calib=SPEC)
+    score = hidden_importance(model, calibration_batches(ctx, model))
+    assert score.shape == (32,)
+    assert score[5] == 0 and bool((score[torch.arange(32) != 5] > 0).all())
