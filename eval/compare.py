@@ -139,9 +139,11 @@ def _cell(
 
 
 def baseline_of(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The newest successful ``identity`` run (full runs preferred over ``--quick``)."""
+    """The newest successful ``identity`` run (full runs preferred over ``--quick``, and
+    over reports holding only an outside harness's metrics: ``eval.lm_eval``)."""
     candidates = [r for r in runs if _is_baseline(r) and r["status"] == "ok"]
-    candidates.sort(key=lambda r: (not r.get("quick", False), r.get("created", "")))
+    candidates.sort(key=lambda r: (not r.get("quick", False), not r.get("harness"),
+                                   r.get("created", "")))
     return candidates[-1] if candidates else None
 
 
@@ -239,6 +241,8 @@ def build_tables(reports: list[dict[str, Any]], columns: list[str] | None = None
             label = run.get("label") or "+".join(s["recipe"] for s in run["pipeline"])
             if run.get("quick"):
                 label += " [quick]"
+            if run.get("harness"):  # only an outside harness's metrics (eval.lm_eval)
+                label += f" [{run['harness']}]"
             status = (
                 Text("ok", style="green")
                 if run["status"] == "ok"

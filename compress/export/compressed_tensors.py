@@ -20,6 +20,13 @@ What is written:
   groups of 128) is written as ``gcd(width, group)``-wide groups sharing the scale;
   a tensor grid as one scale per row. Linears of another class (GPT-2's ``Conv1D``)
   and kept float outlier columns have no place in the format: such models are refused.
+* embedding tables and the LM head that ``rtn`` / ``gptq`` rounded (``embeddings=int8|int4``,
+  :mod:`compress.quant.embeddings`; compressed-tensors quantizes ``nn.Embedding`` as well as
+  ``nn.Linear``): one int8 code per weight and a scale per row (``int-quantized``, in their
+  own config group; with packed linears the folder's format is ``mixed-precision``). A
+  table tied to another parameter (the LM head of SmolLM2, GPT-2, T5) is written as a
+  float tensor of grid values instead (:func:`untied_tables`): transformers would re-tie
+  the head to the integer codes before compressed-tensors dequantizes them.
 * sparse results: compressed-tensors 0.20 has no sparse storage any more (its
   bitmask and 2:4 compressors were removed after 0.14), so the weights are stored dense
   and ``quantization_config.sparsity_config`` records the structure (``2:4`` or
@@ -47,7 +54,7 @@ import torch
 import torch.nn as nn
 
 from compress.errors import UserError
-from compress.export.grid import GRID_ATTR, Grid, marked, recover, unit_width
+from compress.export.grid import GRID_ATTR, Grid, marked, marked_tables, recover, unit_width
 from compress.models import build_skeleton, model_class
 from compress.quant.layers import select_targets
 from compress.quant.rtn import QuantSpec
@@ -142,17 +149,24 @@ def _tensors(name: str, grid: Grid) -> dict[str, torch.Tensor]:
 
 
 def quantization_config(
-    spec: QuantSpec | None, layouts: dict[str, tuple[int, int]], sparsity: dict[str, Any] | None
+    spec: QuantSpec | None, layouts: dict[str, tuple[int, int]], sparsity: dict[str, Any] | None,
+    tables: tuple[QuantSpec, dict[str, tuple[int, int]]] | None = None,
 ) -> dict[str, Any]:
     """The ``quantization_config`` of ``config.json``: one config group per distinct
-    (strategy, group width) with its layers named exactly."""
-    groups: dict[tuple, list[str]] = {}
-    for name, (width, in_f) in layouts.items():
-        key = tuple(sorted(_scheme(spec, width, in_f).items()))
-        groups.setdefault(key, []).append(name)
+    (grid, strategy, group width) with its layers named exactly. ``tables``: the embedding
+    tables' own grid and layouts (:mod:`compress.quant.embeddings`); where their storage
+    format differs from the linears' the folder's format is ``mixed-precision``."""
+    groups: dict[tuple, tuple[str, list[str]]] = {}
+    for grid_spec, named in ((spec, layouts), *([tables] if tables else [])):
+        for name, (width, in_f) in named.items():
+            key = tuple(sorted(_scheme(grid_spec, width, in_f).items()))
+            fmt = storage_format(grid_spec)
+            groups.setdefault((fmt, key), (fmt, []))[1].append(name)
+    formats = {fmt for fmt, _ in groups.values()}
     config: dict[str, Any] = {
         "quant_method": "compressed-tensors",
-        "format": storage_format(spec) if groups else "dense",
+        "format": (formats.pop() if len(formats) == 1 else "mixed-precision") if groups
+        else "dense",
         "quantization_status": "compressed",
         "config_groups": {
             f"group_{i}": {
@@ -160,9 +174,9 @@ def quantization_config(
                 "weights": dict(key),
                 "input_activations": None,
                 "output_activations": None,
-                "format": storage_format(spec),
+                "format": fmt,
             }
-            for i, (key, names) in enumerate(groups.items())
+            for i, ((_, key), (fmt, names)) in enumerate(groups.items())
         },
         "ignore": [],
     }
@@ -175,6 +189,22 @@ def quantization_config(
             "ignore": [],
         }
     return config
+
+
+def untied_tables(model: nn.Module) -> tuple[QuantSpec, dict[str, nn.Module]] | None:
+    """The rounded embedding tables (:func:`compress.export.grid.marked_tables`) that no
+    other parameter shares. A tied table stays a float tensor of grid values: transformers
+    re-ties the LM head to the table when it loads and would tie it to the codes, before
+    compressed-tensors dequantizes them."""
+    found = marked_tables(model)
+    if found is None:
+        return None
+    spec, modules = found
+    holders: dict[int, int] = {}
+    for _, p in model.named_parameters(remove_duplicate=False):
+        holders[p.data_ptr()] = holders.get(p.data_ptr(), 0) + 1
+    untied = {n: m for n, m in modules.items() if holders.get(m.weight.data_ptr(), 0) == 1}
+    return (spec, untied) if untied else None
 
 
 def export(
@@ -202,6 +232,9 @@ def export(
                 "compressed-tensors format cannot store it"
             )
         spec, modules = found if found is not None else (None, {})
+        tables = untied_tables(model) if found is not None else None
+    else:
+        tables = None
     modules = modules or {}
     for name, mod in modules.items():
         if type(mod) is not nn.Linear:
@@ -216,8 +249,15 @@ def export(
         del state[f"{name}.weight"]
         state.update(_tensors(name, grid))
         layouts[name] = (unit_width(mod.in_features, spec), mod.in_features)
+    table_layouts: dict[str, tuple[int, int]] = {}
+    if tables is not None:
+        for name, mod in tables[1].items():
+            del state[f"{name}.weight"]
+            state.update(_tensors(name, recover(mod.weight, tables[0])))
+            table_layouts[name] = (mod.weight.shape[1], mod.weight.shape[1])  # a scale per row
     sparsity = sparsity_of(model, quantized=bool(layouts))
-    qconfig = quantization_config(spec, layouts, sparsity)
+    qconfig = quantization_config(spec, layouts, sparsity,
+                                  (tables[0], table_layouts) if table_layouts else None)
     had = hasattr(model.config, "quantization_config")
     old = getattr(model.config, "quantization_config", None)
     model.config.quantization_config = qconfig
@@ -231,6 +271,7 @@ def export(
     return {
         "format": NAME,
         "layers": len(layouts),
+        "tables": len(table_layouts),
         "spec": spec.to_dict() if spec else None,
         "sparsity": sparsity,
         "bytes_weights": sum(p.stat().st_size for p in folder.glob("*.safetensors")),

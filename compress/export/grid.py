@@ -95,6 +95,34 @@ def marked(model: nn.Module) -> tuple[QuantSpec, dict[str, nn.Module]] | None:
     return QuantSpec(**record["spec"]), modules
 
 
+#: attribute :func:`compress.quant.embeddings.quantize_embeddings` sets: the embedding
+#: tables (and LM head) it rounded to their own per-row grid, as :data:`GRID_ATTR` records
+TABLES_ATTR = "compress_quant_tables"
+
+
+def mark_tables(model: nn.Module, spec: QuantSpec, modules: dict[str, nn.Module]) -> None:
+    """Record that ``modules`` (embedding tables, the LM head) lie on ``spec``'s grid."""
+    setattr(model, TABLES_ATTR, {
+        "spec": spec.to_dict(),
+        "modules": {name: int(mod.weight._version) for name, mod in modules.items()},
+    })
+
+
+def marked_tables(model: nn.Module) -> tuple[QuantSpec, dict[str, nn.Module]] | None:
+    """``(spec, modules)`` of the rounded tables while no table changed since, else None."""
+    record: dict[str, Any] | None = getattr(model, TABLES_ATTR, None)
+    if not record:
+        return None
+    named = dict(model.named_modules())
+    modules = {}
+    for name, version in record["modules"].items():
+        weight = getattr(named.get(name), "weight", None)
+        if weight is None or int(weight._version) != version:
+            return None
+        modules[name] = named[name]
+    return QuantSpec(**record["spec"]), modules
+
+
 def unit_width(in_features: int, spec: QuantSpec) -> int:
     """Input columns per exported scale: the whole row for tensor and channel grids (a
     tensor grid's one scale is repeated per row); for groups, ``gcd(in, group_size)``,

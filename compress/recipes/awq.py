@@ -28,6 +28,7 @@ from compress.calibration import calibration_set
 from compress.config import RecipeConfig, option
 from compress.context import Context
 from compress.quant.awq import awq_model
+from compress.quant.embeddings import embeddings_option, quantize_embeddings, table_facts
 from compress.quant.grid import GRANULARITIES, SCHEME_CHOICES, QuantSpec, model_size_summary
 from compress.quant.layers import select_targets
 from compress.quant.report import device_of, record
@@ -52,6 +53,7 @@ class AWQConfig(RecipeConfig):
     clip: bool = option(True, "run the clipping search after the scale search")
     rounding: str = option("rtn", "rounding of the scaled weights: rtn (the paper's AWQ) or gptq "
                            "(GPTQ in the scaled basis, the paper's AWQ+GPTQ)", choices=("rtn", "gptq"))
+    embeddings: str = embeddings_option()
 
 
     def spec(self) -> QuantSpec:
@@ -71,7 +73,9 @@ def awq(model: nn.Module, config: AWQConfig, context: Context) -> nn.Module:
     targets = select_targets(model)
     res = awq_model(model, targets, spec, cal.batches(), n_grid=config.n_grid,
                     max_shrink=config.max_shrink, clip=config.clip, rounding=config.rounding)
-    size = model_size_summary(model, res.packed)
+    # tables are looked up, not multiplied: no activation scales to fold, round to nearest
+    tables = quantize_embeddings(model, config.embeddings, skip=targets)
+    size = model_size_summary(model, res.packed | tables)
     alphas = list(res.alphas.values())
     record(
         context, method="awq", simulated=True, device=device_of(model),
@@ -81,7 +85,7 @@ def awq(model: nn.Module, config: AWQConfig, context: Context) -> nn.Module:
         alpha_mean=round(sum(alphas) / len(alphas), 4) if alphas else None,
         uncalibrated_layers=res.uncalibrated,
         calibration_sequences=cal.record["sequences"], calibration_tokens=cal.tokens,
-        **size,
+        **table_facts(config.embeddings, tables), **size,
         note="weights Q(W s)/s stored as fp32: quality of the format only; packed_bytes counts "
         "the packed codes plus an fp16 input scale per channel of each scaled group",
     )

@@ -30,6 +30,7 @@ from compress.config import RecipeConfig, option
 from compress.context import Context
 from compress.export import compressed_tensors
 from compress.export.grid import mark
+from compress.quant.embeddings import embeddings_option, quantize_embeddings, table_facts
 from compress.quant.gptq import gptq_model
 from compress.quant.grid import GRANULARITIES, SCHEME_CHOICES, QuantSpec, model_size_summary
 from compress.quant.layers import select_targets
@@ -57,6 +58,7 @@ class GPTQConfig(RecipeConfig):
                              "(with static groups: no per-column group index)")
     true_sequential: bool = option(True, "within a block, collect each group of linears' inputs "
                                    "after the groups before it were quantized")
+    embeddings: str = embeddings_option()
 
 
     def spec(self) -> QuantSpec:
@@ -82,7 +84,9 @@ def gptq(model: nn.Module, config: GPTQConfig, context: Context) -> nn.Module:
     res = gptq_model(model, targets, spec, cal.batches(), blocksize=config.blocksize,
                      damp=config.damp, act_order=config.act_order,
                      true_sequential=config.true_sequential)
-    size = model_size_summary(model, res.packed)
+    # tables are looked up, not multiplied: no Hessian to compensate with, so round to nearest
+    tables = quantize_embeddings(model, config.embeddings, skip=targets)
+    size = model_size_summary(model, res.packed | tables)
     # the grid's shape on the model: compress.export writes it as integer codes
     mark(model, spec, targets)
     record(
@@ -92,6 +96,7 @@ def gptq(model: nn.Module, config: GPTQConfig, context: Context) -> nn.Module:
         true_sequential=config.true_sequential,
         uncalibrated_layers=res.uncalibrated, damp_raised=res.damp_raised or None,
         calibration_sequences=cal.record["sequences"], calibration_tokens=cal.tokens,
+        **table_facts(config.embeddings, tables),
         **size,
         note="weights rounded to the grid and stored as fp32: quality of the format only; "
         "packed_bytes is the real packed size, the saved checkpoint is still fp32",

@@ -25,6 +25,7 @@ import torch.nn as nn
 from compress.config import RecipeConfig, option
 from compress.context import Context
 from compress.errors import UserError
+from compress.quant.embeddings import embeddings_option, quantize_embeddings, table_facts
 from compress.quant.grid import (
     QuantSpec,
     layer_bytes,
@@ -55,6 +56,7 @@ class HQQConfig(RecipeConfig):
                           high=10.0)
     iters: int = option(20, "solver iterations", low=1, high=1000)
     include_head: bool = option(False, "also quantize the LM head (tied embeddings change too)")
+    embeddings: str = embeddings_option()
 
     def validate(self) -> None:
         if self.granularity == "group" and self.group_size < 2:
@@ -86,12 +88,14 @@ def hqq(model: nn.Module, config: HQQConfig, context: Context) -> nn.Module:
         after += facts["mean_abs_error_after"] * W.numel()
         packed[name] = layer_bytes(W.shape[0], W.shape[1], spec)
     n = sum(weight_matrix(m).numel() for m in targets.values())
-    size = model_size_summary(model, packed)
+    # the tables on the suite's int grid (HQQ's own float-zero search is for the linears)
+    tables = quantize_embeddings(model, config.embeddings, skip=targets)
+    size = model_size_summary(model, packed | tables)
     record(
         context, method="hqq", simulated=True, device=device_of(model),
         **spec.to_dict(), format=spec.describe(), layers=len(packed),
         mean_abs_error_minmax=round(before / n, 8), mean_abs_error_hqq=round(after / n, 8),
-        include_head=config.include_head, **size,
+        include_head=config.include_head, **table_facts(config.embeddings, tables), **size,
         note="no calibration data; weights rounded to the grid and stored as fp32: quality of "
         "the format only; packed_bytes counts fp16 scale and fp16 zero per group",
     )

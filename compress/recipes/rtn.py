@@ -33,6 +33,7 @@ from compress.errors import UserError
 from compress.export import compressed_tensors
 from compress.export.grid import mark
 from compress.quant import calib
+from compress.quant.embeddings import embeddings_option, quantize_embeddings, table_facts
 from compress.quant.grid import (
     GRANULARITIES,
     SCHEME_CHOICES,
@@ -69,6 +70,7 @@ class RTNConfig(RecipeConfig):
                                              "activations exceed this |x| (LLM.int8 uses 6.0)",
                                              low=0.0, low_inclusive=False)
     include_head: bool = option(False, "also quantize the LM head (tied embeddings change too)")
+    embeddings: str = embeddings_option()
 
 
     def validate(self) -> None:
@@ -103,7 +105,8 @@ def rtn(model: nn.Module, config: RTNConfig, context: Context) -> nn.Module:
             keep = outlier_columns_by_weight(weight_matrix(module), config.outlier_fraction)
         kept += int(keep.numel())
         packed[name] = rtn_layer(module, spec, keep)
-    size = model_size_summary(model, packed)
+    tables = quantize_embeddings(model, config.embeddings, skip=targets)
+    size = model_size_summary(model, packed | tables)
     # the grid's shape on the model: compress.export writes it as integer codes
     mark(model, spec, targets, outlier_columns=kept)
     record(
@@ -112,7 +115,7 @@ def rtn(model: nn.Module, config: RTNConfig, context: Context) -> nn.Module:
         outlier_rule=(f"activation>{config.outlier_threshold:g}" if config.outlier_threshold
                       else f"weight top {config.outlier_fraction:g}" if config.outlier_fraction
                       else None),
-        include_head=config.include_head, **size,
+        include_head=config.include_head, **table_facts(config.embeddings, tables), **size,
         note="weights rounded to the grid and stored as fp32: quality of the format only; "
         "packed_bytes is the real packed size, the saved checkpoint is still fp32",
     )

@@ -118,7 +118,9 @@ def image(path: Path, out_dir: Path, alt: str) -> str:
 
 
 def select_reports(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Drop ``--quick`` runs of models that have full runs (as ``eval.compare`` does)."""
+    """Drop ``--quick`` runs of models that have full runs (as ``eval.compare`` does), and
+    reports holding only an outside harness's metrics (``eval.lm_eval``: no profile)."""
+    reports = [r for r in reports if not r.get("harness")]
     full = {r["model"]["name"] for r in reports if not r.get("quick")}
     return [r for r in reports if not (r.get("quick") and r["model"]["name"] in full)]
 

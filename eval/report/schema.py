@@ -145,17 +145,21 @@ def _short(v: Any) -> str:
 
 def run_key(
     model: str, pipeline: list[dict[str, Any]], quick: bool,
-    calibration: dict[str, Any] | None = None,
+    calibration: dict[str, Any] | None = None, harness: str | None = None,
 ) -> str:
     """Stable hash of what determines a run's result.
 
     ``calibration`` (:func:`compress.calibration.run_key_part`) is given when a step
-    calibrates; runs that do not calibrate keep the key they always had.
+    calibrates; runs that do not calibrate keep the key they always had. ``harness``
+    (``lm-eval``) marks a report that holds only an outside harness's metrics
+    (:mod:`eval.lm_eval`): its own key, so a sweep never takes it for a finished run.
     """
     data: dict[str, Any] = {"model": model, "pipeline": [s["config"] for s in pipeline],
                             "quick": quick}
     if calibration is not None:
         data["calibration"] = calibration
+    if harness is not None:
+        data["harness"] = harness
     canonical = json.dumps(data, sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
@@ -227,10 +231,13 @@ class Report:
     created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     environment: dict[str, Any] = field(default_factory=dict)
     git_commit: str | None = field(default_factory=git_commit)
+    #: set when the report holds only an outside harness's metrics (eval.lm_eval)
+    harness: str | None = None
 
     @property
     def key(self) -> str:
-        return run_key(self.model["name"], self.pipeline, self.quick, self.calibration)
+        return run_key(self.model["name"], self.pipeline, self.quick, self.calibration,
+                       self.harness)
 
     @property
     def run_id(self) -> str:
@@ -238,6 +245,7 @@ class Report:
         return f"{stamp}-{self.key[:8]}"
 
     def to_dict(self) -> dict[str, Any]:
+        extra = {"harness": self.harness} if self.harness is not None else {}
         return {
             "schema": SCHEMA,
             "schema_version": SCHEMA_VERSION,
@@ -259,7 +267,7 @@ class Report:
             "profile": self.profile,
             "info": self.info,
             "environment": self.environment,
-        }
+        } | extra
 
     def write(self, folder: str | Path) -> Path:
         path = Path(folder) / report_filename(self.model["name"], self.pipeline, self.key)
