@@ -199,3 +199,27 @@ def test_a_silenced_hidden_channel_scores_zero():
     score = hidden_importance(model, calibration_batches(ctx, model))
     assert score.shape == (32,)
     assert score[5] == 0 and bool((score[torch.arange(32) != 5] > 0).all())
+
+
+def test_a_second_depth_step_maps_back_to_the_dense_blocks():
+    model, tok, _ = identity_model("llama")
+    ctx = context("llama", tok)
+    once = compress(model, make_config("depth", blocks=1), ctx)
+    kept = ctx.info["depth"]["kept"]["decoder"]
+    twice = compress(once, make_config("depth", blocks=1), ctx)
+    again = ctx.info["depth"]["kept"]["decoder"]  # positions in ``once``
+    assert getattr(twice.config, BLOCK_MAP_ATTR) == {"decoder": [kept[i] for i in again]}
+    assert len(again) == 2 and 2 not in getattr(twice.config, BLOCK_MAP_ATTR)["decoder"]
+
+
+def test_the_kv_cache_follows_the_kept_blocks():
+    """Generation with the KV cache (indexed by each attention's renumbered layer_idx)
+    matches generation without it."""
+    model, tok = tiny_model("llama", width=32, num_hidden_layers=4)
+    out = compress(model, make_config("depth", blocks=2), context("llama", tok))
+    ids = sample_inputs("llama")["input_ids"][:1]
+    kw = {"max_new_tokens": 6, "do_sample": False, "pad_token_id": 0}
+    with torch.inference_mode():
+        cached = out.generate(ids, use_cache=True, **kw)
+        plain = out.generate(ids, use_cache=False, **kw)
+    assert torch.equal(cached, plain)
