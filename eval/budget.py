@@ -343,6 +343,10 @@ def pick(reports: list[dict[str, Any]], budget: Budget) -> dict[str, list[Pick]]
     return {m: pick_for_model(runs, budget) for m, runs in runs_by_model(reports).items()}
 
 
+#: below this fraction of dense quality a run counts as collapsed (said in its cell).
+COLLAPSED_KEPT = 0.10
+
+
 def markdown_table(picks: dict[str, list[Pick]], budget: Budget) -> str:
     """The equal-budget table as markdown (one row per model and family)."""
     lines = [
@@ -356,6 +360,8 @@ def markdown_table(picks: dict[str, list[Pick]], budget: Budget) -> str:
             dense = f"{fmt_value(p.baseline_value)}"
             if p.chosen is not None:
                 kept = f"{p.retained * 100:.1f}%" if p.retained is not None else "–"
+                if p.retained is not None and p.retained < COLLAPSED_KEPT:
+                    kept += " (collapsed: no run of this family within the budget keeps more)"
                 lines.append(
                     f"| {model} | {p.family} | `{p.label}` | {p.ratio:.3f} | "
                     f"{p.metric} {arrow} {fmt_value(p.value)} | {dense} | {kept} | "
@@ -363,7 +369,8 @@ def markdown_table(picks: dict[str, list[Pick]], budget: Budget) -> str:
                 )
             else:
                 why = (
-                    f"none (cheapest: `{p.cheapest.get('label')}` at {p.cheapest_ratio:.3f})"
+                    f"not reached: lowest {budget.kind} measured is {p.cheapest_ratio:.3f} of "
+                    f"dense (`{p.cheapest.get('label')}`)"
                     if p.cheapest is not None
                     else "no run with this cost measured"
                 )
