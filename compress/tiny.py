@@ -185,26 +185,29 @@ def _core_config(family: str, w: int, overrides: dict) -> tf.PretrainedConfig | 
                     intermediate_size=2 * w, max_position_embeddings=256, pad_token_id=0)
         return tf.BertConfig(**(base | overrides))
     if family == "gpt2":
-        return tf.GPT2Config(vocab_size=VOCAB, n_embd=w, n_layer=2, n_head=4, n_positions=256,
-                             **(dict(bos_token_id=1, eos_token_id=2) | overrides))
+        return tf.GPT2Config(**(dict(vocab_size=VOCAB, n_embd=w, n_layer=2, n_head=4,
+                                     n_positions=256, bos_token_id=1, eos_token_id=2) | overrides))
     if family == "llama":
-        return tf.LlamaConfig(vocab_size=VOCAB, hidden_size=w, num_hidden_layers=2,
-                              num_attention_heads=4, num_key_value_heads=2, intermediate_size=2 * w,
-                              max_position_embeddings=256, **(ids | overrides))
+        return tf.LlamaConfig(**(dict(vocab_size=VOCAB, hidden_size=w, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2,
+                                      intermediate_size=2 * w, max_position_embeddings=256)
+                                 | ids | overrides))
     if family == "opt":
-        return tf.OPTConfig(vocab_size=VOCAB, hidden_size=w, num_hidden_layers=2,
-                            num_attention_heads=4, ffn_dim=2 * w, word_embed_proj_dim=w,
-                            max_position_embeddings=256, **(ids | overrides))
+        return tf.OPTConfig(**(dict(vocab_size=VOCAB, hidden_size=w, num_hidden_layers=2,
+                                    num_attention_heads=4, ffn_dim=2 * w, word_embed_proj_dim=w,
+                                    max_position_embeddings=256) | ids | overrides))
     if family == "t5":
-        return tf.T5Config(vocab_size=VOCAB, d_model=w, d_ff=2 * w, d_kv=w // 4, num_layers=2,
-                           num_decoder_layers=2, num_heads=4, decoder_start_token_id=0,
-                           **(dict(pad_token_id=0, eos_token_id=2) | overrides))
+        return tf.T5Config(**(dict(vocab_size=VOCAB, d_model=w, d_ff=2 * w, d_kv=w // 4,
+                                   num_layers=2, num_decoder_layers=2, num_heads=4,
+                                   decoder_start_token_id=0, pad_token_id=0, eos_token_id=2)
+                              | overrides))
     if family == "bart":
-        return tf.BartConfig(vocab_size=VOCAB, d_model=w, encoder_layers=2, decoder_layers=2,
-                             encoder_attention_heads=4, decoder_attention_heads=4,
-                             encoder_ffn_dim=2 * w, decoder_ffn_dim=2 * w,
-                             max_position_embeddings=256, decoder_start_token_id=2,
-                             forced_eos_token_id=None, **(ids | overrides))
+        return tf.BartConfig(**(dict(vocab_size=VOCAB, d_model=w, encoder_layers=2,
+                                     decoder_layers=2, encoder_attention_heads=4,
+                                     decoder_attention_heads=4, encoder_ffn_dim=2 * w,
+                                     decoder_ffn_dim=2 * w, max_position_embeddings=256,
+                                     decoder_start_token_id=2, forced_eos_token_id=None)
+                                | ids | overrides))
     if family == "bert2bert":
         enc = _core_config("bert", w, {})
         dec = _core_config("bert", w, {"is_decoder": True, "add_cross_attention": True})

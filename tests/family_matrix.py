@@ -56,6 +56,7 @@ CELL_CONFIG: dict[str, dict[str, Any]] = {
     "sparsegpt": {"sparsity": 0.5},
     "owl": {"sparsity": 0.5},
     "structured": {"ffn_ratio": 0.5, "heads_ratio": 0.5},
+    "depth": {"target": 0.75},
     "rtn": {"bits": 4, "granularity": "group", "group_size": 16},
     "gptq": {"bits": 4, "granularity": "group", "group_size": 16},
     "awq": {"bits": 4, "granularity": "group", "group_size": 16},
@@ -123,6 +124,25 @@ def _depth(model: nn.Module) -> dict[str, int]:
     return {s.role: s.n_blocks * s.calls_per_block for s in arch_for(model).stacks}
 
 
+def _depth_claim(cfg, model_before: dict[str, Any], out: nn.Module,
+                 info: dict[str, Any]) -> str:
+    """Fewer blocks; non-embedding parameters at most the target, within one block of it
+    (a shared-weight stack: calls, not parameters, are what the target counts)."""
+    from compress.pruning import sizes
+
+    depth = _depth(out)
+    before = model_before["depth"]
+    assert sum(depth.values()) < sum(before.values()), f"depth {depth}, dense {before}"
+    assert depth == {r: len(k) for r, k in info["depth"]["kept"].items()}
+    if model_before["shared"]:
+        return f"calls {before} -> {depth}"
+    dense, largest = model_before["non_embedding"], model_before["largest_block"]
+    kept = sizes.non_embedding(out)
+    assert kept <= cfg.target * dense, f"non-embedding {kept / dense:.3f} > {cfg.target}"
+    assert kept > cfg.target * dense - largest, f"{kept / dense:.3f}: more than a block below"
+    return f"depth {before} -> {depth}, {kept / dense:.2f} of non-embedding params"
+
+
 def check_claim(recipe: str, cfg, model_before: dict[str, Any], out: nn.Module,
                 info: dict[str, Any]) -> str:
     """Assert what ``recipe`` claims about ``out``; returns a short description."""
@@ -136,6 +156,8 @@ def check_claim(recipe: str, cfg, model_before: dict[str, Any], out: nn.Module,
         after = sum(p.numel() for p in out.parameters())
         assert after < model_before["params"], "structured pruning removed nothing"
         return f"{after / model_before['params']:.2f} of params"
+    if recipe == "depth":
+        return _depth_claim(cfg, model_before, out, info)
     if recipe in ("rtn", "gptq", "hqq"):
         return _grid_claim(out, cfg)
     if recipe == "distill":
@@ -160,6 +182,17 @@ def check_claim(recipe: str, cfg, model_before: dict[str, Any], out: nn.Module,
     return "ran"
 
 
+def _block_sizes(model: nn.Module) -> dict[str, int]:
+    from compress.pruning import sizes
+
+    try:
+        blocks = [n for counts in sizes.block_params(model).values() for n in counts]
+        return {"non_embedding": sizes.non_embedding(model), "largest_block": max(blocks),
+                "shared": all(s.shared for s in arch_for(model).stacks)}
+    except UserError:  # no blocks found: the recipes that need them refuse on their own
+        return {}
+
+
 def run_cell(family: str, recipe: str, tmp: Path) -> dict[str, Any]:
     """Run one cell; returns its outcome ("ok" with the claim, or "refused" with the line)."""
     kind = MATRIX_FAMILIES[family][0]
@@ -170,7 +203,7 @@ def run_cell(family: str, recipe: str, tmp: Path) -> dict[str, Any]:
     cfg = make_config(recipe, **CELL_CONFIG[recipe])
     inputs = inputs_for(model)
     before = {"params": sum(p.numel() for p in model.parameters()), "depth": _depth(model),
-              "out": outputs(model, inputs)}
+              "out": outputs(model, inputs), **_block_sizes(model)}
     try:
         out = compress(model, cfg, ctx)
     except UserError as exc:
