@@ -66,6 +66,7 @@ CASES: dict[str, tuple[str, dict]] = {
     "awq": ("awq", {"bits": 4, "n_grid": 5}),
     "rotate-gptq": ("rotate", {"bits": 4, "method": "gptq"}),
     "hqq": ("hqq", {"bits": 4, "iters": 5}),
+    "depth": ("depth", {"target": 0.75}),
     "structured": ("structured", {"ffn_ratio": 0.3}),
     "structured-taylor": ("structured", {"ffn_ratio": 0.3, "importance": "taylor"}),
     "magnitude-full-ft": ("magnitude", {"sparsity": 0.5, "finetune_steps": 2,

@@ -174,7 +174,7 @@ def test_registration_gives_the_budget_search_its_knob():
     knob = recipe.knobs[0]
     assert (knob.field, knob.more) == ("target", "down")
     assert recipe.traits.calibrates_for(recipe.config_cls())
-    assert recipe.memory(recipe.config_cls(), 4_000_000, 64) >= 4_000_000  # the student copy
+    assert recipe.memory_bytes(recipe.config_cls(), 4_000_000, 64) >= 4_000_000  # the student
 
 
 def test_a_labelled_classifier_gets_skip_kl_and_skip_loss():

@@ -45,16 +45,18 @@ from typing import Any
 import torch.nn as nn
 
 from compress.arch import arch_for
+from compress.calib_footprint import CALIB_BATCH, calib_forward_parts, calib_hint
 from compress.calibration import calibration_batches
 from compress.config import RecipeConfig, option
 from compress.context import Context
 from compress.distill.student import make_student, teacher_layer_counts
 from compress.errors import UserError
+from compress.footprint import ModelFacts, Need, logits_bytes
 from compress.pruning import sizes
 from compress.pruning.influence import BLOCK_METRICS, block_importance
 from compress.pruning.recovery import task_for
 from compress.registry import register_recipe
-from compress.traits import Knob, Traits, config_memory
+from compress.traits import Knob, Traits
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +80,6 @@ class DepthConfig(RecipeConfig):
     stacks: str = option("all", "which stacks may lose blocks: all, encoder or decoder",
                          choices=("all", "encoder", "decoder"))
 
-    def extra_memory_bytes(self, param_bytes: int, hidden: int) -> int:
-        # the student is a copy of the model; compress() adds the calibration activations.
-        # Not counted (the vocabulary is not known here): the skip metrics hold one
-        # calibration batch's logits about three times (8 x 256 x 49,152 floats = 0.4 GB
-        # once for SmolLM2 at the default calibration).
-        return param_bytes
 
 
 def _depth_widths(config: DepthConfig, widths: dict[str, int]) -> dict[str, int]:
@@ -148,11 +144,24 @@ def compose_block_map(model: nn.Module, maps: dict[str, list[int]]) -> dict[str,
     return {r: [before[r][i] for i in m] if r in before else list(m) for r, m in maps.items()}
 
 
+def depth_memory(config: DepthConfig, facts: ModelFacts) -> Need:
+    """The student (a copy of the model), whole-model calibration forwards one batch at a
+    time, and for the skip and loss metrics one batch's reference outputs beside the
+    skipped run's and their log-probabilities (about three logits-sized tensors)."""
+    parts = {"the student (a copy of the model)": facts.param_bytes,
+             **calib_forward_parts(facts, hooked=config.metric == "bi")}
+    n = facts.data.calib_sequences
+    if n and config.metric != "bi":
+        parts["reference and skipped outputs"] = logits_bytes(
+            facts, min(CALIB_BATCH, n), facts.data.calib_len(), 3)
+    return Need(parts, calib_hint(facts, "metric=bi (no logits kept)"))
+
+
 @register_recipe(
     "depth", DepthConfig, family="pruning",
     knobs=(Knob("target", "down", 0.05, 0.95, 0.05, fixed_by=("blocks",)),),
     traits=Traits(calibrates=True, widths=_depth_widths),
-    formats=(), memory=config_memory,
+    formats=(), memory=depth_memory,
 )
 def depth(model: nn.Module, config: DepthConfig, context: Context) -> nn.Module:
     """Drop the blocks whose removal costs least (measured), to a parameter target."""
