@@ -50,6 +50,19 @@ class HessianAccumulator:
         return None if self._H is None else self._H.double()
 
 
+def working_copies(W: torch.Tensor, H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
+                                                               torch.Tensor]:
+    """``(W, H, dead)``: float32 / float64 copies the OBS solvers (GPTQ, SparseGPT) update in
+    place; columns no input reached (``dead``: zero Hessian diagonal) get a unit diagonal
+    and zero weights, as in the reference implementations."""
+    W = W.detach().clone().float()
+    H = H.detach().clone().double()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    return W, H, dead
+
+
 def inverse_cholesky(H: torch.Tensor, damp: float) -> tuple[torch.Tensor, float]:
     """Upper Cholesky factor of ``(H + lambda I)^-1``, ``lambda = damp * mean(diag(H))``.
 

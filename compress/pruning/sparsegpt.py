@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from compress.hessian import inverse_cholesky
+from compress.hessian import inverse_cholesky, working_copies
 
 
 @torch.no_grad()
@@ -44,12 +44,8 @@ def sparsegpt_prune(
     is then ignored). Returns (pruned and updated weights ``[out, in]`` float32, summed
     OBS loss, dampening used as a fraction of the mean diagonal).
     """
-    W = W.detach().clone().float()
-    H = H.detach().clone().double()
+    W, H, dead = working_copies(W, H)
     out_f, in_f = W.shape
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1
-    W[:, dead] = 0
     U, used = inverse_cholesky(H, damp)
     U = U.float()
     if nm is not None:

@@ -46,7 +46,12 @@ import torch
 import torch.nn as nn
 
 from compress.calibration import CalibBatch
-from compress.hessian import HessianAccumulator, SharedInputs, inverse_cholesky
+from compress.hessian import (
+    HessianAccumulator,
+    SharedInputs,
+    inverse_cholesky,
+    working_copies,
+)
 from compress.quant.grid import (
     INDEX_BYTES,
     QuantSpec,
@@ -118,12 +123,8 @@ def gptq_quantize(
     ``quantizer(w_col, j)`` overrides rounding of column ``j`` (original index), for
     callers with their own grid; it gets and returns an ``[out, 1]`` column.
     """
-    W = W.detach().clone().float()
-    H = H.detach().clone().double()
+    W, H, dead = working_copies(W, H)
     out_f, in_f = W.shape
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1
-    W[:, dead] = 0
     static = act_order if static_groups is None else static_groups
     g = spec.group_size
 
