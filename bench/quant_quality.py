@@ -204,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         if doc.get("calibration_spec") not in (None, spec.key()):
             raise SystemExit(f"{args.out} was made with calibration {doc['calibration_spec']}; "
                              "use another --out")
+        for entry in doc.get("results", {}).values():  # older entries: the file's commit
+            entry.setdefault("git_commit", doc.get("git_commit"))
     doc.update({"bench": "quant_quality", "model": args.model, "task": loaded.task,
                 "quick": args.quick, "windows": args.windows, "threads": args.threads,
                 "environment": environment(args.threads), "git_commit": git_commit(),

@@ -74,9 +74,12 @@ def section_pareto(w: Writer, plots: dict[str, list[Path]], out_dir: Path) -> No
     w(f"## 8. {SECTIONS[7]}")
     w()
     w(
-        "Every successful run of every family, quality against size on disk and against "
-        "latency. The red step line is the Pareto front: the runs that no other run beats on "
-        "both cost and quality. A technique off the front is dominated at every budget."
+        "Every successful run of every family: quality kept (the fraction of the dense "
+        "model's primary metric, with its 95% interval where the report has one) against "
+        "cost / dense, one panel per budget kind. Each family's step line is its front: its "
+        "runs that no other run of the family beats on both cost and quality. Runs that keep "
+        "under 10% of dense sit in the grey strip at the bottom; runs costing more than 1.1x "
+        "dense are drawn at the right edge and named above the panel."
     )
     w()
     if not plots.get("pareto"):
