@@ -30,6 +30,7 @@ def one(model_name: str, recipe: str, threads: int, quick: bool) -> dict:
     import torch
 
     from compress import compress
+    from compress.calibration import CalibrationSpec
     from compress.cli import build_context
     from compress.models import load_model
     from eval.profiler import profile
@@ -50,7 +51,7 @@ def one(model_name: str, recipe: str, threads: int, quick: bool) -> dict:
         loaded = load_model(model_name)
         model, tok, task = loaded.model, loaded.tokenizer, loaded.task
         dense = lambda: load_model(model_name).model  # noqa: E731
-        context = build_context(loaded, 32, 0)
+        context = build_context(loaded, CalibrationSpec(sequences=32))
     config = parse_step(recipe)
     model = compress(model, config, context)
     shapes = ((1, 16), (2, 16)) if quick else ((1, 128), (8, 128))
