@@ -136,7 +136,8 @@ def quality(model, ref_model, tok, task: str, gen_tokens: int, ppl: bool) -> dic
     else:
         out["argmax_agreement"] = round(float((a.argmax(-1) == b.argmax(-1)).float().mean()), 4)
     if ppl and task == "causal-lm":
-        from eval.benchmark import _columns, perplexity
+        from eval.benchmark import perplexity
+        from eval.benchmark.suites import _columns
 
         (texts,) = _columns("wiki", "test", ["text"])
         value, n = perplexity(model, tok, texts, 512, 512, 4, 4)
