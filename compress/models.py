@@ -22,6 +22,7 @@ import torch.nn as nn
 import transformers as tf
 
 from compress import zoo
+from compress.configattrs import attrs_of
 from compress.errors import UserError
 from compress.memory import estimate_load_bytes, require_memory
 from compress.safety import check_remote_code, check_weight_files, check_weights_safe
@@ -164,19 +165,6 @@ def _meta_params(config: Any, task: str) -> int:
     return total
 
 
-def _config_attrs(config: Any) -> dict[str, Any]:
-    """A config's attributes and its attribute map's aliases (as
-    ``compress.arch.confignames.attrs_of``, which this module cannot import: the arch
-    package imports this one)."""
-    out = {k: v for k, v in vars(config).items() if not k.startswith("_")}
-    for alias in getattr(config, "attribute_map", {}) or {}:
-        try:
-            out[alias] = getattr(config, alias)
-        except AttributeError:
-            continue
-    return out
-
-
 def config_param_count(config: Any, task: str) -> int:
     """Parameters of the model a config describes, without allocating any weight.
 
@@ -202,7 +190,7 @@ def config_param_count(config: Any, task: str) -> int:
             ) from None
 
     deep = {
-        name: v for name, v in _config_attrs(config).items()
+        name: v for name, v in attrs_of(config).items()
         if isinstance(v, int) and not isinstance(v, bool) and v > EXTRAPOLATE_LAYERS
         and depth_name.search(name.lower())
     }

@@ -13,6 +13,7 @@ import re
 from typing import Any
 
 from compress.arch.spec import ConfigNames
+from compress.configattrs import attrs_of
 
 _KINDS = {
     "layers": re.compile(r"(^|_)(layers?|n_layer|num_layers|depth|blocks?)$"),
@@ -33,21 +34,6 @@ _NOT = {
 _EXPERT_FF = re.compile(r"(moe_intermediate|expert.*(intermediate|ffn|hidden)|"
                         r"(intermediate|ffn).*expert)")
 _ROLE_WORD = {"encoder": "encoder", "decoder": "decoder"}
-
-
-def attrs_of(config: Any) -> dict[str, Any]:
-    """Every attribute a config holds (its dict, plus the names its attribute map adds)."""
-    out = {}
-    try:
-        out.update({k: v for k, v in vars(config).items() if not k.startswith("_")})
-    except TypeError:
-        pass
-    for alias in getattr(config, "attribute_map", {}) or {}:
-        try:
-            out[alias] = getattr(config, alias)
-        except AttributeError:
-            continue
-    return out
 
 
 def _role_ok(name: str, role: str) -> bool:
