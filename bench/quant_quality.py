@@ -61,6 +61,8 @@ QUANT: dict[str, tuple[str, dict[str, Any]]] = {
     "hqq4-g64": ("hqq", {"bits": 4, **G64}),
     "rtn3-g64": ("rtn", {"bits": 3, **G64}),
     "hqq3-g64": ("hqq", {"bits": 3, **G64}),
+    "hqq4-g64-floatstart": ("hqq", {"bits": 4, "round_zero": False, **G64}),
+    "hqq3-g64-floatstart": ("hqq", {"bits": 3, "round_zero": False, **G64}),
     "rtn4-g128-sym": ("rtn", {"bits": 4, "scheme": "sym", **G128}),
     "gptq4-g128-sym": ("gptq", {"bits": 4, "scheme": "sym", **G128}),
     "gptq4-g128-plain": ("gptq", {"bits": 4, "act_order": False, "true_sequential": False,

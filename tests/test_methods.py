@@ -273,13 +273,15 @@ def test_awq_and_hqq_recipes_on_every_family(family, recipe, tmp_path):
 # --- HQQ ---------------------------------------------------------------------------------
 
 
-def naive_hqq(w, spec, p=0.7, beta=10.0, kappa=1.01, iters=20):
+def naive_hqq(w, spec, p=0.7, beta=10.0, kappa=1.01, iters=20, round_zero=True):
     """The half-quadratic iterations written out for one group (a 1-D tensor)."""
     lo, hi = float(w.min()), float(w.max())
     from compress.quant.grid import _fp16_up
 
     s = float(_fp16_up(torch.tensor([(hi - lo) / spec.qmax]))[0])
     z = float(torch.tensor(-lo / s).to(torch.float16))
+    if round_zero:
+        z = float(round(z))
     best_z, best = z, None
     for it in range(iters + 1):
         q = torch.clamp(torch.round(w / s + z), 0, spec.qmax)
@@ -307,18 +309,22 @@ def test_hqq_solver_decreases_its_objective_and_matches_the_equations():
     for bits in (4, 3):
         spec = QuantSpec(bits, "asym", "group", 64, zero_point="float")
         units = w.reshape(-1, 64)
-        out, scale, zero, facts = hqq_units(units, spec)
-        before = (units - fake_quantize(units, QuantSpec(bits, "asym", "channel",
-                                                         zero_point="float"))).abs().mean(1)
-        after = (units - out).abs().mean(1)
-        assert (after <= before + 1e-7).all() and after.mean() < before.mean()
-        assert facts["mean_abs_error_after"] < facts["mean_abs_error_before"]
-        for i in range(units.shape[0]):
-            torch.testing.assert_close(out[i], naive_hqq(units[i], spec), rtol=0, atol=1e-6)
-        assert len(torch.unique(out[0])) <= 2**bits
-        # on the matrix: better than min/max rounding with the same float-zero grid
+        for round_zero, start in ((True, "int"), (False, "float")):
+            out, scale, zero, facts = hqq_units(units, spec, round_zero=round_zero)
+            start_spec = QuantSpec(bits, "asym", "channel", zero_point=start)
+            before = (units - fake_quantize(units, start_spec)).abs().mean(1)
+            after = (units - out).abs().mean(1)
+            assert (after <= before + 1e-6).all() and after.mean() < before.mean()
+            assert facts["mean_abs_error_after"] < facts["mean_abs_error_before"]
+            for i in range(units.shape[0]):
+                torch.testing.assert_close(out[i], naive_hqq(units[i], spec,
+                                                             round_zero=round_zero),
+                                           rtol=0, atol=1e-6)
+            assert len(torch.unique(out[0])) <= 2**bits
+        # on the matrix: better than min/max rounding on the integer-zero grid it starts from
         w_hat, _ = hqq_quantize(w, spec)
-        assert (w - w_hat).abs().mean() < (w - fake_quantize(w, spec)).abs().mean()
+        rtn = fake_quantize(w, QuantSpec(bits, "asym", "group", 64))
+        assert (w - w_hat).abs().mean() < (w - rtn).abs().mean()
 
 
 # --- SmoothQuant -------------------------------------------------------------------------

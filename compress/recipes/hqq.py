@@ -56,6 +56,8 @@ class HQQConfig(RecipeConfig):
     kappa: float = option(1.01, "penalty growth per iteration", low=1.0, low_inclusive=False,
                           high=10.0)
     iters: int = option(20, "solver iterations", low=1, high=1000)
+    round_zero: bool = option(True, "start the solver from the integer zero point round(-min/s)"
+                              " (the reference's round_zero) instead of the float -min/s")
     include_head: bool = option(False, "also quantize the LM head (tied embeddings change too)")
     embeddings: str = embeddings_option()
 
@@ -92,7 +94,8 @@ def hqq(model: nn.Module, config: HQQConfig, context: Context) -> nn.Module:
     for name, module in targets.items():
         W = weight_matrix(module).float()
         W_hat, facts = hqq_quantize(W, spec, lp_norm=config.lp_norm, beta=config.beta,
-                                    kappa=config.kappa, iters=config.iters)
+                                    kappa=config.kappa, iters=config.iters,
+                                    round_zero=config.round_zero)
         with torch.no_grad():
             set_weight_matrix(module, W_hat)
         before += facts["mean_abs_error_before"] * W.numel()
