@@ -293,8 +293,10 @@ def test_each_loss_term_zero_for_identical_student_positive_after_change(family)
 
 
 def _cfg(**kw):
+    """Training settings; the fixed spread of blocks (these contexts have no calibration
+    text to measure importance on; tests/test_recover.py tests the measured choice)."""
     base = dict(student_layers=2, steps=6, eval_every=2, batch_size=4, seq_len=16, lr=2e-3,
-                eval_samples=8, warmup=0.0)
+                eval_samples=8, warmup=0.0, layer_choice="spread")
     return make_config("distill", **(base | kw))
 
 
