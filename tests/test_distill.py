@@ -618,7 +618,7 @@ def test_cli_distils_a_local_folder(tmp_path):
     res = _cli("--teacher", str(tmp_path / "teacher"), "--out", str(tmp_path / "student"),
                "--data-file", str(tmp_path / "train.txt"), "--steps", "3", "--batch-size", "2",
                "--seq-len", "16", "--eval-samples", "2", "--calib-sequences", "0",
-               "--checkpoint-dir", str(tmp_path / "ckpt"))
+               "--layer-choice", "spread", "--checkpoint-dir", str(tmp_path / "ckpt"))
     assert res.returncode == 0, res.stderr
     assert "distill:" in res.stdout and "{'decoder': 4} -> {'decoder': 2}" in res.stdout
     student = load_compressed(tmp_path / "student")

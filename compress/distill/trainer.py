@@ -194,6 +194,20 @@ class Evaluator:
 # --------------------------------------------------------------------------- the loop
 
 
+def _announce(s: TrainSettings, w: Weights | None, n_examples: int) -> Console:
+    """One line saying what is trained on what (``w`` None: no teacher)."""
+    console = Console(stderr=True)
+    what = "task loss only (no teacher)" if w is None else (
+        f"kd {w.kd} (T={w.temperature}), task {w.task}, cos {w.cos}")
+    resuming = f"; resuming from {s.checkpoint_dir}" if s.resume else ""
+    console.print(
+        f"{s.label}: {s.steps} steps of {s.grad_accum} x {s.batch_size} examples from "
+        f"{n_examples}; loss: {what}{resuming}",
+        highlight=False, markup=False, soft_wrap=True,
+    )
+    return console
+
+
 class _Joint(nn.Module):
     """The student and the modules trained beside it (width projections), as one module
     for the optimizer, the best-so-far copy and the checkpoints."""
@@ -257,15 +271,7 @@ def train(
             tokens += _n_tokens(batch)
         return StepOut(terms_sum, micro_count, tokens)
 
-    console = Console(stderr=True)
-    what = "task loss only (no teacher)" if teacher is None else (
-        f"kd {w.kd} (T={w.temperature}), task {w.task}, cos {w.cos}")
-    resuming = f"; resuming from {s.checkpoint_dir}" if s.resume else ""
-    console.print(
-        f"{s.label}: {s.steps} steps of {s.grad_accum} x {s.batch_size} examples from "
-        f"{len(examples)}; loss: {what}{resuming}",
-        highlight=False, markup=False, soft_wrap=True,
-    )
+    console = _announce(s, w if teacher is not None else None, len(examples))
     loop = LoopSettings(
         steps=s.steps,
         lr_at=lambda step, _base: lr_at(step, s),

@@ -352,8 +352,8 @@ def _choose_blocks(model: nn.Module, config: DistillConfig, context: Context,
     if not _measures(config):
         return maps, None
     metric = config.importance_metric
-    batches = calibration_batches(context, model, recipe="distill (layer_choice=importance; "
-                                  "layer_choice=spread needs no calibration text)")
+    batches = calibration_batches(context, model, recipe="distill's layer_choice=importance "
+                                  "(layer_choice=spread needs none)")
     scores = block_importance(model, batches, task_for(model, context),
                               ("bi",) if metric == "bi" else BLOCK_METRICS)
     maps = {r: most_important(scores[r].scores(metric), len(m)) for r, m in maps.items()}
