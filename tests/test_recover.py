@@ -128,6 +128,36 @@ def test_a_narrower_student_trains_its_projection():
     assert set(out.state_dict()) == keys  # the projections are not left on the student
 
 
+def test_an_interrupted_recovery_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    """Checkpoints hold the student and its width projections: interrupted at step 3 and
+    resumed, the student ends bit for bit where an uninterrupted run does."""
+    import compress.distill.trainer as trainer
+
+    teacher, tok = llama(layers=4, width=32)
+    student0, _ = llama(layers=2, width=16, seed=1)
+    setattr(student0.config, BLOCK_MAP_ATTR, {"decoder": [1, 3]})
+    real = trainer.train
+
+    def run(ckpt, interrupt=None, resume=False):
+        def patched(*a, **k):
+            if interrupt is not None:
+                k["interrupt_at"] = lambda step: step == interrupt
+            return real(*a, **k)
+
+        monkeypatch.setattr(trainer, "train", patched)
+        cfg = recover_cfg(steps=6, eval_every=2, lr=3e-3, keep_best=False,
+                          checkpoint_dir=str(ckpt), resume=resume)
+        return compress(copy.deepcopy(student0), cfg, context(tok, teacher))
+
+    whole = run(tmp_path / "a")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b", interrupt=3)
+    resumed = run(tmp_path / "b", resume=True)
+    sd = resumed.state_dict()
+    for k, v in whole.state_dict().items():
+        assert torch.equal(v, sd[k]), k
+
+
 def test_without_a_teacher_recover_is_one_line_error():
     model, tok = llama(layers=2)
     with pytest.raises(UserError) as err:
