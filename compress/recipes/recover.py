@@ -202,7 +202,8 @@ def recover(model: nn.Module, config: RecoverConfig, context: Context) -> nn.Mod
         model.float()  # AdamW in half precision is unstable; train in fp32, cast back after
     frozen, router_weights = _set_trainable(model)
     evaluator = TeacherAgreement(inputs.eval_examples, inputs.collator, task, kind,
-                                 config.batch_size, teacher, device)
+                                 config.batch_size, Teacher(teacher_model, task, kind, {}),
+                                 device)  # held-out: outputs only, no block states
     try:
         result = trainer.train(model, teacher, inputs.examples, evaluator, inputs.collator,
                                task, kind, maps, _settings(config, inputs, maps, task),
