@@ -14,7 +14,9 @@ optimizer step (over as many micro-batches as it likes) and returns their loss t
   the best weights (lowest ``loss``) are kept on disk or in memory and returned;
 * optional checkpoints (:mod:`compress.checkpoint`) after each evaluation and on
   Ctrl-C, and resume from them;
-* a wall-clock budget (``max_minutes``).
+* a wall-clock budget (``max_minutes``) and a token budget (``max_tokens``: the loop
+  stops after the step that reaches it); every evaluation point of the curve records
+  the tokens trained on so far.
 
 Determinism: the loop draws no random numbers of its own; ``step_fn`` must make the
 batches of step ``s`` a pure function of ``s`` (and the seed), and the torch RNG
@@ -93,6 +95,8 @@ class LoopSettings:
     #: name of the weights file in checkpoints.
     weights_file: str = WEIGHTS_FILE
     max_minutes: float | None = None
+    #: stop after the step at which this many tokens have been trained on.
+    max_tokens: int | None = None
     after_step: Callable[[], None] | None = None
     label: str = "train"
     log_every: int = 0
@@ -106,7 +110,7 @@ class LoopSettings:
 @dataclass
 class LoopResult:
     steps_done: int
-    stopped_by: str  # "steps" | "time" | "no-steps"
+    stopped_by: str  # "steps" | "time" | "tokens" | "no-steps"
     seconds: float
     cpu_seconds: float
     tokens: int
@@ -195,6 +199,10 @@ class _Loop:
     def over_time(self) -> bool:
         return self.budget is not None and time.perf_counter() - self.t_run >= self.budget
 
+    def over_tokens(self) -> bool:
+        cap = self.s.max_tokens
+        return cap is not None and self.state["tokens"] >= cap
+
     def evaluate(self, step: int) -> dict[str, float]:
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
@@ -219,7 +227,7 @@ class _Loop:
         self.start_clock()
         if s.evaluate is not None and self.state["step"] == 0 and not self.state["curve"]:
             ev = self.evaluate(0)
-            self.state["curve"].append({"step": 0, "eval": ev, "seconds": 0.0})
+            self.state["curve"].append({"step": 0, "eval": ev, "seconds": 0.0, "tokens": 0})
             self.console.print(f"step 0: eval {fmt_terms(ev)}", highlight=False, markup=False,
                                soft_wrap=True)
         self.stopped_by = "steps" if s.steps > 0 else "no-steps"
@@ -244,6 +252,9 @@ class _Loop:
                 rng_at_step = rng_state()
                 if self.over_time():
                     self.stopped_by = "time"
+                    break
+                if self.over_tokens():
+                    self.stopped_by = "tokens"
                     break
                 if s.interrupt_at is not None and s.interrupt_at(step):
                     raise KeyboardInterrupt
@@ -297,8 +308,9 @@ class _Loop:
             log.info("%s: step %d/%d %s (%.0f s)", s.label, step, s.steps, fmt_terms(recent),
                      now - self.t_run)
         over_time = self.budget is not None and now - self.t_run >= self.budget
+        over_tokens = self.over_tokens()
         evaluating = s.evaluate is not None and (
-            step % max(s.eval_every, 1) == 0 or step == s.steps or over_time
+            step % max(s.eval_every, 1) == 0 or step == s.steps or over_time or over_tokens
         )
         if evaluating:
             state["seconds"] = self.elapsed()
@@ -306,7 +318,7 @@ class _Loop:
             point = {
                 "step": step, "lr": lr,
                 "train": {k: v / self.n_micro for k, v in self.sums.items()},
-                "eval": ev, "seconds": round(state["seconds"], 2),
+                "eval": ev, "seconds": round(state["seconds"], 2), "tokens": state["tokens"],
                 "cpu_seconds": state["cpu_seconds"], "tokens_per_s": round(speed, 1),
             }
             state["curve"].append(point)
@@ -322,7 +334,9 @@ class _Loop:
                                            state)
         if over_time:
             self.stopped_by = "time"
-        return over_time
+        elif over_tokens:
+            self.stopped_by = "tokens"
+        return over_time or over_tokens
 
     def _result(self) -> LoopResult:
         s, state = self.s, self.state

@@ -29,6 +29,11 @@ if TYPE_CHECKING:
 FAMILIES = ("pruning", "quantization", "distillation", "moefication")
 #: the family of the dense baseline (``identity``): it is no technique.
 BASELINE = "baseline"
+#: the family of steps that finish another technique rather than being one: recovery
+#: distillation from the dense teacher after a structural step (``recover``). A pipeline
+#: is counted in the family of its other steps (``depth`` then ``recover`` is pruning),
+#: so recovery never becomes a budget family of its own.
+RECOVERY = "recovery"
 
 #: memory a recipe needs beyond the loaded model: ``(config, facts) -> bytes`` or a
 #: :class:`compress.footprint.Need` (parts and the cheaper option a refusal names), where

@@ -43,7 +43,7 @@ from rich.table import Table
 
 from compress.errors import UserError, did_you_mean
 from compress.registry import all_recipes, find_recipe
-from compress.traits import BASELINE, FAMILIES, Knob
+from compress.traits import BASELINE, FAMILIES, RECOVERY, Knob
 from eval.report import dig, fmt_value, runs_by_model
 
 
@@ -186,15 +186,24 @@ def recipes_of(report_or_pipeline: dict[str, Any] | list[dict[str, Any]]) -> lis
 
 
 def family_of(report_or_pipeline: dict[str, Any] | list[dict[str, Any]]) -> str:
-    """``baseline``, one family, or ``a + b`` for a composite (in pipeline order)."""
+    """``baseline``, one family, or ``a + b`` for a composite (in pipeline order).
+
+    A recovery step (:data:`compress.traits.RECOVERY`, e.g. ``recover``) finishes the
+    technique before it and adds no family: ``depth`` then ``recover`` is ``pruning``; a
+    pipeline of recovery steps alone is ``recovery``.
+    """
     families: list[str] = []
+    recovering = False
     for recipe in recipes_of(report_or_pipeline):
         family = recipe_family(recipe)
-        if family == BASELINE:
+        recovering = recovering or family == RECOVERY
+        if family in (BASELINE, RECOVERY):
             continue
         if not families or families[-1] != family:
             families.append(family)
-    return " + ".join(families) if families else BASELINE
+    if families:
+        return " + ".join(families)
+    return RECOVERY if recovering else BASELINE
 
 
 def metric(report: dict[str, Any], name: str) -> dict[str, Any] | None:

@@ -137,6 +137,9 @@ def _run_stages(
     except UserError as exc:
         report.model["arch"] = {"error": str(exc)}
     context = build_context(loaded, calibration)
+    # the dense model for a step that distils from it (recover): loaded again from the same
+    # source with the same options when a step asks, so no second copy is held otherwise
+    context.teacher = lambda: load_model(model_name, task, **load_kwargs).model
     # the dense side of the paired intervals and agreement metrics: keyed by the weights
     # before the recipes change them in place, usually in the cache; else measured below
     # on a fresh copy (a forward now could leave transformers' output hooks on the model)

@@ -17,6 +17,7 @@ runs the cells; ``python -m tests.family_matrix`` renders the last run's outcome
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import sys
@@ -32,6 +33,7 @@ from compress.calibration import CalibrationSpec
 from compress.registry import get_recipe
 from compress.saving import load_compressed, save_model
 from compress.tiny import MATRIX_FAMILIES, tiny_model
+from compress.traits import RECOVERY
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "build" / "family_matrix.json"
@@ -74,6 +76,9 @@ CELL_CONFIG: dict[str, dict[str, Any]] = {
                 "eval_every": 2, "eval_samples": 2},
     "moefy": {"num_experts": 4, "active_fraction": 0.5, "router": "similarity",
               "partition": "weights", "timing_rounds": 0, "calibration_tokens": 64},
+    # on the dense model, with a copy of it as the teacher (the cell's context has one)
+    "recover": {"steps": 2, "batch_size": 2, "seq_len": 16, "eval_every": 1,
+                "eval_samples": 2},
 }
 
 
@@ -165,6 +170,11 @@ def check_claim(recipe: str, cfg, model_before: dict[str, Any], out: nn.Module,
         want = {r: min(n, cfg.student_layers) for r, n in model_before["depth"].items()}
         assert depth == want, f"student depth {depth}, asked {want}"
         return f"depth {depth}"
+    if recipe == "recover":
+        rec = info["recover"]
+        assert rec["steps_done"] == cfg.steps, rec["stopped_by"]
+        assert [p["step"] for p in rec["recovery_curve"]] == list(range(cfg.steps + 1))
+        return f"{rec['steps_done']} steps, {rec['tokens_seen']} tokens"
     if recipe == "moefy":
         from compress.moe.layer import MoEFFN
 
@@ -199,7 +209,10 @@ def run_cell(family: str, recipe: str, tmp: Path) -> dict[str, Any]:
     model, tok = tiny_model(family, width=WIDTH)
     task = TASK[kind]
     data = PAIRS if task == "seq2seq" else TEXTS
-    ctx = Context(tokenizer=tok, calibration=data, train=data, task=task, calib=CALIB_SPEC)
+    # the dense teacher of a recovery step: a copy taken before any recipe changes the model
+    dense = copy.deepcopy(model) if get_recipe(recipe).family == RECOVERY else None
+    ctx = Context(tokenizer=tok, calibration=data, train=data, task=task, calib=CALIB_SPEC,
+                  teacher=None if dense is None else (lambda: copy.deepcopy(dense)))
     cfg = make_config(recipe, **CELL_CONFIG[recipe])
     inputs = inputs_for(model)
     before = {"params": sum(p.numel() for p in model.parameters()), "depth": _depth(model),

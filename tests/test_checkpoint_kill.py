@@ -49,6 +49,7 @@ def run_distill(ckpt: Path, resume: bool = False) -> torch.nn.Module:
     config = make_config(
         "distill", student_layers=2, steps=STEPS, eval_every=1, batch_size=2, seq_len=16,
         lr=2e-3, eval_samples=4, warmup=0.0, checkpoint_dir=str(ckpt), resume=resume,
+        layer_choice="spread",
     )
     # the real validation splits are for real models; restored afterwards, because this
     # also runs inside the pytest process and later tests need the real function

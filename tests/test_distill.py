@@ -293,8 +293,10 @@ def test_each_loss_term_zero_for_identical_student_positive_after_change(family)
 
 
 def _cfg(**kw):
+    """Training settings; the fixed spread of blocks (these contexts have no calibration
+    text to measure importance on; tests/test_recover.py tests the measured choice)."""
     base = dict(student_layers=2, steps=6, eval_every=2, batch_size=4, seq_len=16, lr=2e-3,
-                eval_samples=8, warmup=0.0)
+                eval_samples=8, warmup=0.0, layer_choice="spread")
     return make_config("distill", **(base | kw))
 
 
@@ -616,7 +618,7 @@ def test_cli_distils_a_local_folder(tmp_path):
     res = _cli("--teacher", str(tmp_path / "teacher"), "--out", str(tmp_path / "student"),
                "--data-file", str(tmp_path / "train.txt"), "--steps", "3", "--batch-size", "2",
                "--seq-len", "16", "--eval-samples", "2", "--calib-sequences", "0",
-               "--checkpoint-dir", str(tmp_path / "ckpt"))
+               "--layer-choice", "spread", "--checkpoint-dir", str(tmp_path / "ckpt"))
     assert res.returncode == 0, res.stderr
     assert "distill:" in res.stdout and "{'decoder': 4} -> {'decoder': 2}" in res.stdout
     student = load_compressed(tmp_path / "student")

@@ -10,7 +10,7 @@ from compress import saving
 from compress.config import RecipeConfig
 from compress.errors import UserError
 from compress.registry import FACTS, all_recipes, register_recipe
-from compress.traits import BASELINE, FAMILIES, Knob, Traits
+from compress.traits import BASELINE, FAMILIES, RECOVERY, Knob, Traits
 from eval.budget import family_of, knob_groups
 from eval.sweep import check_pipeline
 
@@ -26,7 +26,7 @@ def test_the_builtin_recipes_are_all_found():
 @pytest.mark.parametrize("recipe", BUILTIN, ids=lambda r: r.name)
 def test_every_builtin_recipe_declares_every_fact(recipe):
     assert recipe.missing == [], f"{recipe.name} leaves out {recipe.missing} (of {FACTS})"
-    assert recipe.family in (*FAMILIES, BASELINE)
+    assert recipe.family in (*FAMILIES, BASELINE, RECOVERY)
     assert isinstance(recipe.traits, Traits)
     assert all(isinstance(k, Knob) for k in recipe.knobs)
     config = recipe.config_cls()
@@ -39,6 +39,15 @@ def test_every_builtin_recipe_declares_every_fact(recipe):
     assert isinstance(recipe.memory_bytes(config, 4_000_000, 64), int)  # legacy facts
     for fmt in recipe.formats:
         assert fmt in saving._FORMATS, f"{recipe.name} declares unregistered format {fmt!r}"
+
+
+def test_a_recovery_step_joins_the_family_before_it():
+    assert family_of([{"recipe": "depth"}, {"recipe": "recover"}]) == "pruning"
+    assert family_of([{"recipe": "moefy"}, {"recipe": "recover"}]) == "moefication"
+    assert family_of([{"recipe": "depth"}, {"recipe": "recover"}, {"recipe": "rtn"}]) == \
+        "pruning + quantization"
+    assert family_of([{"recipe": "recover"}]) == RECOVERY
+    assert family_of([{"recipe": "identity"}]) == BASELINE
 
 
 def test_every_saving_format_belongs_to_a_recipe():

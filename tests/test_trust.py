@@ -20,7 +20,7 @@ from compress.registry import get_recipe, recipe_names
 from compress.tiny import sample_inputs, tiny_model
 
 #: recipes that train or export: fewer runtime examples, small step counts.
-HEAVY = {"distill", "qlora", "onnx-int8", "runtime", "gptq", "structured", "moefy", "quanto", "bnb-4bit",
+HEAVY = {"distill", "recover", "qlora", "onnx-int8", "runtime", "gptq", "structured", "moefy", "quanto", "bnb-4bit",
          "bnb-int8"}
 #: int fields whose size sets the run time: kept small in runtime properties.
 COSTLY_INT_WORDS = ("step", "sample", "epoch", "len", "iter", "batch", "rank", "experts", "layers",
@@ -111,7 +111,9 @@ def test_any_field_value_validates_or_names_the_field(name):
 
 
 def _context_for(tok):
-    return Context(tokenizer=tok, calibration=list(TEXTS), train=list(TEXTS), task="causal-lm")
+    # the dense teacher of a recovery step (recover): the tiny llama every test here starts from
+    return Context(tokenizer=tok, calibration=list(TEXTS), train=list(TEXTS), task="causal-lm",
+                   teacher=lambda: tiny_model("llama")[0])
 
 
 @pytest.mark.parametrize("name", [n for n in _recipes() if not n.endswith("-test")])

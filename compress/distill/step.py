@@ -10,7 +10,7 @@ be comparable with an inner block's output.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +22,9 @@ from compress.distill import losses
 
 #: (stack role, block index) -> hidden state (B, T, H)
 Hidden = dict[tuple[str, int], torch.Tensor]
+#: (stack role, student block index, student hidden state (B, T, H_s)) -> (B, T, H_t): a
+#: learned map into the teacher's width where the student's hidden size differs.
+Projection = Callable[[str, int, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -139,8 +142,13 @@ def loss_terms(
     kind: str,
     layer_maps: Mapping[str, Sequence[int]],
     weights: Weights,
+    project: Projection | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """(weighted total, {term: value}) for one batch. ``teacher`` None: task loss only."""
+    """(weighted total, {term: value}) for one batch. ``teacher`` None: task loss only.
+
+    ``layer_maps[role][j]`` is the teacher block whose output student block ``j``'s output
+    is compared with (cosine term), after ``project`` where the widths differ.
+    """
     terms: dict[str, torch.Tensor] = {}
     stack_masks = masks(batch, task, kind)
     labels = batch.get("labels")
@@ -167,7 +175,8 @@ def loss_terms(
             for j, i in enumerate(keep):
                 # LayerDrop (M2M-100, BART) skips blocks in training: no pair for those
                 if (role, j) in student.hidden and (role, i) in teacher.hidden:
-                    s_h.append(student.hidden[(role, j)])
+                    h = student.hidden[(role, j)]
+                    s_h.append(h if project is None else project(role, j, h))
                     t_h.append(teacher.hidden[(role, i)])
                     ms.append(stack_masks[role])
         if s_h:

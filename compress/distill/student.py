@@ -43,6 +43,10 @@ log = logging.getLogger(__name__)
 
 #: module attributes holding a block's position (KV-cache index) in its stack.
 LAYER_INDEX_ATTRS = ("layer_idx", "layer_id", "layer_index", "layer_number")
+#: config attribute recording, per stack role, the dense model's block behind each block
+#: of a model that lost blocks (written by ``depth``, read by ``recover``); it survives
+#: ``save_pretrained`` / ``from_pretrained`` as a plain config entry.
+BLOCK_MAP_ATTR = "compress_block_map"
 
 
 def default_layer_map(n_teacher: int, n_student: int) -> list[int]:
@@ -63,6 +67,19 @@ def default_layer_map(n_teacher: int, n_student: int) -> list[int]:
         return [n_teacher - 1]
     # round half up (not Python's banker's rounding) so 12 -> 6 is DistilBERT's map
     return [int(j * (n_teacher - 1) / (n_student - 1) + 0.5) for j in range(n_student)]
+
+
+def most_important(importance: Sequence[float], n_student: int) -> list[int]:
+    """The ``n_student`` blocks of highest ``importance`` (ties: the earlier block), in order.
+
+    >>> most_important([0.5, 0.01, 0.3, 0.9], 3)
+    [0, 2, 3]
+    """
+    if not 1 <= n_student <= len(importance):
+        raise UserError(f"a student needs between 1 and {len(importance)} blocks (the "
+                        f"teacher's), got {n_student}")
+    order = sorted(range(len(importance)), key=lambda i: (-importance[i], i))
+    return sorted(order[:n_student])
 
 
 def parse_layer_map(text: str, roles: Sequence[str] = ("encoder", "decoder")) -> dict[str, list[int]]:

@@ -35,7 +35,7 @@ from rich.console import Console
 from compress.checkpoint import CHECKPOINT_VERSION, load_checkpoint, save_checkpoint
 from compress.distill import losses
 from compress.distill.data import Batches, Collator
-from compress.distill.step import Weights, loss_terms, run_model
+from compress.distill.step import Projection, Weights, loss_terms, run_model
 from compress.distill.teacher import Teacher
 from compress.errors import UserError
 from compress.models import input_device, to_device
@@ -65,12 +65,16 @@ class TrainSettings:
     keep_best: bool = True
     #: what must match between a checkpoint and a resumed run (config, data, maps).
     identity: dict[str, Any] = field(default_factory=dict)
+    #: stop after the step at which this many tokens have been trained on.
+    max_tokens: int | None = None
+    #: names the run in progress lines ("distill", "recover").
+    label: str = "distill"
 
 
 @dataclass
 class TrainResult:
     steps_done: int
-    stopped_by: str  # "steps" | "time" | "no-steps"
+    stopped_by: str  # "steps" | "time" | "tokens" | "no-steps"
     seconds: float
     cpu_seconds: float
     tokens: int
@@ -190,6 +194,30 @@ class Evaluator:
 # --------------------------------------------------------------------------- the loop
 
 
+def _announce(s: TrainSettings, w: Weights | None, n_examples: int) -> Console:
+    """One line saying what is trained on what (``w`` None: no teacher)."""
+    console = Console(stderr=True)
+    what = "task loss only (no teacher)" if w is None else (
+        f"kd {w.kd} (T={w.temperature}), task {w.task}, cos {w.cos}")
+    resuming = f"; resuming from {s.checkpoint_dir}" if s.resume else ""
+    console.print(
+        f"{s.label}: {s.steps} steps of {s.grad_accum} x {s.batch_size} examples from "
+        f"{n_examples}; loss: {what}{resuming}",
+        highlight=False, markup=False, soft_wrap=True,
+    )
+    return console
+
+
+class _Joint(nn.Module):
+    """The student and the modules trained beside it (width projections), as one module
+    for the optimizer, the best-so-far copy and the checkpoints."""
+
+    def __init__(self, student: nn.Module, extra: nn.Module):
+        super().__init__()
+        self.student = student
+        self.extra = extra
+
+
 def train(
     student: nn.Module,
     teacher: Teacher | None,
@@ -201,11 +229,16 @@ def train(
     layer_maps: Mapping[str, Sequence[int]],
     settings: TrainSettings,
     *,
+    extra: nn.Module | None = None,
+    project: Projection | None = None,
     interrupt_at: Callable[[int], bool] | None = None,
 ) -> TrainResult:
     """Train ``student`` in place; on return it holds the best (or last) weights, in eval mode.
 
     ``teacher=None`` trains on the task loss alone (the hard-label baseline).
+    ``extra`` holds modules trained jointly with the student and checkpointed with it
+    (the projections ``project`` applies to student hidden states in the cosine term);
+    they are the caller's to discard after.
     ``interrupt_at(step)`` (tests) raises ``KeyboardInterrupt`` before that step's update.
     """
     device = input_device(student)
@@ -213,7 +246,8 @@ def train(
     w = s.weights if teacher is not None else Weights(0.0, s.weights.task, 0.0, s.weights.temperature)
     student_wanted = {r: list(range(len(m))) for r, m in layer_maps.items()} if w.cos > 0 else {}
     batches = Batches(len(examples), s.batch_size, s.grad_accum, s.seed)
-    opt = torch.optim.AdamW(_param_groups(student, s.weight_decay), lr=s.lr)
+    trained = student if extra is None else _Joint(student, extra)
+    opt = torch.optim.AdamW(_param_groups(trained, s.weight_decay), lr=s.lr)
 
     def step_fn(step: int) -> StepOut:
         terms_sum: dict[str, float] = {}
@@ -223,7 +257,7 @@ def train(
                               device)
             t_out = teacher.outputs(batch, idx) if teacher is not None else None
             s_out = run_model(student, batch, task, student_wanted)
-            total, terms = loss_terms(s_out, t_out, batch, task, kind, layer_maps, w)
+            total, terms = loss_terms(s_out, t_out, batch, task, kind, layer_maps, w, project)
             if not torch.isfinite(total):
                 raise UserError(
                     f"the loss became {float(total)} at step {step + 1} ({fmt_terms(terms)}); "
@@ -237,15 +271,7 @@ def train(
             tokens += _n_tokens(batch)
         return StepOut(terms_sum, micro_count, tokens)
 
-    console = Console(stderr=True)
-    what = "task loss only (no teacher)" if teacher is None else (
-        f"kd {w.kd} (T={w.temperature}), task {w.task}, cos {w.cos}")
-    resuming = f"; resuming from {s.checkpoint_dir}" if s.resume else ""
-    console.print(
-        f"distill: {s.steps} steps of {s.grad_accum} x {s.batch_size} examples from "
-        f"{len(examples)}; loss: {what}{resuming}",
-        highlight=False, markup=False, soft_wrap=True,
-    )
+    console = _announce(s, w if teacher is not None else None, len(examples))
     loop = LoopSettings(
         steps=s.steps,
         lr_at=lambda step, _base: lr_at(step, s),
@@ -258,11 +284,12 @@ def train(
         identity=s.identity,
         weights_file=WEIGHTS_FILE,
         max_minutes=s.max_minutes,
-        label="distill",
+        max_tokens=s.max_tokens,
+        label=s.label,
         console=console,
         interrupt_at=interrupt_at,
     )
-    result = train_loop(student, opt, step_fn, loop)
+    result = train_loop(trained, opt, step_fn, loop)
     student.eval()
     fields = {k: v for k, v in asdict(result).items() if k != "losses"}
     return TrainResult(**fields)

@@ -49,7 +49,7 @@ from compress.calib_footprint import CALIB_BATCH, calib_forward_parts, calib_hin
 from compress.calibration import calibration_batches
 from compress.config import RecipeConfig, option
 from compress.context import Context
-from compress.distill.student import make_student, teacher_layer_counts
+from compress.distill.student import BLOCK_MAP_ATTR, make_student, teacher_layer_counts
 from compress.errors import UserError
 from compress.footprint import ModelFacts, Need, logits_bytes
 from compress.pruning import sizes
@@ -59,9 +59,6 @@ from compress.registry import register_recipe
 from compress.traits import Knob, Traits
 
 log = logging.getLogger(__name__)
-
-#: config attribute recording, per stack role, the dense model's block behind each block.
-BLOCK_MAP_ATTR = "compress_block_map"
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,15 @@
 """``distill``: DistilBERT-style distillation into a shallower copy of the teacher.
 
 Sanh et al. 2019 (arXiv:1910.01108). The student is the teacher with fewer blocks
-(by default half of every stack, spread so the first and last are kept: DistilBERT's
-``0,2,4,7,9,11`` for 12 -> 6), initialised from the teacher's corresponding blocks,
-embeddings and head, and trained on
+(by default half of every stack), initialised from the teacher's corresponding blocks,
+embeddings and head. Which blocks: by default (``layer_choice=importance``) the most
+important ones, measured on the shared calibration text as ``depth`` measures them
+(:mod:`compress.pruning.influence`: the KL of the outputs when a block is skipped, the
+task-loss increase, or block influence; Minitron, Muralidharan et al. 2024,
+arXiv:2407.14679, and ShortGPT, arXiv:2403.03853, choose blocks this way);
+``layer_choice=spread`` keeps DistilBERT's fixed even spread, first and last kept
+(``0,2,4,7,9,11`` for 12 -> 6), the baseline a measured choice is compared against;
+``layer_map`` names the blocks outright. The student is trained on
 
     alpha_kd * T^2 * KL(softmax(teacher/T) || softmax(student/T))
   + alpha_task * cross-entropy on the hard labels
@@ -44,10 +50,11 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from compress import data
 from compress.api import compress
 from compress.arch import arch_for
 from compress.cache import cache_dir
+from compress.calib_footprint import CALIB_BATCH, calib_forward_parts, calib_hint
+from compress.calibration import calibration_batches
 from compress.cli import (
     add_config_arguments,
     add_model_arguments,
@@ -58,12 +65,12 @@ from compress.cli import (
 )
 from compress.config import RecipeConfig, option
 from compress.context import Context
-from compress.distill import data as distill_data
 from compress.distill import trainer
-from compress.distill.data import Collator, fingerprint, tokenize_rows
+from compress.distill.inputs import Inputs, training_inputs, training_task
 from compress.distill.step import Weights
 from compress.distill.student import (
     make_student,
+    most_important,
     parse_layer_map,
     resolve_layer_maps,
     teacher_layer_counts,
@@ -85,7 +92,9 @@ from compress.footprint import (
     logits_bytes,
     saved_activation_bytes,
 )
-from compress.models import check_model_name, input_device, load_model, task_of
+from compress.models import check_model_name, input_device, load_model
+from compress.pruning.influence import BLOCK_METRICS, block_importance
+from compress.pruning.recovery import task_for
 from compress.registry import register_recipe
 from compress.saving import save_model
 from compress.stats import parameter_counts
@@ -93,6 +102,8 @@ from compress.traits import Traits
 
 log = logging.getLogger(__name__)
 
+#: how the student's blocks are chosen without an explicit layer_map.
+LAYER_CHOICES = ("importance", "spread")
 #: config fields that may change between an interrupted run and its resumption (soft
 #: targets read from the teacher cache are float16, so toggling cache_teacher on resume
 #: changes the numbers slightly; everything else must match or resume is refused).
@@ -111,6 +122,14 @@ class DistillConfig(RecipeConfig):
         "teacher blocks kept, e.g. 0,2,4 (every stack) or encoder=0,2,4;decoder=0,2 "
         "(instead of the block counts)",
     )
+    layer_choice: str = option(
+        "importance", "without layer_map, which blocks the student keeps: importance (the "
+        "most important, measured on the calibration text as depth measures them) or spread "
+        "(DistilBERT's fixed even spread, first and last kept)", choices=LAYER_CHOICES)
+    importance_metric: str = option(
+        "skip", "block importance for layer_choice=importance: skip (KL of the outputs when "
+        "the block is skipped), loss (task-loss increase) or bi (block influence)",
+        choices=BLOCK_METRICS)
     encoder_layers: int | None = option(
         None, "encoder-decoder: blocks of the student's encoder (others: use student_layers)", low=1
     )
@@ -157,6 +176,9 @@ class DistillConfig(RecipeConfig):
         "(the last 5 percent held out for evaluation)"
     )
 
+    #: 2: the student's blocks are chosen by measured importance by default (was: spread).
+    VERSION = 2
+
     def validate(self) -> None:
         for name in ("alpha_kd", "alpha_task", "alpha_cos", "max_minutes", "max_grad_norm"):
             value = getattr(self, name)
@@ -169,6 +191,8 @@ class DistillConfig(RecipeConfig):
                 raise UserError(
                     f"distill: give either layer_map or {counts[0]}, not both"
                 )
+            if self.layer_choice == "spread":
+                raise UserError("distill: give either layer_map or layer_choice=spread, not both")
             parse_layer_map(self.layer_map)
         if self.resume and not self.checkpoint_dir:
             raise UserError("distill: resume needs checkpoint_dir (where the first run saved)")
@@ -181,54 +205,6 @@ class DistillConfig(RecipeConfig):
         elif self.alpha_kd == 0 and self.alpha_task == 0 and self.alpha_cos == 0:
             raise UserError("distill: alpha_kd, alpha_task and alpha_cos are all 0; "
                             "nothing to train on")
-
-
-def _task(model: nn.Module, context: Context) -> str:
-    """The distillation task: masked-lm for encoders with an MLM head, else the model's task."""
-    name = type(model).__name__
-    if name.endswith("ForMaskedLM"):
-        return "masked-lm"
-    task = context.task
-    if task is None:  # a model handed over without a context: its class says what it is
-        for suffix, guess in _CLASS_TASKS:
-            if name.endswith(suffix):
-                return guess
-        task = task_of(model.config)
-    if task == "embedding" and hasattr(model, "get_output_embeddings"):
-        if model.get_output_embeddings() is not None:
-            return "masked-lm"
-    return task
-
-
-_CLASS_TASKS = (
-    ("ForSequenceClassification", "classification"),
-    ("ForCausalLM", "causal-lm"),
-    ("LMHeadModel", "causal-lm"),
-    ("ForConditionalGeneration", "seq2seq"),
-    ("EncoderDecoderModel", "seq2seq"),
-)
-
-
-def _decoder_start(model: nn.Module) -> int | None:
-    for cfg in (getattr(model, "generation_config", None), getattr(model, "config", None)):
-        start = getattr(cfg, "decoder_start_token_id", None)
-        if start is not None:
-            return int(start)
-    return None
-
-
-def _rows(config: DistillConfig, context: Context, task: str) -> tuple[list, list, str]:
-    """(train rows, held-out rows, where they came from)."""
-    data_task = "causal-lm" if task == "masked-lm" else task
-    if config.data_file is not None:
-        rows = distill_data.rows_from_file(config.data_file, task)
-        train, held = distill_data.split_file_rows(rows)
-        return train, held, f"file:{config.data_file} (last 5% held out)"
-    if context.train:
-        train, source = list(context.train), "context.train"
-    else:
-        train, source = data.train_for(data_task), f"compress.data.train_for({data_task!r})"
-    return train, distill_data.held_out_rows(data_task), f"{source}; held out: validation split"
 
 
 def _fingerprint(*parts: Any) -> str:
@@ -292,7 +268,19 @@ def distill_memory(config: DistillConfig, facts: ModelFacts) -> Need:
             "student on disk)")
     build = Need({"copy of the teacher while the student is built": facts.param_bytes},
                  "free memory: the student is built from a copy of the teacher")
-    return Need.peak(build, Need(train, hint))
+    if not _measures(config) or not facts.data.calib_sequences:
+        return Need.peak(build, Need(train, hint))
+    measure = calib_forward_parts(facts, hooked=config.importance_metric == "bi")
+    if config.importance_metric != "bi":
+        measure["reference and skipped outputs"] = logits_bytes(
+            facts, min(CALIB_BATCH, facts.data.calib_sequences), facts.data.calib_len(), 3)
+    return Need.peak(Need(measure, calib_hint(facts, "layer_choice=spread (no measurement)")),
+                     build, Need(train, hint))
+
+
+def _measures(config: DistillConfig) -> bool:
+    """True when the student's blocks are chosen by measured importance."""
+    return config.layer_map is None and config.layer_choice == "importance"
 
 
 @register_recipe(
@@ -300,6 +288,7 @@ def distill_memory(config: DistillConfig, facts: ModelFacts) -> Need:
     traits=Traits(
         keeps_zeros=False,
         trains=True,
+        calibrates=lambda c: isinstance(c, DistillConfig) and _measures(c),
         zeros_note="training updates every weight, pruned ones included",
     ),
     formats=(), memory=distill_memory,
@@ -311,25 +300,16 @@ def distill(model: nn.Module, config: DistillConfig, context: Context) -> nn.Mod
     if device_map and len(set(map(str, device_map.values()))) > 1:
         raise UserError("distill needs the teacher on one device; load it without a multi-device "
                         "device_map")
-    task = _task(model, context)
+    task = training_task(model, context)
     if task == "embedding" and config.hard_labels_only:
         raise UserError("distill: an embedding model has no hard labels, so there is no "
                         "hard_labels_only baseline; distil it with the teacher")
     kind = arch_for(model).kind
     counts = teacher_layer_counts(model)
-    maps = resolve_layer_maps(
-        model,
-        student_layers=config.student_layers,
-        per_stack={"encoder": config.encoder_layers, "decoder": config.decoder_layers},
-        layer_map=config.layer_map,
-    )
-    if all(maps[r] == list(range(n)) for r, n in counts.items()):
-        shown = ", ".join(f"{r} {n}" for r, n in counts.items())
-        raise UserError(
-            f"the student would keep every block of the teacher ({shown}); ask for fewer"
-        )
+    maps, importance = _choose_blocks(model, config, context, counts)
     student, maps = make_student(model, maps, adjust=config.layer_map is None)
-    inputs = _inputs(model, config, context, task)
+    inputs = training_inputs(model, context, task, seq_len=config.seq_len,
+                             eval_samples=config.eval_samples, data_file=config.data_file)
     teacher, cache = _teacher(model, config, task, kind, maps, inputs)
     dtype = next(student.parameters()).dtype
     if dtype in (torch.float16, torch.bfloat16):
@@ -345,6 +325,8 @@ def distill(model: nn.Module, config: DistillConfig, context: Context) -> nn.Mod
         student.to(dtype)
     student.eval()
     info = _info(config, task, counts, maps, inputs, result, time.perf_counter() - t0)
+    if importance is not None:
+        info["importance"] = importance
     if isinstance(teacher, CachedTeacher):
         info["teacher_cache"] = {"folder": str(cache), "hits": teacher.hits,
                                  "misses": teacher.misses}
@@ -352,36 +334,35 @@ def distill(model: nn.Module, config: DistillConfig, context: Context) -> nn.Mod
     return student
 
 
-@dataclass
-class _Inputs:
-    examples: list[dict[str, Any]]
-    eval_examples: list[dict[str, Any]]
-    collator: Collator
-    data_fp: str
-    source: str
-
-
-def _inputs(model: nn.Module, config: DistillConfig, context: Context, task: str) -> _Inputs:
-    """The tokenized training and held-out examples and the collator that batches them."""
-    tokenizer = context.tokenizer
-    train_rows, held_rows, data_source = _rows(config, context, task)
-    examples = tokenize_rows(train_rows, task, tokenizer, config.seq_len)
-    eval_examples = tokenize_rows(held_rows, task, tokenizer, config.seq_len,
-                                  max_examples=config.eval_samples)
-    pad = tokenizer.pad_token_id
-    if pad is None:
-        pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
-    start = _decoder_start(model)
-    if task == "seq2seq" and start is None:
-        raise UserError(f"{type(model).__name__} has no decoder_start_token_id in its config")
-    collator = Collator(task, pad, start, getattr(tokenizer, "mask_token_id", None),
-                        getattr(model.config, "vocab_size", None))
-    return _Inputs(examples, eval_examples, collator, fingerprint(examples), data_source)
+def _choose_blocks(model: nn.Module, config: DistillConfig, context: Context,
+                   counts: dict[str, int]) -> tuple[dict[str, list[int]], dict[str, Any] | None]:
+    """Per stack role the teacher blocks the student keeps, and the measured importance
+    they were chosen by (None: named or spread)."""
+    maps = resolve_layer_maps(
+        model,
+        student_layers=config.student_layers,
+        per_stack={"encoder": config.encoder_layers, "decoder": config.decoder_layers},
+        layer_map=config.layer_map,
+    )
+    if all(maps[r] == list(range(n)) for r, n in counts.items()):
+        shown = ", ".join(f"{r} {n}" for r, n in counts.items())
+        raise UserError(
+            f"the student would keep every block of the teacher ({shown}); ask for fewer"
+        )
+    if not _measures(config):
+        return maps, None
+    metric = config.importance_metric
+    batches = calibration_batches(context, model, recipe="distill's layer_choice=importance "
+                                  "(layer_choice=spread needs none)")
+    scores = block_importance(model, batches, task_for(model, context),
+                              ("bi",) if metric == "bi" else BLOCK_METRICS)
+    maps = {r: most_important(scores[r].scores(metric), len(m)) for r, m in maps.items()}
+    return maps, {"metric": metric, "scores": {r: s.to_dict() for r, s in scores.items()}}
 
 
 def _teacher(
     model: nn.Module, config: DistillConfig, task: str, kind: str,
-    maps: dict[str, list[int]], inputs: _Inputs,
+    maps: dict[str, list[int]], inputs: Inputs,
 ) -> tuple[Teacher | None, Path | None]:
     """The teacher's outputs, on the fly or cached on disk (None: hard labels only)."""
     if config.hard_labels_only:
@@ -425,7 +406,7 @@ def _settings(
 
 def _info(
     config: DistillConfig, task: str, counts: dict[str, int], maps: dict[str, list[int]],
-    inputs: _Inputs, result: trainer.TrainResult, seconds: float,
+    inputs: Inputs, result: trainer.TrainResult, seconds: float,
 ) -> dict[str, Any]:
     """What the report records of the run (``info.distill``)."""
     return {
@@ -433,6 +414,7 @@ def _info(
         "teacher_blocks": counts,
         "student_blocks": {r: len(m) for r, m in maps.items()},
         "layer_maps": maps,
+        "layer_choice": "layer_map" if config.layer_map is not None else config.layer_choice,
         "hard_labels_only": config.hard_labels_only,
         "loss_weights": {"kd": 0.0 if config.hard_labels_only else config.alpha_kd,
                          "task": config.alpha_task,
