@@ -38,7 +38,7 @@ from compress.distill.data import Collator
 from compress.distill.step import masks, run_model
 from compress.distill.student import BLOCK_MAP_ATTR, default_layer_map, teacher_layer_counts
 from compress.distill.teacher import Teacher
-from compress.distill.trainer import Evaluator
+from compress.distill.trainer import Evaluator, task_sums
 from compress.errors import UserError
 
 #: held-out teacher outputs are kept in memory up to this size (else recomputed per eval).
@@ -178,16 +178,9 @@ class TeacherAgreement(Evaluator):
                     kl += float(losses.kd_loss(logits, self._teacher_logits(k, batch), 1.0,
                                                mask)) * n
                     n_kl += n
-                    labels = batch["labels"]
-                    if self.task == "causal-lm":
-                        logits, labels = logits[:, :-1], labels[:, 1:]
-                    keep = labels != -100
-                    nll += float(torch.nn.functional.cross_entropy(
-                        logits[keep], labels[keep], reduction="sum"))
-                    count += int(keep.sum())
-                    if self.task == "classification":
-                        correct += int((logits.argmax(-1) == labels).sum())
-                        n_ex += labels.shape[0]
+                    sums = task_sums(logits, batch["labels"], self.task)
+                    nll, count = nll + sums[0], count + sums[1]
+                    correct, n_ex = correct + sums[2], n_ex + sums[3]
         finally:
             model.train(was_training)
         res = {"loss": kl / max(n_kl, 1), "task_loss": nll / max(count, 1)}

@@ -123,6 +123,19 @@ def _n_tokens(batch: Mapping[str, torch.Tensor]) -> int:
 # --------------------------------------------------------------------------- evaluation
 
 
+
+def task_sums(logits: torch.Tensor, labels: torch.Tensor, task: str) -> tuple[float, int, int, int]:
+    """(summed cross-entropy, scored tokens, correct, examples) of one held-out batch; a
+    causal LM's logits are shifted against its labels, ``-100`` labels are not scored, and
+    correct / examples are counted for classification only."""
+    if task == "causal-lm":
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    keep = labels != -100
+    nll = float(torch.nn.functional.cross_entropy(logits[keep], labels[keep], reduction="sum"))
+    if task != "classification":
+        return nll, int(keep.sum()), 0, 0
+    return nll, int(keep.sum()), int((logits.argmax(-1) == labels).sum()), labels.shape[0]
+
 class Evaluator:
     """Held-out loss of the student (and accuracy / perplexity where they apply)."""
 
@@ -168,17 +181,9 @@ class Evaluator:
                         cos += float(torch.nn.functional.cosine_similarity(s, t, dim=-1).sum())
                         n_ex += s.shape[0]
                         continue
-                    logits, labels = out.logits.float(), batch["labels"]
-                    if self.task == "causal-lm":
-                        logits, labels = logits[:, :-1], labels[:, 1:]
-                    keep = labels != -100
-                    nll += float(
-                        torch.nn.functional.cross_entropy(logits[keep], labels[keep], reduction="sum")
-                    )
-                    count += int(keep.sum())
-                    if self.task == "classification":
-                        correct += int((logits.argmax(-1) == labels).sum())
-                        n_ex += labels.shape[0]
+                    sums = task_sums(out.logits.float(), batch["labels"], self.task)
+                    nll, count = nll + sums[0], count + sums[1]
+                    correct, n_ex = correct + sums[2], n_ex + sums[3]
         finally:
             model.train(was_training)
         if self.task == "embedding":
