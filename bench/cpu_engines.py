@@ -7,7 +7,8 @@
 Variants: ``eager`` (PyTorch, fp32, Hugging Face ``generate`` with its KV cache) and the
 ``runtime`` recipe (:mod:`compress.quant.runtime`) for every engine in ``--engines``
 (ONNX Runtime with transformer fusions and ``MatMulNBits``; OpenVINO with NNCF weight
-compression) at fp32, int8 and int4 weights. Every engine graph carries the KV cache
+compression; llama.cpp on a GGUF file, decoders only, F32 / Q8_0 / Q4_0, when the
+``llamacpp`` extra is installed) at fp32, int8 and int4 weights. Every engine carries the KV cache
 (decoders and encoder-decoders), so a speed-up against the same engine's fp32 is the
 kernel's, and the one against eager is what a user gets.
 
@@ -44,7 +45,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 WEIGHTS = ("fp32", "int8", "int4")
-ENGINES = ("onnxruntime", "openvino")
+ENGINES = ("onnxruntime", "openvino", "llamacpp")
+#: engines that run only some kinds of model
+ENGINE_KINDS = {"llamacpp": ("decoder",)}
 DEFAULT_MODELS = ("minilm-l6-sentiment", "smollm2-135m", "bert2bert-punct")
 #: the issue's bars: (workload, variant weights, against, at most)
 BARS = {
@@ -165,6 +168,8 @@ def bench_model(name: str, engines: list[str], weights: list[str], rounds: int, 
     variants = {"eager": base}
     build_s, errors = {}, {}
     for engine in engines:
+        if kind not in ENGINE_KINDS.get(engine, (kind,)):
+            continue
         for w in weights:
             key = f"{engine}-{w}"
             t0 = time.perf_counter()

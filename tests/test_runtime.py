@@ -116,3 +116,42 @@ def test_min_new_tokens_holds_back_the_end_of_sequence(family, task):
     with torch.no_grad():
         short = fast.generate(**prompt, max_new_tokens=4, eos_token_id=eos)
     assert short.shape[1] - start < 4 or bool((short[:, start:] == eos).any())
+
+
+def test_llamacpp_engine_matches_eager_quantizes_and_round_trips(tmp_path):
+    """llama.cpp on a GGUF file: F32 gives eager's logits and greedy tokens (KV cache in
+    fp16, so close, not equal), Q8_0 / Q4_0 files are smaller and close, reload is exact.
+    rope_theta is not llama.cpp's default: the GGUF file must carry it."""
+    pytest.importorskip("llama_cpp")
+    model, tok = tiny_model("llama", rope_theta=1e5)
+    x = sample_inputs("llama")
+    ref = _out(model, x)
+    prompt = _prompt(tok)
+    ref_gen = _generate(model, tok, prompt)
+    ctx = Context(tokenizer=tok, task="causal-lm")
+    f32 = compress(tiny_model("llama", rope_theta=1e5)[0], make_config("runtime", engine="llamacpp",
+                                                       weights="fp32"), ctx)
+    assert ctx.info["quant"]["gguf_types"] == {"F32": ctx.info["quant"]["gguf_types"]["F32"]}
+    torch.testing.assert_close(_out(f32, x), ref, rtol=2e-2, atol=2e-2)
+    assert torch.equal(_generate(f32, tok, prompt), ref_gen)  # left-padded rows included
+    for weights, bound in (("int8", 0.02), ("int4", 0.15)):
+        ctx = Context(tokenizer=tok, task="causal-lm")
+        q = compress(tiny_model("llama", rope_theta=1e5)[0], make_config("runtime", engine="llamacpp",
+                                                         weights=weights), ctx)
+        rel = float((_out(q, x) - ref).norm() / ref.norm())
+        assert rel < bound, (weights, rel)
+        assert q.nbytes < f32.nbytes
+        assert {"Q8_0": "int8", "Q4_0": "int4"}.keys() & ctx.info["quant"]["gguf_types"].keys()
+    save_model(q, tok, tmp_path / "m")
+    again = load_compressed(tmp_path / "m")
+    assert again.engine == "llamacpp"
+    torch.testing.assert_close(_out(again, x), _out(q, x))
+
+
+def test_llamacpp_engine_refuses_an_encoder_in_one_line():
+    from compress.errors import UserError
+
+    model, tok = tiny_model("bert", classifier=True)
+    with pytest.raises(UserError, match="decoder-only"):
+        compress(model, make_config("runtime", engine="llamacpp", weights="int8"),
+                 Context(tokenizer=tok, task="classification"))

@@ -89,7 +89,10 @@ def gguf_type(spec: QuantSpec | None, in_features: int) -> str:
     return "Q4_0" if spec.bits <= 4 else "Q8_0"
 
 
-def _vocab(tokenizer: Any, writer: Any, gguf: Any) -> None:
+def _vocab(tokenizer: Any, writer: Any, gguf: Any, n_vocab: int) -> None:
+    """The tokenizer as GGUF's ``gpt2`` BPE vocabulary, padded with unused ``[PAD{i}]``
+    entries up to the embedding's rows (as llama.cpp's ``convert_hf_to_gguf`` does): many
+    models round their vocabulary up, and llama.cpp wants one entry per row."""
     with tempfile.TemporaryDirectory(prefix="compress-gguf-tok-") as tmp:
         tokenizer.save_pretrained(tmp)
         try:
@@ -100,6 +103,9 @@ def _vocab(tokenizer: Any, writer: Any, gguf: Any) -> None:
         for text, _score, kind in vocab.all_tokens():
             tokens.append(text if isinstance(text, (bytes, str)) else str(text))
             types.append(int(kind))
+        for i in range(len(tokens), n_vocab):
+            tokens.append(f"[PAD{i}]")
+            types.append(int(gguf.TokenType.UNUSED))
         writer.add_tokenizer_model("gpt2")
         writer.add_token_list(tokens)
         writer.add_token_types(types)
@@ -118,6 +124,13 @@ def _hyperparameters(writer: Any, cfg: Any, arch: str, mapping: dict[str, str | 
     where the config has none."""
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // int(cfg.num_attention_heads)
     values = {"head_dim": head_dim}
+    rope = getattr(cfg, "rope_parameters", None) or {}
+    if isinstance(rope, dict) and "rope_theta" in rope:  # transformers 5 keeps it here
+        kind = rope.get("rope_type", "default")
+        if kind not in (None, "default"):
+            raise UserError(f"GGUF export: rope scaling {kind!r} is not written by this exporter; "
+                            "use the compressed-tensors export for this model")
+        values["rope_theta"] = float(rope["rope_theta"])
     for key, attr in mapping.items():
         if attr is None:
             continue
@@ -161,7 +174,7 @@ def export(model: nn.Module, tokenizer: Any, path: str | Path) -> dict[str, Any]
         if spec.bits <= 4
         else gguf.LlamaFileType.MOSTLY_Q8_0
     )
-    _vocab(tokenizer, writer, gguf)
+    _vocab(tokenizer, writer, gguf, int(model.get_input_embeddings().weight.shape[0]))
     counts: dict[str, int] = {}
     tied = bool(getattr(cfg, "tie_word_embeddings", False))
     modules = dict(model.named_modules())

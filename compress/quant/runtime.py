@@ -55,7 +55,7 @@ from compress.saving import Format, register_format
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("onnxruntime", "openvino")
+ENGINES = ("onnxruntime", "openvino", "llamacpp")
 WEIGHTS = ("fp32", "int8", "int4")
 MANIFEST = "runtime.json"
 FORMAT_NAME = "runtime"
@@ -421,13 +421,15 @@ def _stored(graphs: dict[str, Any]) -> tuple[int, int]:
 
 def build(model: nn.Module, task: str, *, engine: str = "onnxruntime", weights: str = "int8",
           group_size: int = 32, fuse: bool = True, kv_cache: bool = True,
-          keep_float: list[str] | None = None) -> RuntimeModel:
+          keep_float: list[str] | None = None, tokenizer: Any = None) -> nn.Module:
     """Export ``model``, transform it for ``engine`` at ``weights`` precision, wrap it."""
     if engine not in ENGINES:
         raise UserError(f"runtime: engine {engine!r}; choose one of {', '.join(ENGINES)}")
     if weights not in WEIGHTS:
         raise UserError(f"runtime: weights {weights!r}; choose one of {', '.join(WEIGHTS)}")
     keep_float = list(keep_float or [])
+    if engine == "llamacpp":
+        return _build_llamacpp(model, task, weights, keep_float, tokenizer)
     info: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="compress-runtime-") as tmp:
         tmp = Path(tmp)
@@ -486,10 +488,45 @@ def build(model: nn.Module, task: str, *, engine: str = "onnxruntime", weights: 
     return RuntimeModel(graphs, model.config, task, names, meta)
 
 
+def _build_llamacpp(model: nn.Module, task: str, weights: str, keep_float: list[str],
+                    tokenizer: Any) -> nn.Module:
+    from compress.quant import llamacpp
+
+    if task != "causal-lm":
+        raise UserError(f"runtime: engine llamacpp runs decoder-only models; this is a {task} "
+                        "model: use engine onnxruntime or openvino")
+    if keep_float:
+        raise UserError("runtime: engine llamacpp quantizes every linear (its own choice for the "
+                        "embeddings); drop skip/outlier_threshold or use another engine")
+    llamacpp._require()
+    folder = Path(tempfile.mkdtemp(prefix="compress-llamacpp-"))
+    info = llamacpp.build_file(model, tokenizer, weights, folder / llamacpp.GGUF)
+    fp32_bytes = sum(p.numel() * 4 for p in model.parameters())
+    meta = {**config_record(model), "task": task, "engine": "llamacpp", "weights": weights,
+            "group_size": 32, "fuse": None, "cache_shapes": oq.cache_shapes(model),
+            "gguf_types": info["types"], "fp32_onnx_bytes": fp32_bytes, "kept_in_float": [],
+            "stored_elements": info["bytes"], "stored_bytes": info["bytes"],
+            "graph_inputs": {}, "inputs": ["input_ids", "attention_mask"]}
+    return llamacpp.LlamaCppModel(folder / llamacpp.GGUF, model.config, meta)
+
+
 # --------------------------------------------------------------------------- format
 
 
-def save(model: RuntimeModel, folder: Path) -> None:
+def _is_runtime(model: nn.Module) -> bool:
+    from compress.quant.llamacpp import LlamaCppModel
+
+    return isinstance(model, (RuntimeModel, LlamaCppModel))
+
+
+def save(model: nn.Module, folder: Path) -> None:
+    if getattr(model, "engine", None) == "llamacpp":
+        import shutil
+
+        shutil.copyfile(model.path, folder / model.path.name)
+        write_json(folder, MANIFEST, model.meta)
+        model.config.save_pretrained(folder)
+        return
     for name, graph in model.graphs.items():
         if model.engine == "openvino":
             xml, weights = graph
@@ -501,12 +538,16 @@ def save(model: RuntimeModel, folder: Path) -> None:
     model.config.save_pretrained(folder)
 
 
-def load(folder: Path) -> RuntimeModel:
+def load(folder: Path) -> nn.Module:
     import transformers as tf
 
     folder = Path(folder)
     meta = read_json(folder, MANIFEST)
     config = tf.AutoConfig.from_pretrained(folder)
+    if meta["engine"] == "llamacpp":
+        from compress.quant.llamacpp import GGUF, LlamaCppModel
+
+        return LlamaCppModel(folder / GGUF, config, meta)
     graphs: dict[str, Any] = {}
     for name in meta["graph_inputs"]:
         if meta["engine"] == "openvino":
@@ -518,5 +559,5 @@ def load(folder: Path) -> RuntimeModel:
 
 
 FORMAT = register_format(
-    Format(FORMAT_NAME, lambda m: isinstance(m, RuntimeModel), save, load, priority=1)
+    Format(FORMAT_NAME, _is_runtime, save, load, priority=1)
 )

@@ -43,8 +43,9 @@ from compress.traits import Traits
 class RuntimeConfig(KeepFloatConfig):
     """A CPU inference engine (ONNX Runtime or OpenVINO) at fp32, int8 or int4 weights."""
 
-    engine: str = option("onnxruntime", "onnxruntime (fused graph, MatMulNBits) or openvino "
-                         "(NNCF weight compression)", choices=rt.ENGINES)
+    engine: str = option("onnxruntime", "onnxruntime (fused graph, MatMulNBits), openvino "
+                         "(NNCF weight compression) or llamacpp (decoders: GGUF Q8_0 / Q4_0, "
+                         "needs the llamacpp extra)", choices=rt.ENGINES)
     weights: str = option("int8", "fp32 (the engine alone), int8 or int4 weights",
                           choices=rt.WEIGHTS)
     group_size: int = option(32, "input weights per scale for int4 (and ONNX Runtime's int8)",
@@ -91,7 +92,7 @@ def runtime(model: nn.Module, config: RuntimeConfig, context: Context) -> nn.Mod
     conv1d_to_linear(model, set(targets))  # Conv1D traces to Gemm, which stays unquantized
     wrapped = rt.build(model, task, engine=config.engine, weights=config.weights,
                        group_size=config.group_size, fuse=config.fuse, kv_cache=config.kv_cache,
-                       keep_float=list(kept))
+                       keep_float=list(kept), tokenizer=context.tokenizer)
     counts = wrapped.compress_parameter_counts
     meta = wrapped.meta
     bits = {"fp32": 32, "int8": 8, "int4": 4}[config.weights]
@@ -99,7 +100,7 @@ def runtime(model: nn.Module, config: RuntimeConfig, context: Context) -> nn.Mod
         context, method="runtime", simulated=False, device="cpu", bits=bits,
         engine=config.engine, weights=config.weights, group_size=config.group_size, task=task,
         fused={k.removeprefix("fused_"): v for k, v in meta.items() if k.startswith("fused_")}
-        or None,
+        or None, gguf_types=meta.get("gguf_types"),
         kv_cache=meta["cache_shapes"] is not None, kept_in_float=kept or None,
         dense_bytes=before["bytes"], packed_bytes=counts["bytes"],
         fp32_onnx_bytes=meta["fp32_onnx_bytes"],
