@@ -69,4 +69,9 @@ def test_cpu_engines_smoke_run_records_paired_ratios_quality_and_bars(tmp_path):
     assert fp32["quality"]["greedy_agreement"] == 1.0  # the engine in fp32 decodes like eager
     vs = res["variants"]["onnxruntime-int4"]["generate_ms_per_token_vs_engine_fp32"]
     assert vs["ci95"][0] <= vs["ratio"] <= vs["ci95"][1]
-    assert {m["weights"] for m in res["must_show"]} == {"int4"}
+    # the decode step alone: generation minus a one-token generation, rounds where noise
+    # made that difference negative dropped (all variants alike, so ratios stay paired)
+    assert 0 <= res["decode_rounds_kept"] <= 2
+    if res["decode_rounds_kept"]:
+        assert {m["weights"] for m in res["must_show"]} == {"int4"}
+        assert all(m["workload"] == "decode_ms_per_token" for m in res["must_show"])
