@@ -44,6 +44,7 @@ import torch
 import torch.nn as nn
 
 from compress.errors import UserError
+from compress.quant.onnx import CpuEngineModel
 
 #: weights -> llama.cpp file type (``llama_ftype``) and the name the report records
 FTYPES = {"int8": ("LLAMA_FTYPE_MOSTLY_Q8_0", "Q8_0"), "int4": ("LLAMA_FTYPE_MOSTLY_Q4_0", "Q4_0")}
@@ -125,9 +126,11 @@ def build_file(model: nn.Module, tokenizer: Any, weights: str, dst: Path) -> dic
     return info
 
 
-class LlamaCppModel(nn.Module):
+class LlamaCppModel(CpuEngineModel):
     """A llama.cpp session over one GGUF file that behaves like the Hugging Face decoder
     it came from (``forward`` -> ``.logits``, greedy ``generate`` with its KV cache)."""
+
+    engine_label = "llama.cpp"
 
     def __init__(self, gguf_path: Path, config: Any, meta: dict[str, Any]):
         super().__init__()
@@ -163,31 +166,6 @@ class LlamaCppModel(nn.Module):
         llm, self.llm = getattr(self, "llm", None), None
         if llm is not None:
             llm.close()
-
-    # -- transformers look-alikes ------------------------------------------
-    @property
-    def device(self) -> torch.device:
-        return torch.device("cpu")
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return torch.float32
-
-    def num_parameters(self, *args: Any, **kwargs: Any) -> int:
-        return self.compress_parameter_counts["total"]
-
-    def to(self, *args: Any, **kwargs: Any) -> LlamaCppModel:
-        target = args[0] if args else kwargs.get("device")
-        if target is not None and not isinstance(target, torch.dtype):
-            if torch.device(target).type != "cpu":
-                raise UserError("llama.cpp models run on the CPU here")
-        return self
-
-    def can_generate(self) -> bool:
-        return True
-
-    def get_input_embeddings(self) -> None:
-        return None
 
     # -- llama.cpp calls ---------------------------------------------------
     def _start(self) -> None:

@@ -302,8 +302,42 @@ def initializer_counts(onnx_bytes: bytes) -> dict[str, int]:
     return {"total": total, "nonzero": total, "bytes": nbytes, "int8_elements": int8}
 
 
-class OnnxModel(nn.Module):
+class CpuEngineModel(nn.Module):
+    """What a model run by a CPU engine (ONNX Runtime, OpenVINO, llama.cpp) shows to the
+    benchmark and profiler as a Hugging Face model: CPU, fp32 inputs, no embeddings.
+    Subclasses set ``task``, ``compress_parameter_counts`` and ``engine_label``."""
+
+    engine_label = "this engine's"
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32
+
+    def num_parameters(self, *args: Any, **kwargs: Any) -> int:
+        return self.compress_parameter_counts["total"]
+
+    def to(self, *args: Any, **kwargs: Any) -> CpuEngineModel:
+        target = args[0] if args else kwargs.get("device")
+        if target is not None and not isinstance(target, torch.dtype):
+            if torch.device(target).type != "cpu":
+                raise UserError(f"{self.engine_label} models run on the CPU only")
+        return self
+
+    def can_generate(self) -> bool:
+        return self.task in ("causal-lm", "seq2seq")
+
+    def get_input_embeddings(self) -> None:
+        return None
+
+
+class OnnxModel(CpuEngineModel):
     """An ONNX Runtime session that behaves like the Hugging Face model it came from."""
+
+    engine_label = "ONNX Runtime"
 
     def __init__(self, onnx_bytes: bytes, config: Any, task: str, names: list[str],
                  meta: dict[str, Any] | None = None):
@@ -327,31 +361,6 @@ class OnnxModel(nn.Module):
         self.nbytes = self.compress_parameter_counts["bytes"]
         self.main_input_name = "input_ids"
         self.eval()
-
-    # -- nn.Module / transformers look-alikes -------------------------------
-    @property
-    def device(self) -> torch.device:
-        return torch.device("cpu")
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return torch.float32
-
-    def num_parameters(self, *args: Any, **kwargs: Any) -> int:
-        return self.compress_parameter_counts["total"]
-
-    def to(self, *args: Any, **kwargs: Any) -> OnnxModel:
-        target = args[0] if args else kwargs.get("device")
-        if target is not None and not isinstance(target, torch.dtype):
-            if torch.device(target).type != "cpu":
-                raise UserError("onnx-int8 models run with ONNX Runtime on the CPU only")
-        return self
-
-    def can_generate(self) -> bool:
-        return self.task in ("causal-lm", "seq2seq")
-
-    def get_input_embeddings(self) -> None:
-        return None
 
     # -- inference ----------------------------------------------------------
     def _inputs(self) -> set[str]:

@@ -314,6 +314,8 @@ class RuntimeModel(oq.OnnxModel):
     """An ONNX Runtime or OpenVINO graph (+ an encoder graph for seq2seq) that behaves like
     the Hugging Face model it came from; decoders of both kinds generate with their cache."""
 
+    engine_label = "ONNX Runtime and OpenVINO"
+
     def __init__(self, graphs: dict[str, Any], config: Any, task: str, names: list[str],
                  meta: dict[str, Any]):
         nn.Module.__init__(self)
