@@ -6,20 +6,21 @@ scale (``Q8_0`` / ``Q4_0``) multiplied against activations quantized to int8 per
 (AVX2 / AVX-512 / VNNI dot products), attention over its own KV cache, and the whole
 decode step in C++ with no per-operator dispatch. That last part is what the ONNX Runtime
 and OpenVINO graphs of :mod:`compress.quant.runtime` lack on a 135M-parameter model: a
-SmolLM2 decode step there spends several ms outside the matmuls (per-node dispatch and
-shape inference of about 1,900 dynamic-shape nodes), so their int8 and int4 weights save
-less than the bytes suggest.
+SmolLM2 decode step there runs about 1,900 dynamic-shape nodes, each dispatched and
+shape-inferred, so their int8 and int4 weights save less than the bytes suggest
+(``reports/bench/cpu_engines_smollm2_decode.json``: OpenVINO int8 / int4 decode steps at
+0.86x / 0.81x of its fp32, llama.cpp's at 0.50x / 0.43x of its F32).
 
 The path: :func:`compress.export.gguf.export` writes the model to an F32 GGUF file (its
 tokenizer included; the architectures that exporter knows), then llama.cpp's own
 quantizer (``llama_model_quantize``, data-free round-to-nearest, the same as
 ``llama-quantize``) turns it into ``Q8_0`` (``weights=int8``) or ``Q4_0`` (``int4``).
 llama.cpp chooses the type of the tied embedding / output matrix itself (``Q8_0`` at
-``int4`` when its width is no multiple of 256, as in SmolLM2); :func:`build` records the
+``int4`` when its width is no multiple of 256, as in SmolLM2); :func:`build_file` records the
 tensor types it wrote.
 
-:class:`LlamaCppModel` is a :class:`compress.quant.runtime.RuntimeModel` (``runtime``
-format: the ``.gguf`` file + ``runtime.json``): ``forward`` returns the logits of every
+:class:`LlamaCppModel` saves in the ``runtime`` format of :mod:`compress.quant.runtime`
+(the ``.gguf`` file + ``runtime.json``): ``forward`` returns the logits of every
 position (one llama.cpp sequence per row, padding stripped), ``generate`` decodes greedily
 with llama.cpp's KV cache. Speed against eager PyTorch and against llama.cpp's own F32 is
 measured by ``bench/cpu_engines.py`` (``--engines llamacpp``), never assumed.
@@ -143,14 +144,11 @@ class LlamaCppModel(CpuEngineModel):
         limit = int(getattr(config, "max_position_embeddings", 0) or MAX_CTX)
         self.n_ctx = min(limit, int(os.environ.get("COMPRESS_LLAMACPP_CTX", MAX_CTX)))
         self.n_batch = min(512, self.n_ctx)
-        from compress.quant.runtime import _quiet_logs
-
-        with _quiet_logs():
-            self.llm = llama_cpp.Llama(
-                model_path=str(self.path), n_ctx=self.n_ctx, n_batch=self.n_batch,
-                n_ubatch=self.n_batch, n_threads=threads, n_threads_batch=threads,
-                logits_all=False, verbose=False,
-            )
+        self.llm = llama_cpp.Llama(  # verbose=False: llama.cpp's load log is silenced
+            model_path=str(self.path), n_ctx=self.n_ctx, n_batch=self.n_batch,
+            n_ubatch=self.n_batch, n_threads=threads, n_threads_batch=threads,
+            logits_all=False, verbose=False,
+        )
         self.n_vocab = int(self.llm.n_vocab())
         _OPEN.add(self)
         self.cache_shapes = meta.get("cache_shapes")
