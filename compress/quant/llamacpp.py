@@ -133,8 +133,10 @@ class LlamaCppModel(CpuEngineModel):
 
     engine_label = "llama.cpp"
 
-    def __init__(self, gguf_path: Path, config: Any, meta: dict[str, Any]):
+    def __init__(self, gguf_path: Path, config: Any, meta: dict[str, Any],
+                 owned_dir: Path | None = None):
         super().__init__()
+        self._owned_dir = owned_dir  # a temporary folder holding the file: removed on close
         llama_cpp = _require()
         self.config, self.task = config, "causal-lm"
         self.meta = dict(meta)
@@ -164,6 +166,17 @@ class LlamaCppModel(CpuEngineModel):
         llm, self.llm = getattr(self, "llm", None), None
         if llm is not None:
             llm.close()
+        owned, self._owned_dir = getattr(self, "_owned_dir", None), None
+        if owned is not None:
+            import shutil
+
+            shutil.rmtree(owned, ignore_errors=True)
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter teardown
+            pass
 
     # -- llama.cpp calls ---------------------------------------------------
     def _start(self) -> None:
@@ -237,6 +250,8 @@ class LlamaCppModel(CpuEngineModel):
         pad = _pad_id(self.config)
         new = []
         for r, idx in enumerate(self._rows(input_ids, attention_mask)):
+            if not len(idx):
+                raise UserError("llama.cpp engine: a prompt row holds no tokens (all padding)")
             self._start()
             logits = self._eval([int(t) for t in input_ids[r, idx]], every=False)[-1]
             row: list[int] = []

@@ -502,14 +502,20 @@ def _build_llamacpp(model: nn.Module, task: str, weights: str, keep_float: list[
                         "embeddings); drop skip/outlier_threshold or use another engine")
     llamacpp._require()
     folder = Path(tempfile.mkdtemp(prefix="compress-llamacpp-"))
-    info = llamacpp.build_file(model, tokenizer, weights, folder / llamacpp.GGUF)
+    try:
+        info = llamacpp.build_file(model, tokenizer, weights, folder / llamacpp.GGUF)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
     fp32_bytes = sum(p.numel() * 4 for p in model.parameters())
     meta = {**config_record(model), "task": task, "engine": "llamacpp", "weights": weights,
             "group_size": 32, "fuse": None, "cache_shapes": oq.cache_shapes(model),
             "gguf_types": info["types"], "fp32_onnx_bytes": fp32_bytes, "kept_in_float": [],
             "stored_elements": info["bytes"], "stored_bytes": info["bytes"],
             "graph_inputs": {}, "inputs": ["input_ids", "attention_mask"]}
-    return llamacpp.LlamaCppModel(folder / llamacpp.GGUF, model.config, meta)
+    return llamacpp.LlamaCppModel(folder / llamacpp.GGUF, model.config, meta, owned_dir=folder)
 
 
 # --------------------------------------------------------------------------- format
