@@ -9,7 +9,8 @@ and OpenVINO graphs of :mod:`compress.quant.runtime` lack on a 135M-parameter mo
 SmolLM2 decode step there runs about 1,900 dynamic-shape nodes, each dispatched and
 shape-inferred, so their int8 and int4 weights save less than the bytes suggest
 (``reports/bench/cpu_engines_smollm2_decode.json``: OpenVINO int8 / int4 decode steps at
-0.86x / 0.81x of its fp32, llama.cpp's at 0.50x / 0.43x of its F32).
+0.86x / 0.81x of its fp32; ``reports/bench/cpu_engines_smollm2_llamacpp.json``: llama.cpp's
+at 0.485x / 0.389x of its F32, AVX2, 15 rounds).
 
 The path: :func:`compress.export.gguf.export` writes the model to an F32 GGUF file (its
 tokenizer included; the architectures that exporter knows), then llama.cpp's own
