@@ -8,7 +8,8 @@ Variants: ``eager`` (PyTorch, fp32, Hugging Face ``generate`` with its KV cache)
 ``runtime`` recipe (:mod:`compress.quant.runtime`) for every engine in ``--engines``
 (ONNX Runtime with transformer fusions and ``MatMulNBits``; OpenVINO with NNCF weight
 compression; llama.cpp on a GGUF file, decoders only, F32 / Q8_0 / Q4_0, when the
-``llamacpp`` extra is installed) at fp32, int8 and int4 weights. Every engine carries the KV cache
+``llamacpp`` extra is installed) at fp32, int8 and int4 weights, and ONNX Runtime's ``w8a8``
+(dynamic int8 weights and activations; it counts as int8 for the bars). Every engine carries the KV cache
 (decoders and encoder-decoders), so a speed-up against the same engine's fp32 is the
 kernel's, and the one against eager is what a user gets.
 
@@ -47,7 +48,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-WEIGHTS = ("fp32", "int8", "int4")
+WEIGHTS = ("fp32", "int8", "int4", "w8a8")
+#: weights that only some engines run (the others skip the variant)
+WEIGHT_ENGINES = {"w8a8": ("onnxruntime",)}
 ENGINES = ("onnxruntime", "openvino", "llamacpp")
 #: engines that run only some kinds of model
 ENGINE_KINDS = {"llamacpp": ("decoder",)}
@@ -181,6 +184,8 @@ def bench_model(name: str, engines: list[str], weights: list[str], rounds: int, 
         if kind not in ENGINE_KINDS.get(engine, (kind,)):
             continue
         for w in weights:
+            if engine not in WEIGHT_ENGINES.get(w, (engine,)):
+                continue
             key = f"{engine}-{w}"
             t0 = time.perf_counter()
             try:
@@ -231,8 +236,9 @@ def must_show(result: dict) -> list[dict]:
     out = []
     for workload, weights, against, bar in BARS[result["kind"]]:
         key = f"{workload}_vs_{'eager' if against == 'eager' else 'engine_fp32'}"
+        kinds = ("-int8", "-w8a8") if weights == "int8" else (f"-{weights}",)  # both are int8
         cands = [(k, v[key]) for k, v in result["variants"].items()
-                 if k.endswith(f"-{weights}") and key in v]
+                 if k.endswith(kinds) and key in v]
         if not cands:
             continue
         best, vs = min(cands, key=lambda kv: kv[1]["ratio"])

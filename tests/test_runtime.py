@@ -101,6 +101,40 @@ def test_fusion_is_recorded_for_an_encoder():
     assert fused.get("SkipLayerNormalization", 0) >= model.config.num_hidden_layers
 
 
+@pytest.mark.parametrize("key", ["bert-cls", "llama"])
+def test_w8a8_quantizes_activations_stays_close_and_round_trips(key, tmp_path):
+    import onnx
+
+    family, kw, task = FAMILIES[key]
+    model, tok = tiny_model(family, **kw)
+    x = sample_inputs(family)
+    ref = _out(model, x)
+    ctx = Context(tokenizer=tok, task=task)
+    fp32 = compress(tiny_model(family, **kw)[0], make_config("runtime", weights="fp32"), ctx)
+    q = compress(model, make_config("runtime", weights="w8a8"), ctx)
+    rel = float((_out(q, x) - ref).norm() / ref.norm())
+    assert rel < 0.05, rel
+    assert q.compress_parameter_counts["bytes"] < fp32.compress_parameter_counts["bytes"]
+    ops = {n.op_type for n in onnx.load_from_string(q.graphs["model"]).graph.node}
+    assert ops & {"MatMulInteger", "DynamicQuantizeMatMul", "QAttention"}, ops  # int8 activations
+    if key == "bert-cls":
+        assert "QAttention" in ops  # the fused attention is quantized too
+    info = ctx.info["quant"]
+    assert info["weights"] == "w8a8" and info["w8a8"]["per_channel"] is True
+    save_model(q, tok, tmp_path / "m")
+    torch.testing.assert_close(_out(load_compressed(tmp_path / "m"), x), _out(q, x))
+
+
+def test_w8a8_is_refused_on_other_engines_in_one_line():
+    from compress.errors import UserError
+
+    model, tok = tiny_model("llama")
+    with pytest.raises(UserError, match="w8a8.*onnxruntime") as err:
+        compress(model, make_config("runtime", engine="openvino", weights="w8a8"),
+                 Context(tokenizer=tok, task="causal-lm"))
+    assert "\n" not in str(err.value)
+
+
 @pytest.mark.parametrize("family,task", [("llama", "causal-lm"), ("t5", "seq2seq")])
 def test_min_new_tokens_holds_back_the_end_of_sequence(family, task):
     """The profiler asks for exactly N new tokens: an engine must not stop early."""

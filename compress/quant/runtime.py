@@ -19,7 +19,13 @@ Engines and weights:
   :func:`fuse_file` reports what it fused), then its MatMuls with constant weights become
   ``MatMulNBits`` (``int8`` / ``int4``: weight-only, symmetric, one fp32 scale per
   ``group_size`` input weights, ``accuracy_level=4``: activations quantized to int8 per
-  block at run time, int8 dot products: VNNI where the CPU has it);
+  block at run time, int8 dot products: VNNI where the CPU has it); ``w8a8``: ONNX
+  Runtime's dynamic quantization of the fused graph (``quantize_dynamic``: MatMuls and the
+  fused Attention become ``MatMulInteger`` / ``DynamicQuantizeMatMul`` / ``QAttention``,
+  int8 weights per output channel, activations quantized to int8 per tensor at run time,
+  7-bit weights on x86 CPUs without VNNI, whose ``vpmaddubsw`` saturates). On an AVX2 CPU
+  without VNNI the weight-only ``int8`` kernels are slower than fp32 on MiniLM at 8 x 128,
+  ``w8a8`` faster (``reports/bench/cpu_engines_minilm_avx2.json``);
 * ``openvino``: the same ONNX graph read by OpenVINO, weights compressed by NNCF
   (``nncf.compress_weights``: ``int8`` = INT8_ASYM per output channel, ``int4`` =
   INT4_SYM in groups of ``group_size``; data-free), compiled for the CPU.
@@ -56,7 +62,7 @@ from compress.saving import Format, register_format
 log = logging.getLogger(__name__)
 
 ENGINES = ("onnxruntime", "openvino", "llamacpp")
-WEIGHTS = ("fp32", "int8", "int4")
+WEIGHTS = ("fp32", "int8", "int4", "w8a8")
 MANIFEST = "runtime.json"
 FORMAT_NAME = "runtime"
 
@@ -231,6 +237,33 @@ def quantize_nbits_file(src: Path, dst: Path, bits: int, group_size: int,
                                  nodes_to_exclude=exclude or [])
         q.process()
         q.model.save_model_to_file(str(dst), use_external_data_format=False)
+
+
+def quantize_w8a8_file(src: Path, dst: Path, exclude: list[str] | None = None) -> dict[str, Any]:
+    """ONNX Runtime's dynamic int8 quantization of a (fused) graph: MatMuls with constant
+    weights and fused Attention nodes get int8 weights per output channel and activations
+    quantized per tensor at run time. Weights use 7 bits where the CPU lacks VNNI (see
+    :func:`compress.quant.onnx.x86_without_vnni`). Returns what it chose."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    reduce_range = oq.x86_without_vnni()
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # ORT logs a generic "consider pre-processing" warning
+    try:
+        with warnings.catch_warnings(), _quiet_logs():
+            warnings.simplefilter("ignore")
+            # the fused graph's com.microsoft nodes defeat ONNX shape inference: say that
+            # untyped tensors are float, as they are here
+            quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul", "Attention"],
+                             per_channel=True, reduce_range=reduce_range,
+                             weight_type=QuantType.QInt8, nodes_to_exclude=exclude or [],
+                             extra_options={"MatMulConstBOnly": True,
+                                            "DefaultTensorType": onnx.TensorProto.FLOAT})
+    finally:
+        root.setLevel(level)
+    return {"per_channel": True, "reduce_range": reduce_range}
 
 
 def openvino_ir(src: Path, weights: str, group_size: int, keep_float: list[str]) -> tuple[str, bytes]:
@@ -430,6 +463,9 @@ def build(model: nn.Module, task: str, *, engine: str = "onnxruntime", weights: 
     if weights not in WEIGHTS:
         raise UserError(f"runtime: weights {weights!r}; choose one of {', '.join(WEIGHTS)}")
     keep_float = list(keep_float or [])
+    if weights == "w8a8" and engine != "onnxruntime":
+        raise UserError(f"runtime: weights w8a8 (int8 activations) runs on engine onnxruntime; "
+                        f"for {engine} use weights int8")
     if engine == "llamacpp":
         return _build_llamacpp(model, task, weights, keep_float, tokenizer)
     info: dict[str, Any] = {}
@@ -473,7 +509,11 @@ def build(model: nn.Module, task: str, *, engine: str = "onnxruntime", weights: 
                 if fuse:
                     info[f"fused_{g}"] = fuse_file(src, tmp / f"{g}.fused.onnx", *_heads(model))
                     src = tmp / f"{g}.fused.onnx"
-                if weights != "fp32":
+                if weights == "w8a8":
+                    exclude = oq.nodes_of_modules(src, keep_float) if keep_float else []
+                    info["w8a8"] = quantize_w8a8_file(src, tmp / f"{g}.q.onnx", exclude)
+                    src = tmp / f"{g}.q.onnx"
+                elif weights != "fp32":
                     exclude = oq.nodes_of_modules(src, keep_float) if keep_float else []
                     quantize_nbits_file(src, tmp / f"{g}.q.onnx", 8 if weights == "int8" else 4,
                                         group_size, exclude)

@@ -2,7 +2,7 @@
 
 The model is exported to ONNX with its KV cache (decoders and encoder-decoders) and
 handed to ONNX Runtime (transformer fusions, then ``MatMulNBits`` weight-only int8/int4
-with int8 compute) or OpenVINO (NNCF weight compression); see
+with int8 compute, or ``w8a8``: dynamic int8 weights and activations) or OpenVINO (NNCF weight compression); see
 :mod:`compress.quant.runtime`. The result is an ``nn.Module`` the shared benchmark and
 profiler run unchanged; it saves in the ``runtime`` format and reloads with
 :func:`compress.saving.load_compressed`.
@@ -46,7 +46,8 @@ class RuntimeConfig(KeepFloatConfig):
     engine: str = option("onnxruntime", "onnxruntime (fused graph, MatMulNBits), openvino "
                          "(NNCF weight compression) or llamacpp (decoders: GGUF Q8_0 / Q4_0, "
                          "needs the llamacpp extra)", choices=rt.ENGINES)
-    weights: str = option("int8", "fp32 (the engine alone), int8 or int4 weights",
+    weights: str = option("int8", "fp32 (the engine alone), int8 or int4 weights, or w8a8 "
+                          "(onnxruntime: int8 weights and activations, dynamic quantization)",
                           choices=rt.WEIGHTS)
     group_size: int = option(32, "input weights per scale for int4 (and ONNX Runtime's int8)",
                              low=16)
@@ -67,7 +68,7 @@ def runtime_memory(config: RuntimeConfig, facts: ModelFacts) -> Need:
     engine's session over the quantized
     graph (the model's size at the chosen weight type); ``outlier_threshold`` adds
     calibration forwards."""
-    share = {"fp32": 1.0, "int8": 0.5, "int4": 0.375}.get(config.weights, 1.0)
+    share = {"fp32": 1.0, "int8": 0.5, "int4": 0.375, "w8a8": 0.5}.get(config.weights, 1.0)
     parts = {"exported graph and its bytes": 3 * facts.param_bytes,
              "engine session": int(facts.param_bytes * share)}
     if config.outlier_threshold is not None:
@@ -95,12 +96,12 @@ def runtime(model: nn.Module, config: RuntimeConfig, context: Context) -> nn.Mod
                        keep_float=list(kept), tokenizer=context.tokenizer)
     counts = wrapped.compress_parameter_counts
     meta = wrapped.meta
-    bits = {"fp32": 32, "int8": 8, "int4": 4}[config.weights]
+    bits = {"fp32": 32, "int8": 8, "int4": 4, "w8a8": 8}[config.weights]
     record(
         context, method="runtime", simulated=False, device="cpu", bits=bits,
         engine=config.engine, weights=config.weights, group_size=config.group_size, task=task,
         fused={k.removeprefix("fused_"): v for k, v in meta.items() if k.startswith("fused_")}
-        or None, gguf_types=meta.get("gguf_types"),
+        or None, gguf_types=meta.get("gguf_types"), w8a8=meta.get("w8a8"),
         kv_cache=meta["cache_shapes"] is not None, kept_in_float=kept or None,
         dense_bytes=before["bytes"], packed_bytes=counts["bytes"],
         fp32_onnx_bytes=meta["fp32_onnx_bytes"],
