@@ -269,7 +269,13 @@ def nodes_of_modules(onnx_path: Path, modules: list[str]) -> list[str]:
 
 
 def quantize_file(src: Path, dst: Path, per_channel: bool, reduce_range: bool,
-                  exclude: list[str] | None = None) -> None:
+                  exclude: list[str] | None = None, op_types: tuple[str, ...] = ("MatMul",),
+                  untyped_float: bool = False) -> None:
+    """ONNX Runtime's dynamic int8 quantization of the ``op_types`` nodes with constant
+    weights (int8 weights, activations quantized at run time). ``untyped_float`` tells the
+    quantizer that tensors ONNX shape inference cannot type are float: needed on a graph
+    fused by ONNX Runtime, whose com.microsoft nodes defeat shape inference."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     root = logging.getLogger()
@@ -278,10 +284,13 @@ def quantize_file(src: Path, dst: Path, per_channel: bool, reduce_range: bool,
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul"],
+            extra: dict[str, Any] = {"MatMulConstBOnly": True}
+            if untyped_float:
+                extra["DefaultTensorType"] = onnx.TensorProto.FLOAT
+            quantize_dynamic(str(src), str(dst), op_types_to_quantize=list(op_types),
                              per_channel=per_channel, reduce_range=reduce_range,
                              weight_type=QuantType.QInt8, nodes_to_exclude=exclude or [],
-                             extra_options={"MatMulConstBOnly": True})
+                             extra_options=extra)
     finally:
         root.setLevel(level)
 

@@ -239,33 +239,6 @@ def quantize_nbits_file(src: Path, dst: Path, bits: int, group_size: int,
         q.model.save_model_to_file(str(dst), use_external_data_format=False)
 
 
-def quantize_w8a8_file(src: Path, dst: Path, exclude: list[str] | None = None) -> dict[str, Any]:
-    """ONNX Runtime's dynamic int8 quantization of a (fused) graph: MatMuls with constant
-    weights and fused Attention nodes get int8 weights per output channel and activations
-    quantized per tensor at run time. Weights use 7 bits where the CPU lacks VNNI (see
-    :func:`compress.quant.onnx.x86_without_vnni`). Returns what it chose."""
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    reduce_range = oq.x86_without_vnni()
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # ORT logs a generic "consider pre-processing" warning
-    try:
-        with warnings.catch_warnings(), _quiet_logs():
-            warnings.simplefilter("ignore")
-            # the fused graph's com.microsoft nodes defeat ONNX shape inference: say that
-            # untyped tensors are float, as they are here
-            quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul", "Attention"],
-                             per_channel=True, reduce_range=reduce_range,
-                             weight_type=QuantType.QInt8, nodes_to_exclude=exclude or [],
-                             extra_options={"MatMulConstBOnly": True,
-                                            "DefaultTensorType": onnx.TensorProto.FLOAT})
-    finally:
-        root.setLevel(level)
-    return {"per_channel": True, "reduce_range": reduce_range}
-
-
 def openvino_ir(src: Path, weights: str, group_size: int, keep_float: list[str]) -> tuple[str, bytes]:
     """The ONNX graph read by OpenVINO, weights compressed by NNCF; (IR xml, IR weights)."""
     import openvino as ov
@@ -511,7 +484,10 @@ def build(model: nn.Module, task: str, *, engine: str = "onnxruntime", weights: 
                     src = tmp / f"{g}.fused.onnx"
                 if weights == "w8a8":
                     exclude = oq.nodes_of_modules(src, keep_float) if keep_float else []
-                    info["w8a8"] = quantize_w8a8_file(src, tmp / f"{g}.q.onnx", exclude)
+                    # int8 weights per output channel, 7-bit where vpmaddubsw saturates
+                    info["w8a8"] = {"per_channel": True, "reduce_range": oq.x86_without_vnni()}
+                    oq.quantize_file(src, tmp / f"{g}.q.onnx", True, info["w8a8"]["reduce_range"],
+                                     exclude, op_types=("MatMul", "Attention"), untyped_float=True)
                     src = tmp / f"{g}.q.onnx"
                 elif weights != "fp32":
                     exclude = oq.nodes_of_modules(src, keep_float) if keep_float else []
