@@ -101,7 +101,7 @@ def test_fusion_is_recorded_for_an_encoder():
     assert fused.get("SkipLayerNormalization", 0) >= model.config.num_hidden_layers
 
 
-@pytest.mark.parametrize("key", ["bert-cls", "llama"])
+@pytest.mark.parametrize("key", ["bert-cls", "llama", "t5"])
 def test_w8a8_quantizes_activations_stays_close_and_round_trips(key, tmp_path):
     import onnx
 

@@ -24,8 +24,8 @@ Engines and weights:
   fused Attention become ``MatMulInteger`` / ``DynamicQuantizeMatMul`` / ``QAttention``,
   int8 weights per output channel, activations quantized to int8 per tensor at run time,
   7-bit weights on x86 CPUs without VNNI, whose ``vpmaddubsw`` saturates). On an AVX2 CPU
-  without VNNI the weight-only ``int8`` kernels are slower than fp32 on MiniLM at 8 x 128,
-  ``w8a8`` faster (``reports/bench/cpu_engines_minilm_avx2.json``);
+  without VNNI the weight-only ``int8`` kernels are no faster than eager fp32 on MiniLM at
+  8 x 128, ``w8a8`` is (``reports/bench/cpu_engines_minilm_avx2.json``);
 * ``openvino``: the same ONNX graph read by OpenVINO, weights compressed by NNCF
   (``nncf.compress_weights``: ``int8`` = INT8_ASYM per output channel, ``int4`` =
   INT4_SYM in groups of ``group_size``; data-free), compiled for the CPU.
@@ -482,15 +482,15 @@ def build(model: nn.Module, task: str, *, engine: str = "onnxruntime", weights: 
                 if fuse:
                     info[f"fused_{g}"] = fuse_file(src, tmp / f"{g}.fused.onnx", *_heads(model))
                     src = tmp / f"{g}.fused.onnx"
+                exclude = (oq.nodes_of_modules(src, keep_float)
+                           if keep_float and weights != "fp32" else [])
                 if weights == "w8a8":
-                    exclude = oq.nodes_of_modules(src, keep_float) if keep_float else []
                     # int8 weights per output channel, 7-bit where vpmaddubsw saturates
                     info["w8a8"] = {"per_channel": True, "reduce_range": oq.x86_without_vnni()}
                     oq.quantize_file(src, tmp / f"{g}.q.onnx", True, info["w8a8"]["reduce_range"],
                                      exclude, op_types=("MatMul", "Attention"), untyped_float=True)
                     src = tmp / f"{g}.q.onnx"
                 elif weights != "fp32":
-                    exclude = oq.nodes_of_modules(src, keep_float) if keep_float else []
                     quantize_nbits_file(src, tmp / f"{g}.q.onnx", 8 if weights == "int8" else 4,
                                         group_size, exclude)
                     src = tmp / f"{g}.q.onnx"
