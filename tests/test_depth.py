@@ -223,3 +223,103 @@ def test_the_kv_cache_follows_the_kept_blocks():
         cached = out.generate(ids, use_cache=True, **kw)
         plain = out.generate(ids, use_cache=False, **kw)
     assert torch.equal(cached, plain)
+
+
+class _FakeRule:
+    """Drop ``k`` of ``n`` blocks of one stack (the greedy's rule interface)."""
+
+    def __init__(self, n, k):
+        self.n, self.k, self.dropped = n, k, {"decoder": set()}
+
+    def candidates(self):
+        return [("decoder", i) for i in range(self.n)]
+
+    def may_drop(self, r, i):
+        return i not in self.dropped[r]
+
+    def done(self):
+        return len(self.dropped["decoder"]) >= self.k
+
+    def drop(self, r, i):
+        self.dropped[r].add(i)
+
+    def unreachable(self):
+        return UserError("nothing left")
+
+
+def _set_cost(alone, pairs):
+    """cost(S) = sum of each block's cost alone + a penalty for every pair in S."""
+    def cost(blocks):
+        return sum(alone[i] for i in blocks) + sum(
+            p for (a, b), p in pairs.items() if a in blocks and b in blocks)
+    return cost
+
+
+def _run_greedy(cost, n, k, lazy=True):
+    from compress.recipes import depth as d
+
+    calls = []
+
+    def refresh(skipped, candidates):
+        calls.append(len(candidates))
+        s = skipped["decoder"]
+        return {c: cost(s | {c[1]}) for c in candidates}
+
+    rule = _FakeRule(n, k)
+    first = {c: cost({c[1]}) for c in rule.candidates()}
+    if not lazy:  # SLEB's plain greedy: every remaining block measured every round
+        order = []
+        while not rule.done():
+            best = min((c for c in rule.candidates() if rule.may_drop(*c)),
+                       key=lambda c: (cost(rule.dropped["decoder"] | {c[1]}), c))
+            rule.drop(*best)
+            order.append(best[1])
+        return order, None
+    trace = d._greedy(rule, first, 0.0, refresh, marginal=True)
+    return [t["block"] for t in trace], sum(calls)
+
+
+def test_iterative_selection_does_not_drop_two_blocks_that_only_one_may_go():
+    from compress.recipes import depth as d
+
+    # blocks 0 and 1 each cost little alone, but both gone costs a lot (they do the same
+    # work); ranking once drops both, re-measuring drops one of them and block 3
+    cost = _set_cost([0.1, 0.2, 1.0, 0.5, 2.0], {(0, 1): 10.0})
+    rule = _FakeRule(5, 2)
+    first = {c: cost({c[1]}) for c in rule.candidates()}
+    oneshot = d._greedy(rule, first, 0.0, None, marginal=True)
+    assert sorted(t["block"] for t in oneshot) == [0, 1]
+    order, _ = _run_greedy(cost, 5, 2)
+    assert order == [0, 3]
+    assert cost(set(order)) < cost({0, 1})
+
+
+def test_lazy_greedy_equals_plain_greedy_with_fewer_measurements():
+    import random
+
+    rng = random.Random(0)
+    for _ in range(30):
+        n, k = 10, 5
+        alone = [rng.random() for _ in range(n)]
+        pairs = {(a, b): rng.random() * 2 for a in range(n) for b in range(a + 1, n)
+                 if rng.random() < 0.3}  # penalties only: each drop makes later ones cost more
+        cost = _set_cost(alone, pairs)
+        lazy, measured = _run_greedy(cost, n, k)
+        plain, _ = _run_greedy(cost, n, k, lazy=False)
+        assert lazy == plain
+        assert measured < sum(n - j for j in range(1, k))  # plain re-measures all, every round
+
+
+@pytest.mark.parametrize("family", ["llama", "t5"])
+def test_iterative_depth_records_its_drops_and_matches_the_identity_case(family):
+    model, tok, roles = identity_model(family)
+    ctx = context(family, tok)
+    out = compress(model, make_config("depth", blocks=1, selection="iterative"), ctx)
+    info = ctx.info["depth"]
+    assert info["selection"] == "iterative"
+    for role in roles:
+        assert info["dropped"][role] == [2]
+    assert [t["block"] for t in info["drops"]] == [2] * len(roles)
+    # a second stack's pick is measured again with the first stack's block gone
+    assert info["remeasured"] >= len(roles) - 1
+    assert sum(1 for _ in iter_blocks(out)) == 3 * len(roles)

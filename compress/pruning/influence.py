@@ -308,6 +308,66 @@ def _skip_scores(model: nn.Module, stacks: list[_Stack], batches: list[CalibBatc
     return skip, loss, kind, base
 
 
+@torch.no_grad()
+def skip_costs(model: nn.Module, batches: list[CalibBatch], task: str, metric: str,
+               skipped: dict[str, set[int]], candidates: list[tuple[str, int]]
+               ) -> dict[tuple[str, int], float]:
+    """The cost of skipping each candidate block together with the blocks ``skipped``.
+
+    Per candidate ``(role, position)`` one calibration pass with all of them skipped:
+    ``metric="skip"`` gives the divergence from the *full* model's outputs (one extra
+    pass per batch for them, shared by the candidates), ``"loss"`` the task loss itself,
+    ``"bi"`` the candidate's block influence in the model with ``skipped`` removed (one
+    pass for all candidates). SLEB's iterative criterion (Song et al. 2024,
+    arXiv:2402.09025) compares these across candidates; ``depth`` takes the least.
+    """
+    spec = arch_for(model)
+    stacks = {s.role: _Stack(model, s) for s in spec.stacks}
+
+    def without(extra: tuple[str, int] | None = None) -> contextlib.ExitStack:
+        gone = contextlib.ExitStack()
+        for r, pos in sorted((r, p) for r, ps in skipped.items() for p in ps):
+            gone.enter_context(_skipping(stacks[r], pos))
+        if extra is not None:
+            gone.enter_context(_skipping(stacks[extra[0]], extra[1]))
+        return gone
+
+    was_training = model.training
+    model.eval()
+    try:
+        if metric == "bi":
+            with without():
+                bi = _block_influence(model, list(stacks.values()), batches)
+            return {(r, i): bi[r][i] for r, i in candidates}
+        if metric == "loss" and not _has_labels(task, batches):
+            raise UserError("metric=loss needs labels (a causal LM, a seq2seq model or a "
+                            "labelled classifier); use metric=skip or bi")
+        sums = dict.fromkeys(candidates, 0.0)
+        n = 0.0
+        for batch in batches:
+            ref = kind = None
+            if metric == "skip":  # the full model's outputs, nothing skipped
+                out, kind = _output(model, _run(model, batch))
+                ref = F.log_softmax(out.float(), -1) if kind == "kl" else out.float()
+                del out
+            count = 0.0
+            for cand in candidates:
+                with without(cand):
+                    y, kind_y = _output(model, _run(model, batch))
+                if metric == "skip":
+                    value, count = _divergence(y, ref, kind, batch)
+                elif kind_y != "kl":
+                    raise UserError("metric=loss needs a model with logits; use metric=skip "
+                                    "or bi")
+                else:
+                    value, count = _cross_entropy(y, batch, task)
+                sums[cand] += value
+            n += count
+    finally:
+        model.train(was_training)
+    return {c: v / max(n, 1.0) for c, v in sums.items()}
+
+
 def block_importance(model: nn.Module, batches: list[CalibBatch], task: str,
                      metrics: tuple[str, ...] = BLOCK_METRICS) -> dict[str, BlockScores]:
     """Block influence, skip divergence and skip loss of every block, per stack role.
@@ -381,4 +441,4 @@ def hidden_importance(model: nn.Module, batches: list[CalibBatch]) -> torch.Tens
     return total.double()
 
 
-__all__ = ["BLOCK_METRICS", "BlockScores", "block_importance", "hidden_importance"]
+__all__ = ["BLOCK_METRICS", "BlockScores", "block_importance", "hidden_importance", "skip_costs"]

@@ -5,7 +5,8 @@ Sanh et al. 2019 (arXiv:1910.01108). The student is the teacher with fewer block
 embeddings and head. Which blocks: by default (``layer_choice=importance``) the most
 important ones, measured on the shared calibration text as ``depth`` measures them
 (:mod:`compress.pruning.influence`: the KL of the outputs when a block is skipped, the
-task-loss increase, or block influence; Minitron, Muralidharan et al. 2024,
+task-loss increase, or block influence), one block at a time with the rest re-measured
+(:func:`compress.recipes.depth.select_blocks`, SLEB's iterative choice); Minitron, Muralidharan et al. 2024,
 arXiv:2407.14679, and ShortGPT, arXiv:2403.03853, choose blocks this way);
 ``layer_choice=spread`` keeps DistilBERT's fixed even spread, first and last kept
 (``0,2,4,7,9,11`` for 12 -> 6), the baseline a measured choice is compared against;
@@ -70,7 +71,6 @@ from compress.distill.inputs import Inputs, training_inputs, training_task
 from compress.distill.step import Weights
 from compress.distill.student import (
     make_student,
-    most_important,
     parse_layer_map,
     resolve_layer_maps,
     teacher_layer_counts,
@@ -93,8 +93,9 @@ from compress.footprint import (
     saved_activation_bytes,
 )
 from compress.models import check_model_name, input_device, load_model
-from compress.pruning.influence import BLOCK_METRICS, block_importance
+from compress.pruning.influence import BLOCK_METRICS
 from compress.pruning.recovery import task_for
+from compress.recipes.depth import select_blocks
 from compress.registry import register_recipe
 from compress.saving import save_model
 from compress.stats import parameter_counts
@@ -130,6 +131,10 @@ class DistillConfig(RecipeConfig):
         "skip", "block importance for layer_choice=importance: skip (KL of the outputs when "
         "the block is skipped), loss (task-loss increase) or bi (block influence)",
         choices=BLOCK_METRICS)
+    importance_selection: str = option(
+        "iterative", "layer_choice=importance: iterative (drop one block at a time, "
+        "re-measuring the rest with it skipped, as depth does) or oneshot (rank once)",
+        choices=("iterative", "oneshot"))
     encoder_layers: int | None = option(
         None, "encoder-decoder: blocks of the student's encoder (others: use student_layers)", low=1
     )
@@ -177,7 +182,8 @@ class DistillConfig(RecipeConfig):
     )
 
     #: 2: the student's blocks are chosen by measured importance by default (was: spread).
-    VERSION = 2
+    #: 3: and iteratively (``importance_selection``; was: ranked once).
+    VERSION = 3
 
     def validate(self) -> None:
         for name in ("alpha_kd", "alpha_task", "alpha_cos", "max_minutes", "max_grad_norm"):
@@ -354,10 +360,11 @@ def _choose_blocks(model: nn.Module, config: DistillConfig, context: Context,
     metric = config.importance_metric
     batches = calibration_batches(context, model, recipe="distill's layer_choice=importance "
                                   "(layer_choice=spread needs none)")
-    scores = block_importance(model, batches, task_for(model, context),
-                              ("bi",) if metric == "bi" else BLOCK_METRICS)
-    maps = {r: most_important(scores[r].scores(metric), len(m)) for r, m in maps.items()}
-    return maps, {"metric": metric, "scores": {r: s.to_dict() for r, s in scores.items()}}
+    maps, scores, trace = select_blocks(model, batches, task_for(model, context), metric,
+                                        config.importance_selection,
+                                        keep={r: len(m) for r, m in maps.items()})
+    return maps, {"metric": metric, "selection": config.importance_selection, "drops": trace,
+                  "scores": {r: s.to_dict() for r, s in scores.items()}}
 
 
 def _teacher(
