@@ -6,8 +6,9 @@ embeddings and head. Which blocks: by default (``layer_choice=importance``) the 
 important ones, measured on the shared calibration text as ``depth`` measures them
 (:mod:`compress.pruning.influence`: the KL of the outputs when a block is skipped, the
 task-loss increase, or block influence), one block at a time with the rest re-measured
-(:func:`compress.recipes.depth.select_blocks`, SLEB's iterative choice); Minitron, Muralidharan et al. 2024,
-arXiv:2407.14679, and ShortGPT, arXiv:2403.03853, choose blocks this way);
+(:func:`compress.recipes.depth.select_blocks`, SLEB's iterative choice; Minitron,
+Muralidharan et al. 2024, arXiv:2407.14679, and ShortGPT, arXiv:2403.03853, measure
+blocks this way);
 ``layer_choice=spread`` keeps DistilBERT's fixed even spread, first and last kept
 (``0,2,4,7,9,11`` for 12 -> 6), the baseline a measured choice is compared against;
 ``layer_map`` names the blocks outright. The student is trained on
