@@ -295,6 +295,29 @@ def render(
     return buffer.getvalue()
 
 
+def _print_paired(a: Path, b: Path, markdown: bool = False) -> int:
+    from eval.pairwise import paired_rows
+
+    rows = paired_rows(a, b)
+    table = Table(title=f"B - A, paired over the same items\nA: {a.name}\nB: {b.name}",
+                  box=box.MARKDOWN if markdown else box.SIMPLE_HEAD)
+    for col in ("metric", "A", "B", "B - A [95%]", "verdict"):
+        table.add_column(col)
+    for r in rows:
+        if "skipped" in r:
+            table.add_row(r["metric"], f"{r['a']:.4g}", f"{r['b']:.4g}", "", r["skipped"])
+            continue
+        if r["within_noise"]:
+            verdict = "within noise"
+        else:
+            better = (r["delta"] > 0) == bool(r["higher_is_better"])
+            verdict = "B better" if better else "A better"
+        table.add_row(r["metric"], f"{r['a']:.4g}", f"{r['b']:.4g}",
+                      f"{r['delta']:+.4g} [{r['low']:+.4g}, {r['high']:+.4g}]", verdict)
+    Console().print(table)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m eval.compare", description=__doc__.split("\n\n")[0]
@@ -322,7 +345,17 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated metric/profile columns to show, in this order "
         "(e.g. 'ppl_wiki,disk,lat 1x128'); default: all",
     )
+    parser.add_argument(
+        "--paired",
+        nargs=2,
+        type=Path,
+        metavar=("A.json", "B.json"),
+        help="compare two runs on the same items: B - A with a paired 95%% interval per "
+        "shared metric (eval.pairwise)",
+    )
     args = parser.parse_args(argv)
+    if args.paired:
+        return _print_paired(*args.paired, markdown=args.markdown)
     warnings: list[str] = []
     reports = read_reports(args.reports, warn=warnings.append)
     for line in warnings:

@@ -169,6 +169,8 @@ def _run_stages(
         ),
     )
     report.metrics = [_metric_dict(m) for m in metrics]
+    report.samples = {m.name: m.samples for m in metrics
+                      if getattr(m, "samples", None) is not None}
     report.profile = timed(
         "profile",
         lambda: profile(

@@ -355,6 +355,13 @@ def test_a_run_reports_intervals_pairs_and_agreement(family, kw, names, tmp_path
         assert by_name[agree]["value"] > 0 and by_name[top1]["value"] < 1
     text = render(reports)
     assert agree in text and "±" in _row(text, "magnitude")
+    # each run keeps its per-item samples beside its report: the two pair up
+    from eval.pairwise import paired_rows
+
+    paths = [next((tmp_path / "r").glob(f"*{r['key']}.json")) for r in reports]
+    rows = {r["metric"]: r for r in paired_rows(*paths)}
+    assert "delta" in rows[metric] and rows[metric]["low"] <= rows[metric]["delta"] <= \
+        rows[metric]["high"]
 
 
 def test_report_md_shows_intervals_noise_and_agreement(tmp_path):

@@ -40,7 +40,7 @@ from compress.cache import cache_dir
 from compress.errors import UserError
 from compress.fileio import atomic_write_bytes
 from eval.benchmark.agreement import TAIL_SAMPLES, TOPK, DenseReference
-from eval.benchmark.samples import Samples
+from eval.benchmark.samples import pack_samples, unpack_samples
 from eval.benchmark.suites import SUITES, _data_protocol, record_reference
 
 log = logging.getLogger(__name__)
@@ -162,11 +162,8 @@ def measure_reference(
 
 def save_reference(ref: DenseReference, path: Path) -> Path:
     """One ``.npz`` (arrays only, no pickle), written atomically."""
-    arrays: dict[str, np.ndarray] = {}
-    meta: dict[str, Any] = {"samples": {}, "outputs": {}}
-    for name, s in ref.samples.items():
-        meta["samples"][name] = {"kind": s.kind, "unit": s.unit, "arrays": sorted(s.arrays)}
-        arrays.update({f"s.{name}.{k}": v for k, v in s.arrays.items()})
+    packed, arrays = pack_samples(ref.samples)
+    meta: dict[str, Any] = {"samples": packed, "outputs": {}}
     for group, out in ref.outputs.items():
         meta["outputs"][group] = sorted(out)
         arrays.update({f"o.{group}.{k}": v for k, v in out.items()})
@@ -178,10 +175,7 @@ def save_reference(ref: DenseReference, path: Path) -> Path:
 def load_reference(path: Path) -> DenseReference:
     with np.load(path, allow_pickle=False) as data:
         meta = json.loads(str(data["meta"]))
-        samples = {
-            name: Samples(m["kind"], m["unit"], {k: data[f"s.{name}.{k}"] for k in m["arrays"]})
-            for name, m in meta["samples"].items()
-        }
+        samples = unpack_samples(meta["samples"], data)
         outputs = {
             group: {k: data[f"o.{group}.{k}"] for k in keys}
             for group, keys in meta["outputs"].items()

@@ -30,8 +30,11 @@ paired differences come from the suite's one bootstrap, :mod:`eval.paired`.
 
 from __future__ import annotations
 
+import io
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,9 +42,11 @@ from sacrebleu.metrics import BLEU, CHRF
 from scipy.stats import rankdata
 
 from compress.errors import UserError
+from compress.fileio import atomic_write_bytes
 from eval.paired import BOOTSTRAP, CONFIDENCE, bootstrap_interval, paired_bootstrap
 
-__all__ = ["Samples", "interval", "vs_dense", "sentence_stats"]
+__all__ = ["Samples", "interval", "vs_dense", "sentence_stats", "pack_samples", "unpack_samples",
+           "save_samples", "load_samples"]
 
 
 def _ppl(a: dict[str, np.ndarray], idx: np.ndarray) -> np.ndarray:
@@ -200,3 +205,33 @@ def _round(x: float) -> float | None:
     if x != x:
         return None
     return float(f"{x:.6g}")
+
+
+def pack_samples(samples: dict[str, Samples], prefix: str = "s."
+                 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """(JSON-ready description, named arrays) of ``samples``, for one ``.npz``."""
+    meta = {name: {"kind": x.kind, "unit": x.unit, "arrays": sorted(x.arrays)}
+            for name, x in samples.items()}
+    arrays = {f"{prefix}{name}.{k}": v for name, x in samples.items() for k, v in x.arrays.items()}
+    return meta, arrays
+
+
+def unpack_samples(meta: dict[str, Any], data: Any, prefix: str = "s.") -> dict[str, Samples]:
+    """Inverse of :func:`pack_samples` (``data``: an opened ``.npz``)."""
+    return {name: Samples(m["kind"], m["unit"], {k: data[f"{prefix}{name}.{k}"]
+                                                 for k in m["arrays"]})
+            for name, m in meta.items()}
+
+
+def save_samples(path: Path, samples: dict[str, Samples]) -> Path:
+    """A run's per-item statistics, one ``.npz`` beside its report (arrays only, no
+    pickle, written atomically): what a paired comparison of two runs resamples."""
+    meta, arrays = pack_samples(samples)
+    buffer = io.BytesIO()
+    np.savez(buffer, meta=np.array(json.dumps({"samples": meta})), **arrays)
+    return atomic_write_bytes(Path(path), buffer.getvalue())
+
+
+def load_samples(path: Path) -> dict[str, Samples]:
+    with np.load(path, allow_pickle=False) as data:
+        return unpack_samples(json.loads(str(data["meta"]))["samples"], data)

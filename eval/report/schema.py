@@ -173,6 +173,11 @@ def report_filename(model: str, pipeline: list[dict[str, Any]], key: str) -> str
     return f"{slug(model.split('/')[-1])}__{slug(recipes)}__{key}.json"
 
 
+def samples_filename(report_name: str) -> str:
+    """The per-item samples file beside report ``report_name`` (``<stem>.samples.npz``)."""
+    return report_name.removesuffix(".json") + ".samples.npz"
+
+
 def git_commit() -> str | None:
     try:
         out = subprocess.run(
@@ -233,6 +238,10 @@ class Report:
     git_commit: str | None = field(default_factory=git_commit)
     #: set when the report holds only an outside harness's metrics (eval.lm_eval)
     harness: str | None = None
+    #: per metric, the per-item statistics (eval.benchmark.samples.Samples) behind its
+    #: value: written beside the JSON as ``<report>.samples.npz`` so that two runs can be
+    #: compared on the same items (``python -m eval.compare --paired A.json B.json``)
+    samples: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def key(self) -> str:
@@ -244,8 +253,14 @@ class Report:
         stamp = self.created.replace(":", "").replace("-", "")[:15]
         return f"{stamp}-{self.key[:8]}"
 
+    @property
+    def filename(self) -> str:
+        return report_filename(self.model["name"], self.pipeline, self.key)
+
     def to_dict(self) -> dict[str, Any]:
         extra = {"harness": self.harness} if self.harness is not None else {}
+        if self.samples:
+            extra["samples_file"] = samples_filename(self.filename)
         return {
             "schema": SCHEMA,
             "schema_version": SCHEMA_VERSION,
@@ -270,7 +285,11 @@ class Report:
         } | extra
 
     def write(self, folder: str | Path) -> Path:
-        path = Path(folder) / report_filename(self.model["name"], self.pipeline, self.key)
+        path = Path(folder) / self.filename
+        if self.samples:  # first, so that a report never names a missing file
+            from eval.benchmark.samples import save_samples
+
+            save_samples(path.with_name(samples_filename(path.name)), self.samples)
         atomic_write_json(path, self.to_dict())
         return path
 
