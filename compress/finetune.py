@@ -64,9 +64,11 @@ def _pairs(data: Sequence[Any], task: str) -> list[tuple[str, Any]]:
 
 
 def _batches(
-    tokenizer: Any, task: str, data: Sequence[Any], batch_size: int, seq_len: int, seed: int
+    tokenizer: Any, task: str, data: Sequence[Any], batch_size: int, seq_len: int, seed: int,
+    start: int | None = None,
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """An endless, seeded stream of training batches for ``task``."""
+    """An endless, seeded stream of training batches for ``task`` (seq2seq labels lose a
+    leading decoder-start token ``start``: :func:`compress.distill.data.without_start`)."""
     rng = random.Random(seed)
     pairs = _pairs(data, task)
     if task == "causal-lm":
@@ -101,8 +103,14 @@ def _batches(
                 batch["labels"] = torch.tensor([p[1] for p in chunk])
             elif task == "seq2seq":
                 tgt = tokenizer(text_target=[p[1] for p in chunk], truncation=True,
-                                max_length=seq_len, padding=True, return_tensors="pt")
-                batch["labels"] = tgt["input_ids"].masked_fill(tgt["attention_mask"] == 0, -100)
+                                max_length=seq_len)["input_ids"]
+                from compress.distill.data import without_start
+
+                rows = [without_start(t, start) for t in tgt]
+                labels = torch.full((len(rows), max(map(len, rows))), -100, dtype=torch.long)
+                for r, t in enumerate(rows):
+                    labels[r, : len(t)] = torch.tensor(t, dtype=torch.long)
+                batch["labels"] = labels
             yield batch
 
 
@@ -207,7 +215,10 @@ def finetune(
     torch.manual_seed(seed)
     was_training = model.training
     grad_flags = {name: p.requires_grad for name, p in model.named_parameters()}
-    batches = _batches(tokenizer, task, train_data, batch_size, seq_len, seed)
+    from compress.distill.inputs import decoder_start
+
+    batches = _batches(tokenizer, task, train_data, batch_size, seq_len, seed,
+                       decoder_start(model))
     lora = {"r": lora_r, "lora_alpha": lora_alpha, "lora_dropout": lora_dropout}
     trained, masks = _trainable(model, method, keep_zero, target_components, lora, info)
     params = [p for p in trained.parameters() if p.requires_grad]

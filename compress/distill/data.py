@@ -186,6 +186,22 @@ def fingerprint(examples: Sequence[dict[str, Any]]) -> str:
     return h.hexdigest()
 
 
+def without_start(ids: Sequence[int], start: int | None) -> list[int]:
+    """A target's token ids without a leading decoder-start token.
+
+    A decoder is fed its start token and asked for what follows: a target that begins
+    with it (BERT's ``[CLS]`` in a bert2bert ``EncoderDecoderModel`` whose decoder starts
+    from ``[CLS]``) would ask the model to predict the token it was just given. T5
+    (targets ``x </s>``, start ``<pad>``) and BART (``<s> x </s>``, start ``</s>``) keep
+    theirs: their first target token is not the start token.
+
+    >>> without_start([101, 7, 8, 102], 101), without_start([0, 7, 2], 2)
+    ([7, 8, 102], [0, 7, 2])
+    """
+    ids = list(ids)
+    return ids[1:] if start is not None and len(ids) > 1 and ids[0] == start else ids
+
+
 @dataclass
 class Collator:
     """Pads a list of examples into a batch of tensors for ``task``."""
@@ -206,7 +222,8 @@ class Collator:
             labels[mask == 0] = -100
             batch["labels"] = labels  # (B, T), shifted by the loss
         elif self.task == "seq2seq":
-            tgt, tmask = self._pad([e["target_ids"] for e in examples])  # (B, S)
+            tgt, tmask = self._pad([without_start(e["target_ids"], self.decoder_start_id)
+                                    for e in examples])  # (B, S)
             labels = tgt.clone()
             labels[tmask == 0] = -100
             dec = torch.full_like(tgt, self.decoder_start_id)

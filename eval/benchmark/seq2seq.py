@@ -43,14 +43,25 @@ def copy_baseline(sources: Sequence[str], targets: Sequence[str]) -> dict[str, f
     return _text_scores(sources, targets)
 
 
-def _target_ids(tokenizer: Any, targets: Sequence[str], max_len: int) -> dict:
-    return tokenizer(
-        text_target=list(targets),
-        padding=True,
-        truncation=True,
-        max_length=max_len,
-        return_tensors="pt",
-    )
+def _target_ids(tokenizer: Any, targets: Sequence[str], max_len: int,
+                start: int | None = None) -> dict:
+    """Padded target ids and mask; with ``start``, a leading decoder-start token is dropped
+    (:func:`compress.distill.data.without_start`: the decoder is fed it, not asked for it)."""
+    if start is None:
+        return tokenizer(text_target=list(targets), padding=True, truncation=True,
+                         max_length=max_len, return_tensors="pt")
+    from compress.distill.data import without_start
+
+    ids = tokenizer(text_target=list(targets), truncation=True, max_length=max_len)["input_ids"]
+    rows = [without_start(r, start) for r in ids]
+    width = max(len(r) for r in rows)
+    pad = getattr(tokenizer, "pad_token_id", None) or 0
+    out = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, : len(r)] = 1
+    return {"input_ids": out, "attention_mask": mask}
 
 
 def seq2seq_scores(
@@ -122,9 +133,10 @@ def seq2seq_perplexity(
     """Teacher-forced perplexity of the target tokens; returns ``(ppl, tokens_scored)``.
 
     Labels are ``tokenizer(text_target=targets)`` (whatever special tokens the family
-    adds: T5 ``</s>``, BART ``<s>..</s>``, BERT ``[CLS]..[SEP]``); ``decoder_input_ids`` are
-    the labels shifted right with the model's ``decoder_start_token_id``, which is what
-    the models build internally from ``labels``. The cross-entropy is computed here from
+    adds: T5 ``</s>``, BART ``<s>..</s>``, BERT ``[CLS]..[SEP]``) less a leading token
+    equal to the decoder start (bert2bert's ``[CLS]``: fed, not predicted);
+    ``decoder_input_ids`` are the labels shifted right with the model's
+    ``decoder_start_token_id``, which is what the models build internally from ``labels``. The cross-entropy is computed here from
     the logits, over the non-padding label positions (the tokenizer's attention mask,
     since pad and start ids can coincide), summed and divided by the count.
     """
@@ -161,7 +173,7 @@ def target_nll(
     with torch.inference_mode():
         for idx in _batches(_order_by_length(sources), batch_size):
             inputs = _encoder_inputs(tokenizer, [sources[i] for i in idx], max_source_len, device)
-            tgt = _target_ids(tokenizer, [targets[i] for i in idx], max_target_len)
+            tgt = _target_ids(tokenizer, [targets[i] for i in idx], max_target_len, start)
             labels, label_mask = tgt["input_ids"], tgt["attention_mask"]  # (B, T)
             dec = torch.full_like(labels, start)
             dec[:, 1:] = labels[:, :-1]  # (B, T); padding only feeds unscored later positions
