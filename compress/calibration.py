@@ -40,6 +40,7 @@ seed, sequences and token count actually drawn, and the sha256 of the token ids.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import random
 from collections.abc import Sequence
@@ -141,12 +142,16 @@ class CalibrationSet:
     sequences: list[CalibSequence]
     record: dict[str, Any]
     pad_id: int = 0
+    #: seq2seq: the model's decoder start token; a target that begins with it loses it in
+    #: the batches (it is fed, not predicted: :func:`compress.distill.data.without_start`)
+    decoder_start: int | None = None
 
     def batches(self, batch_size: int = DEFAULT_BATCH_SIZE) -> list[CalibBatch]:
         """The sequences in order, ``batch_size`` per batch, right-padded and masked."""
         if batch_size < 1:
             raise ValueError("batch_size must be positive")
-        return [_collate(self.sequences[i:i + batch_size], self.task, self.pad_id)
+        return [_collate(self.sequences[i:i + batch_size], self.task, self.pad_id,
+                         self.decoder_start)
                 for i in range(0, len(self.sequences), batch_size)]
 
     @property
@@ -164,7 +169,8 @@ def _pad(rows: list[torch.Tensor], value: int) -> tuple[torch.Tensor, torch.Tens
     return out, mask
 
 
-def _collate(seqs: list[CalibSequence], task: str, pad_id: int) -> CalibBatch:
+def _collate(seqs: list[CalibSequence], task: str, pad_id: int,
+             start: int | None = None) -> CalibBatch:
     ids, mask = _pad([s.input_ids for s in seqs], pad_id)  # (B, T)
     inputs = {"input_ids": ids, "attention_mask": mask}
     if task == "causal-lm":
@@ -172,7 +178,10 @@ def _collate(seqs: list[CalibSequence], task: str, pad_id: int) -> CalibBatch:
     masks = {"encoder": mask.float()}
     labels = None
     if task == "seq2seq":
-        tgt, tmask = _pad([s.target_ids for s in seqs], pad_id)  # (B, T')
+        from compress.distill.data import without_start
+
+        tgt, tmask = _pad([torch.tensor(without_start(s.target_ids.tolist(), start),
+                                        dtype=torch.long) for s in seqs], pad_id)  # (B, T')
         labels = tgt.masked_fill(tmask == 0, -100)
         inputs["labels"] = labels  # the model builds its decoder inputs from these
         masks["decoder"] = tmask.float()
@@ -310,6 +319,10 @@ def calibration_set(context: Context, model: Any = None, *, recipe: str | None =
     else:
         cal = cached[1]
     context.info["calibration"] = dict(cal.record)
+    if task == "seq2seq" and model is not None:
+        from compress.distill.inputs import decoder_start
+
+        return dataclasses.replace(cal, decoder_start=decoder_start(model))
     return cal
 
 

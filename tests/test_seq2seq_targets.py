@@ -51,3 +51,14 @@ def test_the_benchmark_scores_the_same_tokens():
     assert tgt["input_ids"].tolist() == [[11, 12, SEP], [13, SEP, 0]]
     assert tgt["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
     assert tgt["input_ids"].dtype == torch.long
+
+
+def test_calibration_batches_feed_the_start_too():
+    from compress.calibration import CalibrationSet, CalibSequence
+
+    seqs = [CalibSequence(torch.tensor([CLS, 7, SEP]), target_ids=torch.tensor([CLS, 5, 6, SEP]))]
+    plain = CalibrationSet("seq2seq", seqs, {"tokens": 7}).batches()[0]
+    fed = CalibrationSet("seq2seq", seqs, {"tokens": 7}, decoder_start=CLS).batches()[0]
+    assert plain.labels.tolist() == [[CLS, 5, 6, SEP]]  # a model without that start keeps it
+    assert fed.labels.tolist() == [[5, 6, SEP]]
+    assert fed.token_masks["decoder"].shape == (1, 3)
