@@ -323,3 +323,25 @@ def test_iterative_depth_records_its_drops_and_matches_the_identity_case(family)
     # a second stack's pick is measured again with the first stack's block gone
     assert info["remeasured"] >= len(roles) - 1
     assert sum(1 for _ in iter_blocks(out)) == 3 * len(roles)
+
+
+@pytest.mark.parametrize("family,kw", [("llama", DEEP["llama"]), ("t5", DEEP["t5"]),
+                                       ("bert", DEEP["bert"]), ("albert", {})])
+def test_replaying_the_blocks_before_a_skipped_one_gives_the_same_scores(family, kw,
+                                                                         monkeypatch):
+    from compress.pruning import influence
+
+    model, tok = tiny_model(family, width=32, **kw)
+    task = TASK.get(family, "embedding")
+    ctx = Context(tokenizer=tok, calibration=PAIRS if task == "seq2seq" else TEXTS,
+                  train=TEXTS, task=task, calib=SPEC)
+    batches = calibration_batches(ctx, model)
+    fast = block_importance(model, batches, task, ("skip", "loss"))
+    monkeypatch.setattr(influence, "REPLAY", False)
+    slow = block_importance(model, batches, task, ("skip", "loss"))
+    for role in fast:
+        assert fast[role].skip == pytest.approx(slow[role].skip, rel=1e-4, abs=1e-7)
+        if slow[role].loss is not None:
+            assert fast[role].loss == pytest.approx(slow[role].loss, rel=1e-4, abs=1e-7)
+    # nothing is left patched
+    assert all("forward" not in m.__dict__ for m in model.modules())

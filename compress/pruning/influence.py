@@ -229,6 +229,72 @@ def _skipping(stack: _Stack, pos: int) -> Iterator[None]:
         yield
 
 
+#: replay the recorded outputs of the blocks before a skipped one (False: recompute
+#: every block on every pass; the same scores, slower: ``tests/test_depth.py``)
+REPLAY = True
+
+
+def _clone(out: Any) -> Any:
+    if isinstance(out, torch.Tensor):
+        return out.clone()
+    if isinstance(out, (tuple, list)):
+        return type(out)(_clone(o) for o in out)
+    return out
+
+
+@contextlib.contextmanager
+def _recording(stacks: list[_Stack]) -> Iterator[list[tuple[nn.Module, int, Any]]]:
+    """Within the context, every block call appends (block, its call number in this
+    forward, its output) in the order the forward makes them."""
+    calls: list[tuple[nn.Module, int, Any]] = []
+    seen: dict[int, int] = {}
+    handles = []
+    if REPLAY:
+        for s in stacks:
+            for block in dict.fromkeys(s.blocks):  # a shared block once
+
+                def hook(mod, args, kwargs, out):
+                    k = seen.get(id(mod), 0)
+                    seen[id(mod)] = k + 1
+                    calls.append((mod, k, _clone(out)))
+
+                handles.append(block.register_forward_hook(hook, with_kwargs=True))
+    with _hooks(handles):
+        yield calls
+
+
+@contextlib.contextmanager
+def _replaying(calls: list[tuple[nn.Module, int, Any]], stack: _Stack, pos: int
+               ) -> Iterator[None]:
+    """Within the context, the block calls recorded before the call at depth ``pos`` of
+    ``stack`` return their recorded outputs (copies) without computing."""
+    block, wanted = stack.locate(pos)
+    upto = next((i for i, (m, k, _) in enumerate(calls) if m is block and k == wanted), 0)
+    tables: dict[nn.Module, dict[int, Any]] = {}
+    for mod, k, out in calls[:upto]:
+        tables.setdefault(mod, {})[k] = out
+    saved = {}
+    for mod, table in tables.items():
+        saved[mod] = mod.__dict__.get("forward")  # accelerate's hook wraps it per instance
+        original = mod.forward
+        count = [0]
+
+        def forward(*args, _table=table, _original=original, _count=count, **kwargs):
+            k = _count[0]
+            _count[0] += 1
+            return _clone(_table[k]) if k in _table else _original(*args, **kwargs)
+
+        mod.forward = forward
+    try:
+        yield
+    finally:
+        for mod, before in saved.items():
+            if before is None:
+                del mod.forward
+            else:
+                mod.forward = before
+
+
 def _output(model: nn.Module, out: Any) -> tuple[torch.Tensor, str]:
     """(what the skip metric compares, its kind): logits ("kl") or final hidden states."""
     logits = getattr(out, "logits", None)
@@ -276,7 +342,10 @@ def _skip_scores(model: nn.Module, stacks: list[_Stack], batches: list[CalibBatc
     """Per stack role and depth position: the output divergence and (where there are
     labels) the task-loss increase when that block (call) is skipped.
 
-    Batch-major, so that only one batch's reference outputs are held at a time.
+    Batch-major, so that only one batch's reference outputs are held at a time. The
+    blocks that run before the skipped one compute exactly what they computed in the full
+    forward, so their outputs are recorded there and replayed (:func:`_replaying`): a
+    skipped block deep in the stack costs only the blocks after it.
     """
     sums = {s.role: [0.0] * s.n for s in stacks}
     losses = {s.role: [0.0] * s.n for s in stacks}
@@ -284,7 +353,8 @@ def _skip_scores(model: nn.Module, stacks: list[_Stack], batches: list[CalibBatc
     kind = "kl"
     with_loss = False
     for batch in batches:
-        full, kind = _output(model, _run(model, batch))
+        with _recording(stacks) as calls:
+            full, kind = _output(model, _run(model, batch))
         ref = F.log_softmax(full.float(), -1) if kind == "kl" else full.float()
         with_loss = kind == "kl" and _has_labels(task, batches)
         if with_loss:
@@ -293,7 +363,7 @@ def _skip_scores(model: nn.Module, stacks: list[_Stack], batches: list[CalibBatc
         del full
         for s in stacks:
             for pos in range(s.n):
-                with _skipping(s, pos):
+                with _replaying(calls, s, pos), _skipping(s, pos):
                     y, _ = _output(model, _run(model, batch))
                 value, count = _divergence(y, ref, kind, batch)
                 sums[s.role][pos] += value
