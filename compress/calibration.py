@@ -178,7 +178,7 @@ def _collate(seqs: list[CalibSequence], task: str, pad_id: int,
     masks = {"encoder": mask.float()}
     labels = None
     if task == "seq2seq":
-        from compress.distill.data import without_start
+        from compress.tasks import without_start
 
         tgt, tmask = _pad([torch.tensor(without_start(s.target_ids.tolist(), start),
                                         dtype=torch.long) for s in seqs], pad_id)  # (B, T')
@@ -320,7 +320,7 @@ def calibration_set(context: Context, model: Any = None, *, recipe: str | None =
         cal = cached[1]
     context.info["calibration"] = dict(cal.record)
     if task == "seq2seq" and model is not None:
-        from compress.distill.inputs import decoder_start
+        from compress.tasks import decoder_start
 
         return dataclasses.replace(cal, decoder_start=decoder_start(model))
     return cal

@@ -104,7 +104,7 @@ def _batches(
             elif task == "seq2seq":
                 tgt = tokenizer(text_target=[p[1] for p in chunk], truncation=True,
                                 max_length=seq_len)["input_ids"]
-                from compress.distill.data import without_start
+                from compress.tasks import without_start
 
                 rows = [without_start(t, start) for t in tgt]
                 labels = torch.full((len(rows), max(map(len, rows))), -100, dtype=torch.long)
@@ -215,7 +215,7 @@ def finetune(
     torch.manual_seed(seed)
     was_training = model.training
     grad_flags = {name: p.requires_grad for name, p in model.named_parameters()}
-    from compress.distill.inputs import decoder_start
+    from compress.tasks import decoder_start
 
     batches = _batches(tokenizer, task, train_data, batch_size, seq_len, seed,
                        decoder_start(model))

@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from eval.report import read_reports
@@ -101,8 +102,12 @@ def check_folder(tmp_path: Path, path: Path) -> None:
     files = [p for p in reports.iterdir() if p.is_file()]
     assert not [p for p in files if p.name.startswith(".tmp-")]
     assert len([p for p in files if p.suffix == ".json"]) == len(expected)
-    for p in files:
-        json.loads(p.read_text())  # every file complete
+    for p in files:  # every file complete: the reports and their per-item samples
+        if p.name.endswith(".samples.npz"):
+            with np.load(p, allow_pickle=False) as data:
+                assert "meta" in data.files
+        else:
+            json.loads(p.read_text())
     manifest = json.loads((reports / "sweeps" / f"{load_sweep(path).name}.json").read_text())
     assert {j["key"]: j["state"] for j in manifest["jobs"]} == dict.fromkeys(expected, "ok") \
         or all(j["state"] in ("ok", "skipped-ok") for j in manifest["jobs"])

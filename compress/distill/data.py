@@ -36,6 +36,7 @@ from typing import Any
 import torch
 
 from compress.errors import UserError
+from compress.tasks import without_start as without_start  # re-exported
 
 log = logging.getLogger(__name__)
 
@@ -184,22 +185,6 @@ def fingerprint(examples: Sequence[dict[str, Any]]) -> str:
     for ex in examples:
         h.update(json.dumps(ex, sort_keys=True).encode())
     return h.hexdigest()
-
-
-def without_start(ids: Sequence[int], start: int | None) -> list[int]:
-    """A target's token ids without a leading decoder-start token.
-
-    A decoder is fed its start token and asked for what follows: a target that begins
-    with it (BERT's ``[CLS]`` in a bert2bert ``EncoderDecoderModel`` whose decoder starts
-    from ``[CLS]``) would ask the model to predict the token it was just given. T5
-    (targets ``x </s>``, start ``<pad>``) and BART (``<s> x </s>``, start ``</s>``) keep
-    theirs: their first target token is not the start token.
-
-    >>> without_start([101, 7, 8, 102], 101), without_start([0, 7, 2], 2)
-    ([7, 8, 102], [0, 7, 2])
-    """
-    ids = list(ids)
-    return ids[1:] if start is not None and len(ids) > 1 and ids[0] == start else ids
 
 
 @dataclass

@@ -19,6 +19,7 @@ from compress.distill import data as distill_data
 from compress.distill.data import Collator, fingerprint, tokenize_rows
 from compress.errors import UserError
 from compress.models import task_of
+from compress.tasks import decoder_start as decoder_start  # re-exported
 
 _CLASS_TASKS = (
     ("ForSequenceClassification", "classification"),
@@ -44,14 +45,6 @@ def training_task(model: nn.Module, context: Context) -> str:
         if model.get_output_embeddings() is not None:
             return "masked-lm"
     return task
-
-
-def decoder_start(model: nn.Module) -> int | None:
-    for cfg in (getattr(model, "generation_config", None), getattr(model, "config", None)):
-        start = getattr(cfg, "decoder_start_token_id", None)
-        if start is not None:
-            return int(start)
-    return None
 
 
 def training_rows(context: Context, task: str, data_file: str | None) -> tuple[list, list, str]:

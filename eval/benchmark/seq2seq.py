@@ -50,7 +50,7 @@ def _target_ids(tokenizer: Any, targets: Sequence[str], max_len: int,
     if start is None:
         return tokenizer(text_target=list(targets), padding=True, truncation=True,
                          max_length=max_len, return_tensors="pt")
-    from compress.distill.data import without_start
+    from compress.tasks import without_start
 
     ids = tokenizer(text_target=list(targets), truncation=True, max_length=max_len)["input_ids"]
     rows = [without_start(r, start) for r in ids]
