@@ -143,7 +143,7 @@ class CalibrationSet:
     record: dict[str, Any]
     pad_id: int = 0
     #: seq2seq: the model's decoder start token; a target that begins with it loses it in
-    #: the batches (it is fed, not predicted: :func:`compress.distill.data.without_start`)
+    #: the batches (it is fed, not predicted: :func:`compress.tasks.without_start`)
     decoder_start: int | None = None
 
     def batches(self, batch_size: int = DEFAULT_BATCH_SIZE) -> list[CalibBatch]:

@@ -68,7 +68,7 @@ def _batches(
     start: int | None = None,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """An endless, seeded stream of training batches for ``task`` (seq2seq labels lose a
-    leading decoder-start token ``start``: :func:`compress.distill.data.without_start`)."""
+    leading decoder-start token ``start``: :func:`compress.tasks.without_start`)."""
     rng = random.Random(seed)
     pairs = _pairs(data, task)
     if task == "causal-lm":
@@ -104,13 +104,9 @@ def _batches(
             elif task == "seq2seq":
                 tgt = tokenizer(text_target=[p[1] for p in chunk], truncation=True,
                                 max_length=seq_len)["input_ids"]
-                from compress.tasks import without_start
+                from compress.tasks import pad_ids, without_start
 
-                rows = [without_start(t, start) for t in tgt]
-                labels = torch.full((len(rows), max(map(len, rows))), -100, dtype=torch.long)
-                for r, t in enumerate(rows):
-                    labels[r, : len(t)] = torch.tensor(t, dtype=torch.long)
-                batch["labels"] = labels
+                batch["labels"] = pad_ids([without_start(t, start) for t in tgt], -100)[0]
             yield batch
 
 

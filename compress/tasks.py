@@ -46,3 +46,16 @@ def without_start(ids: Sequence[int], start: int | None) -> list[int]:
     """
     ids = list(ids)
     return ids[1:] if start is not None and len(ids) > 1 and ids[0] == start else ids
+
+
+def pad_ids(rows: Sequence[Sequence[int]], value: int) -> tuple[Any, Any]:
+    """Right-padded ``(ids, mask)`` long tensors ``(B, T)`` of token-id lists."""
+    import torch
+
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), value, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(list(r), dtype=torch.long)
+        mask[i, : len(r)] = 1
+    return ids, mask

@@ -46,21 +46,15 @@ def copy_baseline(sources: Sequence[str], targets: Sequence[str]) -> dict[str, f
 def _target_ids(tokenizer: Any, targets: Sequence[str], max_len: int,
                 start: int | None = None) -> dict:
     """Padded target ids and mask; with ``start``, a leading decoder-start token is dropped
-    (:func:`compress.distill.data.without_start`: the decoder is fed it, not asked for it)."""
+    (:func:`compress.tasks.without_start`: the decoder is fed it, not asked for it)."""
     if start is None:
         return tokenizer(text_target=list(targets), padding=True, truncation=True,
                          max_length=max_len, return_tensors="pt")
-    from compress.tasks import without_start
+    from compress.tasks import pad_ids, without_start
 
     ids = tokenizer(text_target=list(targets), truncation=True, max_length=max_len)["input_ids"]
-    rows = [without_start(r, start) for r in ids]
-    width = max(len(r) for r in rows)
-    pad = getattr(tokenizer, "pad_token_id", None) or 0
-    out = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-        mask[i, : len(r)] = 1
+    out, mask = pad_ids([without_start(r, start) for r in ids],
+                        getattr(tokenizer, "pad_token_id", None) or 0)
     return {"input_ids": out, "attention_mask": mask}
 
 
@@ -114,10 +108,11 @@ def seq2seq_scores(
 
 def decoder_start_id(model: nn.Module) -> int:
     """The model's ``decoder_start_token_id`` (generation config first, then config)."""
-    for cfg in (getattr(model, "generation_config", None), getattr(model, "config", None)):
-        start = getattr(cfg, "decoder_start_token_id", None)
-        if start is not None:
-            return int(start)
+    from compress.tasks import decoder_start
+
+    start = decoder_start(model)
+    if start is not None:
+        return start
     raise UserError(f"{type(model).__name__} has no decoder_start_token_id in its config")
 
 
@@ -136,7 +131,8 @@ def seq2seq_perplexity(
     adds: T5 ``</s>``, BART ``<s>..</s>``, BERT ``[CLS]..[SEP]``) less a leading token
     equal to the decoder start (bert2bert's ``[CLS]``: fed, not predicted);
     ``decoder_input_ids`` are the labels shifted right with the model's
-    ``decoder_start_token_id``, which is what the models build internally from ``labels``. The cross-entropy is computed here from
+    ``decoder_start_token_id``, which is what the models build internally from ``labels``.
+    The cross-entropy is computed here from
     the logits, over the non-padding label positions (the tokenizer's attention mask,
     since pad and start ids can coincide), summed and divided by the count.
     """
