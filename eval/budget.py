@@ -34,6 +34,7 @@ most quality?".
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -259,6 +260,12 @@ def cost_ratio(report: dict[str, Any], base: dict[str, Any], kind: str) -> float
 # --------------------------------------------------------------------------- picking
 
 
+def meets(ratio: float, fraction: float) -> bool:
+    """Whether a cost ratio meets a budget: the one rule picking and searching share (a
+    relative 1e-9 forgives the rounding of a cost computed to land on the budget)."""
+    return ratio <= fraction * (1 + 1e-9)
+
+
 @dataclass
 class Pick:
     """The outcome for one model, family and budget."""
@@ -322,7 +329,7 @@ def pick_for_model(
                 continue
             scored.append((run, float(m["value"]), ratio))
         # a small tolerance: a run at exactly the budget meets it despite float noise
-        meeting = [s for s in scored if s[2] <= budget.fraction * (1 + 1e-9)]
+        meeting = [s for s in scored if meets(s[2], budget.fraction)]
         pick = Pick(
             model,
             family,
@@ -484,6 +491,87 @@ def next_probe(knob: Knob, tried: list[tuple[float, bool]], fraction: float = 0.
         if probe in (round(m, 6), round(f, 6)):
             return None
     return None if round(probe, 6) in tried_values else probe
+
+
+def _snap(knob: Knob, x: float) -> float:
+    """``x`` moved onto the knob's settings, on the more compressed side (so a probe placed
+    at the predicted crossing lands inside the budget rather than just outside it)."""
+    if knob.values:
+        more = [v for v in knob.values if knob.order(v) >= knob.order(x) - 1e-9]
+        return min(more, key=knob.order) if more else knob.most()
+    n = x / knob.step
+    n = math.ceil(n - 1e-6) if knob.more == "up" else math.floor(n + 1e-6)
+    return round(min(max(n * knob.step, knob.low), knob.high), 6)
+
+
+def _neighbour(knob: Knob, value: float, more: bool) -> float | None:
+    """The setting one step more (or less) compressed than ``value``; None past the end."""
+    if knob.values:
+        side = [v for v in knob.values
+                if (knob.order(v) > knob.order(value)) == more and v != value]
+        if not side:
+            return None
+        return (min if more else max)(side, key=knob.order)
+    up = (knob.more == "up") == more
+    nxt = round(value + knob.step if up else value - knob.step, 6)
+    return nxt if knob.low <= nxt <= knob.high else None
+
+
+def interpolated_probe(
+    knob: Knob, points: list[tuple[float, float]], fraction: float
+) -> float | None:
+    """The next setting to try, read off the measured costs; None: fall back to bisection.
+
+    ``points`` are ``(setting, cost ratio)`` of runs already done. The cost is taken as
+    linear in the knob between the two runs nearest the budget (the bracket, when one run
+    meets it and a less compressed one does not; else the two nearest it on one side),
+    and the probe is where that line crosses ``fraction`` (regula falsi), moved onto the
+    knob's settings on the compressed side. Nonzeros and packed bytes are linear in
+    sparsity and bits, so there the first probe lands on the boundary and one more run,
+    a step less compressed, confirms it; bisection needs about log2(range / step) runs.
+    When the line predicts the least compressed meeting run is already the boundary,
+    the probe is the setting one step less compressed (the confirmation).
+    None where two points do not give a line, the line leaves the knob's range, or the
+    probe was tried: :func:`next_probe` then bisects.
+
+    >>> k = Knob("sparsity", "up", 0.01, 0.99, 0.01)
+    >>> interpolated_probe(k, [(0.9, 0.19), (0.95, 0.145)], 0.5)  # cost 1 - 0.9 s
+    0.56
+    >>> interpolated_probe(k, [(0.56, 0.496), (0.9, 0.19)], 0.5)  # boundary found: confirm
+    0.55
+    """
+    by_setting = {round(v, 6): float(c) for v, c in points if c is not None and math.isfinite(c)}
+    pts = sorted(by_setting.items(), key=lambda p: knob.order(p[0]))
+    if len(pts) < 2:
+        return None
+    ok = [p for p in pts if meets(p[1], fraction)]
+    fails = [p for p in pts if not meets(p[1], fraction)]
+    m = ok[0] if ok else None  # least compressed run meeting the budget
+    f = None  # most compressed failing run below it
+    if m is not None:
+        below = [p for p in fails if knob.order(p[0]) < knob.order(m[0])]
+        f = below[-1] if below else None
+    if m is not None and f is not None:
+        a, b = f, m
+    elif m is not None:
+        a, b = (ok[0], ok[1]) if len(ok) > 1 else (None, None)
+    else:
+        a, b = fails[-2], fails[-1]
+    if a is None or b is None or b[1] == a[1]:
+        return None
+    x = a[0] + (fraction - a[1]) * (b[0] - a[0]) / (b[1] - a[1])
+    if not math.isfinite(x):
+        return None
+    probe = _snap(knob, x)
+    if f is not None and knob.order(probe) <= knob.order(f[0]):
+        probe = _neighbour(knob, f[0], more=True)  # the boundary lies beyond f
+    if probe is not None and m is not None and knob.order(probe) >= knob.order(m[0]):
+        probe = _neighbour(knob, m[0], more=False)  # m is the boundary: confirm a step below
+    if probe is None or (f is not None and knob.order(probe) <= knob.order(f[0])):
+        return None
+    if m is None and knob.order(x) > knob.order(knob.most()):
+        return None  # beyond the most compressed setting: bisection tries that one
+    return None if round(probe, 6) in by_setting else probe
 
 
 def knob_groups(

@@ -264,6 +264,14 @@ def _disk(model: nn.Module, tokenizer: Any, saved_dir: Path | None) -> dict[str,
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+#: timed generation rounds (default). On the 2-core AVX2 machine one round's ratio of two
+#: identical SmolLM2 copies scatters with a standard deviation of 7%; two independent
+#: medians of 5 rounds then differed by more than 10% in 2.8% of simulated pairs, of 10
+#: rounds in 0.2% (``reports/bench/round_noise_smollm2.json``, ``bench/round_noise.py``).
+#: The forward shapes already had 10 rounds (``repeats``): 0.3% there.
+GEN_ROUNDS = 10
+
+
 @dataclass(frozen=True)
 class _Rounds:
     """How often to time: warm-up calls, timed forwards per shape, timed generations."""
@@ -278,7 +286,7 @@ def _rounds(quick: bool, warmup, repeats, gen_repeats, gen_tokens: int) -> _Roun
     rounds = _Rounds(
         warmup=(1 if quick else 3) if warmup is None else warmup,
         repeats=(3 if quick else 10) if repeats is None else repeats,
-        gen_repeats=(2 if quick else 5) if gen_repeats is None else gen_repeats,
+        gen_repeats=(2 if quick else GEN_ROUNDS) if gen_repeats is None else gen_repeats,
         gen_tokens=gen_tokens,
     )
     if min(rounds.repeats, rounds.gen_repeats, rounds.gen_tokens) < 1 or rounds.warmup < 0:
@@ -340,12 +348,12 @@ def profile(
 ) -> dict[str, Any]:
     """Size, latency, throughput and peak memory of ``model`` for ``task``.
 
-    Defaults: ``warmup=3, repeats=10, gen_repeats=5`` (``quick``: 1, 3, 2); with ``dense``
-    these are the alternating rounds. Returns a JSON-ready dict: params_total,
-    params_nonzero, bytes_in_memory, bytes_on_disk, bytes_on_disk_weights, peak_rss_bytes,
-    peak_rss_delta_bytes, cuda_max_memory_allocated (CUDA only), latency {"BxL":
-    {median_ms, p90_ms, mean_ms, min_ms, tokens_per_second}}, generate (causal-lm /
-    seq2seq: ms_per_token, tokens_per_second, ...), with ``dense`` also
+    Defaults: ``warmup=3, repeats=10, gen_repeats=10`` (``quick``: 1, 3, 2); with ``dense``
+    these are the alternating rounds (why ten: :data:`GEN_ROUNDS`). Returns a JSON-ready
+    dict: params_total, params_nonzero, bytes_in_memory, bytes_on_disk,
+    bytes_on_disk_weights, peak_rss_bytes, peak_rss_delta_bytes, cuda_max_memory_allocated
+    (CUDA only), latency {"BxL": {median_ms, p90_ms, mean_ms, min_ms, tokens_per_second}},
+    generate (causal-lm / seq2seq: ms_per_token, tokens_per_second, ...), with ``dense`` also
     latency_vs_dense {"BxL": {ratio, ci95, verdict, ...}} and generate_vs_dense; machine
     (CPU model and ISA flags, other processes' CPU while timing), busy_machine and its
     rule (:func:`eval.machine.is_busy`), device, dtype, threads, torch and transformers

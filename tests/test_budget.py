@@ -10,6 +10,7 @@ from eval.budget import (
     Budget,
     Knob,
     family_of,
+    interpolated_probe,
     knob_groups,
     markdown_table,
     next_probe,
@@ -208,6 +209,66 @@ def test_next_probe_discrete_bits():
     assert next_probe(k, [(8, False), (5, False), (2, True)]) == 4
     assert next_probe(k, [(4, False), (3, True)]) is None
     assert next_probe(k, [(2, False)]) is None
+
+
+def _search(knob, cost, fraction, start, interpolate=True, limit=30):
+    """The sweep's search loop on a cost function: probes until neither rule has one."""
+    tried = {round(v, 6): cost(v) for v in start}
+    for _ in range(limit):
+        points = list(tried.items())
+        probe = interpolated_probe(knob, points, fraction) if interpolate else None
+        if probe is None:
+            probe = next_probe(knob, [(v, c <= fraction) for v, c in points], fraction)
+        if probe is None:
+            return tried
+        assert round(probe, 6) not in tried, "a probe repeats a tried setting"
+        tried[round(probe, 6)] = cost(probe)
+    raise AssertionError("the search did not stop")
+
+
+def _boundary(knob, tried, fraction):
+    meets = [v for v, c in tried.items() if c <= fraction]
+    return min(meets, key=knob.order) if meets else None
+
+
+@pytest.mark.parametrize("name,cost,fraction,start,at_most", [
+    # nonzeros: linear in sparsity (only the targeted 90% of the weights are pruned)
+    ("nonzeros", lambda s: 1 - 0.9 * s, 0.5, [0.9, 0.95], 2),
+    ("nonzeros from one side", lambda s: 1 - 0.9 * s, 0.5, [0.1, 0.3], 2),
+    # a convex cost (latency-like: little gain until high sparsity)
+    ("convex", lambda s: 1 - 0.8 * s ** 3, 0.6, [0.5, 0.9], 6),
+])
+def test_interpolated_search_finds_the_boundary_in_fewer_runs(name, cost, fraction, start,
+                                                              at_most):
+    k = Knob("sparsity", "up", 0.01, 0.99, 0.01)
+    fast = _search(k, cost, fraction, start)
+    slow = _search(k, cost, fraction, start, interpolate=False)
+    # both end at the same boundary: the least compressed setting meeting the budget,
+    # with the setting one step less compressed tried and failing
+    b = _boundary(k, fast, fraction)
+    assert b == _boundary(k, slow, fraction)
+    assert cost(b) <= fraction < cost(round(b - 0.01, 6))
+    assert round(b - 0.01, 6) in fast
+    extra = len(fast) - len(start)
+    assert extra <= at_most, (name, sorted(fast))
+    assert extra < len(slow) - len(start), (name, sorted(fast), sorted(slow))
+
+
+def test_interpolated_probe_discrete_bits_and_fallbacks():
+    k = Knob("bits", "down", values=(8, 6, 5, 4, 3, 2))
+
+    def packed(b):  # packed bytes: weights at b bits plus fp32 embeddings (20% of dense)
+        return 0.2 + 0.8 * b / 32
+
+    # 8 and 6 bits both fail 0.3: the line reaches 0.3 at 4 bits
+    assert interpolated_probe(k, [(8, packed(8)), (6, packed(6))], 0.3) == 4
+    # a single run gives no line; equal costs give none; the tried setting is not repeated
+    assert interpolated_probe(k, [(8, 0.5)], 0.3) is None
+    assert interpolated_probe(k, [(8, 0.5), (6, 0.5)], 0.3) is None
+    # 4 bits meets 0.31 and the line puts the boundary there: confirm one setting up
+    assert interpolated_probe(k, [(8, packed(8)), (4, packed(4))], 0.31) == 5
+    # beyond the most compressed setting: left to bisection (which tries it)
+    assert interpolated_probe(k, [(8, 0.9), (6, 0.89)], 0.3) is None
 
 
 def test_knob_groups_skip_patterns_and_composites():

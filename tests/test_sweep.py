@@ -345,7 +345,7 @@ def test_fake_sweep_skips_done_retries_failed_and_writes_manifest(
     assert len(read_reports(sweep.reports)) == n
 
 
-def test_budget_search_bisects_the_knob(tmp_path, tiny_models):
+def test_budget_search_finds_the_boundary(tmp_path, tiny_models):
     text = f"""
         name = "s"
         models = ["{tiny_models["llama"]}"]
@@ -363,19 +363,21 @@ def test_budget_search_bisects_the_knob(tmp_path, tiny_models):
     fake = FakeRunner()
     run_sweep(sweep, run_fn=fake, console=quiet_console())
     tried = [label for _, label in fake.calls]
-    # 0.5 misses nonzeros<=0.3; 0.99 meets; 0.74 meets; 0.62 misses
+    # 0.5 misses nonzeros<=0.3 and is the only run of the knob: the most compressed
+    # setting, 0.99, meets it; the line through the two crosses 0.3 at 0.7, which meets
+    # it; 0.69, one step below, confirms the boundary by missing
     assert tried == [
         "identity",
         "magnitude",
         "magnitude(sparsity=0.99)",
-        "magnitude(sparsity=0.74)",
-        "magnitude(sparsity=0.62)",
+        "magnitude(sparsity=0.7)",
+        "magnitude(sparsity=0.69)",
     ]
     reports = read_reports(sweep.reports)
     (p,) = [
         p for p in pick_for_model(reports, parse_budget("nonzeros=0.3")) if p.family == "pruning"
     ]
-    assert p.label == "magnitude(sparsity=0.74)"
+    assert p.label == "magnitude(sparsity=0.7)"
     manifest = json.loads((sweep.reports / MANIFESTS / "s.json").read_text())
     assert [j["origin"] for j in manifest["jobs"]].count("search nonzeros=0.3") == 3
     # a rerun finds everything done, searches included

@@ -2,7 +2,9 @@
 
 For each budget, model and family, :func:`search_jobs` looks at the runs so far and
 proposes the next setting of a knob the recipe declares (:class:`compress.traits.Knob`,
-e.g. ``sparsity`` or ``bits``) by bisection (:func:`eval.budget.next_probe`);
+e.g. ``sparsity`` or ``bits``): where the measured costs, read as a line, cross the
+budget (:func:`eval.budget.interpolated_probe`), else by bisection
+(:func:`eval.budget.next_probe`);
 :func:`run_searches` runs up to ``search_runs`` such probes per model, family and
 budget. Each search replays from the grid's reports alone, so a rerun takes the same
 steps, finds them done and runs nothing new.
@@ -19,7 +21,9 @@ from eval.budget import (
     comparable_runs,
     cost_ratio,
     group_knob,
+    interpolated_probe,
     knob_groups,
+    meets,
     next_probe,
     pick_for_model,
     search_families,
@@ -69,9 +73,11 @@ def search_jobs(
         ratios = [t[1] for t in tried]
         if len(settings) >= 2 and max(ratios) <= min(ratios) * 1.02:
             continue  # this knob does not move this cost (e.g. zeros and bytes on disk)
-        probe = next_probe(
-            knob, [(v, ratio <= budget.fraction) for v, ratio, _ in tried], budget.fraction
-        )
+        probe = interpolated_probe(knob, [(v, ratio) for v, ratio, _ in tried], budget.fraction)
+        if probe is None:
+            probe = next_probe(
+                knob, [(v, meets(ratio, budget.fraction)) for v, ratio, _ in tried], budget.fraction
+            )
         if probe is None:
             continue
         template = dict(group[0]["pipeline"][0]["config"])
