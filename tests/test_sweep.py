@@ -59,10 +59,12 @@ class FakeRunner:
 
     def __init__(self):
         self.calls: list[tuple[str, str]] = []
+        self.quick: list[bool] = []
 
     def __call__(self, model, configs, *, quick, reports_dir, stage=None, **kw):
         from compress.calibration import CalibrationSpec, run_key_part
 
+        self.quick.append(bool(quick))
         pipeline = [step_record(c) for c in configs]
         spec = kw.get("calibration") or CalibrationSpec()
         report = Report(model={"name": model, "task": "causal-lm"}, pipeline=pipeline, quick=quick,
@@ -345,12 +347,14 @@ def test_fake_sweep_skips_done_retries_failed_and_writes_manifest(
     assert len(read_reports(sweep.reports)) == n
 
 
-def test_budget_search_finds_the_boundary(tmp_path, tiny_models):
+@pytest.mark.parametrize("probes", ["quick", "full"])
+def test_budget_search_finds_the_boundary(tmp_path, tiny_models, probes):
     text = f"""
         name = "s"
         models = ["{tiny_models["llama"]}"]
         budgets = ["nonzeros=0.3"]
         search_runs = 3
+        search_probes = "{probes}"
         [defaults]
         reports = "{tmp_path / "reports"}"
         [[runs]]
@@ -365,25 +369,43 @@ def test_budget_search_finds_the_boundary(tmp_path, tiny_models):
     tried = [label for _, label in fake.calls]
     # 0.5 misses nonzeros<=0.3 and is the only run of the knob: the most compressed
     # setting, 0.99, meets it; the line through the two crosses 0.3 at 0.7, which meets
-    # it; 0.69, one step below, confirms the boundary by missing
-    assert tried == [
+    # it; 0.69, one step below, confirms the boundary by missing. Quick probes: then
+    # 0.7 once more, with the full protocol
+    probed = [
         "identity",
         "magnitude",
         "magnitude(sparsity=0.99)",
         "magnitude(sparsity=0.7)",
         "magnitude(sparsity=0.69)",
     ]
+    assert tried == probed + (["magnitude(sparsity=0.7)"] if probes == "quick" else [])
+    assert fake.quick == [False, False] + [probes == "quick"] * 3 + (
+        [False] if probes == "quick" else [])
     reports = read_reports(sweep.reports)
     (p,) = [
         p for p in pick_for_model(reports, parse_budget("nonzeros=0.3")) if p.family == "pruning"
     ]
-    assert p.label == "magnitude(sparsity=0.7)"
+    assert p.label == "magnitude(sparsity=0.7)" and not p.chosen["quick"]
     manifest = json.loads((sweep.reports / MANIFESTS / "s.json").read_text())
-    assert [j["origin"] for j in manifest["jobs"]].count("search nonzeros=0.3") == 3
+    origins = [j["origin"] for j in manifest["jobs"]]
+    assert origins.count("search nonzeros=0.3") == 3
+    assert origins.count("search nonzeros=0.3: full protocol") == (probes == "quick")
     # a rerun finds everything done, searches included
     fake.calls.clear()
     run_sweep(load_sweep(sweep.path), run_fn=fake, console=quiet_console())
     assert fake.calls == []
+
+
+def test_search_probes_is_checked(tmp_path, tiny_models):
+    text = f"""
+        name = "s"
+        models = ["{tiny_models["llama"]}"]
+        search_probes = "fast"
+        [[runs]]
+        recipe = "identity"
+    """
+    with pytest.raises(UserError, match="search_probes.*'quick', 'full'"):
+        load_sweep(write(tmp_path / "s.toml", text))
 
 
 # ----------------------------------------------------------------------- real, end to end

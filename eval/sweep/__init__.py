@@ -8,6 +8,7 @@ An experiment ("sweep") file is TOML (``tomllib``, standard library). Example::
     imports = []                           # optional: modules that register extra recipes
     budgets = ["size=0.5"]                 # optional: equal-budget tables (see eval.budget)
     search_runs = 0                        # optional: extra runs per model/family/budget
+    search_probes = "quick"                # optional: probes quick, the setting found full
 
     [defaults]                             # passed to eval.run for every run
     quick = false                          # small benchmark/profile (smoke runs)

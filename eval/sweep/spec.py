@@ -38,6 +38,9 @@ from eval.pipeline import parse_step_text, step_record
 from eval.report import pipeline_label, run_key
 from eval.sweep.checks import check_pipeline
 
+#: the ways the budget search may measure its probe runs (:attr:`Sweep.search_probes`)
+SEARCH_PROBES = ("quick", "full")
+
 TOP_KEYS = (
     "name",
     "description",
@@ -45,6 +48,7 @@ TOP_KEYS = (
     "imports",
     "budgets",
     "search_runs",
+    "search_probes",
     "defaults",
     "runs",
 )
@@ -111,6 +115,10 @@ class Sweep:
     task: str | None = None
     budgets: list[Budget] = field(default_factory=list)
     search_runs: int = 0
+    #: how the budget search's probe runs are measured: "quick" (the small benchmark and
+    #: profile; the setting the search settles on then gets one run with the full
+    #: protocol) or "full" (every probe with the full protocol)
+    search_probes: str = "quick"
     #: run only shard K of N of the jobs (``--shard K/N``, 1-based); None: all of them.
     shard: tuple[int, int] | None = None
     #: leave the budget search to another process (``--workers`` children).
@@ -248,6 +256,7 @@ class _Header:
     threads: int | None
     calibration: CalibrationSpec
     defaults: dict[str, Any]
+    search_probes: str = "quick"
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -320,13 +329,17 @@ def _header(
     search_runs = data.get("search_runs", 0)
     if not isinstance(search_runs, int) or search_runs < 0:
         raise UserError(f"{_where(path, 'search_runs')}: expected a whole number >= 0")
+    probes = data.get("search_probes", "quick")
+    if probes not in SEARCH_PROBES:
+        raise UserError(f"{_where(path, 'search_probes')}: expected one of "
+                        f"{', '.join(map(repr, SEARCH_PROBES))}, not {probes!r}")
     thr = threads if threads is not None else defaults.get("threads")
     if thr is not None and (not isinstance(thr, int) or thr < 1):
         raise UserError(f"{_where(path, 'defaults', 'threads')}: expected a whole number >= 1")
     calib = _calibration(path, defaults)
     for m in top_models:
         _check_model(m, _where(path, "models"))
-    return _Header(is_quick, top_models, runs, budgets, search_runs, thr, calib, defaults)
+    return _Header(is_quick, top_models, runs, budgets, search_runs, thr, calib, defaults, probes)
 
 
 def _check_model(name: str, where: str) -> None:
@@ -446,4 +459,5 @@ def load_sweep(
         task=defaults.get("task"),
         budgets=head.budgets,
         search_runs=head.search_runs,
+        search_probes=head.search_probes,
     )
