@@ -359,6 +359,60 @@ def pick(reports: list[dict[str, Any]], budget: Budget) -> dict[str, list[Pick]]
     return {m: pick_for_model(runs, budget) for m, runs in runs_by_model(reports).items()}
 
 
+def untouched_share(report: dict[str, Any], kind: str = "size") -> float | None:
+    """The share of the dense weights outside the tensors the run compressed, from what
+    its recipe recorded: a pruning run's targeted parameters (``info.sparsity``) against
+    the model's, a quantizer's targeted bytes (``info.quant``) against the dense bytes
+    (not for ``nonzeros``: quantizing removes no weight). None where the run records
+    neither."""
+    info = report.get("info") or {}
+    total = _num(dig(report.get("profile", {}), "params_total"))
+    targeted = _num(dig(info, "sparsity", "targeted_params"))
+    if targeted is not None and total:
+        return max(0.0, 1.0 - targeted / total)
+    target_bytes = _num(dig(info, "quant", "target_dense_bytes"))
+    dense_bytes = _num(dig(info, "quant", "dense_bytes"))
+    if kind != "nonzeros" and target_bytes is not None and dense_bytes:
+        return max(0.0, 1.0 - target_bytes / dense_bytes)
+    return None
+
+
+def _at_most_compressed(report: dict[str, Any]) -> bool:
+    """Whether the run's first step sits at the most compressed setting of a knob."""
+    steps = report.get("pipeline") or []
+    if not steps:
+        return False
+    config = steps[0].get("config") or {}
+    return any(
+        knob.field in config and _num(config[knob.field]) is not None
+        and abs(float(config[knob.field]) - knob.most()) < 1e-9
+        for knob in recipe_knobs(steps[0].get("recipe", ""))
+    )
+
+
+def unreached_reason(p: Pick, budget: Budget, code: str = "") -> str:
+    """One line on why ``p``'s family has no run within ``budget``, from its runs' reports:
+    the lowest cost it reached and, where the reports say, what holds it up (a cost its
+    runs do not lower; the share of the weights outside what it compresses; a knob
+    already at its most compressed setting)."""
+    if p.cheapest is None:
+        return "no run with this cost measured"
+    x, label = p.cheapest_ratio, f"{code}{p.cheapest.get('label')}{code}"
+    head = f"not reached: lowest {budget.kind} measured is {x:.3f} of dense ({label})"
+    if x >= 0.98:
+        return f"{head}; this family's runs do not lower {budget.kind}"
+    notes = []
+    if budget.kind == "nonzeros" and dig(p.cheapest.get("info") or {}, "quant") is not None:
+        notes.append("quantizing rounds weights and removes none (its zeros are rounding's)")
+    if _at_most_compressed(p.cheapest):
+        notes.append("at the knob's most compressed setting")
+    share = untouched_share(p.cheapest, budget.kind)
+    if share is not None and share >= budget.fraction / 2:
+        notes.append(f"{share:.2f} of the dense weights lie outside the tensors it compresses "
+                     "(embeddings, norms, head)")
+    return head + ("; " + "; ".join(notes) if notes else "")
+
+
 #: below this fraction of dense quality a run counts as collapsed (said in its cell).
 COLLAPSED_KEPT = 0.10
 
@@ -384,12 +438,7 @@ def markdown_table(picks: dict[str, list[Pick]], budget: Budget) -> str:
                     f"{p.n_meeting} of {p.n_runs} |"
                 )
             else:
-                why = (
-                    f"not reached: lowest {budget.kind} measured is {p.cheapest_ratio:.3f} of "
-                    f"dense (`{p.cheapest.get('label')}`)"
-                    if p.cheapest is not None
-                    else "no run with this cost measured"
-                )
+                why = unreached_reason(p, budget, code="`")
                 lines.append(
                     f"| {model} | {p.family} | {why} | – | {p.metric} {arrow} – | {dense} | – | "
                     f"0 of {p.n_runs} |"
@@ -433,7 +482,7 @@ def rich_table(picks: dict[str, list[Pick]], budget: Budget):
                 table.add_row(
                     model,
                     p.family,
-                    "[red]none meets the budget[/]",
+                    f"[red]{unreached_reason(p, budget)}[/]",
                     "–",
                     "–",
                     fmt_value(p.baseline_value),

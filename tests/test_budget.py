@@ -283,3 +283,30 @@ def test_knob_groups_skip_patterns_and_composites():
     # the quick and failed runs are still listed here: callers pass comparable runs only
     assert ("wanda", 2) in recipes and ("magnitude", 3) in recipes
     assert all(r != "dynamic-int8" for r, _ in recipes)
+
+
+def test_unreached_cells_say_why():
+    """A family with no run in the budget says what holds its cost up, from its reports."""
+    runs = [
+        fake_report(),
+        # pruning at the knob's end: 60% of the weights were never targeted
+        fake_report(steps=[("magnitude", {"sparsity": 0.99})], nonzero=4.1e6,
+                    info={"sparsity": {"targeted_params": 4e6}}),
+        # a quantizer that targeted 40% of the dense bytes (its rounding made zeros); a MoE
+        fake_report(steps=[("rtn", {"bits": 3})], nonzero=8.1e6, disk=100e6,
+                    info={"quant": {"target_dense_bytes": 40e6, "dense_bytes": 100e6,
+                                    "packed_bytes": 65e6}}),
+        fake_report(steps=[("moefy", {})], nonzero=10.1e6, disk=101e6),
+    ]
+    table = markdown_table(pick(runs, parse_budget("nonzeros=0.3")), parse_budget("nonzeros=0.3"))
+    rows = {line.split(" | ")[1]: line for line in table.splitlines()[2:]}
+    assert ("not reached: lowest nonzeros measured is 0.410 of dense "
+            "(`magnitude(sparsity=0.99)`); at the knob's most compressed setting; "
+            "0.60 of the dense weights lie outside") in rows["pruning"]
+    assert "removes none" in rows["quantization"] and "outside" not in rows["quantization"]
+    assert "this family's runs do not lower nonzeros" in rows["moefication"]
+    packed = parse_budget("packed=0.3")
+    quant = next(line for line in markdown_table(pick(runs, packed), packed).splitlines()
+                 if "| quantization |" in line)
+    assert ("lowest packed measured is 0.650 of dense (`rtn(bits=3)`); 0.60 of the dense "
+            "weights lie outside the tensors it compresses") in quant

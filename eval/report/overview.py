@@ -118,7 +118,9 @@ def section_budget(w: Writer, reports: list[dict[str, Any]], budgets: list[Budge
         "*kept* is the quality as a fraction of the dense model's (for lower-is-better "
         "metrics, dense / run). *runs meeting* counts the family's runs within the budget out "
         "of those measured. A family with no run in the budget says the lowest cost it "
-        "reached; a run that keeps under 10% of dense quality is marked collapsed."
+        "reached and, where its reports say, what holds the cost up (a cost its runs do not "
+        "lower, weights outside the tensors it compresses, a knob already at its end); a run "
+        "that keeps under 10% of dense quality is marked collapsed."
     )
     w()
     for budget in budgets:
