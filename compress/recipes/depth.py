@@ -218,7 +218,7 @@ def _greedy(rule: _Rule, first: dict[tuple[str, int], float], base: float,
     return trace
 
 
-def _choose(model: nn.Module, rule: _Rule, metric: str, scores: dict[str, Any],
+def _choose(rule: _Rule, metric: str, scores: dict[str, Any],
             refresh: Callable | None = None) -> tuple[dict[str, list[int]], list[dict]]:
     """Per stack role, the blocks (depth positions) kept, and the record of each drop."""
     first = {(r, i): scores[r].scores(metric)[i] for r, i in rule.candidates()}
@@ -249,7 +249,7 @@ def select_blocks(model: nn.Module, batches: list, task: str, metric: str, selec
     if selection == "iterative":
         def refresh(skipped, candidates):
             return skip_costs(model, batches, task, metric, skipped, candidates)
-    maps, trace = _choose(model, rule, metric, scores, refresh)
+    maps, trace = _choose(rule, metric, scores, refresh)
     return maps, scores, trace
 
 
