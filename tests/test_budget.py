@@ -10,14 +10,12 @@ from eval.budget import (
     Budget,
     Knob,
     family_of,
-    interpolated_probe,
-    knob_groups,
     markdown_table,
-    next_probe,
     parse_budget,
     pick,
     pick_for_model,
 )
+from eval.budget_probe import interpolated_probe, knob_groups, next_probe
 
 
 def lm_runs():

@@ -11,7 +11,8 @@ from compress.config import RecipeConfig
 from compress.errors import UserError
 from compress.registry import FACTS, all_recipes, register_recipe
 from compress.traits import BASELINE, FAMILIES, RECOVERY, Knob, Traits
-from eval.budget import family_of, knob_groups
+from eval.budget import family_of
+from eval.budget_probe import knob_groups
 from eval.sweep import check_pipeline
 
 BUILTIN = [r for r in all_recipes() if r.handler.__module__.startswith("compress.recipes.")]

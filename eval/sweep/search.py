@@ -3,8 +3,8 @@
 For each budget, model and family, :func:`search_jobs` looks at the runs so far and
 proposes the next setting of a knob the recipe declares (:class:`compress.traits.Knob`,
 e.g. ``sparsity`` or ``bits``): where the measured costs, read as a line, cross the
-budget (:func:`eval.budget.interpolated_probe`), else by bisection
-(:func:`eval.budget.next_probe`);
+budget (:func:`eval.budget_probe.interpolated_probe`), else by bisection
+(:func:`eval.budget_probe.next_probe`);
 :func:`run_searches` runs up to ``search_runs`` such probes per model, family and
 budget. The search reads costs only, so by default (``search_probes = "quick"``) a
 probe is a quick run (small benchmark and profile: the costs are measured as in a full
@@ -26,14 +26,11 @@ from eval.budget import (
     baseline_of,
     comparable_runs,
     cost_ratio,
-    group_knob,
-    interpolated_probe,
-    knob_groups,
     meets,
-    next_probe,
     pick_for_model,
     search_families,
 )
+from eval.budget_probe import group_knob, interpolated_probe, knob_groups, next_probe
 from eval.sweep.checks import check_pipeline
 from eval.sweep.spec import Job, Sweep
 
@@ -158,7 +155,7 @@ def settled_job(
               if meets(c, budget.fraction)]
         if not ok:
             continue
-        setting, report = min(ok, key=lambda item: knob.order(item[0]))
+        _setting, report = min(ok, key=lambda item: knob.order(item[0]))
         if not report.get("quick"):
             continue  # the boundary already has a full run
         template = dict(report["pipeline"][0]["config"])
