@@ -345,6 +345,7 @@ def profile(
     repeats: int | None = None,
     gen_repeats: int | None = None,
     dense: nn.Module | Callable[[], nn.Module] | None = None,
+    generate: bool = True,
 ) -> dict[str, Any]:
     """Size, latency, throughput and peak memory of ``model`` for ``task``.
 
@@ -360,7 +361,8 @@ def profile(
     versions, and the settings used.
 
     ``dense`` is the uncompressed model (or a callable that loads it, called after the
-    memory measurement so that its weights do not count in the peak).
+    memory measurement so that its weights do not count in the peak). ``generate=False``
+    times the forward shapes only (no generation, for any task).
 
     >>> r = profile(model, tok, "embedding", threads=1, dense=dense_model)   # doctest: +SKIP
     >>> r["latency_vs_dense"]["8x128"]                                         # doctest: +SKIP
@@ -385,10 +387,12 @@ def profile(
         inputs = {(b, n): _shape_inputs(model, tokenizer, task, b, n, device) for b, n in shapes}
         busy = BusyMeter()
         # memory first, on the compressed model alone; timed here only without a dense model
-        result.update(_alone(model, tokenizer, task, inputs, device, rounds, timed=dense is None))
+        gen = generate and task in GENERATES
+        result.update(_alone(model, tokenizer, inputs, device, rounds, timed=dense is None,
+                             gen=gen))
         if dense is not None:
             busy = BusyMeter()  # the paired rounds are the timings to judge
-            result.update(_paired(model, dense, tokenizer, task, inputs, device, rounds))
+            result.update(_paired(model, dense, tokenizer, inputs, device, rounds, gen=gen))
         # Timings are only comparable on a quiet machine: record how busy it was.
         reading = busy.stop()
         result.update(reading)
@@ -404,8 +408,8 @@ def profile(
     return result
 
 
-def _alone(model, tokenizer, task: str, inputs: dict, device, rounds: _Rounds,
-           timed: bool) -> dict[str, Any]:
+def _alone(model, tokenizer, inputs: dict, device, rounds: _Rounds, timed: bool,
+           gen: bool) -> dict[str, Any]:
     """Peak memory of ``model`` running the shapes (and generation) alone; with ``timed``
     also its unpaired latency and generation timings."""
     out: dict[str, Any] = {}
@@ -420,7 +424,7 @@ def _alone(model, tokenizer, task: str, inputs: dict, device, rounds: _Rounds,
             else:  # the compressed model alone, for its memory peak; timed in _paired
                 for _ in range(max(rounds.warmup, 1)):
                     model(**x)
-        if task in GENERATES:
+        if gen:
             run, produced = _generator(model, tokenizer, device, rounds.gen_tokens)
             if timed:
                 times = _time(run, device, min(rounds.warmup, 1), rounds.gen_repeats)
@@ -436,10 +440,10 @@ def _alone(model, tokenizer, task: str, inputs: dict, device, rounds: _Rounds,
     return out
 
 
-def _paired(model, dense, tokenizer, task: str, inputs: dict, device,
-            rounds: _Rounds) -> dict[str, Any]:
-    """Alternating rounds of ``model`` and ``dense`` per shape and for generation:
-    ``latency``, ``latency_vs_dense`` and (generating tasks) ``generate`` and
+def _paired(model, dense, tokenizer, inputs: dict, device, rounds: _Rounds,
+            gen: bool) -> dict[str, Any]:
+    """Alternating rounds of ``model`` and ``dense`` per shape and (``gen``) for
+    generation: ``latency``, ``latency_vs_dense`` and ``generate`` and
     ``generate_vs_dense``."""
     if not isinstance(dense, nn.Module):
         dense = dense()
@@ -460,7 +464,7 @@ def _paired(model, dense, tokenizer, task: str, inputs: dict, device,
                 key = f"{batch}x{length}"
                 out["latency"][key] = _latency_stats(times["model"], batch, length)
                 out["latency_vs_dense"][key] = ratio_interval(times["dense"], times["model"])
-            if task in GENERATES:
+            if gen:
                 out.update(_paired_generation(model, dense, tokenizer, device, dense_device,
                                               rounds, sync))
     finally:
