@@ -63,6 +63,12 @@ QUANT: dict[str, tuple[str, dict[str, Any]]] = {
     "hqq3-g64": ("hqq", {"bits": 3, **G64}),
     "hqq4-g64-floatstart": ("hqq", {"bits": 4, "round_zero": False, **G64}),
     "hqq3-g64-floatstart": ("hqq", {"bits": 3, "round_zero": False, **G64}),
+    # the hqq package's own default loop (constant beta, one early stop per matrix); it
+    # starts from the float zero at 3 bits (its round_zero is on at 4 bits only)
+    "hqq4-g64-reference": ("hqq", {"bits": 4, "solver": "reference", **G64}),
+    "hqq3-g64-reference": ("hqq", {"bits": 3, "solver": "reference", **G64}),
+    "hqq3-g64-reference-floatstart": ("hqq", {"bits": 3, "solver": "reference",
+                                             "round_zero": False, **G64}),
     "rtn4-g128-sym": ("rtn", {"bits": 4, "scheme": "sym", **G128}),
     "gptq4-g128-sym": ("gptq", {"bits": 4, "scheme": "sym", **G128}),
     "gptq4-g128-plain": ("gptq", {"bits": 4, "act_order": False, "true_sequential": False,

@@ -44,6 +44,31 @@ def parse_step(text: str) -> RecipeConfig:
     return get_recipe(name).config_cls.from_dict(params)
 
 
+def read_recorded(recipe: str, values: dict[str, Any]) -> tuple[RecipeConfig, list[str]]:
+    """A config a report recorded, read by today's version of its recipe, and what that
+    changed: options the recipe no longer has are left out (per-recipe calibration sizes,
+    now the shared set of :mod:`compress.calibration`) and options the recorded version did
+    not have take today's defaults. Invalid values are a UserError as usual."""
+    cls = get_recipe(recipe).config_cls
+    values = dict(values)
+    values.pop("recipe", None)
+    version = values.pop("version", cls.VERSION)
+    names = {f.name for f in dataclasses.fields(cls)}
+    notes = []
+    if version != cls.VERSION:
+        new = sorted(names - set(values))
+        notes.append(f"{recipe} config version {version} read by version {cls.VERSION}"
+                     + (f"; options it did not have take today's defaults: {', '.join(new)}"
+                        if new else ""))
+    dropped = sorted(set(values) - names)
+    for k in dropped:
+        values.pop(k)
+    if dropped:
+        notes.append(f"{recipe}: options no longer read left out (calibration now comes from "
+                     f"the shared set): {', '.join(dropped)}")
+    return cls.from_dict(values), notes
+
+
 def step_record(config: RecipeConfig) -> dict[str, Any]:
     """A step as reports hold it: recipe, its full config and the config's defaults."""
     defaults = type(config)().to_dict() if _has_all_defaults(type(config)) else {}

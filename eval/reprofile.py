@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import json
 import sys
 import time
@@ -70,42 +69,29 @@ def needs_ratio(report: dict[str, Any]) -> bool:
 
 def rebuild_configs(report: dict[str, Any]) -> Rebuild:
     """The current configs for the report's pipeline; raises UserError where none can be made."""
-    from compress.registry import get_recipe
+    from eval.pipeline import read_recorded
 
     out = Rebuild([])
     for step in report.get("pipeline") or []:
         recipe = step["recipe"]
-        cls = get_recipe(recipe).config_cls
-        values = dict(step.get("config") or {})
-        values.pop("recipe", None)
-        version = values.pop("version", cls.VERSION)
         if recipe == "recover":
             out.changes.append("recover left out (it changes no shape)")
             continue
-        names = {f.name for f in dataclasses.fields(cls)}
-        if version != cls.VERSION:
-            new = sorted(names - set(values))
-            out.changes.append(
-                f"{recipe} config version {version} read by version {cls.VERSION}"
-                + (f"; options it did not have take today's defaults: {', '.join(new)}"
-                   if new else ""))
-        dropped = sorted(set(values) - names)
-        for k in dropped:
-            values.pop(k)
-        if dropped:
-            out.changes.append(f"{recipe}: options no longer read left out (calibration now "
-                               f"comes from the shared set): {', '.join(dropped)}")
-        if recipe == "distill" and values.get("layer_map") is None \
-                and values.get("layer_choice", "importance") != "spread":
-            values["layer_choice"] = "spread"  # skip the block-importance measurement
-            out.changes.append("distill: layer_choice=spread (the same number of blocks; "
-                               "which blocks are kept does not change a shape)")
+        values = dict(step.get("config") or {})
         trained = [k for k in TRAINING_FIELDS if isinstance(values.get(k), int) and values[k] > 0]
         for k in trained:
             values[k] = 0
+        if recipe == "distill" and values.get("layer_map") is None:
+            values["layer_choice"] = "spread"  # skip the block-importance measurement
+        config, notes = read_recorded(recipe, values)
+        out.changes.extend(notes)
+        if recipe == "distill" and config.layer_map is None and (step.get("config") or {}).get(
+                "layer_choice") != "spread":
+            out.changes.append("distill: layer_choice=spread (the same number of blocks; "
+                               "which blocks are kept does not change a shape)")
         if trained:
             out.changes.append(f"{recipe}: untrained rebuild ({', '.join(trained)}=0)")
-        out.configs.append(cls.from_dict(values))
+        out.configs.append(config)
     if not out.configs:
         raise UserError("nothing to rebuild: the pipeline has no shape-changing step")
     return out
@@ -138,9 +124,11 @@ def _calibration(report: dict[str, Any]) -> Any:
 
 
 def measure(report: dict[str, Any], loaded: Any, dense: Any, threads: int,
-            generate: bool, **timing: Any) -> dict[str, Any]:
+            generate: bool, contexts: dict | None = None, **timing: Any) -> dict[str, Any]:
     """Rebuild the report's model from ``loaded`` (left unchanged) and time it against
     ``dense``; returns ``{"source": ..., "profile": ...}`` or ``{"skip": reason}``.
+    ``contexts``: a cache of compress contexts by calibration (one per model, as the
+    benchmark scripts share one: the data and tokenized calibration load once).
     ``timing``: the profiler's shapes and rounds (default :data:`SHAPES`, its defaults)."""
     from compress.api import compress
     from compress.cli import build_context
@@ -151,7 +139,13 @@ def measure(report: dict[str, Any], loaded: Any, dense: Any, threads: int,
         plan = rebuild_configs(report)
     except UserError as exc:
         return {"skip": str(exc)}
-    context = build_context(loaded, _calibration(report))
+    spec = _calibration(report)
+    contexts = {} if contexts is None else contexts
+    key = json.dumps(spec.key(), sort_keys=True)
+    if key not in contexts:
+        contexts[key] = build_context(loaded, spec)
+    context = contexts[key]
+    context.info = {}
     context.teacher = lambda: copy.deepcopy(dense)
     model = copy.deepcopy(loaded.model)
     t0 = time.perf_counter()
@@ -222,6 +216,10 @@ def main(argv: list[str] | None = None) -> int:
                                 description=__doc__.splitlines()[0])
     p.add_argument("reports", type=Path, help="folder of run reports (not searched below)")
     p.add_argument("--models", nargs="+", default=None, help="only these models' reports")
+    p.add_argument("--skip-recipes", nargs="+", default=(), metavar="RECIPE",
+                   help="leave out reports whose pipeline uses one of these recipes")
+    p.add_argument("--shapes", nargs="+", default=[f"{b}x{n}" for b, n in SHAPES],
+                   metavar="BxL", help="forward shapes to time (the latency budget reads 1x128)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--generate", action="store_true",
                    help="also time generation against dense (causal LM, seq2seq)")
@@ -235,7 +233,14 @@ def main(argv: list[str] | None = None) -> int:
                         "eval.run wrote into (default: reports/)")
     if args.threads < 1:
         raise UserError("--threads must be at least 1")
-    todo = _todo(args.reports, args.models, args.redo)
+    try:
+        shapes = tuple(tuple(int(x) for x in s.lower().split("x")) for s in args.shapes)
+        if any(len(s) != 2 for s in shapes):
+            raise ValueError
+    except ValueError:
+        raise UserError(f"--shapes {' '.join(args.shapes)}: write each as BxL, e.g. 1x128") from None
+    todo = [(path, r) for path, r in _todo(args.reports, args.models, args.redo)
+            if not {s.get("recipe") for s in r["pipeline"]} & set(args.skip_recipes)]
     print(f"{len(todo)} report(s) without a same-process latency ratio", flush=True)
     if args.dry_run:
         for path, report in todo:
@@ -259,10 +264,12 @@ def main(argv: list[str] | None = None) -> int:
         task = items[0][1]["model"].get("task")
         loaded = load_model(name, task)
         dense = copy.deepcopy(loaded.model).eval()
+        contexts: dict[str, Any] = {}
         for path, report in items:
             t0 = time.perf_counter()
             try:
-                result = measure(report, loaded, dense, args.threads, args.generate)
+                result = measure(report, loaded, dense, args.threads, args.generate, contexts,
+                                 shapes=shapes)
             except Exception as exc:  # noqa: BLE001 - one report's failure is not the run's
                 result = {"skip": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
             if "skip" in result:

@@ -327,6 +327,41 @@ def test_hqq_solver_decreases_its_objective_and_matches_the_equations():
         assert (w - w_hat).abs().mean() < (w - rtn).abs().mean()
 
 
+def test_hqq_reference_solver_follows_the_packages_default_loop():
+    """``solver="reference"``: hqq e0b1d00's optimize_weights_proximal_legacy, transcribed
+    directly (constant beta; one early stop for the whole matrix on its mean error; the
+    zero of the step that stopped it is kept)."""
+    from compress.quant.grid import QuantSpec, scale_zero
+    from compress.quant.hqq import hqq_units
+
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(8, 128, generator=g) * 0.05
+    w[:, 7] += 0.3
+    for bits, round_zero in ((3, True), (3, False), (4, True)):
+        spec = QuantSpec(bits, "asym", "group", 64, zero_point="float")
+        units = w.reshape(-1, 64)
+        s, zero = scale_zero(units, spec)
+        zero = torch.round(zero) if round_zero else zero
+        best = float("inf")
+        for _ in range(20):
+            wq = torch.clamp(torch.round(units / s + zero), 0, spec.qmax)
+            wr = (wq - zero) * s
+            e = units - wr
+            we = torch.sign(e) * (e.abs() - e.abs().pow(0.7 - 1) / 10.0).clamp_min(0)
+            zero = (wq - (units - we) / s).mean(1, keepdim=True)
+            err = float(e.abs().mean())
+            if err < best:
+                best = err
+            else:
+                break
+        z16 = zero.half().float()
+        expected = s * (torch.clamp(torch.round(units / s + z16), 0, spec.qmax) - z16)
+        out, _, _, _ = hqq_units(units, spec, round_zero=round_zero, solver="reference")
+        torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="solver"):
+        hqq_units(units, spec, solver="nope")
+
+
 # --- SmoothQuant -------------------------------------------------------------------------
 
 

@@ -127,3 +127,22 @@ def test_the_command_lists_what_it_would_measure(tmp_path, capsys):
     assert out.startswith("1 report(s)") and "tiny__magnitude__0.5.json: rebuilt as recorded" in out
     with pytest.raises(UserError, match="not a folder of reports"):
         reprofile.main([str(tmp_path / "missing")])
+
+
+def test_report_md_says_how_many_latency_ratios_came_later():
+    from eval.report.common import Writer
+    from eval.report.overview import _latency_sources
+
+    timed = {"profile": {"latency_vs_dense": {"1x128": {"ratio": 0.9}}}}
+    later = {"profile": {"latency_vs_dense": {"1x128": {"ratio": 0.5}},
+                         "latency_vs_dense_source": {"rebuild_changes": ["x"]}}}
+    same = {"profile": {"latency_vs_dense": {"1x128": {"ratio": 1.0}},
+                        "latency_vs_dense_source": {"rebuild_changes": []}}}
+    w = Writer()
+    _latency_sources(w, [timed, later, same, {"profile": {}}])
+    assert w.text().startswith("2 of the 3 reports with a same-process latency ratio got it "
+                               "later, from `python -m eval.reprofile`")
+    assert "1 of those rebuilds differ" in w.text()
+    w = Writer()
+    _latency_sources(w, [timed])
+    assert w.text() == "\n"  # nothing to say

@@ -58,6 +58,9 @@ class HQQConfig(RecipeConfig):
     iters: int = option(20, "solver iterations", low=1, high=1000)
     round_zero: bool = option(True, "start the solver from the integer zero point round(-min/s)"
                               " (the reference's round_zero) instead of the float -min/s")
+    solver: str = option("group", "group: beta grows by kappa and each group keeps its best "
+                         "iterate; reference: the hqq package's default (constant beta, all "
+                         "groups of a matrix stop together)", choices=("group", "reference"))
     include_head: bool = option(False, "also quantize the LM head (tied embeddings change too)")
     embeddings: str = embeddings_option()
 
@@ -95,7 +98,7 @@ def hqq(model: nn.Module, config: HQQConfig, context: Context) -> nn.Module:
         W = weight_matrix(module).float()
         W_hat, facts = hqq_quantize(W, spec, lp_norm=config.lp_norm, beta=config.beta,
                                     kappa=config.kappa, iters=config.iters,
-                                    round_zero=config.round_zero)
+                                    round_zero=config.round_zero, solver=config.solver)
         with torch.no_grad():
             set_weight_matrix(module, W_hat)
         before += facts["mean_abs_error_before"] * W.numel()

@@ -102,6 +102,25 @@ def family_members(family: str) -> list[str]:
     return sorted(names, key=lambda n: (rank.get(n, len(rank)), n))
 
 
+def _latency_sources(w: Writer, reports: list[dict[str, Any]]) -> None:
+    """Say how many latency ratios came from a later rebuild (``eval.reprofile``)."""
+    timed = [r for r in reports
+             if isinstance((r.get("profile") or {}).get("latency_vs_dense"), dict)]
+    later = [r for r in timed if "latency_vs_dense_source" in r["profile"]]
+    if not later:
+        return
+    changed = sum(1 for r in later if r["profile"]["latency_vs_dense_source"].get(
+        "rebuild_changes"))
+    w(f"{len(later)} of the {len(timed)} reports with a same-process latency ratio got it "
+      "later, from `python -m eval.reprofile`: the report was written before the profiler "
+      "timed every run against dense, so its pipeline was rebuilt and timed against dense in "
+      f"one process. {changed} of those rebuilds differ from the original run in ways that "
+      "change no shape (no training steps, today's calibration set; the report's "
+      "`profile.latency_vs_dense_source` lists them), and each was checked against the "
+      "report's parameter count, nonzeros and bytes on disk.")
+    w()
+
+
 def section_budget(w: Writer, reports: list[dict[str, Any]], budgets: list[Budget]) -> None:
     w(f"## 1. {SECTIONS[0]}")
     w()
@@ -130,6 +149,8 @@ def section_budget(w: Writer, reports: list[dict[str, Any]], budgets: list[Budge
         )
         w()
         w(markdown_table(pick(reports, budget), budget))
+        if budget.kind == "latency":
+            _latency_sources(w, reports)
     w(
         "Costs are what the profiler measured on the saved and reloaded model: simulated "
         "quantization (`rtn`, `gptq`) keeps float32 weights on disk and in the matmuls, so "
