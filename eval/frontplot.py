@@ -185,6 +185,10 @@ def draw_panel(ax: Any, points: list[Point], kind: str, name: str,
     return labels
 
 
+#: characters of a panel's note line (8-point text across one panel of the figure)
+NOTE_WIDTH = 95
+
+
 def finish_panel(ax: Any, fig: Any, points: list[Point],
                  labels: list[tuple[Point, str]]) -> None:
     """Front labels where they overlap nothing, and a note naming clipped runs."""
@@ -193,8 +197,12 @@ def finish_panel(ax: Any, fig: Any, points: list[Point],
         if any(p.clipped_x for p in points) else []
     if dropped:
         notes.append(f"{dropped} front label(s) left out (no free place)")
-    if notes:  # under the title, outside the plotting area: it hides no point or label
-        ax.set_title(ax.get_title() + "\n" + "; ".join(notes), fontsize=8)
+    if notes:  # under the title, outside the plotting area: it hides no point or label;
+        # wrapped to the panel's width so that a long list cannot run into the next panel
+        import textwrap
+
+        text = "\n".join(textwrap.wrap("; ".join(notes), NOTE_WIDTH))
+        ax.set_title(ax.get_title() + "\n" + text, fontsize=8)
 
 
 def _ordered(families: set[str]) -> list[str]:
