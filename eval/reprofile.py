@@ -23,8 +23,9 @@ A rebuild is the same architecture and storage format, not always the same weigh
 
 What was changed is written next to the ratio (``profile.latency_vs_dense_source``), and a
 rebuild is only used when its parameter count equals the report's and its nonzeros and
-bytes on disk are within 1% of the report's (else the report is left as it was and the
-reason is printed). A measurement on a busy machine (:func:`eval.machine.is_busy`) is not
+bytes in memory (the model that is timed) are within 1% of the report's (else the report
+is left as it was and the reason is printed); a saved format that changed since (bytes on
+disk) is noted. A measurement on a busy machine (:func:`eval.machine.is_busy`) is not
 written. Reports are rewritten atomically; the quality metrics are not touched.
 
     python -m eval.reprofile reports/ --dry-run     # what would be measured, and why not
@@ -47,7 +48,7 @@ from compress.errors import UserError, run_main
 
 #: config fields that set training steps: 0 in a rebuild
 TRAINING_FIELDS = ("steps", "finetune_steps")
-#: relative tolerance of the rebuild check on nonzeros and bytes on disk
+#: relative tolerance of the rebuild check on nonzeros and bytes in memory
 TOLERANCE = 0.01
 SHAPES = ((1, 128), (8, 128))
 
@@ -104,14 +105,24 @@ def _close(a: Any, b: Any) -> bool:
 
 
 def check_rebuild(measured: dict[str, Any], recorded: dict[str, Any]) -> str | None:
-    """None when the rebuild matches the report's model, else what differs."""
+    """None when the rebuild matches the report's model in what the timing runs on (the
+    parameter count, nonzeros and bytes in memory), else what differs."""
     if measured.get("params_total") != recorded.get("params_total"):
         return (f"parameters {measured.get('params_total')} against the report's "
                 f"{recorded.get('params_total')}")
-    for key in ("params_nonzero", "bytes_on_disk"):
+    for key in ("params_nonzero", "bytes_in_memory"):
         if not _close(measured.get(key), recorded.get(key)):
             return f"{key} {measured.get(key)} against the report's {recorded.get(key)}"
     return None
+
+
+def disk_note(measured: dict[str, Any], recorded: dict[str, Any]) -> str | None:
+    """A note where only the saved format differs (e.g. a recipe that now saves packed)."""
+    if _close(measured.get("bytes_on_disk"), recorded.get("bytes_on_disk")):
+        return None
+    return (f"saved format changed: {measured.get('bytes_on_disk')} bytes on disk against the "
+            f"report's {recorded.get('bytes_on_disk')} (the model in memory, which is timed, "
+            "matches)")
 
 
 def _calibration(report: dict[str, Any]) -> Any:
@@ -159,6 +170,9 @@ def measure(report: dict[str, Any], loaded: Any, dense: Any, threads: int,
     wrong = check_rebuild(prof, report.get("profile") or {})
     if wrong:
         return {"skip": f"the rebuild differs from the report's model: {wrong}"}
+    note = disk_note(prof, report.get("profile") or {})
+    if note:
+        plan.changes.append(note)
     if prof.get("busy_machine"):
         return {"skip": "the machine was busy while timing "
                         f"(other processes {prof.get('other_processes_cores')} cores): not written"}
@@ -169,7 +183,7 @@ def measure(report: dict[str, Any], loaded: Any, dense: Any, threads: int,
         "git_commit": git_commit(),
         "rebuild_changes": plan.changes,
         "rebuild_seconds": round(rebuild_s, 1),
-        "checked": "parameter count equal, nonzeros and bytes on disk within "
+        "checked": "parameter count equal, nonzeros and bytes in memory within "
                    f"{TOLERANCE:.0%} of the report's",
         "threads": prof.get("threads"),
         "repeats": prof.get("repeats"),
