@@ -115,9 +115,9 @@ def _latency_sources(w: Writer, reports: list[dict[str, Any]]) -> None:
       "later, from `python -m eval.reprofile`: the report was written before the profiler "
       "timed every run against dense, so its pipeline was rebuilt and timed against dense in "
       f"one process. {changed} of those rebuilds differ from the original run in ways that "
-      "change no shape (no training steps, today's calibration set; the report's "
-      "`profile.latency_vs_dense_source` lists them), and each was checked against the "
-      "report's parameter count, nonzeros and bytes on disk.")
+      "change no shape (no training steps, today's calibration set, a saved format that "
+      "changed since; the report's `profile.latency_vs_dense_source` lists them), and each "
+      "was checked against the report's parameter count, nonzeros and bytes in memory.")
     w()
 
 
