@@ -12,6 +12,7 @@ import argparse
 import sys
 import time
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from compress import data
 from compress.api import compress
 from compress.config import RecipeConfig, _base_type
 from compress.context import Context
-from compress.errors import run_main
+from compress.errors import UserError, run_main
 from compress.models import Loaded, load_model
 from compress.registry import get_recipe
 from compress.saving import save_model
@@ -116,6 +117,18 @@ def calibration_spec_from_args(args: argparse.Namespace):
 #: where each task's calibration pool comes from (compress.data corpora, split "calibration").
 CALIBRATION_SOURCES = {"causal-lm": "wiki+news", "classification": "tweets",
                        "embedding": "tweets", "seq2seq": "punct"}
+
+
+def parse_shapes(texts: Sequence[str], flag: str = "--shapes") -> tuple[tuple[int, int], ...]:
+    """``["1x128", "8x128"]`` -> ``((1, 128), (8, 128))``; anything else is a one-line error."""
+    try:
+        shapes = tuple(tuple(int(x) for x in t.lower().split("x")) for t in texts)
+        if any(len(s) != 2 for s in shapes):
+            raise ValueError
+    except ValueError:
+        raise UserError(f"{flag} {' '.join(texts)}: write each as BATCHxLENGTH, "
+                        "e.g. 1x128") from None
+    return shapes  # type: ignore[return-value]
 
 
 def build_context(loaded: Loaded, calibration=None) -> Context:

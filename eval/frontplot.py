@@ -28,6 +28,7 @@ place is left out and counted in the panel's note rather than printed over anoth
 from __future__ import annotations
 
 import logging
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,8 +200,6 @@ def finish_panel(ax: Any, fig: Any, points: list[Point],
         notes.append(f"{dropped} front label(s) left out (no free place)")
     if notes:  # under the title, outside the plotting area: it hides no point or label;
         # wrapped to the panel's width so that a long list cannot run into the next panel
-        import textwrap
-
         text = "\n".join(textwrap.wrap("; ".join(notes), NOTE_WIDTH))
         ax.set_title(ax.get_title() + "\n" + text, fontsize=8)
 

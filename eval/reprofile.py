@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from compress.cli import parse_shapes
 from compress.errors import UserError, run_main
 
 #: config fields that set training steps: 0 in a rebuild
@@ -247,12 +248,7 @@ def main(argv: list[str] | None = None) -> int:
                         "eval.run wrote into (default: reports/)")
     if args.threads < 1:
         raise UserError("--threads must be at least 1")
-    try:
-        shapes = tuple(tuple(int(x) for x in s.lower().split("x")) for s in args.shapes)
-        if any(len(s) != 2 for s in shapes):
-            raise ValueError
-    except ValueError:
-        raise UserError(f"--shapes {' '.join(args.shapes)}: write each as BxL, e.g. 1x128") from None
+    shapes = parse_shapes(args.shapes)
     todo = [(path, r) for path, r in _todo(args.reports, args.models, args.redo)
             if not {s.get("recipe") for s in r["pipeline"]} & set(args.skip_recipes)]
     print(f"{len(todo)} report(s) without a same-process latency ratio", flush=True)
@@ -276,7 +272,14 @@ def main(argv: list[str] | None = None) -> int:
     written = skipped = 0
     for name, items in by_model.items():
         task = items[0][1]["model"].get("task")
-        loaded = load_model(name, task)
+        try:
+            loaded = load_model(name, task)
+        except Exception as exc:  # noqa: BLE001 - the other models' reports still run
+            skipped += len(items)
+            print(f"  skip the {len(items)} report(s) of {name}: cannot load it "
+                  f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                  "run this where the model loads", flush=True)
+            continue
         dense = copy.deepcopy(loaded.model).eval()
         contexts: dict[str, Any] = {}
         for path, report in items:

@@ -72,3 +72,20 @@ def test_pareto_png_is_written_per_model(tmp_path):
     written = plot_fronts(runs, tmp_path)
     assert [p.name for p in written] == ["m_pareto.png"]
     assert written[0].stat().st_size > 10_000
+
+
+def test_a_long_list_of_clipped_runs_is_wrapped_under_the_title():
+    from eval.frontplot import NOTE_WIDTH, finish_panel
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.set_title("quality kept against latency")
+    pts = [Point(X_MAX, 0.9, None, None, "q", f"quanto(weights=int{i},group=64)", clipped_x=True)
+           for i in range(12)]
+    fig.canvas.draw()
+    finish_panel(ax, fig, pts, [])
+    lines = ax.get_title().split("\n")
+    assert lines[0] == "quality kept against latency" and len(lines) > 3
+    assert all(len(line) <= NOTE_WIDTH for line in lines[1:])
+    assert "quanto(weights=int11,group=64)" in ax.get_title()
+    plt.close(fig)

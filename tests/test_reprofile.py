@@ -79,10 +79,14 @@ def _report(tmp_path, loaded: Loaded, sparsity: float, **profile_edits) -> tuple
     return path, report
 
 
-def test_a_report_gets_the_ratio_of_its_checked_rebuild(tmp_path, monkeypatch):
+@pytest.mark.parametrize("family,kw,task", [("llama", {}, "causal-lm"),
+                                             ("bert", {"classifier": True}, "classification"),
+                                             ("t5", {}, "seq2seq")])
+def test_a_report_gets_the_ratio_of_its_checked_rebuild(tmp_path, monkeypatch, family, kw,
+                                                        task):
     monkeypatch.setattr("eval.machine.is_busy", lambda *a, **k: False)
-    model, tok = tiny_model("llama")
-    loaded = Loaded(model, tok, "causal-lm", "tiny", None)
+    model, tok = tiny_model(family, **kw)
+    loaded = Loaded(model, tok, task, "tiny", None)
     before = copy.deepcopy(model.state_dict())
     path, report = _report(tmp_path, loaded, 0.5)
     assert reprofile.needs_ratio(report)
@@ -132,6 +136,20 @@ def test_the_command_lists_what_it_would_measure(tmp_path, capsys):
     assert out.startswith("1 report(s)") and "tiny__magnitude__0.5.json: rebuilt as recorded" in out
     with pytest.raises(UserError, match="not a folder of reports"):
         reprofile.main([str(tmp_path / "missing")])
+    with pytest.raises(UserError, match="write each as BATCHxLENGTH"):
+        reprofile.main([str(tmp_path), "--shapes", "1x"])
+
+
+def test_a_model_that_does_not_load_skips_its_reports_only(tmp_path, capsys):
+    model, tok = tiny_model("llama")
+    path, report = _report(tmp_path, Loaded(model, tok, "causal-lm", "tiny", None), 0.5)
+    report["model"]["name"] = str(tmp_path / "no-such-model")
+    path.write_text(json.dumps(report))
+    assert reprofile.main([str(tmp_path), "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "skip the 1 report(s) of" in out and "cannot load it" in out
+    assert out.rstrip().endswith("0 written, 1 skipped")
+    assert json.loads(path.read_text()) == report  # left as it was
 
 
 def test_report_md_says_how_many_latency_ratios_came_later():

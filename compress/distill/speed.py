@@ -72,6 +72,7 @@ def alternating_latency(
 def main(argv: list[str] | None = None) -> int:
     import json
 
+    from compress.cli import parse_shapes
     from compress.models import load_model
 
     p = argparse.ArgumentParser(prog="python -m compress.distill.speed", description=__doc__.split(
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--shapes", nargs="+", default=["1x128", "8x128"], help="BATCHxLENGTH")
     args = p.parse_args(argv)
-    shapes = [tuple(int(x) for x in s.split("x")) for s in args.shapes]
+    shapes = list(parse_shapes(args.shapes))
     teacher = load_model(args.teacher)
     student = load_model(args.student, teacher.task)
     res = alternating_latency({"teacher": teacher.model, "student": student.model},
