@@ -243,17 +243,20 @@ class _Loop:
         self.n_micro = 0
         self.tokens_window, self.t_window = 0, time.perf_counter()
         self.recent: collections.deque = collections.deque(maxlen=max(1, s.recent))
-        step = state["step"]
+        step = first = state["step"]
         in_update = False
         rng_at_step = rng_state()
         try:
             while step < s.steps:
                 # the RNG as of this step boundary: what an interrupt checkpoint must hold
                 rng_at_step = rng_state()
-                if self.over_time():
+                # after a step, _after_update alone decides a stop, so that a stop always
+                # follows that step's evaluation and checkpoint (a second clock reading here
+                # could stop between them and leave the last steps unsaved)
+                if step == first and self.over_time():
                     self.stopped_by = "time"
                     break
-                if self.over_tokens():
+                if step == first and self.over_tokens():
                     self.stopped_by = "tokens"
                     break
                 if s.interrupt_at is not None and s.interrupt_at(step):
@@ -309,10 +312,14 @@ class _Loop:
                      now - self.t_run)
         over_time = self.budget is not None and now - self.t_run >= self.budget
         over_tokens = self.over_tokens()
-        evaluating = s.evaluate is not None and (
+        boundary = (
             step % max(s.eval_every, 1) == 0 or step == s.steps or over_time or over_tokens
         )
-        if evaluating:
+        if boundary and s.evaluate is None and s.checkpoint_dir is not None:
+            state["seconds"] = self.elapsed()
+            checkpoint.save_checkpoint(s.checkpoint_dir, self.model, self.opt, rng_state(),
+                                       state)
+        if boundary and s.evaluate is not None:
             state["seconds"] = self.elapsed()
             ev = self.evaluate(step)
             point = {
