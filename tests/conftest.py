@@ -34,3 +34,26 @@ def _forget_recipes_registered_inside_a_test():
     for name in set(registry._RECIPES) - before:
         if "<locals>" in registry._RECIPES[name].handler.__qualname__:
             del registry._RECIPES[name]
+
+
+@pytest.fixture
+def call_main(capsys):
+    """Run a command's ``main(argv)`` in this process: ``(exit status, stdout, stderr)``.
+
+    The error paths of the command-line entry points (``run_main``: one ``error:`` line,
+    status 2; argparse: status 2; ``--help``: status 0) are the same in process as under
+    ``python -m``; each suite CLI keeps one real subprocess test for the module path, and
+    the rest skip the seconds of importing torch again in a new interpreter."""
+    def call(main, *argv) -> tuple[int, str, str]:
+        threads = torch.get_num_threads()
+        capsys.readouterr()
+        try:
+            rc = main([str(a) for a in argv])
+        except SystemExit as exc:  # argparse: --help, unknown flags
+            rc = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+        finally:
+            torch.set_num_threads(threads)
+        out, err = capsys.readouterr()
+        return rc, out, err
+
+    return call

@@ -163,20 +163,17 @@ def test_model_without_transformer_blocks_is_a_clear_error():
     assert "\n" not in str(err.value)
 
 
-def test_recipe_cli_help_and_errors(tmp_path):
-    help_text = subprocess.run(
-        [sys.executable, "-m", "compress.recipes.identity", "--help"],
-        capture_output=True, text=True, check=True,
-    ).stdout
+def test_recipe_cli_help_and_errors(tmp_path, call_main):
+    from compress.cli import recipe_main
+
+    rc, help_text, _ = call_main(functools.partial(recipe_main, "identity"), "--help")
+    assert rc == 0
     assert "--model" in help_text and "--seed" in help_text and "random seed" in help_text
-    bad = subprocess.run(
-        [sys.executable, "-m", "compress.recipes.identity", "--model", "smolm2-135m",
-         "--out", str(tmp_path / "x")],
-        capture_output=True, text=True,
-    )
-    assert bad.returncode == 2
-    assert bad.stderr.strip().startswith("error: unknown model 'smolm2-135m'; did you mean 'smollm2-135m'")
-    assert "Traceback" not in bad.stderr
+    rc, _, err = call_main(functools.partial(recipe_main, "identity"), "--model", "smolm2-135m",
+                           "--out", tmp_path / "x")
+    assert rc == 2
+    assert err.strip().startswith("error: unknown model 'smolm2-135m'; did you mean 'smollm2-135m'")
+    assert "Traceback" not in err
     assert not (tmp_path / "x").exists()
 
 

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from functools import partial
 
 import pytest
 import torch
@@ -577,25 +578,29 @@ def _cli(*args, env_extra=None):
                           capture_output=True, text=True, env=env, timeout=300)
 
 
-def test_cli_teacher_aliases_and_unknown_names(tmp_path):
-    help_text = _cli("--help").stdout
+def test_cli_teacher_aliases_and_unknown_names(tmp_path, call_main):
+    from compress.errors import run_main
+    from compress.recipes.distill import main as distill_main
+
+    main = partial(run_main, distill_main)
+    help_text = _cli("--help").stdout  # the real module path, once
     assert "--teacher" in help_text and "--student-layers" in help_text
     assert "--hard-labels-only" in help_text and "--max-minutes" in help_text
     # a short hub name resolves to its hub id; offline that is one clear line
-    res = _cli("--teacher", "bert-large", "--out", str(tmp_path / "x"))
-    assert res.returncode == 2, res.stderr
-    line = res.stderr.strip()
+    rc, _, err = call_main(main, "--teacher", "bert-large", "--out", tmp_path / "x")
+    assert rc == 2, err
+    line = err.strip()
     assert "\n" not in line and "Traceback" not in line
     assert line.startswith("error: cannot load model 'bert-large' from the hub")
     assert "zoo model" in line and "minilm-l6-sentiment" in line
     # an unknown name is refused before any work, with the closest names
-    res = _cli("--teacher", "bert-lage", "--out", str(tmp_path / "y"))
-    assert res.returncode == 2
-    assert res.stderr.strip().startswith("error: unknown model 'bert-lage'; did you mean")
-    assert "'bert-large'" in res.stderr
+    rc, _, err = call_main(main, "--teacher", "bert-lage", "--out", tmp_path / "y")
+    assert rc == 2
+    assert err.strip().startswith("error: unknown model 'bert-lage'; did you mean")
+    assert "'bert-large'" in err
     # --model still works as the generic name
-    res = _cli("--model", "gpt2-xl", "--out", str(tmp_path / "z"))
-    assert res.returncode == 2 and "cannot load model 'gpt2-xl'" in res.stderr
+    rc, _, err = call_main(main, "--model", "gpt2-xl", "--out", tmp_path / "z")
+    assert rc == 2 and "cannot load model 'gpt2-xl'" in err
     assert not any((tmp_path / d).exists() for d in "xyz")
 
 
@@ -604,9 +609,13 @@ def test_cli_teacher_aliases_and_unknown_names(tmp_path):
     (["--student-layers", "0"], "student_layers=0 is out of range"),
     (["--resume", "true"], "resume needs checkpoint_dir"),
 ])
-def test_cli_rejects_bad_flags_in_one_line(tmp_path, bad, msg):
-    res = _cli("--teacher", "minilm-l6-sentiment", "--out", str(tmp_path / "o"), *bad)
-    assert res.returncode == 2 and msg in res.stderr and "Traceback" not in res.stderr
+def test_cli_rejects_bad_flags_in_one_line(tmp_path, bad, msg, call_main):
+    from compress.errors import run_main
+    from compress.recipes.distill import main
+
+    rc, _, err = call_main(partial(run_main, main), "--teacher", "minilm-l6-sentiment", "--out", tmp_path / "o",
+                           *bad)
+    assert rc == 2 and msg in err and "Traceback" not in err and err.count("\n") == 1
 
 
 def test_cli_distils_a_local_folder(tmp_path):

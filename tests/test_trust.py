@@ -21,7 +21,7 @@ from compress.tiny import sample_inputs, tiny_model
 
 #: recipes that train or export: fewer runtime examples, small step counts.
 HEAVY = {"distill", "recover", "qlora", "onnx-int8", "runtime", "gptq", "structured", "moefy", "quanto", "bnb-4bit",
-         "bnb-int8"}
+         "bnb-int8", "awq"}
 #: int fields whose size sets the run time: kept small in runtime properties.
 COSTLY_INT_WORDS = ("step", "sample", "epoch", "len", "iter", "batch", "rank", "experts", "layers",
                     "minutes", "every", "accum", "_r", "hidden")
