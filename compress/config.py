@@ -33,9 +33,16 @@ def option(
     low_inclusive: bool = True,
     high_inclusive: bool = True,
     choices: tuple[Any, ...] | None = None,
+    added: bool = False,
 ) -> Any:
-    """Declare a config field with help text and an optional range or choice list."""
+    """Declare a config field with help text and an optional range or choice list.
+
+    ``added``: a field added to a recipe after runs were recorded; :meth:`RecipeConfig.to_dict`
+    leaves it out while it holds its default, so those runs keep their keys (``run_key``
+    hashes the dict) and a sweep still finds them done.
+    """
     meta = {
+        "added": added,
         "help": help,
         "low": low,
         "high": high,
@@ -167,6 +174,8 @@ class RecipeConfig:
         out: dict[str, Any] = {"recipe": self.RECIPE, "version": self.VERSION}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
+            if f.metadata.get("added") and value == f.default:
+                continue
             out[f.name] = list(value) if isinstance(value, tuple) else value
         return out
 

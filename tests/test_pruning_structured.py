@@ -174,7 +174,7 @@ def test_structured_errors():
     with pytest.raises(UserError, match="heads_ratio=0.9 would remove every"):
         compress(model, make_config("structured", heads_ratio=0.9, importance="magnitude"),
                  context("llama", tok))
-    with pytest.raises(UserError, match="both 0"):
+    with pytest.raises(UserError, match="all 0: nothing to remove"):
         make_config("structured", ffn_ratio=0.0)
     with pytest.raises(UserError, match="rewind"):
         make_config("structured", rewind=True, finetune_steps=1)

@@ -38,6 +38,15 @@ from compress.footprint import (
     saved_activation_bytes,
 )
 from compress.pruning.config import RecoveryConfig
+from compress.pruning.hidden import (
+    activation_importance,
+    channels_removed,
+    check_rebuilds,
+    keep_channels,
+    magnitude_importance,
+    plan_hidden,
+    shrink_hidden,
+)
 from compress.pruning.importance import (
     IMPORTANCES,
     activation_scores,
@@ -70,6 +79,12 @@ class StructuredConfig(RecoveryConfig):
     heads_ratio: float = option(0.0, "fraction of attention heads removed from every attention "
                                 "module (self and cross)", low=0.0, high=1.0,
                                 high_inclusive=False)
+    hidden_ratio: float = option(0.0, "fraction of hidden (residual stream) channels removed "
+                                 "from the whole model: embeddings, norms and every "
+                                 "projection's input or output side (Minitron's embedding "
+                                 "channels; needs a config that states the head size apart "
+                                 "from the hidden size)", low=0.0, high=1.0,
+                                 high_inclusive=False, added=True)
     importance: str = option("activation", "how units are ranked: activation (calibration "
                              "activation norm x outgoing weight norm), magnitude (weight norm) "
                              "or taylor (|sum w * grad|, needs a loss)", choices=IMPORTANCES)
@@ -81,9 +96,12 @@ class StructuredConfig(RecoveryConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.ffn_ratio == 0 and self.heads_ratio == 0:
-            raise UserError(f"{self._where('ffn_ratio')} and heads_ratio are both 0: nothing "
-                            "to remove")
+        if self.ffn_ratio == 0 and self.heads_ratio == 0 and self.hidden_ratio == 0:
+            raise UserError(f"{self._where('ffn_ratio')}, heads_ratio and hidden_ratio are all "
+                            "0: nothing to remove")
+        if self.hidden_ratio > 0 and self.importance == "taylor":
+            raise UserError(f"{self._where('hidden_ratio')}: hidden channels are ranked by "
+                            "importance=activation or magnitude, not taylor")
         if self.rewind:
             raise UserError(f"{self._where('rewind')}: rewinding applies to unstructured "
                             "recipes (magnitude, wanda); removed units have nothing to rewind")
@@ -100,6 +118,9 @@ def structured_widths(config: StructuredConfig, widths: dict[str, int]) -> dict[
     ffn_ratio = getattr(config, "ffn_ratio", 0.0)
     if "ffn" in out and ffn_ratio:
         out["ffn"] -= int(round(ffn_ratio * out["ffn"]))
+    hidden_ratio = getattr(config, "hidden_ratio", 0.0)
+    if "hidden" in out and hidden_ratio:
+        out["hidden"] -= int(round(hidden_ratio * out["hidden"]))
     heads_ratio = getattr(config, "heads_ratio", 0.0)
     if "attn" in out and heads_ratio and widths.get("_heads"):
         heads, kv, dim = (
@@ -183,27 +204,50 @@ def structured(model: nn.Module, config: StructuredConfig, context: Context) -> 
                   for r, n in units0.items()} if config.heads_ratio > 0 else {}
     if config.heads_ratio > 0 and not units0:
         raise UserError(f"{config._where('heads_ratio')}: no attention heads found")
+    plan0 = plan_hidden(model) if config.hidden_ratio > 0 else None  # refuse early
+    hidden0 = plan0.hidden if plan0 else None
+    hidden_total = channels_removed(plan0, config.hidden_ratio) if plan0 else 0
     before = parameter_counts(model)
     removed_ffn = dict.fromkeys(ffn_total, 0)
     removed_heads = dict.fromkeys(head_total, 0)
+    removed_hidden = [0]
+    batches: list = []
+
+    def calib(m: nn.Module) -> list:  # model inputs: built once, reused by every step
+        if not batches:
+            batches.extend(calibration_batches(context, m, recipe="structured"))
+        return batches
 
     def step(m: nn.Module, fraction: float) -> dict[str, Any]:
         ffn_now = {r: int(round(fraction * n)) - removed_ffn[r] for r, n in ffn_total.items()}
         heads_now = {r: int(round(fraction * n)) - removed_heads[r] for r, n in head_total.items()}
-        if not any(ffn_now.values()) and not any(heads_now.values()):
-            return {"removed": {}}
-        if config.importance == "magnitude":
-            scores = magnitude_scores(m)
-        else:
-            batches = calibration_batches(context, m, recipe="structured")
-            scores = activation_scores(m, batches) if config.importance == "activation" \
-                else taylor_scores(m, batches, task)
-        sizes = apply_selection(m, select(m, scores, ffn_now, heads_now, config.gqa))
-        for r, n in ffn_now.items():
-            removed_ffn[r] += n
-        for r, n in heads_now.items():
-            removed_heads[r] += n
-        return {"removed": {"ffn": ffn_now, "head_units": heads_now}, "sizes": sizes}
+        hidden_now = 0
+        if plan0 is not None:  # each step's width a multiple the config accepts
+            width = plan0.kept_width(hidden0 - fraction * hidden_total)
+            hidden_now = hidden0 - removed_hidden[0] - max(width, hidden0 - hidden_total)
+        out: dict[str, Any] = {"removed": {}}
+        if any(ffn_now.values()) or any(heads_now.values()):
+            if config.importance == "magnitude":
+                scores = magnitude_scores(m)
+            elif config.importance == "activation":
+                scores = activation_scores(m, calib(m))
+            else:
+                scores = taylor_scores(m, calib(m), task)
+            out["sizes"] = apply_selection(m, select(m, scores, ffn_now, heads_now, config.gqa))
+            for r, n in ffn_now.items():
+                removed_ffn[r] += n
+            for r, n in heads_now.items():
+                removed_heads[r] += n
+            out["removed"] = {"ffn": ffn_now, "head_units": heads_now}
+        if hidden_now > 0:
+            plan = plan_hidden(m)
+            score = (magnitude_importance(m, plan) if config.importance == "magnitude"
+                     else activation_importance(m, plan, calib(m)))
+            out["hidden"] = shrink_hidden(m, plan, keep_channels(score, hidden_now))
+            check_rebuilds(m)
+            removed_hidden[0] += hidden_now
+            out["removed"]["hidden_channels"] = hidden_now
+        return out
 
     model = run_with_recovery(model, config, context, step)
     after = parameter_counts(model)
@@ -214,6 +258,9 @@ def structured(model: nn.Module, config: StructuredConfig, context: Context) -> 
         "ffn": {r: {"before": n, "after": ffn1[r], "removed_fraction": round(1 - ffn1[r] / n, 6)}
                 for r, n in ffn0.items()},
         "heads": {r: {"before": g, "after": geom1[r]} for r, g in geom0.items()},
+        "hidden": ({"before": hidden0, "after": hidden0 - removed_hidden[0],
+                    "removed_fraction": round(removed_hidden[0] / hidden0, 6)}
+                   if hidden0 else None),
         "params_before": before["total"],
         "params_after": after["total"],
         "params_removed_fraction": round(1 - after["total"] / before["total"], 6),

@@ -1,0 +1,408 @@
+"""Hidden-dimension pruning: remove channels of the residual stream, physically.
+
+Minitron's width axis (Muralidharan et al. 2024, "Compact Language Models via Pruning
+and Knowledge Distillation", arXiv:2407.14679, section 2: "embedding channels"): one
+set of channels leaves every tensor that reads or writes the residual stream, the
+embeddings, every norm, every projection's input (q, k, v, FFN in/gate, LM head) and
+output (attention o, FFN out), so all blocks keep one width.
+
+Which tensor axes follow the hidden size is found from the model's own config, not
+from a table: two weightless (meta-device) copies of the model are built, one from
+its config and one with the hidden size smaller by ``delta``; every parameter and
+buffer axis whose length changes by exactly ``delta`` is a hidden axis. Any other
+change means the config derives a size from the hidden size that pruning cannot keep
+(BERT, GPT-2, OPT, BART: head size = hidden / heads); such a model is refused in one
+line rather than pruned into something a reload would not rebuild. After removal
+``model.config`` states the new hidden size, so ``save_pretrained`` /
+``from_pretrained`` reload the model with plain transformers.
+
+Importance (lower goes first), one score per channel, summed over the stacks:
+
+* ``activation`` (Minitron's): the mean absolute value of each channel at the input
+  of every linear that reads the residual stream (the normalised stream in pre-norm
+  blocks, what Minitron reads at the LayerNorm outputs), padding excluded, summed
+  over those linears; calibration text from :mod:`compress.calibration`;
+* ``magnitude``: per tensor, the mean squared weight of each channel, summed over the
+  hidden-axis tensors (no calibration).
+
+Removing channels changes what every norm divides by, so unlike FFN neurons or heads
+(:mod:`compress.pruning.surgery`) the result is not the dense model with some weights
+zeroed; Minitron recovers with distillation from the dense model (the ``recover``
+recipe, which projects the student's narrower hidden states onto the teacher's).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from compress.arch import arch_for, iter_blocks, stack_config
+from compress.arch.confignames import read_hidden
+from compress.arch.weights import in_axis, is_transposed
+from compress.errors import UserError
+
+#: module attributes that hold the hidden size (set to the new width when they equal the old).
+MODULE_HIDDEN_ATTRS = ("hidden_size", "d_model", "model_dim", "n_embd", "embed_dim", "dim",
+                       "hidden_dim", "input_size", "output_size", "embedding_size")
+#: components whose input is the encoder's output (their padding mask is the encoder's).
+_ENCODER_INPUT = ("cross_k", "cross_v", "cross_kv")
+
+
+@dataclass
+class HiddenPlan:
+    """Where the hidden size lives in one model."""
+
+    hidden: int
+    #: full parameter / buffer name (every alias of a tied tensor) -> its hidden axes.
+    axes: dict[str, tuple[int, ...]]
+    #: (config object, attribute) pairs holding the hidden size.
+    config_attrs: list[tuple[Any, str]] = field(default_factory=list)
+    #: linears reading the residual stream: full name -> (module, padding-mask role).
+    readers: dict[str, tuple[nn.Module, str]] = field(default_factory=dict)
+    #: parameters per channel over the hidden-axis tensors (each tied tensor once).
+    per_channel: int = 0
+    #: kept widths are multiples of this (the heads' least common multiple: configs such
+    #: as transformers' llama validate hidden % heads == 0 even with an explicit head size).
+    multiple: int = 1
+    #: (config, attribute, value) written so the config states the head size itself.
+    explicit: list[tuple[Any, str, int]] = field(default_factory=list)
+
+    def kept_width(self, target: float) -> int:
+        """The width nearest ``target`` that is a positive multiple of :attr:`multiple`."""
+        return max(self.multiple, int(round(target / self.multiple)) * self.multiple)
+
+
+def _configs(model: nn.Module) -> list[tuple[Any, str]]:
+    """Every (config, attribute) holding the hidden size: per stack, and the root's."""
+    spec = arch_for(model)
+    hidden = spec.hidden or read_hidden(model.config)
+    out: list[tuple[Any, str]] = []
+    seen: set[tuple[int, str]] = set()
+
+    def add(cfg: Any, name: str) -> None:
+        if getattr(cfg, name, None) == hidden and (id(cfg), name) not in seen:
+            seen.add((id(cfg), name))
+            out.append((cfg, name))
+
+    for stack in spec.stacks:
+        for cfg in [stack_config(model, spec, stack)] + [
+                model.get_submodule(p).config for p in stack.private_configs]:
+            for name in stack.names.hidden:
+                add(cfg, name)
+    for name in ("hidden_size", "d_model", "n_embd", "dim", "embed_dim", "model_dim"):
+        add(model.config, name)
+    return out
+
+
+def _config_path(model: nn.Module, cfg: Any) -> str | None:
+    """Dotted path of a sub-config inside ``model.config`` ("" for the root)."""
+    if cfg is model.config:
+        return ""
+    for name, value in vars(model.config).items():
+        if value is cfg:
+            return name
+    return None
+
+
+def _shapes(model: nn.Module, config: Any) -> dict[str, tuple[int, ...]]:
+    from compress.models import build_skeleton
+
+    with torch.device("meta"):
+        fresh = build_skeleton(config, type(model).__name__)
+    out = {n: tuple(p.shape) for n, p in fresh.named_parameters(remove_duplicate=False)}
+    out.update({n: tuple(b.shape) for n, b in fresh.named_buffers(remove_duplicate=False)})
+    return out
+
+
+def plan_hidden(model: nn.Module) -> HiddenPlan:
+    """Find the hidden axes of ``model`` by shrinking its config (see the module doc)."""
+    spec = arch_for(model)
+    hidden = spec.hidden or read_hidden(model.config)
+    family = spec.family
+    if not hidden:
+        raise UserError(f"{family}: no hidden size found in the config; hidden_ratio needs one")
+    attrs = _configs(model)
+    paths = [(_config_path(model, cfg), name) for cfg, name in attrs]
+    paths = [(p, name) for p, name in paths if p is not None]  # private copies: not rebuilt
+    if not paths:
+        raise UserError(f"{family}: the config's hidden size could not be located; use "
+                        "hidden_ratio=0")
+    heads = [lay.heads for lay in spec.layouts.values() for lay in lay.attn if lay.heads]
+    delta = math.lcm(*heads) if heads else 8
+    if delta >= hidden:
+        delta = 1
+    # a config that derives the head size from hidden / heads but reads an explicit
+    # head_dim when one is there (qwen2, olmo2, phi, ...) keeps its heads with it
+    explicit = _explicit_head_dims(model, spec)
+
+    def sub(cfg: Any, path: str | None) -> Any:
+        return cfg if not path else getattr(cfg, path)
+
+    try:
+        base = copy.deepcopy(model.config)
+        for cfg, name, value in explicit:
+            setattr(sub(base, _config_path(model, cfg)), name, value)
+        before = _shapes(model, base)
+        small = copy.deepcopy(base)
+        for path, name in paths:
+            setattr(sub(small, path), name, hidden - delta)
+        after = _shapes(model, small)
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a config that refuses another width says so
+        raise UserError(f"{family}: a config with a smaller hidden size does not build "
+                        f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); "
+                        "use hidden_ratio=0") from None
+    own = dict(model.named_parameters(remove_duplicate=False))
+    own.update(dict(model.named_buffers(remove_duplicate=False)))
+    axes: dict[str, tuple[int, ...]] = {}
+    for name, shape in before.items():
+        if name not in own:
+            continue
+        if tuple(own[name].shape) != shape:
+            raise UserError(f"{family}: {name} is not what the config builds ({tuple(own[name].shape)} "
+                            f"vs {shape}); hidden_ratio needs a model its config describes")
+        new = after.get(name, shape)
+        found = []
+        for i, (a, b) in enumerate(zip(shape, new, strict=True)):
+            if a == b:
+                continue
+            if a == hidden and b == hidden - delta:
+                found.append(i)
+            else:
+                raise UserError(
+                    f"{family}: {name} has a size the config derives from the hidden size "
+                    f"({a} -> {b} for hidden {hidden} -> {hidden - delta}; the head size is "
+                    "hidden / heads there), so removing hidden channels would change it too; "
+                    "use ffn_ratio / heads_ratio instead")
+        if found:
+            axes[name] = tuple(found)
+    _check_attention_inner(model, axes, family)
+    plan = HiddenPlan(hidden, axes, attrs, multiple=delta, explicit=explicit)
+    plan.readers = _readers(model, axes)
+    seen: set[int] = set()
+    for name, t in own.items():
+        if name in axes and id(t) not in seen and isinstance(t, nn.Parameter):
+            seen.add(id(t))
+            plan.per_channel += t.numel() // hidden
+    return plan
+
+
+def _explicit_head_dims(model: nn.Module, spec: Any) -> list[tuple[Any, str, int]]:
+    """``(config, "head_dim", size)`` for each stack whose config does not state it."""
+    out = []
+    for stack in spec.stacks:
+        if stack.names.head_dim:
+            continue
+        dims = {lay.head_dim for name, layout in spec.layouts.items()
+                if name.startswith(stack.path + ".") for lay in layout.attn if lay.head_dim}
+        cfg = stack_config(model, spec, stack)
+        if len(dims) == 1 and _config_path(model, cfg) is not None and \
+                all(c is not cfg for c, _, _ in out):
+            out.append((cfg, "head_dim", dims.pop()))
+    return out
+
+
+def _check_attention_inner(model: nn.Module, axes: dict[str, tuple[int, ...]],
+                           family: str) -> None:
+    """The projections' inner sides (q/k/v outputs, o input, FFN width) must not move."""
+    inner = {"attn_q": "out", "attn_k": "out", "attn_v": "out", "attn_qkv": "out",
+             "attn_o": "in", "ffn_in": "out", "ffn_gate": "out", "ffn_gate_up": "out",
+             "ffn_out": "in", "cross_q": "out", "cross_o": "in"}
+    for block in iter_blocks(model):
+        for comp, side in inner.items():
+            module = block.linears.get(comp)
+            if module is None or not hasattr(module, "weight"):
+                continue
+            name = f"{block.linear_names[comp]}.weight"
+            ax = in_axis(module) if side == "in" else 1 - in_axis(module)
+            if ax in axes.get(name, ()):
+                raise UserError(f"{family}: the {side}put side of {block.linear_names[comp]} "
+                                "follows the hidden size in the config; hidden-dimension "
+                                "pruning needs a config that states the head size and FFN "
+                                "width apart from it; use ffn_ratio / heads_ratio instead")
+
+
+def _readers(model: nn.Module, axes: dict[str, tuple[int, ...]]) -> dict[str, tuple[nn.Module, str]]:
+    """Linears whose input is the residual stream, with the role whose mask fits them."""
+    spec = arch_for(model)
+    role_of: dict[str, str] = {}
+    comp_of: dict[str, str] = {}
+    for block in iter_blocks(model):
+        for comp, name in block.linear_names.items():
+            role_of[name] = block.role
+            comp_of[name] = comp
+    last = "encoder" if spec.kind == "encoder" else "decoder"
+    out = {}
+    for name, module in model.named_modules():
+        w = getattr(module, "weight", None)
+        if not isinstance(w, torch.Tensor) or w.dim() != 2 or isinstance(module, nn.Embedding):
+            continue
+        if not (isinstance(module, nn.Linear) or is_transposed(module)):
+            continue
+        if in_axis(module) not in axes.get(f"{name}.weight", ()):
+            continue
+        role = "encoder" if comp_of.get(name) in _ENCODER_INPUT else role_of.get(name, last)
+        out[name] = (module, role)
+    return out
+
+
+# --- importance ---------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def activation_importance(model: nn.Module, plan: HiddenPlan, batches: list) -> torch.Tensor:
+    """Per channel: mean |x| at the input of each residual-stream reader, summed."""
+    from compress.sequential import collect_model_inputs
+
+    if not plan.readers:
+        raise UserError("no linear reads the residual stream here; use importance=magnitude")
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+
+    def add(name: str, x: torch.Tensor) -> None:
+        s = x.abs().sum(0)
+        sums[name] = sums[name] + s if name in sums else s
+        counts[name] = counts.get(name, 0) + x.shape[0]
+
+    collect_model_inputs(model, batches, plan.readers, add)
+    if not sums:
+        raise UserError("no calibration activations reached the residual-stream readers")
+    return sum(sums[n].cpu() / max(counts[n], 1) for n in sums)
+
+
+@torch.no_grad()
+def magnitude_importance(model: nn.Module, plan: HiddenPlan) -> torch.Tensor:
+    """Per channel: each hidden-axis weight's mean square over its other axes, summed."""
+    score = torch.zeros(plan.hidden)
+    seen: set[int] = set()
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if name not in plan.axes or id(p) in seen or p.dim() < 2:
+            continue
+        seen.add(id(p))
+        for ax in plan.axes[name]:
+            sq = p.detach().float().pow(2).movedim(ax, 0).reshape(plan.hidden, -1).mean(1)
+            score += sq.cpu()
+    return score
+
+
+# --- removal ------------------------------------------------------------------------------
+
+
+def channels_removed(plan: HiddenPlan, ratio: float) -> int:
+    """Channels ``hidden_ratio`` removes: the kept width rounded to the plan's multiple."""
+    kept = plan.kept_width(plan.hidden * (1 - ratio))
+    if kept >= plan.hidden:
+        raise UserError(f"hidden_ratio={ratio:g} removes no hidden channel of {plan.hidden} "
+                        f"(kept widths are multiples of {plan.multiple}); the smallest step is "
+                        f"{plan.multiple / plan.hidden:.3g}")
+    return plan.hidden - kept
+
+
+def keep_channels(score: torch.Tensor, remove: int) -> torch.Tensor:
+    """Sorted indices of the channels kept: all but the ``remove`` lowest scores."""
+    order = torch.argsort(score.float(), stable=True)
+    return order[remove:].sort().values
+
+
+@torch.no_grad()
+def shrink_hidden(model: nn.Module, plan: HiddenPlan, keep: torch.Tensor) -> int:
+    """Keep residual channels ``keep`` everywhere; returns the new hidden size."""
+    new: dict[int, torch.Tensor] = {}
+    keep = keep.long()
+    for mod_name, module in model.named_modules():
+        for store, is_param in ((module._parameters, True), (module._buffers, False)):
+            for pname, t in list(store.items()):
+                full = f"{mod_name}.{pname}" if mod_name else pname
+                if t is None or full not in plan.axes:
+                    continue
+                if id(t) not in new:
+                    data = t.detach()
+                    for ax in plan.axes[full]:
+                        data = data.index_select(ax, keep.to(data.device))
+                    data = data.contiguous()
+                    new[id(t)] = (nn.Parameter(data, requires_grad=t.requires_grad)
+                                  if is_param else data)
+                store[pname] = new[id(t)]
+        _fix_sizes(module)
+    width = len(keep)
+    for cfg, name in plan.config_attrs:
+        setattr(cfg, name, width)
+    for cfg, name, value in plan.explicit:
+        setattr(cfg, name, value)
+    for module in model.modules():
+        for attr in MODULE_HIDDEN_ATTRS:
+            value = getattr(module, attr, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value == plan.hidden:
+                try:
+                    setattr(module, attr, width)
+                except AttributeError:  # a read-only property
+                    pass
+        _rescale_derived(module, plan.hidden, width)
+    return width
+
+
+#: powers of the hidden size that modules keep as scalars (Gemma's and BART's embedding
+#: scale sqrt(hidden), T5-style hidden ** -0.5).
+_POWERS = (0.5, -0.5)
+
+
+def _rescale_derived(module: nn.Module, old: int, new: int) -> None:
+    """Scalars a module computed from the hidden size at construction follow the new size,
+    as a reload from the new config computes them."""
+    def moved(value: float) -> float | None:
+        for p in _POWERS:
+            if math.isclose(value, old ** p, rel_tol=1e-6):
+                return float(new ** p)
+        return None
+
+    for name, buf in list(module._buffers.items()):
+        if isinstance(buf, torch.Tensor) and buf.dim() == 0 and buf.is_floating_point() \
+                and buf.device.type != "meta":
+            value = moved(float(buf))
+            if value is not None:
+                module._buffers[name] = torch.tensor(value, dtype=buf.dtype, device=buf.device)
+    for name, value in list(vars(module).items()):
+        if isinstance(value, float) and not name.startswith("_"):
+            v = moved(value)
+            if v is not None:
+                setattr(module, name, v)
+
+
+def _fix_sizes(module: nn.Module) -> None:
+    """Size attributes of torch's own modules follow their (sliced) weights."""
+    w = getattr(module, "weight", None)
+    if not isinstance(w, torch.Tensor):
+        return
+    if isinstance(module, nn.Linear):
+        module.out_features, module.in_features = w.shape
+    elif isinstance(module, nn.Embedding):
+        module.embedding_dim = w.shape[1]
+    elif is_transposed(module):  # GPT-2's Conv1D: weight [in, out]
+        module.nx, module.nf = w.shape
+    elif isinstance(getattr(module, "normalized_shape", None), tuple) and w.dim() == 1:
+        module.normalized_shape = (w.shape[0],)
+
+
+def check_rebuilds(model: nn.Module) -> None:
+    """The config must rebuild every tensor's shape, and the forward must run."""
+    from compress.pruning.surgery import _probe, _shape_mismatch
+
+    bad = _shape_mismatch(model)
+    if bad is not None:
+        raise UserError(f"hidden-dimension pruning left {bad} unlike what the config builds; "
+                        "use hidden_ratio=0")
+    try:
+        out = _probe(model)
+    except Exception as exc:  # noqa: BLE001 - a forward that breaks is the failure we report
+        raise UserError(f"after hidden-dimension pruning the forward fails "
+                        f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); use "
+                        "hidden_ratio=0") from None
+    if not bool(torch.isfinite(out).all()):
+        raise UserError("after hidden-dimension pruning the outputs are not finite; use a "
+                        "smaller hidden_ratio")
