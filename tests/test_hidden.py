@@ -49,7 +49,7 @@ def _logits(model, family):
         return model.eval()(**sample_inputs(family)).logits
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma", "t5"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma", "phi3", "mixtral", "t5"])
 def test_hidden_pruning_reloads_with_plain_transformers(family, tmp_path):
     model, tok = tiny_model(family)
     plan = plan_hidden(model)
@@ -103,6 +103,34 @@ def test_channels_that_carry_nothing_go_first():
         changes[name] = float((_logits(m, "llama") - dense).abs().mean())
     assert changes["dead"] < 0.5 * changes["live"], changes
     assert keep_channels(score, 8).tolist() == [c for c in range(32) if c not in dead.tolist()]
+
+    # through the recipe, which rescales every RMS norm by the removed channels' share of
+    # its input energy (here none, so by sqrt(32 / 24)): the same logits as dense
+    ctx = _ctx("llama", tok)
+    out = compress(copy.deepcopy(model), make_config("structured", ffn_ratio=0.0,
+                                                     hidden_ratio=0.25), ctx)
+    assert ctx.info["pruning_steps"][0]["norms_rescaled"] == 2 * 3 + 1
+    plain = compress(copy.deepcopy(model), make_config(
+        "structured", ffn_ratio=0.0, hidden_ratio=0.25, rescale_norms=False),
+        _ctx("llama", tok))
+    err = float((_logits(out, "llama") - dense).abs().max())
+    err_plain = float((_logits(plain, "llama") - dense).abs().max())
+    # what is left is the norms' epsilon, which the tiny model's small activations feel
+    assert err < 1e-3 * float(dense.abs().max()) + 5e-4 and err < 0.05 * err_plain, (err, err_plain)
+
+
+def test_a_one_plus_weight_norm_is_rescaled_as_such():
+    """Gemma's RMS norm multiplies by (1 + w): its factor goes into that form."""
+    from compress.pruning.hidden import _scale_output
+
+    model, _ = tiny_model("gemma")
+    norm = next(m for n, m in model.named_modules() if n.endswith("input_layernorm"))
+    with torch.no_grad():
+        norm.weight.normal_()
+        x = torch.randn(2, 32)
+        ref = norm(x)
+        assert _scale_output(norm, 1.5, 32)
+        torch.testing.assert_close(norm(x), 1.5 * ref, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("family,why", [("bert", "follows the hidden size"),

@@ -291,6 +291,92 @@ def magnitude_importance(model: nn.Module, plan: HiddenPlan) -> torch.Tensor:
     return score
 
 
+# --- norms --------------------------------------------------------------------------------
+
+
+def norm_modules(model: nn.Module, plan: HiddenPlan) -> dict[str, tuple[nn.Module, str]]:
+    """Modules whose own parameters are all hidden-sized vectors (RMSNorm, LayerNorm),
+    with the role whose padding mask fits their input."""
+    spec = arch_for(model)
+    prefixes = sorted(((s.path.rsplit(".", 1)[0] if "." in s.path else "", s.role)
+                       for s in spec.stacks), key=lambda p: -len(p[0]))
+    last = "encoder" if spec.kind == "encoder" else "decoder"
+    out = {}
+    for name, module in model.named_modules():
+        own = [(f"{name}.{p}" if name else p, t) for p, t in module._parameters.items()
+               if t is not None]
+        if own and "weight" in module._parameters and all(
+                t.dim() == 1 and plan.axes.get(full) == (0,) for full, t in own):
+            role = next((r for pre, r in prefixes if pre and name.startswith(pre + ".")), last)
+            out[name] = (module, role)
+    return out
+
+
+@torch.no_grad()
+def norm_input_energy(model: nn.Module, norms: dict[str, tuple[nn.Module, str]],
+                      batches: list) -> dict[str, torch.Tensor]:
+    """Mean squared input of each channel at each norm (padding excluded)."""
+    from compress.sequential import collect_model_inputs
+
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+
+    def add(name: str, x: torch.Tensor) -> None:
+        s = x.pow(2).sum(0)
+        sums[name] = sums[name] + s if name in sums else s
+        counts[name] = counts.get(name, 0) + x.shape[0]
+
+    collect_model_inputs(model, batches, norms, add)
+    return {n: sums[n].cpu() / max(counts[n], 1) for n in sums}
+
+
+@torch.no_grad()
+def rescale_norms(norms: dict[str, tuple[nn.Module, str]], energy: dict[str, torch.Tensor],
+                  keep: torch.Tensor, old: int) -> dict[str, float]:
+    """After removal, scale each norm's output so a kept channel's expected output stays.
+
+    A norm divides by the root mean square over its channels: removing channels of
+    input energy ``E_gone`` (of ``E_all``) changes that divisor, in expectation, by
+    ``sqrt((1 - E_gone / E_all) * old / new)``; the norm's weight (and bias) is scaled by
+    that factor. Exact for an RMS norm when the removed channels carry nothing; for a
+    mean-centring LayerNorm an approximation. The scaling is checked on a probe input
+    (an ``x * (1 + w)`` parametrisation, Gemma's, is recognised and scaled as such); a
+    norm whose output does not scale is left as it is. Returns the factors applied.
+    """
+    new = len(keep)
+    applied: dict[str, float] = {}
+    for name, (module, _) in norms.items():
+        e = energy.get(name)
+        if e is None or float(e.sum()) <= 0:
+            continue
+        k = math.sqrt(float(e[keep].sum() / e.sum()) * old / new)
+        if _scale_output(module, k, new):
+            applied[name] = round(k, 6)
+    return applied
+
+
+def _scale_output(module: nn.Module, k: float, width: int) -> bool:
+    w = module.weight
+    b = getattr(module, "bias", None)
+    probe = torch.randn(3, width, generator=torch.Generator().manual_seed(0)).to(w.device, w.dtype)
+    saved = (w.detach().clone(), None if b is None else b.detach().clone())
+    ref = module(probe).float()
+    for form in ("linear", "one-plus"):
+        if form == "linear":
+            w.mul_(k)
+        else:
+            w.copy_((saved[0].float() * k + (k - 1)).to(w.dtype))
+        if isinstance(b, torch.Tensor):
+            b.copy_(saved[1] * k)
+        got = module(probe).float()
+        if torch.allclose(got, ref * k, rtol=1e-3, atol=1e-5 * float(ref.abs().max() + 1)):
+            return True
+        w.copy_(saved[0])
+        if isinstance(b, torch.Tensor):
+            b.copy_(saved[1])
+    return False
+
+
 # --- removal ------------------------------------------------------------------------------
 
 

@@ -44,7 +44,10 @@ from compress.pruning.hidden import (
     check_rebuilds,
     keep_channels,
     magnitude_importance,
+    norm_input_energy,
+    norm_modules,
     plan_hidden,
+    rescale_norms,
     shrink_hidden,
 )
 from compress.pruning.importance import (
@@ -85,6 +88,9 @@ class StructuredConfig(RecoveryConfig):
                                  "channels; needs a config that states the head size apart "
                                  "from the hidden size)", low=0.0, high=1.0,
                                  high_inclusive=False, added=True)
+    rescale_norms: bool = option(True, "with hidden_ratio: scale each norm so kept channels "
+                                 "keep their expected output (the removed channels' share of "
+                                 "its input energy, from calibration)", added=True)
     importance: str = option("activation", "how units are ranked: activation (calibration "
                              "activation norm x outgoing weight norm), magnitude (weight norm) "
                              "or taylor (|sum w * grad|, needs a loss)", choices=IMPORTANCES)
@@ -243,7 +249,12 @@ def structured(model: nn.Module, config: StructuredConfig, context: Context) -> 
             plan = plan_hidden(m)
             score = (magnitude_importance(m, plan) if config.importance == "magnitude"
                      else activation_importance(m, plan, calib(m)))
-            out["hidden"] = shrink_hidden(m, plan, keep_channels(score, hidden_now))
+            norms = norm_modules(m, plan)
+            energy = norm_input_energy(m, norms, calib(m)) if config.rescale_norms else {}
+            keep = keep_channels(score, hidden_now)
+            out["hidden"] = shrink_hidden(m, plan, keep)
+            if energy:
+                out["norms_rescaled"] = len(rescale_norms(norms, energy, keep, plan.hidden))
             check_rebuilds(m)
             removed_hidden[0] += hidden_now
             out["removed"]["hidden_channels"] = hidden_now
