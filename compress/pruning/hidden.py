@@ -25,10 +25,19 @@ Importance (lower goes first), one score per channel, summed over the stacks:
 * ``magnitude``: per tensor, the mean squared weight of each channel, summed over the
   hidden-axis tensors (no calibration).
 
-Removing channels changes what every norm divides by, so unlike FFN neurons or heads
-(:mod:`compress.pruning.surgery`) the result is not the dense model with some weights
-zeroed; Minitron recovers with distillation from the dense model (the ``recover``
-recipe, which projects the student's narrower hidden states onto the teacher's).
+Removing channels changes what every norm divides by (the mean over fewer channels),
+so :func:`rescale_norms` scales each norm by the removed channels' share of its input
+energy, measured on the same calibration tokens: exact for RMS norms when the removed
+channels carry nothing (a test checks the logits), an expectation otherwise. The result
+is still not the dense model with some weights zeroed, as FFN neuron or head removal
+is (:mod:`compress.pruning.surgery`); Minitron recovers with distillation from the
+dense model (the ``recover`` recipe, which projects the student's narrower hidden
+states onto the teacher's).
+
+Configs whose head size is ``hidden / heads`` but which read an explicit ``head_dim``
+when one is present (qwen2, olmo2, phi, ...) get ``head_dim`` written, so the heads
+keep their size. Kept widths are multiples of the heads' least common multiple, since
+configs such as transformers' llama check ``hidden % heads == 0``.
 """
 
 from __future__ import annotations

@@ -9,6 +9,11 @@ records the new sizes and ``save_pretrained`` / ``from_pretrained`` reload the m
 norm times outgoing weight norm, from calibration text), ``magnitude`` (weights
 only) or ``taylor`` (first-order Taylor, needs a loss).
 
+``hidden_ratio`` also removes channels of the residual stream (Minitron's embedding
+channels, :mod:`compress.pruning.hidden`): embeddings, norms and every projection's
+input or output side lose the same channels, and each norm is rescaled by the removed
+channels' share of its input energy.
+
     python -m compress.recipes.structured --model smollm2-135m --ffn-ratio 0.5 --out out/s50
     python -m compress.recipes.structured --model smollm2-135m --ffn-ratio 0.5 \\
         --finetune-steps 200 --out out/s50-ft
