@@ -21,6 +21,7 @@ channels' share of its input energy.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -196,6 +197,22 @@ def structured_memory(config: StructuredConfig, facts: ModelFacts) -> Need:
     return Need.peak(Need(parts, hint), recovery_need(config, facts, FINETUNE_HINT))
 
 
+def _remove_hidden(m: nn.Module, config: StructuredConfig, n: int,
+                   calib: Callable[[nn.Module], list]) -> dict[str, Any]:
+    """Remove the ``n`` least important residual channels; rescale the norms; check."""
+    plan = plan_hidden(m)
+    score = (magnitude_importance(m, plan) if config.importance == "magnitude"
+             else activation_importance(m, plan, calib(m)))
+    norms = norm_modules(m, plan)
+    energy = norm_input_energy(m, norms, calib(m)) if config.rescale_norms else {}
+    keep = keep_channels(score, n)
+    out: dict[str, Any] = {"hidden": shrink_hidden(m, plan, keep)}
+    if energy:
+        out["norms_rescaled"] = len(rescale_norms(norms, energy, keep, plan.hidden))
+    check_rebuilds(m)
+    return out
+
+
 @register_recipe(
     "structured", StructuredConfig, family="pruning",
     knobs=(Knob("ffn_ratio", "up", 0.05, 0.95, 0.05),),
@@ -251,16 +268,7 @@ def structured(model: nn.Module, config: StructuredConfig, context: Context) -> 
                 removed_heads[r] += n
             out["removed"] = {"ffn": ffn_now, "head_units": heads_now}
         if hidden_now > 0:
-            plan = plan_hidden(m)
-            score = (magnitude_importance(m, plan) if config.importance == "magnitude"
-                     else activation_importance(m, plan, calib(m)))
-            norms = norm_modules(m, plan)
-            energy = norm_input_energy(m, norms, calib(m)) if config.rescale_norms else {}
-            keep = keep_channels(score, hidden_now)
-            out["hidden"] = shrink_hidden(m, plan, keep)
-            if energy:
-                out["norms_rescaled"] = len(rescale_norms(norms, energy, keep, plan.hidden))
-            check_rebuilds(m)
+            out.update(_remove_hidden(m, config, hidden_now, calib))
             removed_hidden[0] += hidden_now
             out["removed"]["hidden_channels"] = hidden_now
         return out
