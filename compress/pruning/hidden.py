@@ -161,7 +161,7 @@ def plan_hidden(model: nn.Module) -> HiddenPlan:
         for path, name in paths:
             setattr(sub(small, path), name, hidden - delta)
         after = _shapes(model, small)
-    except UserError:
+    except UserError:  # already one line saying what to do
         raise
     except Exception as exc:  # noqa: BLE001 - a config that refuses another width says so
         raise UserError(f"{family}: a config with a smaller hidden size does not build "
@@ -267,22 +267,29 @@ def _readers(model: nn.Module, axes: dict[str, tuple[int, ...]]) -> dict[str, tu
 @torch.no_grad()
 def activation_importance(model: nn.Module, plan: HiddenPlan, batches: list) -> torch.Tensor:
     """Per channel: mean |x| at the input of each residual-stream reader, summed."""
-    from compress.sequential import collect_model_inputs
-
     if not plan.readers:
         raise UserError("no linear reads the residual stream here; use importance=magnitude")
+    means = _input_means(model, plan.readers, batches, torch.abs)
+    if not means:
+        raise UserError("no calibration activations reached the residual-stream readers")
+    return sum(means.values())
+
+
+def _input_means(model: nn.Module, modules: dict[str, tuple[nn.Module, str]], batches: list,
+                 fn) -> dict[str, torch.Tensor]:
+    """Per module: the mean over real tokens of ``fn(input)``, per channel."""
+    from compress.sequential import collect_model_inputs
+
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
 
     def add(name: str, x: torch.Tensor) -> None:
-        s = x.abs().sum(0)
+        s = fn(x).sum(0)
         sums[name] = sums[name] + s if name in sums else s
         counts[name] = counts.get(name, 0) + x.shape[0]
 
-    collect_model_inputs(model, batches, plan.readers, add)
-    if not sums:
-        raise UserError("no calibration activations reached the residual-stream readers")
-    return sum(sums[n].cpu() / max(counts[n], 1) for n in sums)
+    collect_model_inputs(model, batches, modules, add)
+    return {n: sums[n].cpu() / max(counts[n], 1) for n in sums}
 
 
 @torch.no_grad()
@@ -325,18 +332,7 @@ def norm_modules(model: nn.Module, plan: HiddenPlan) -> dict[str, tuple[nn.Modul
 def norm_input_energy(model: nn.Module, norms: dict[str, tuple[nn.Module, str]],
                       batches: list) -> dict[str, torch.Tensor]:
     """Mean squared input of each channel at each norm (padding excluded)."""
-    from compress.sequential import collect_model_inputs
-
-    sums: dict[str, torch.Tensor] = {}
-    counts: dict[str, int] = {}
-
-    def add(name: str, x: torch.Tensor) -> None:
-        s = x.pow(2).sum(0)
-        sums[name] = sums[name] + s if name in sums else s
-        counts[name] = counts.get(name, 0) + x.shape[0]
-
-    collect_model_inputs(model, batches, norms, add)
-    return {n: sums[n].cpu() / max(counts[n], 1) for n in sums}
+    return _input_means(model, norms, batches, torch.square)
 
 
 @torch.no_grad()
