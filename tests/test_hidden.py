@@ -4,7 +4,9 @@ Tiny models: the pruned model states its new width in the config and reloads wit
 ``from_pretrained`` to the same logits, for a config that names its head size (llama,
 T5), one that reads an explicit head size written for it (qwen2) and one that scales its
 embeddings by sqrt(hidden) (gemma); channels that carry nothing are the ones removed;
-configs that derive the head size from the hidden size are refused in one line.
+configs that derive the head size from the hidden size (BERT, GPT-2, OPT, BART) lose whole
+heads with the channels and reload the same way; configs that derive other sizes from it
+are refused in one line.
 """
 
 from __future__ import annotations
@@ -133,9 +135,9 @@ def test_a_one_plus_weight_norm_is_rescaled_as_such():
         torch.testing.assert_close(norm(x), 1.5 * ref, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("family,why", [("bert", "follows the hidden size"),
-                                        ("gpt2", "derives from the hidden size")])
-def test_a_config_that_derives_the_head_size_is_refused_in_one_line(family, why):
+@pytest.mark.parametrize("family,why", [("bloom", "dense_h_to_4h"),  # FFN width = 4 x hidden
+                                        ("stablelm", "k_proj")])  # grouped KV, head = hidden / heads
+def test_a_config_that_derives_other_sizes_is_refused_in_one_line(family, why):
     model, tok = tiny_model(family)
     snapshot = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(UserError, match=why) as err:
@@ -143,6 +145,40 @@ def test_a_config_that_derives_the_head_size_is_refused_in_one_line(family, why)
                  _ctx(family, tok))
     assert "\n" not in str(err.value) and "ffn_ratio" in str(err.value)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in snapshot.items())
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2", "opt", "bart", "bert2bert", "m2m_100",
+                                    "falcon"])
+def test_head_size_from_hidden_removes_whole_heads_and_reloads(family, tmp_path):
+    """BERT, GPT-2, OPT, BART, bert2bert: head size = hidden / heads. A quarter of the
+    channels leave with a quarter of the heads (the head size stays), the config states
+    both, and plain ``from_pretrained`` rebuilds the model: same outputs, no private
+    loader. M2M100's sinusoidal positions (not saved) are recomputed for the new width
+    as a reload computes them; falcon shares one KV head, which stays."""
+    model, tok = tiny_model(family)
+    plan = plan_hidden(model)
+    assert plan.coupled and plan.head_size == 8 and plan.multiple == 8
+    ctx = _ctx(family, tok)
+    out = compress(model, make_config("structured", ffn_ratio=0.0, hidden_ratio=0.25), ctx)
+    info = ctx.info["structured"]
+    assert info["hidden"] == {"before": 32, "after": 24, "removed_fraction": 0.25}
+    assert info["reload"] == "from_pretrained"
+    for geometry in info["heads"].values():
+        assert geometry["after"]["heads"] == 3 and geometry["after"]["head_dim"] == 8
+        assert geometry["after"]["kv_heads"] == (1 if family == "falcon" else 3)
+    assert not hasattr(out.config, "compress_pruned_heads")
+    assert leftover_attachments(out) == []
+    out.save_pretrained(tmp_path / "m")
+    again = type(out).from_pretrained(tmp_path / "m")
+    x = sample_inputs(family)
+    with torch.inference_mode():
+        a, b = (getattr(o, "logits", None) if getattr(o, "logits", None) is not None
+                else o.last_hidden_state for o in (out.eval()(**x), again.eval()(**x)))
+    assert torch.isfinite(a).all()
+    torch.testing.assert_close(b, a, rtol=0, atol=1e-5)
+    with pytest.raises(UserError, match="heads_ratio=0"):
+        compress(tiny_model(family)[0], make_config("structured", ffn_ratio=0.0,
+                                                     hidden_ratio=0.25, heads_ratio=0.25), ctx)
 
 
 def test_steps_keep_widths_the_config_accepts_and_recover_projects_them():

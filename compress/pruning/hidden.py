@@ -57,9 +57,14 @@ from compress.errors import UserError
 
 #: module attributes that hold the hidden size (set to the new width when they equal the old).
 MODULE_HIDDEN_ATTRS = ("hidden_size", "d_model", "model_dim", "n_embd", "embed_dim", "dim",
-                       "hidden_dim", "input_size", "output_size", "embedding_size")
+                       "hidden_dim", "input_size", "output_size", "embedding_size",
+                       "embedding_dim")
 #: components whose input is the encoder's output (their padding mask is the encoder's).
 _ENCODER_INPUT = ("cross_k", "cross_v", "cross_kv")
+#: attention projections whose output side, and which whose input side, holds the heads.
+_INNER_OUT = ("attn_q", "attn_k", "attn_v", "attn_qkv", "attn_kv", "cross_q", "cross_k",
+              "cross_v", "cross_kv", "cross_qkv")
+_INNER_IN = ("attn_o", "cross_o")
 
 
 @dataclass
@@ -80,6 +85,16 @@ class HiddenPlan:
     multiple: int = 1
     #: (config, attribute, value) written so the config states the head size itself.
     explicit: list[tuple[Any, str, int]] = field(default_factory=list)
+    #: head size when the config derives it as hidden / heads (BERT, GPT-2, OPT, BART):
+    #: channels then leave with whole heads, ``head_size`` channels per head removed from
+    #: every attention module, and the config's head counts follow the new width.
+    head_size: int = 0
+    #: (config, attribute, "heads" | "kv") holding head counts that follow the width.
+    head_attrs: list[tuple[Any, str, str]] = field(default_factory=list)
+
+    @property
+    def coupled(self) -> bool:
+        return self.head_size > 0
 
     def kept_width(self, target: float) -> int:
         """The width nearest ``target`` that is a positive multiple of :attr:`multiple`."""
@@ -129,7 +144,12 @@ def _shapes(model: nn.Module, config: Any) -> dict[str, tuple[int, ...]]:
 
 
 def plan_hidden(model: nn.Module) -> HiddenPlan:
-    """Find the hidden axes of ``model`` by shrinking its config (see the module doc)."""
+    """Find the hidden axes of ``model`` by shrinking its config (see the module doc).
+
+    A config that derives the head size from the hidden size gets a coupled plan: the
+    shrunk config also has one head fewer, so the head size stays, and the attention
+    projections' inner sides (which then move by one head) are left to head removal.
+    """
     spec = arch_for(model)
     hidden = spec.hidden or read_hidden(model.config)
     family = spec.family
@@ -141,13 +161,42 @@ def plan_hidden(model: nn.Module) -> HiddenPlan:
     if not paths:
         raise UserError(f"{family}: the config's hidden size could not be located; use "
                         "hidden_ratio=0")
-    heads = [lay.heads for lay in spec.layouts.values() for lay in lay.attn if lay.heads]
-    delta = math.lcm(*heads) if heads else 8
-    if delta >= hidden:
-        delta = 1
-    # a config that derives the head size from hidden / heads but reads an explicit
-    # head_dim when one is there (qwen2, olmo2, phi, ...) keeps its heads with it
-    explicit = _explicit_head_dims(model, spec)
+    try:
+        plan = _plan(model, spec, hidden, attrs, paths, None)
+    except UserError as first:
+        geometry = _derived_heads(model, spec, hidden)
+        if geometry is None:
+            raise
+        plan = _plan(model, spec, hidden, attrs, paths, geometry)  # its refusal is the last word
+    plan.readers = _readers(model, plan.axes)
+    own = dict(model.named_parameters(remove_duplicate=False))
+    seen: set[int] = set()
+    for name, t in own.items():
+        if name in plan.axes and id(t) not in seen:
+            seen.add(id(t))
+            plan.per_channel += t.numel() // hidden
+    return plan
+
+
+def _plan(model: nn.Module, spec: Any, hidden: int, attrs: list[tuple[Any, str]],
+          paths: list[tuple[str, str]], geometry: tuple[int, list] | None,
+          widened: bool = False) -> HiddenPlan:
+    """The plan from one shrunk config: ``hidden - lcm(heads)`` with the heads kept
+    (``geometry`` None), or ``hidden - head_size`` with one head fewer (``geometry`` =
+    (head size, head-count attributes))."""
+    family = spec.family
+    if geometry is None:
+        heads = [lay.heads for lay in spec.layouts.values() for lay in lay.attn if lay.heads]
+        delta = math.lcm(*heads) if heads else 8
+        if delta >= hidden:
+            delta = 1
+        # a config that derives the head size from hidden / heads but reads an explicit
+        # head_dim when one is there (qwen2, olmo2, phi, ...) keeps its heads with it
+        explicit = _explicit_head_dims(model, spec)
+        head_attrs: list[tuple[Any, str, str]] = []
+    else:
+        delta, head_attrs = geometry
+        explicit = [e for e in _explicit_head_dims(model, spec) if e[1] != "head_dim"]
 
     def sub(cfg: Any, path: str | None) -> Any:
         return cfg if not path else getattr(cfg, path)
@@ -160,6 +209,8 @@ def plan_hidden(model: nn.Module) -> HiddenPlan:
         small = copy.deepcopy(base)
         for path, name in paths:
             setattr(sub(small, path), name, hidden - delta)
+        for cfg, name, _ in head_attrs:  # absolute: aliases of one attribute agree
+            setattr(sub(small, _config_path(model, cfg)), name, hidden // delta - 1)
         after = _shapes(model, small)
     except UserError:  # already one line saying what to do
         raise
@@ -167,8 +218,22 @@ def plan_hidden(model: nn.Module) -> HiddenPlan:
         raise UserError(f"{family}: a config with a smaller hidden size does not build "
                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); "
                         "use hidden_ratio=0") from None
+    if set(after) != set(before):
+        # another attribute equal to the hidden size may have to follow it (OPT's
+        # word_embed_proj_dim: a projection appears when the two differ); the first one
+        # that alone makes the tensors agree is taken
+        for cfg, name in [] if widened else _co_hidden(model, attrs):
+            try:
+                return _plan(model, spec, hidden, attrs + [(cfg, name)],
+                             paths + [(_config_path(model, cfg), name)], geometry, True)
+            except UserError:
+                continue
+        odd = sorted(set(after) ^ set(before))[0]
+        raise UserError(f"{family}: a config with a smaller hidden size builds a different "
+                        f"set of tensors ({odd}); use hidden_ratio=0")
     own = dict(model.named_parameters(remove_duplicate=False))
     own.update(dict(model.named_buffers(remove_duplicate=False)))
+    inner = _inner_axes(model) if geometry is not None else {}
     axes: dict[str, tuple[int, ...]] = {}
     for name, shape in before.items():
         if name not in own:
@@ -179,32 +244,102 @@ def plan_hidden(model: nn.Module) -> HiddenPlan:
         new = after.get(name, shape)
         found = []
         for i, (a, b) in enumerate(zip(shape, new, strict=True)):
-            if a == b:
+            if a == b or i in inner.get(name, ()):
                 continue
             if a == hidden and b == hidden - delta:
                 found.append(i)
             else:
                 raise UserError(
                     f"{family}: {name} has a size the config derives from the hidden size "
-                    f"({a} -> {b} for hidden {hidden} -> {hidden - delta}; the head size is "
-                    "hidden / heads there), so removing hidden channels would change it too; "
-                    "use ffn_ratio / heads_ratio instead")
+                    f"({a} -> {b} for hidden {hidden} -> {hidden - delta}), so removing "
+                    "hidden channels would change it too; use ffn_ratio / heads_ratio instead")
         if found:
             axes[name] = tuple(found)
-    _check_attention_inner(model, axes, family)
-    plan = HiddenPlan(hidden, axes, attrs, multiple=delta, explicit=explicit)
-    plan.readers = _readers(model, axes)
-    seen: set[int] = set()
-    for name, t in own.items():
-        if name in axes and id(t) not in seen and isinstance(t, nn.Parameter):
-            seen.add(id(t))
-            plan.per_channel += t.numel() // hidden
-    return plan
+    if geometry is None:
+        _check_attention_inner(model, axes, family)
+    return HiddenPlan(hidden, axes, attrs, multiple=delta, explicit=explicit,
+                      head_size=delta if geometry is not None else 0, head_attrs=head_attrs)
+
+
+def _co_hidden(model: nn.Module, attrs: list[tuple[Any, str]]) -> list[tuple[Any, str]]:
+    """Other integer attributes of the configs in ``attrs`` that equal the hidden size."""
+    hidden = getattr(attrs[0][0], attrs[0][1])
+    known = {(id(c), n) for c, n in attrs}
+    out = []
+    for cfg in {id(c): c for c, _ in attrs}.values():
+        if _config_path(model, cfg) is None:
+            continue
+        for name, value in vars(cfg).items():
+            if (type(value) is int and value == hidden and not name.startswith("_")
+                    and (id(cfg), name) not in known):
+                out.append((cfg, name))
+    return out
+
+
+def _derived_heads(model: nn.Module, spec: Any, hidden: int) -> tuple[int, list] | None:
+    """(head size, head-count attributes) when every attention module has ``hidden / head
+    size`` heads of one size, all with their own KV heads or all sharing one, and the
+    configs name their head counts; else None (no coupled plan)."""
+    from compress.pruning.surgery import attention_units
+
+    units = attention_units(model)
+    if not units:
+        return None
+    hd, n = units[0].head_dim, units[0].n_heads
+    if not hd or hd * n != hidden or n < 2 or any(
+            (u.head_dim, u.n_heads) != (hd, n) or u.n_kv not in (n, 1) for u in units):
+        return None
+    out: list[tuple[Any, str, str]] = []
+    for stack in spec.stacks:
+        cfg = stack_config(model, spec, stack)
+        if _config_path(model, cfg) is None:
+            return None
+        found = [(cfg, a, "heads") for a in stack.names.heads if getattr(cfg, a, None) == n]
+        found += [(cfg, a, "kv") for a in stack.names.kv_heads if getattr(cfg, a, None) == n]
+        if not found:
+            return None
+        out += [f for f in found if all(f[0] is not c or f[1] != a for c, a, _ in out)]
+    return hd, out
+
+
+def _inner_axes(model: nn.Module) -> dict[str, set[int]]:
+    """Parameter axes on the heads' side of the attention projections (q/k/v outputs and
+    their biases, the o input, per-head projections and q/k norms)."""
+    out: dict[str, set[int]] = {}
+
+    def add(name: str, axis: int) -> None:
+        out.setdefault(name, set()).add(axis)
+
+    for block in iter_blocks(model):
+        for comp, module in block.linears.items():
+            name = block.linear_names[comp]
+            if comp in _INNER_OUT:
+                add(f"{name}.weight", 1 - in_axis(module))
+                add(f"{name}.bias", 0)
+            elif comp in _INNER_IN:
+                add(f"{name}.weight", in_axis(module))
+        for lay in block.layout.attn:
+            for path in list(lay.head_rows) + list(lay.qk_norms.values()):
+                module = block.module.get_submodule(path)
+                full = f"{block.name}.{path}"
+                add(f"{full}.weight", 1 - in_axis(module) if getattr(module, "weight", None)
+                    is not None and module.weight.dim() == 2 else 0)
+                add(f"{full}.bias", 0)
+    return out
 
 
 def _explicit_head_dims(model: nn.Module, spec: Any) -> list[tuple[Any, str, int]]:
-    """``(config, "head_dim", size)`` for each stack whose config does not state it."""
+    """``(config, "head_dim", size)`` for each stack whose config does not state it, and
+    ``(config, attribute, width)`` where the config names an FFN width left unset (GPT-2's
+    ``n_inner``: 4 x hidden when None)."""
     out = []
+    for stack in spec.stacks:
+        cfg = stack_config(model, spec, stack)
+        widths = {lay.ffn.intermediate for name, lay in spec.layouts.items()
+                  if name.startswith(stack.path + ".") and lay.ffn is not None}
+        unset = [a for a in stack.names.intermediate if hasattr(cfg, a) and getattr(cfg, a) is None]
+        if unset and len(widths) == 1 and _config_path(model, cfg) is not None:
+            out.append((cfg, unset[0], widths.pop()))
     for stack in spec.stacks:
         if stack.names.head_dim:
             continue
@@ -212,7 +347,7 @@ def _explicit_head_dims(model: nn.Module, spec: Any) -> list[tuple[Any, str, int
                 if name.startswith(stack.path + ".") for lay in layout.attn if lay.head_dim}
         cfg = stack_config(model, spec, stack)
         if len(dims) == 1 and _config_path(model, cfg) is not None and \
-                all(c is not cfg for c, _, _ in out):
+                all(c is not cfg or n != "head_dim" for c, n, _ in out):
             out.append((cfg, "head_dim", dims.pop()))
     return out
 
@@ -426,6 +561,13 @@ def shrink_hidden(model: nn.Module, plan: HiddenPlan, keep: torch.Tensor) -> int
         setattr(cfg, name, width)
     for cfg, name, value in plan.explicit:
         setattr(cfg, name, value)
+    if plan.coupled:  # the heads left with the channels: the config says so itself now
+        from compress.pruning.surgery import PRUNED_HEADS_ATTR
+
+        for cfg, name, _ in plan.head_attrs:
+            setattr(cfg, name, width // plan.head_size)
+        if hasattr(model.config, PRUNED_HEADS_ATTR):
+            delattr(model.config, PRUNED_HEADS_ATTR)
     for module in model.modules():
         for attr in MODULE_HIDDEN_ATTRS:
             value = getattr(module, attr, None)
@@ -435,7 +577,44 @@ def shrink_hidden(model: nn.Module, plan: HiddenPlan, keep: torch.Tensor) -> int
                 except AttributeError:  # a read-only property
                     pass
         _rescale_derived(module, plan.hidden, width)
+        _fix_sizes(module)  # an embedding's own size is its weight's, whatever the width
+    _reinit_unsaved(model, plan)
     return width
+
+
+def _unsaved(model: nn.Module) -> set[str]:
+    """Tensors ``save_pretrained`` leaves out (non-persistent buffers, the model's
+    ``_keys_to_ignore_on_save``): a reload computes them afresh."""
+    import re
+
+    out = {f"{mod_name}.{b}" if mod_name else b for mod_name, module in model.named_modules()
+           for b in module._non_persistent_buffers_set}
+    ignore = getattr(model, "_keys_to_ignore_on_save", None) or ()
+    out |= {n for n, _ in model.named_parameters() if any(re.search(p, n) for p in ignore)}
+    return out
+
+
+@torch.no_grad()
+def _reinit_unsaved(model: nn.Module, plan: HiddenPlan) -> None:
+    """Hidden-axis tensors that a save leaves out (sinusoidal position tables of M2M100,
+    XGLM, Marian) are recomputed for the new width, as a reload computes them, by the
+    model's own ``_init_weights``; the module's saved tensors are kept as they are."""
+    unsaved = _unsaved(model) & set(plan.axes)
+    init = getattr(model, "_init_weights", None)
+    for owner in sorted({n.rsplit(".", 1)[0] if "." in n else "" for n in unsaved}):
+        module = model.get_submodule(owner)
+        kept = {n: t.detach().clone() for n, t in list(module.named_parameters(recurse=False))
+                + list(module.named_buffers(recurse=False))
+                if f"{owner}.{n}" not in unsaved}
+        try:
+            if init is None:
+                raise TypeError("no _init_weights")
+            init(module)
+        except Exception as exc:  # noqa: BLE001 - one line naming what could not be rebuilt
+            raise UserError(f"{owner} is recomputed on reload and could not be rebuilt for "
+                            f"the new width ({type(exc).__name__}); use hidden_ratio=0") from None
+        for n, t in kept.items():
+            getattr(module, n).copy_(t)
 
 
 #: powers of the hidden size that modules keep as scalars (Gemma's and BART's embedding

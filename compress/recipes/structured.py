@@ -199,8 +199,18 @@ def structured_memory(config: StructuredConfig, facts: ModelFacts) -> Need:
 
 def _remove_hidden(m: nn.Module, config: StructuredConfig, n: int,
                    calib: Callable[[nn.Module], list]) -> dict[str, Any]:
-    """Remove the ``n`` least important residual channels; rescale the norms; check."""
+    """Remove the ``n`` least important residual channels; rescale the norms; check.
+
+    Where the config derives the head size from the hidden size, ``n / head size`` of
+    the least important heads leave every attention module first (the head count then
+    follows the width)."""
     plan = plan_hidden(m)
+    if plan.coupled:
+        scores = (magnitude_scores(m) if config.importance == "magnitude"
+                  else activation_scores(m, calib(m)))
+        k = n // plan.head_size
+        roles = {u.block.role: k for u in attention_units(m)}
+        apply_selection(m, select(m, scores, {}, roles, config.gqa))
     score = (magnitude_importance(m, plan) if config.importance == "magnitude"
              else activation_importance(m, plan, calib(m)))
     norms = norm_modules(m, plan)
@@ -233,6 +243,10 @@ def structured(model: nn.Module, config: StructuredConfig, context: Context) -> 
     if config.heads_ratio > 0 and not units0:
         raise UserError(f"{config._where('heads_ratio')}: no attention heads found")
     plan0 = plan_hidden(model) if config.hidden_ratio > 0 else None  # refuse early
+    if plan0 is not None and plan0.coupled and config.heads_ratio > 0:
+        raise UserError(f"{config._where('heads_ratio')}: here the head size is hidden / heads, "
+                        "so hidden_ratio removes whole heads with the channels; use "
+                        "heads_ratio=0 with hidden_ratio")
     hidden0 = plan0.hidden if plan0 else None
     hidden_total = channels_removed(plan0, config.hidden_ratio) if plan0 else 0
     before = parameter_counts(model)
