@@ -9,12 +9,20 @@ output (attention o, FFN out), so all blocks keep one width.
 Which tensor axes follow the hidden size is found from the model's own config, not
 from a table: two weightless (meta-device) copies of the model are built, one from
 its config and one with the hidden size smaller by ``delta``; every parameter and
-buffer axis whose length changes by exactly ``delta`` is a hidden axis. Any other
-change means the config derives a size from the hidden size that pruning cannot keep
-(BERT, GPT-2, OPT, BART: head size = hidden / heads); such a model is refused in one
+buffer axis whose length changes by exactly ``delta`` is a hidden axis
+(:mod:`compress.pruning.hidden_plan`). Where the config derives the head size as
+hidden / heads (BERT, GPT-2, OPT, BART, bert2bert, falcon: no field holds it apart),
+channels leave with whole heads: ``hidden_ratio`` removes the least important heads
+from every attention module (:mod:`compress.pruning.surgery`, checked exact), then
+``head size`` channels per head, so the head size stays and the config's head count
+and width both state the result. Any other derived size (an FFN width of 4 x hidden
+with no field for it, BLOOM; grouped KV heads of size hidden / heads) is refused in one
 line rather than pruned into something a reload would not rebuild. After removal
-``model.config`` states the new hidden size, so ``save_pretrained`` /
-``from_pretrained`` reload the model with plain transformers.
+``model.config`` states the new sizes (an unset FFN width such as GPT-2's ``n_inner``
+is written, and another size equal to the hidden one that must follow it, OPT's
+``word_embed_proj_dim``, follows), tensors a save leaves out (sinusoidal position
+tables) are recomputed for the new width as a reload computes them, and
+``save_pretrained`` / ``from_pretrained`` reload the model with plain transformers.
 
 Importance (lower goes first), one score per channel, summed over the stacks:
 
@@ -42,359 +50,19 @@ configs such as transformers' llama check ``hidden % heads == 0``.
 
 from __future__ import annotations
 
-import copy
 import math
-from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 import torch.nn as nn
 
-from compress.arch import arch_for, iter_blocks, stack_config
-from compress.arch.confignames import read_hidden
-from compress.arch.weights import in_axis, is_transposed
+from compress.arch import arch_for
+from compress.arch.weights import is_transposed
 from compress.errors import UserError
+from compress.pruning.hidden_plan import MODULE_HIDDEN_ATTRS, HiddenPlan, plan_hidden
 
-#: module attributes that hold the hidden size (set to the new width when they equal the old).
-MODULE_HIDDEN_ATTRS = ("hidden_size", "d_model", "model_dim", "n_embd", "embed_dim", "dim",
-                       "hidden_dim", "input_size", "output_size", "embedding_size",
-                       "embedding_dim")
-#: components whose input is the encoder's output (their padding mask is the encoder's).
-_ENCODER_INPUT = ("cross_k", "cross_v", "cross_kv")
-#: attention projections whose output side, and which whose input side, holds the heads.
-_INNER_OUT = ("attn_q", "attn_k", "attn_v", "attn_qkv", "attn_kv", "cross_q", "cross_k",
-              "cross_v", "cross_kv", "cross_qkv")
-_INNER_IN = ("attn_o", "cross_o")
-
-
-@dataclass
-class HiddenPlan:
-    """Where the hidden size lives in one model."""
-
-    hidden: int
-    #: full parameter / buffer name (every alias of a tied tensor) -> its hidden axes.
-    axes: dict[str, tuple[int, ...]]
-    #: (config object, attribute) pairs holding the hidden size.
-    config_attrs: list[tuple[Any, str]] = field(default_factory=list)
-    #: linears reading the residual stream: full name -> (module, padding-mask role).
-    readers: dict[str, tuple[nn.Module, str]] = field(default_factory=dict)
-    #: parameters per channel over the hidden-axis tensors (each tied tensor once).
-    per_channel: int = 0
-    #: kept widths are multiples of this (the heads' least common multiple: configs such
-    #: as transformers' llama validate hidden % heads == 0 even with an explicit head size).
-    multiple: int = 1
-    #: (config, attribute, value) written so the config states the head size itself.
-    explicit: list[tuple[Any, str, int]] = field(default_factory=list)
-    #: head size when the config derives it as hidden / heads (BERT, GPT-2, OPT, BART):
-    #: channels then leave with whole heads, ``head_size`` channels per head removed from
-    #: every attention module, and the config's head counts follow the new width.
-    head_size: int = 0
-    #: (config, attribute, "heads" | "kv") holding head counts that follow the width.
-    head_attrs: list[tuple[Any, str, str]] = field(default_factory=list)
-
-    @property
-    def coupled(self) -> bool:
-        return self.head_size > 0
-
-    def kept_width(self, target: float) -> int:
-        """The width nearest ``target`` that is a positive multiple of :attr:`multiple`."""
-        return max(self.multiple, int(round(target / self.multiple)) * self.multiple)
-
-
-def _configs(model: nn.Module) -> list[tuple[Any, str]]:
-    """Every (config, attribute) holding the hidden size: per stack, and the root's."""
-    spec = arch_for(model)
-    hidden = spec.hidden or read_hidden(model.config)
-    out: list[tuple[Any, str]] = []
-    seen: set[tuple[int, str]] = set()
-
-    def add(cfg: Any, name: str) -> None:
-        if getattr(cfg, name, None) == hidden and (id(cfg), name) not in seen:
-            seen.add((id(cfg), name))
-            out.append((cfg, name))
-
-    for stack in spec.stacks:
-        for cfg in [stack_config(model, spec, stack)] + [
-                model.get_submodule(p).config for p in stack.private_configs]:
-            for name in stack.names.hidden:
-                add(cfg, name)
-    for name in ("hidden_size", "d_model", "n_embd", "dim", "embed_dim", "model_dim"):
-        add(model.config, name)
-    return out
-
-
-def _config_path(model: nn.Module, cfg: Any) -> str | None:
-    """Dotted path of a sub-config inside ``model.config`` ("" for the root)."""
-    if cfg is model.config:
-        return ""
-    for name, value in vars(model.config).items():
-        if value is cfg:
-            return name
-    return None
-
-
-def _shapes(model: nn.Module, config: Any) -> dict[str, tuple[int, ...]]:
-    from compress.models import build_skeleton
-
-    with torch.device("meta"):
-        fresh = build_skeleton(config, type(model).__name__)
-    out = {n: tuple(p.shape) for n, p in fresh.named_parameters(remove_duplicate=False)}
-    out.update({n: tuple(b.shape) for n, b in fresh.named_buffers(remove_duplicate=False)})
-    return out
-
-
-def plan_hidden(model: nn.Module) -> HiddenPlan:
-    """Find the hidden axes of ``model`` by shrinking its config (see the module doc).
-
-    A config that derives the head size from the hidden size gets a coupled plan: the
-    shrunk config also has one head fewer, so the head size stays, and the attention
-    projections' inner sides (which then move by one head) are left to head removal.
-    """
-    spec = arch_for(model)
-    hidden = spec.hidden or read_hidden(model.config)
-    family = spec.family
-    if not hidden:
-        raise UserError(f"{family}: no hidden size found in the config; hidden_ratio needs one")
-    attrs = _configs(model)
-    paths = [(_config_path(model, cfg), name) for cfg, name in attrs]
-    paths = [(p, name) for p, name in paths if p is not None]  # private copies: not rebuilt
-    if not paths:
-        raise UserError(f"{family}: the config's hidden size could not be located; use "
-                        "hidden_ratio=0")
-    try:
-        plan = _plan(model, spec, hidden, attrs, paths, None)
-    except UserError as first:
-        geometry = _derived_heads(model, spec, hidden)
-        if geometry is None:
-            raise
-        plan = _plan(model, spec, hidden, attrs, paths, geometry)  # its refusal is the last word
-    plan.readers = _readers(model, plan.axes)
-    own = dict(model.named_parameters(remove_duplicate=False))
-    seen: set[int] = set()
-    for name, t in own.items():
-        if name in plan.axes and id(t) not in seen:
-            seen.add(id(t))
-            plan.per_channel += t.numel() // hidden
-    return plan
-
-
-def _plan(model: nn.Module, spec: Any, hidden: int, attrs: list[tuple[Any, str]],
-          paths: list[tuple[str, str]], geometry: tuple[int, list] | None,
-          widened: bool = False) -> HiddenPlan:
-    """The plan from one shrunk config: ``hidden - lcm(heads)`` with the heads kept
-    (``geometry`` None), or ``hidden - head_size`` with one head fewer (``geometry`` =
-    (head size, head-count attributes))."""
-    family = spec.family
-    if geometry is None:
-        heads = [lay.heads for lay in spec.layouts.values() for lay in lay.attn if lay.heads]
-        delta = math.lcm(*heads) if heads else 8
-        if delta >= hidden:
-            delta = 1
-        # a config that derives the head size from hidden / heads but reads an explicit
-        # head_dim when one is there (qwen2, olmo2, phi, ...) keeps its heads with it
-        explicit = _explicit_head_dims(model, spec)
-        head_attrs: list[tuple[Any, str, str]] = []
-    else:
-        delta, head_attrs = geometry
-        explicit = [e for e in _explicit_head_dims(model, spec) if e[1] != "head_dim"]
-
-    def sub(cfg: Any, path: str | None) -> Any:
-        return cfg if not path else getattr(cfg, path)
-
-    try:
-        base = copy.deepcopy(model.config)
-        for cfg, name, value in explicit:
-            setattr(sub(base, _config_path(model, cfg)), name, value)
-        before = _shapes(model, base)
-        small = copy.deepcopy(base)
-        for path, name in paths:
-            setattr(sub(small, path), name, hidden - delta)
-        for cfg, name, _ in head_attrs:  # absolute: aliases of one attribute agree
-            setattr(sub(small, _config_path(model, cfg)), name, hidden // delta - 1)
-        after = _shapes(model, small)
-    except UserError:  # already one line saying what to do
-        raise
-    except Exception as exc:  # noqa: BLE001 - a config that refuses another width says so
-        raise UserError(f"{family}: a config with a smaller hidden size does not build "
-                        f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); "
-                        "use hidden_ratio=0") from None
-    if set(after) != set(before):
-        # another attribute equal to the hidden size may have to follow it (OPT's
-        # word_embed_proj_dim: a projection appears when the two differ); the first one
-        # that alone makes the tensors agree is taken
-        for cfg, name in [] if widened else _co_hidden(model, attrs):
-            try:
-                return _plan(model, spec, hidden, attrs + [(cfg, name)],
-                             paths + [(_config_path(model, cfg), name)], geometry, True)
-            except UserError:
-                continue
-        odd = sorted(set(after) ^ set(before))[0]
-        raise UserError(f"{family}: a config with a smaller hidden size builds a different "
-                        f"set of tensors ({odd}); use hidden_ratio=0")
-    own = dict(model.named_parameters(remove_duplicate=False))
-    own.update(dict(model.named_buffers(remove_duplicate=False)))
-    inner = _inner_axes(model) if geometry is not None else {}
-    axes: dict[str, tuple[int, ...]] = {}
-    for name, shape in before.items():
-        if name not in own:
-            continue
-        if tuple(own[name].shape) != shape:
-            raise UserError(f"{family}: {name} is not what the config builds ({tuple(own[name].shape)} "
-                            f"vs {shape}); hidden_ratio needs a model its config describes")
-        new = after.get(name, shape)
-        found = []
-        for i, (a, b) in enumerate(zip(shape, new, strict=True)):
-            if a == b or i in inner.get(name, ()):
-                continue
-            if a == hidden and b == hidden - delta:
-                found.append(i)
-            else:
-                raise UserError(
-                    f"{family}: {name} has a size the config derives from the hidden size "
-                    f"({a} -> {b} for hidden {hidden} -> {hidden - delta}), so removing "
-                    "hidden channels would change it too; use ffn_ratio / heads_ratio instead")
-        if found:
-            axes[name] = tuple(found)
-    if geometry is None:
-        _check_attention_inner(model, axes, family)
-    return HiddenPlan(hidden, axes, attrs, multiple=delta, explicit=explicit,
-                      head_size=delta if geometry is not None else 0, head_attrs=head_attrs)
-
-
-def _co_hidden(model: nn.Module, attrs: list[tuple[Any, str]]) -> list[tuple[Any, str]]:
-    """Other integer attributes of the configs in ``attrs`` that equal the hidden size."""
-    hidden = getattr(attrs[0][0], attrs[0][1])
-    known = {(id(c), n) for c, n in attrs}
-    out = []
-    for cfg in {id(c): c for c, _ in attrs}.values():
-        if _config_path(model, cfg) is None:
-            continue
-        for name, value in vars(cfg).items():
-            if (type(value) is int and value == hidden and not name.startswith("_")
-                    and (id(cfg), name) not in known):
-                out.append((cfg, name))
-    return out
-
-
-def _derived_heads(model: nn.Module, spec: Any, hidden: int) -> tuple[int, list] | None:
-    """(head size, head-count attributes) when every attention module has ``hidden / head
-    size`` heads of one size, all with their own KV heads or all sharing one, and the
-    configs name their head counts; else None (no coupled plan)."""
-    from compress.pruning.surgery import attention_units
-
-    units = attention_units(model)
-    if not units:
-        return None
-    hd, n = units[0].head_dim, units[0].n_heads
-    if not hd or hd * n != hidden or n < 2 or any(
-            (u.head_dim, u.n_heads) != (hd, n) or u.n_kv not in (n, 1) for u in units):
-        return None
-    out: list[tuple[Any, str, str]] = []
-    for stack in spec.stacks:
-        cfg = stack_config(model, spec, stack)
-        if _config_path(model, cfg) is None:
-            return None
-        found = [(cfg, a, "heads") for a in stack.names.heads if getattr(cfg, a, None) == n]
-        found += [(cfg, a, "kv") for a in stack.names.kv_heads if getattr(cfg, a, None) == n]
-        if not found:
-            return None
-        out += [f for f in found if all(f[0] is not c or f[1] != a for c, a, _ in out)]
-    return hd, out
-
-
-def _inner_axes(model: nn.Module) -> dict[str, set[int]]:
-    """Parameter axes on the heads' side of the attention projections (q/k/v outputs and
-    their biases, the o input, per-head projections and q/k norms)."""
-    out: dict[str, set[int]] = {}
-
-    def add(name: str, axis: int) -> None:
-        out.setdefault(name, set()).add(axis)
-
-    for block in iter_blocks(model):
-        for comp, module in block.linears.items():
-            name = block.linear_names[comp]
-            if comp in _INNER_OUT:
-                add(f"{name}.weight", 1 - in_axis(module))
-                add(f"{name}.bias", 0)
-            elif comp in _INNER_IN:
-                add(f"{name}.weight", in_axis(module))
-        for lay in block.layout.attn:
-            for path in list(lay.head_rows) + list(lay.qk_norms.values()):
-                module = block.module.get_submodule(path)
-                full = f"{block.name}.{path}"
-                add(f"{full}.weight", 1 - in_axis(module) if getattr(module, "weight", None)
-                    is not None and module.weight.dim() == 2 else 0)
-                add(f"{full}.bias", 0)
-    return out
-
-
-def _explicit_head_dims(model: nn.Module, spec: Any) -> list[tuple[Any, str, int]]:
-    """``(config, "head_dim", size)`` for each stack whose config does not state it, and
-    ``(config, attribute, width)`` where the config names an FFN width left unset (GPT-2's
-    ``n_inner``: 4 x hidden when None)."""
-    out = []
-    for stack in spec.stacks:
-        cfg = stack_config(model, spec, stack)
-        widths = {lay.ffn.intermediate for name, lay in spec.layouts.items()
-                  if name.startswith(stack.path + ".") and lay.ffn is not None}
-        unset = [a for a in stack.names.intermediate if hasattr(cfg, a) and getattr(cfg, a) is None]
-        if unset and len(widths) == 1 and _config_path(model, cfg) is not None:
-            out.append((cfg, unset[0], widths.pop()))
-    for stack in spec.stacks:
-        if stack.names.head_dim:
-            continue
-        dims = {lay.head_dim for name, layout in spec.layouts.items()
-                if name.startswith(stack.path + ".") for lay in layout.attn if lay.head_dim}
-        cfg = stack_config(model, spec, stack)
-        if len(dims) == 1 and _config_path(model, cfg) is not None and \
-                all(c is not cfg or n != "head_dim" for c, n, _ in out):
-            out.append((cfg, "head_dim", dims.pop()))
-    return out
-
-
-def _check_attention_inner(model: nn.Module, axes: dict[str, tuple[int, ...]],
-                           family: str) -> None:
-    """The projections' inner sides (q/k/v outputs, o input, FFN width) must not move."""
-    inner = {"attn_q": "out", "attn_k": "out", "attn_v": "out", "attn_qkv": "out",
-             "attn_o": "in", "ffn_in": "out", "ffn_gate": "out", "ffn_gate_up": "out",
-             "ffn_out": "in", "cross_q": "out", "cross_o": "in"}
-    for block in iter_blocks(model):
-        for comp, side in inner.items():
-            module = block.linears.get(comp)
-            if module is None or not hasattr(module, "weight"):
-                continue
-            name = f"{block.linear_names[comp]}.weight"
-            ax = in_axis(module) if side == "in" else 1 - in_axis(module)
-            if ax in axes.get(name, ()):
-                raise UserError(f"{family}: the {side}put side of {block.linear_names[comp]} "
-                                "follows the hidden size in the config; hidden-dimension "
-                                "pruning needs a config that states the head size and FFN "
-                                "width apart from it; use ffn_ratio / heads_ratio instead")
-
-
-def _readers(model: nn.Module, axes: dict[str, tuple[int, ...]]) -> dict[str, tuple[nn.Module, str]]:
-    """Linears whose input is the residual stream, with the role whose mask fits them."""
-    spec = arch_for(model)
-    role_of: dict[str, str] = {}
-    comp_of: dict[str, str] = {}
-    for block in iter_blocks(model):
-        for comp, name in block.linear_names.items():
-            role_of[name] = block.role
-            comp_of[name] = comp
-    last = "encoder" if spec.kind == "encoder" else "decoder"
-    out = {}
-    for name, module in model.named_modules():
-        w = getattr(module, "weight", None)
-        if not isinstance(w, torch.Tensor) or w.dim() != 2 or isinstance(module, nn.Embedding):
-            continue
-        if not (isinstance(module, nn.Linear) or is_transposed(module)):
-            continue
-        if in_axis(module) not in axes.get(f"{name}.weight", ()):
-            continue
-        role = "encoder" if comp_of.get(name) in _ENCODER_INPUT else role_of.get(name, last)
-        out[name] = (module, role)
-    return out
-
+__all__ = ["HiddenPlan", "plan_hidden", "activation_importance", "magnitude_importance",
+           "norm_modules", "norm_input_energy", "rescale_norms", "channels_removed",
+           "keep_channels", "shrink_hidden", "check_rebuilds"]
 
 # --- importance ---------------------------------------------------------------------------
 

@@ -91,8 +91,8 @@ class StructuredConfig(RecoveryConfig):
     hidden_ratio: float = option(0.0, "fraction of hidden (residual stream) channels removed "
                                  "from the whole model: embeddings, norms and every "
                                  "projection's input or output side (Minitron's embedding "
-                                 "channels; needs a config that states the head size apart "
-                                 "from the hidden size)", low=0.0, high=1.0,
+                                 "channels; where the head size is hidden / heads, whole "
+                                 "heads leave with them)", low=0.0, high=1.0,
                                  high_inclusive=False, added=True)
     rescale_norms: bool = option(True, "with hidden_ratio: scale each norm so kept channels "
                                  "keep their expected output (the removed channels' share of "
