@@ -226,7 +226,8 @@ def _remove_hidden(m: nn.Module, config: StructuredConfig, n: int,
 @register_recipe(
     "structured", StructuredConfig, family="pruning",
     knobs=(Knob("ffn_ratio", "up", 0.05, 0.95, 0.05),),
-    traits=Traits(calibrates=lambda c: c.importance != "magnitude", widths=structured_widths),
+    traits=Traits(calibrates=lambda c: c.importance != "magnitude" or (
+        c.hidden_ratio > 0 and c.rescale_norms), widths=structured_widths),
     formats=(FORMAT_NAME,), memory=structured_memory,
 )
 def structured(model: nn.Module, config: StructuredConfig, context: Context) -> nn.Module:
