@@ -207,3 +207,21 @@ def test_config_key_and_widths():
     assert structured_widths(cfg, {"hidden": 576, "ffn": 1536})["hidden"] == 432
     with pytest.raises(UserError, match="taylor"):
         make_config("structured", hidden_ratio=0.25, importance="taylor")
+
+
+def test_a_second_size_equal_to_the_width_follows_only_when_it_must():
+    """OPT builds embedding projections when word_embed_proj_dim differs from the hidden
+    size: that attribute follows the width. max_position_embeddings, equal to it here by
+    chance, does not: the position table loses hidden channels, not positions."""
+    from compress.calibration import calibrates
+
+    cfg = tf.OPTConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, ffn_dim=64,
+                       num_attention_heads=4, max_position_embeddings=32,
+                       word_embed_proj_dim=32)
+    plan = plan_hidden(tf.OPTForCausalLM(cfg))
+    assert [name for _, name in plan.config_attrs] == ["hidden_size", "word_embed_proj_dim"]
+    assert plan.axes["model.decoder.embed_positions.weight"] == (1,)
+    # norm rescaling reads calibration tokens even when channels are ranked by magnitude
+    assert calibrates(make_config("structured", hidden_ratio=0.25, importance="magnitude"))
+    assert not calibrates(make_config("structured", hidden_ratio=0.25, importance="magnitude",
+                                      rescale_norms=False))
