@@ -200,6 +200,8 @@ def _plan(model: nn.Module, spec: Any, hidden: int, attrs: list[tuple[Any, str]]
         raise UserError(f"{family}: a config with a smaller hidden size builds a different "
                         f"set of tensors ({odd}); use hidden_ratio=0")
     inner = _inner_axes(model) if geometry is not None else {}
+    if geometry is not None:
+        _check_unknown_in_attention(model, family, before, after, inner)
     axes = _hidden_axes(model, family, before, after, inner, hidden, delta)
     if geometry is None:
         _check_attention_inner(model, axes, family)
@@ -302,6 +304,26 @@ def _inner_axes(model: nn.Module) -> dict[str, set[int]]:
                     is not None and module.weight.dim() == 2 else 0)
                 add(f"{full}.bias", 0)
     return out
+
+
+def _check_unknown_in_attention(model: nn.Module, family: str, before: dict, after: dict,
+                                inner: dict[str, set[int]]) -> None:
+    """With heads leaving, a head-side axis shrinks by one head size, as a hidden axis
+    does: shapes cannot tell them apart. So every matrix inside an attention module that
+    changes must be one whose sides are known (the projections, q/k norms, per-head
+    rows); another one (DeBERTa's relative-position projections) is refused."""
+    roots = [f"{b.name}.{lay.path}." for b in iter_blocks(model) for lay in b.layout.attn]
+    known = set(inner)
+    for block in iter_blocks(model):
+        known |= {f"{n}.{p}" for n in block.linear_names.values() for p in ("weight", "bias")}
+    for name, shape in before.items():
+        if name in known or len(shape) < 2 or after.get(name, shape) == shape:
+            continue  # (a vector is a norm's or a bias; an unknown linear shows by its matrix)
+        if any(name.startswith(r) for r in roots):
+            raise UserError(f"{family}: {name} changes with the width inside the attention but "
+                            "is not a projection whose sides are known (head or hidden), so "
+                            "removing whole heads with the channels is not safe here; use "
+                            "ffn_ratio / heads_ratio instead")
 
 
 def _explicit_head_dims(model: nn.Module, spec: Any) -> list[tuple[Any, str, int]]:
