@@ -225,3 +225,20 @@ def test_a_second_size_equal_to_the_width_follows_only_when_it_must():
     assert calibrates(make_config("structured", hidden_ratio=0.25, importance="magnitude"))
     assert not calibrates(make_config("structured", hidden_ratio=0.25, importance="magnitude",
                                       rescale_norms=False))
+
+
+def test_an_unknown_matrix_inside_the_attention_stops_a_coupled_plan():
+    """With heads leaving, a head-side axis and a hidden one both shrink by one head size;
+    a matrix inside an attention module that discovery does not know (DeBERTa's
+    relative-position projections) could be either, so the plan refuses it."""
+    from compress.pruning.hidden_plan import _check_unknown_in_attention, _inner_axes
+
+    model, _ = tiny_model("bert")
+    inner = _inner_axes(model)
+    name = "bert.encoder.layer.0.attention.self.pos_key_proj.weight"
+    before = {name: (32, 32), "bert.encoder.layer.0.attention.output.LayerNorm.weight": (32,)}
+    after = {name: (24, 24), "bert.encoder.layer.0.attention.output.LayerNorm.weight": (24,)}
+    with pytest.raises(UserError, match="pos_key_proj"):
+        _check_unknown_in_attention(model, "bert", before, after, inner)
+    del before[name], after[name]  # a norm vector alone is a hidden-side norm: accepted
+    _check_unknown_in_attention(model, "bert", before, after, inner)
