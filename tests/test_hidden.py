@@ -235,9 +235,9 @@ def test_an_unknown_matrix_inside_the_attention_stops_a_coupled_plan():
 
     model, _ = tiny_model("bert")
     inner = _inner_axes(model)
-    name = "bert.encoder.layer.0.attention.self.pos_key_proj.weight"
-    before = {name: (32, 32), "bert.encoder.layer.0.attention.output.LayerNorm.weight": (32,)}
-    after = {name: (24, 24), "bert.encoder.layer.0.attention.output.LayerNorm.weight": (24,)}
+    name = "encoder.layer.0.attention.self.pos_key_proj.weight"
+    before = {name: (32, 32), "encoder.layer.0.attention.output.LayerNorm.weight": (32,)}
+    after = {name: (24, 24), "encoder.layer.0.attention.output.LayerNorm.weight": (24,)}
     with pytest.raises(UserError, match="pos_key_proj"):
         _check_unknown_in_attention(model, "bert", before, after, inner)
     del before[name], after[name]  # a norm vector alone is a hidden-side norm: accepted
