@@ -242,3 +242,21 @@ def test_an_unknown_matrix_inside_the_attention_stops_a_coupled_plan():
         _check_unknown_in_attention(model, "bert", before, after, inner)
     del before[name], after[name]  # a norm vector alone is a hidden-side norm: accepted
     _check_unknown_in_attention(model, "bert", before, after, inner)
+
+
+def test_a_probe_that_cannot_run_is_one_line_and_changes_nothing(monkeypatch):
+    """Head surgery checks its result on probe inputs; a model those inputs do not fit
+    (Whisper's audio encoder takes features, not tokens) gets one line, untouched."""
+    import compress.pruning.surgery as surgery
+
+    def broken(model):
+        raise AttributeError("'NoneType' object has no attribute 'shape'")
+
+    model, tok = tiny_model("bert")
+    snapshot = {k: v.clone() for k, v in model.state_dict().items()}
+    monkeypatch.setattr(surgery, "_probe", broken)
+    with pytest.raises(UserError, match="probe forward fails") as err:
+        compress(model, make_config("structured", ffn_ratio=0.0, hidden_ratio=0.25),
+                 _ctx("bert", tok))
+    assert "\n" not in str(err.value)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in snapshot.items())

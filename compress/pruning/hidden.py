@@ -232,7 +232,7 @@ def shrink_hidden(model: nn.Module, plan: HiddenPlan, keep: torch.Tensor) -> int
     if plan.coupled:  # the heads left with the channels: the config says so itself now
         from compress.pruning.surgery import PRUNED_HEADS_ATTR
 
-        for cfg, name, _ in plan.head_attrs:
+        for cfg, name in plan.head_attrs:
             setattr(cfg, name, width // plan.head_size)
         if hasattr(model.config, PRUNED_HEADS_ATTR):
             delattr(model.config, PRUNED_HEADS_ATTR)

@@ -57,8 +57,9 @@ class HiddenPlan:
     #: channels then leave with whole heads, ``head_size`` channels per head removed from
     #: every attention module, and the config's head counts follow the new width.
     head_size: int = 0
-    #: (config, attribute, "heads" | "kv") holding head counts that follow the width.
-    head_attrs: list[tuple[Any, str, str]] = field(default_factory=list)
+    #: (config, attribute) holding head counts (and KV head counts equal to them) that
+    #: follow the width.
+    head_attrs: list[tuple[Any, str]] = field(default_factory=list)
 
     @property
     def coupled(self) -> bool:
@@ -161,7 +162,7 @@ def _plan(model: nn.Module, spec: Any, hidden: int, attrs: list[tuple[Any, str]]
         # a config that derives the head size from hidden / heads but reads an explicit
         # head_dim when one is there (qwen2, olmo2, phi, ...) keeps its heads with it
         explicit = _explicit_head_dims(model, spec)
-        head_attrs: list[tuple[Any, str, str]] = []
+        head_attrs: list[tuple[Any, str]] = []
     else:
         delta, head_attrs = geometry
         explicit = [e for e in _explicit_head_dims(model, spec) if e[1] != "head_dim"]
@@ -177,7 +178,7 @@ def _plan(model: nn.Module, spec: Any, hidden: int, attrs: list[tuple[Any, str]]
         small = copy.deepcopy(base)
         for path, name in paths:
             setattr(sub(small, path), name, hidden - delta)
-        for cfg, name, _ in head_attrs:  # absolute: aliases of one attribute agree
+        for cfg, name in head_attrs:  # absolute: aliases of one attribute agree
             setattr(sub(small, _config_path(model, cfg)), name, hidden // delta - 1)
         after = _shapes(model, small)
     except UserError:  # already one line saying what to do
@@ -267,16 +268,16 @@ def _derived_heads(model: nn.Module, spec: Any, hidden: int) -> tuple[int, list]
     if not hd or hd * n != hidden or n < 2 or any(
             (u.head_dim, u.n_heads) != (hd, n) or u.n_kv not in (n, 1) for u in units):
         return None
-    out: list[tuple[Any, str, str]] = []
+    out: list[tuple[Any, str]] = []
     for stack in spec.stacks:
         cfg = stack_config(model, spec, stack)
         if _config_path(model, cfg) is None:
             return None
-        found = [(cfg, a, "heads") for a in stack.names.heads if getattr(cfg, a, None) == n]
-        found += [(cfg, a, "kv") for a in stack.names.kv_heads if getattr(cfg, a, None) == n]
+        found = [(cfg, a) for a in stack.names.heads + stack.names.kv_heads
+                 if getattr(cfg, a, None) == n]
         if not found:
             return None
-        out += [f for f in found if all(f[0] is not c or f[1] != a for c, a, _ in out)]
+        out += [(c, a) for c, a in found if all(c is not c2 or a != a2 for c2, a2 in out)]
     return hd, out
 
 
@@ -353,9 +354,8 @@ def _explicit_head_dims(model: nn.Module, spec: Any) -> list[tuple[Any, str, int
 def _check_attention_inner(model: nn.Module, axes: dict[str, tuple[int, ...]],
                            family: str) -> None:
     """The projections' inner sides (q/k/v outputs, o input, FFN width) must not move."""
-    inner = {"attn_q": "out", "attn_k": "out", "attn_v": "out", "attn_qkv": "out",
-             "attn_o": "in", "ffn_in": "out", "ffn_gate": "out", "ffn_gate_up": "out",
-             "ffn_out": "in", "cross_q": "out", "cross_o": "in"}
+    inner = {**dict.fromkeys(_INNER_OUT, "out"), **dict.fromkeys(_INNER_IN, "in"),
+             "ffn_in": "out", "ffn_gate": "out", "ffn_gate_up": "out", "ffn_out": "in"}
     for block in iter_blocks(model):
         for comp, side in inner.items():
             module = block.linears.get(comp)

@@ -334,6 +334,11 @@ def _reference(model: nn.Module, sel: Selection) -> torch.Tensor:
     saved = mask_selection(model, sel)
     try:
         return _probe(model)
+    except Exception as exc:  # noqa: BLE001 - nothing was removed yet: say so in one line
+        raise UserError(f"structured removal cannot check its result on "
+                        f"{arch_for(model).family}: the probe forward fails "
+                        f"({type(exc).__name__}: {str(exc).splitlines()[0][:100]}); the model "
+                        "is unchanged; use another recipe") from None
     finally:
         unmask(model, saved)
 
