@@ -258,6 +258,56 @@ def test_every_compute_path_equals_the_dense_loop_reference(gated, routing):
         assert moe.last_path == "dense"
 
 
+class _FixedScores(nn.Module):
+    """A router that returns one leaf tensor of scores (to read its gradient)."""
+
+    kind = "fixed"
+
+    def __init__(self, scores: torch.Tensor):
+        super().__init__()
+        self.scores = nn.Parameter(scores)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scores
+
+
+@pytest.mark.parametrize("gated", [False, True])
+@pytest.mark.parametrize("routing", ["topk", "threshold"])
+@pytest.mark.parametrize("path", ["grouped", "dense"])
+def test_straight_through_gate_keeps_outputs_and_gives_the_router_its_gradient(
+        gated, routing, path):
+    """``router_grad`` in training: the same outputs, and the score gradient is the
+    softmax Jacobian applied to g_e = <dL/dy, expert e's output> on selected experts."""
+    moe, _ = _random_moe(gated, E=8, k=3, routing=routing)
+    x = torch.randn(40, 16)
+    moe.dense_above = 0.0 if path == "dense" else 2.0
+    moe.loop_min_rows = 0
+    moe.eval()
+    with torch.no_grad():
+        ref = moe(x)
+        scores = moe.router(x).clone()
+        mask = moe.route(x)
+    moe.router = _FixedScores(scores)
+    moe.train()
+    moe.router_grad = True
+    y = moe(x)
+    assert moe.last_path == path
+    assert torch.equal(y, ref)
+    r = torch.randn_like(y)
+    (y * r).sum().backward()
+    with torch.no_grad():
+        outs = torch.stack([moe._expert(e, x) for e in range(8)], 1)  # (N, E, d)
+        g = (outs * r[:, None]).sum(-1) * mask  # dL/dp on the selected experts
+        p = scores.softmax(-1)
+        expected = p * (g - (g * p).sum(-1, keepdim=True))
+    torch.testing.assert_close(moe.router.scores.grad, expected, rtol=1e-4, atol=1e-5)
+    assert moe.w_in.grad is not None
+    moe.router_grad = False  # off: no gradient reaches the router
+    moe.router.scores.grad = None
+    (moe(x) * r).sum().backward()
+    assert moe.router.scores.grad is None
+
+
 def test_path_choice_follows_active_fraction_and_tokens_per_expert():
     from compress.moe.layer import DENSE_ABOVE, LOOP_MIN_ROWS
 

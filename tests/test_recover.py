@@ -4,7 +4,8 @@ Tiny models throughout: recover after ``depth`` lowers the held-out KL to the te
 uses the block map ``depth`` recorded; a narrower student trains its width projection;
 the result has no hooks and reloads with ``from_pretrained``; no teacher is a one-line
 error; ``depth`` then ``recover`` runs through ``eval.run``'s pipeline and the report holds
-the recovery curve; ``moefy`` then ``recover`` trains the experts, not the routers; and
+the recovery curve; ``moefy`` then ``recover`` trains the experts and the routers (or not the routers when
+told); and
 ``distill`` picks its student's blocks by measured importance unless told to spread them.
 """
 
@@ -204,7 +205,8 @@ def test_pipeline_depth_then_recover_through_eval_run(tmp_path, monkeypatch):
     assert [s["recipe"] for s in report["pipeline"]] == ["depth", "recover"]
 
 
-def test_moefy_then_recover_trains_the_experts_not_the_routers():
+@pytest.mark.parametrize("train_routers", [True, False])
+def test_moefy_then_recover_trains_the_experts_and_routers(train_routers):
     from compress.moe.layer import MoEFFN
 
     model, tok = tiny_model("bert", classifier=True, initializer_range=0.2)
@@ -218,18 +220,19 @@ def test_moefy_then_recover_trains_the_experts_not_the_routers():
     assert moes
     before = {n: p.detach().clone() for n, p in student.named_parameters()}
     flags = {n: p.requires_grad for n, p in student.named_parameters()}
-    out = compress(student, recover_cfg(steps=10, lr=1e-3), ctx)
+    out = compress(student, recover_cfg(steps=10, lr=1e-3, train_routers=train_routers), ctx)
     info = ctx.info["recover"]
     assert info["block_maps"] == {"encoder": [0, 1]}
     assert info["block_map_source"] == {"encoder": "identity (same depth)"}
-    assert info["router_weights_fixed"] > 0
+    assert info["routers"]["weights"] > 0 and info["routers"]["trained"] == train_routers
     after = dict(out.named_parameters())
     experts = [n for n in before if n.rsplit(".", 1)[-1] in ("w_in", "w_out")]
-    routers = [n for n in before if ".router." in n]
+    routers = [n for n in before if ".router." in n and n.rsplit(".", 1)[-1] == "weight"]
     assert experts and routers
     assert all(not torch.equal(before[n], after[n]) for n in experts)
-    assert all(torch.equal(before[n], after[n]) for n in routers)
+    assert all(torch.equal(before[n], after[n]) != train_routers for n in routers)
     assert {n: p.requires_grad for n, p in after.items()} == flags  # as they were
+    assert not any(m.router_grad for m in out.modules() if isinstance(m, MoEFFN))
     assert info["best_eval"]["loss"] <= info["initial_eval"]["loss"]
     assert "accuracy" in info["recovery_curve"][0]
 

@@ -69,6 +69,9 @@ class TrainSettings:
     max_tokens: int | None = None
     #: names the run in progress lines ("distill", "recover").
     label: str = "distill"
+    #: parameters (by ``id``) that train at their own peak learning rate, without weight
+    #: decay (``recover``'s MoE routers); the schedule scales them as it scales ``lr``.
+    own_lr: dict[int, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -98,18 +101,25 @@ def lr_at(step: int, settings: TrainSettings) -> float:
     return settings.lr * max(0.0, (settings.steps - step) / rest)
 
 
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on matrices only (not on biases, norms' gains)."""
+def _param_groups(model: nn.Module, weight_decay: float,
+                  own_lr: dict[int, float] | None = None) -> list[dict[str, Any]]:
+    """Weight decay on matrices only (not on biases, norms' gains); the parameters in
+    ``own_lr`` (id -> peak lr) in groups of their own, without decay."""
     decay, no_decay = [], []
+    own: dict[float, list[nn.Parameter]] = {}
     seen: set[int] = set()
     for p in model.parameters():
         if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))
-        (decay if p.dim() >= 2 else no_decay).append(p)
+        if own_lr and id(p) in own_lr:
+            own.setdefault(own_lr[id(p)], []).append(p)
+        else:
+            (decay if p.dim() >= 2 else no_decay).append(p)
     return [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
+        *({"params": ps, "weight_decay": 0.0, "lr": lr} for lr, ps in sorted(own.items())),
     ]
 
 
@@ -252,7 +262,7 @@ def train(
     student_wanted = {r: list(range(len(m))) for r, m in layer_maps.items()} if w.cos > 0 else {}
     batches = Batches(len(examples), s.batch_size, s.grad_accum, s.seed)
     trained = student if extra is None else _Joint(student, extra)
-    opt = torch.optim.AdamW(_param_groups(trained, s.weight_decay), lr=s.lr)
+    opt = torch.optim.AdamW(_param_groups(trained, s.weight_decay, s.own_lr), lr=s.lr)
 
     def step_fn(step: int) -> StepOut:
         terms_sum: dict[str, float] = {}
@@ -279,7 +289,7 @@ def train(
     console = _announce(s, w if teacher is not None else None, len(examples))
     loop = LoopSettings(
         steps=s.steps,
-        lr_at=lambda step, _base: lr_at(step, s),
+        lr_at=lambda step, base: lr_at(step, s) * (base / s.lr),
         max_grad_norm=s.max_grad_norm,
         evaluate=lambda: evaluator(student),
         eval_every=s.eval_every,

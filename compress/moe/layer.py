@@ -199,6 +199,10 @@ class MoEFFN(nn.Module):
         self.dense_above_single = DENSE_ABOVE_SINGLE
         self.loop_min_rows = LOOP_MIN_ROWS
         self.last_path: str | None = None
+        #: when True (set by ``recover``, plain attribute, not saved), a training forward
+        #: passes the router a gradient through a straight-through gate (:meth:`gates`)
+        #: while computing exactly the same outputs.
+        self.router_grad = False
 
     # -- description ---------------------------------------------------------
     def spec(self) -> dict[str, Any]:
@@ -246,6 +250,21 @@ class MoEFFN(nn.Module):
     def route(self, x2: torch.Tensor) -> torch.Tensor:
         return self.select(self.router(x2))
 
+    def gates(self, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mask, gate) for training the router: ``mask`` the experts selected as in
+        :meth:`route`, ``gate = mask * (1 + p - p.detach())`` with ``p`` the softmax of
+        the router's scores. Its value is exactly ``mask`` (the forward is unchanged: an
+        unweighted sum of the selected experts), its gradient ``d gate_e / d p_e = 1``
+        for a selected expert, so ``dL/dp_e`` is the dot product of the loss gradient
+        with that expert's output: a straight-through estimator (Bengio et al. 2013,
+        arXiv:1308.3432) over the softmax gate of switch-style MoE training (Fedus et
+        al. 2021, arXiv:2101.03961)."""
+        scores = self.router(x2)
+        mask = self.select(scores.detach())
+        p = scores.float().softmax(dim=-1)
+        gate = mask.to(p.dtype) * (1.0 + (p - p.detach()))  # exactly 1.0 in value
+        return mask, gate.to(x2.dtype)
+
     # -- compute -------------------------------------------------------------
     @staticmethod
     def _proj(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
@@ -278,8 +297,10 @@ class MoEFFN(nn.Module):
             h = self.act(h)
         return torch.bmm(h, self.w_out.index_select(0, experts)).sum(0)  # (k, 1, d) -> (1, d)
 
-    def _grouped(self, x2: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Tokens grouped by expert: per expert one gather, its matmuls, one scatter-add."""
+    def _grouped(self, x2: torch.Tensor, mask: torch.Tensor,
+                 gate: torch.Tensor | None = None) -> torch.Tensor:
+        """Tokens grouped by expert: per expert one gather, its matmuls, one scatter-add
+        (``gate`` (N, E): each output scaled by its token's gate, see :meth:`gates`)."""
         N = x2.shape[0]
         pairs = mask.t().nonzero()  # (P, 2) rows (expert, token), sorted by expert
         tokens = pairs[:, 1]
@@ -288,10 +309,14 @@ class MoEFFN(nn.Module):
         start = 0
         for e, c in enumerate(counts):
             if c == N:  # every token: no gather, no scatter
-                y += self._expert(e, x2)
+                out = self._expert(e, x2)
+                y += out if gate is None else out * gate[:, e : e + 1]
             elif c:
                 tok = tokens[start : start + c]
-                y.index_add_(0, tok, self._expert(e, x2.index_select(0, tok)))  # (c, d)
+                out = self._expert(e, x2.index_select(0, tok))  # (c, d)
+                if gate is not None:
+                    out = out * gate[tok, e : e + 1]
+                y.index_add_(0, tok, out)
             start += c
         return y
 
@@ -327,7 +352,8 @@ class MoEFFN(nn.Module):
     def _dense(self, x2: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """The dense fallback: every expert on every token in three large matmuls, the
         outputs of experts a token did not select multiplied by 0 (the same function;
-        ``mask=None``: every expert selected, nothing to zero)."""
+        ``mask=None``: every expert selected, nothing to zero; a float ``mask`` is a
+        gate, :meth:`gates`)."""
         N, d = x2.shape
         E, de = self.n_experts, self.expert_size
         if N >= DENSE_GEMM_TOKENS:
@@ -382,7 +408,11 @@ class MoEFFN(nn.Module):
             self.last_path = "dense"
             y = self._dense(x2, None)
             return (y if self.b_out is None else y + self.b_out).reshape(shape)
-        mask = self.route(x2)  # (N, E) bool
+        gate = None
+        if self.router_grad and self.training and torch.is_grad_enabled():
+            mask, gate = self.gates(x2)  # the same selection; the gate carries the gradient
+        else:
+            mask = self.route(x2)  # (N, E) bool
         if self.track_usage:
             counts = mask.sum(0).to("cpu", torch.long)
             self.usage = counts if self.usage is None else self.usage + counts
@@ -390,8 +420,12 @@ class MoEFFN(nn.Module):
         N = x2.shape[0]
         pairs = N * self.top_k if self.routing == "topk" else int(mask.sum())
         path = self.path_for(N, pairs)
+        if gate is not None and path in ("single", "batched"):
+            path = "grouped"  # the gated paths: grouped and dense
         self.last_path = path
-        if path == "single":
+        if gate is not None:
+            y = self._dense(x2, gate) if path == "dense" else self._grouped(x2, mask, gate)
+        elif path == "single":
             y = self._single_token(x2, mask[0].nonzero().squeeze(1))
         elif path == "dense":
             y = self._dense(x2, mask)

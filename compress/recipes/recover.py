@@ -19,10 +19,15 @@ with a layer-wise hidden-state loss.
 
 Which teacher block a student block answers to (:func:`compress.distill.recovery.block_maps`):
 the map ``depth`` records in the config, else the identity where the depths agree, else
-an even spread. After ``moefy`` the experts are trained and the routers are not: a
-token's experts are chosen by top-k (or a threshold) on the router's scores and their
-outputs are summed unweighted, so no gradient reaches a router; the routers stay as
-``moefy`` fitted them.
+an even spread. After ``moefy`` the experts and the routers train (MoEBERT trains both;
+``train_routers=False`` keeps the routers as ``moefy`` fitted them). A token's experts
+are chosen by top-k (or a threshold) on the router's scores and their outputs are
+summed unweighted, which passes a router no gradient; during recovery each selected
+expert's output is multiplied by ``1 + p - p.detach()`` (``p`` the softmax of the
+router's scores: exactly 1 in value, so the forward and the saved model are
+unchanged), a straight-through gate whose gradient tells the router which of its
+choices helped (:meth:`compress.moe.layer.MoEFFN.gates`). Routers train at their own
+peak rate ``router_lr`` on the same schedule.
 
 The teacher comes from ``context.teacher`` (:class:`compress.context.Context`):
 ``eval.run`` sets it to reload the pipeline's model (nothing is loaded unless a step
@@ -137,6 +142,10 @@ class RecoverConfig(RecipeConfig):
     resume: bool = option(False, "continue from the last checkpoint in checkpoint_dir")
     data_file: str | None = option(None, "local .txt/.csv/.json training file instead of the "
                                    "context's training rows (the last 5 percent held out)")
+    train_routers: bool = option(True, "after moefy: train the MoE routers too, through a "
+                                 "straight-through gate (False: routers stay as fitted)")
+    router_lr: float = option(1e-3, "peak learning rate of the MoE routers (train_routers)",
+                              low=0.0, low_inclusive=False, high=1.0)
 
     def validate(self) -> None:
         for name in ("alpha_kd", "alpha_hidden", "alpha_task", "max_grad_norm", "minutes"):
@@ -200,17 +209,23 @@ def recover(model: nn.Module, config: RecoverConfig, context: Context) -> nn.Mod
     dtype = next(model.parameters()).dtype
     if dtype in (torch.float16, torch.bfloat16):
         model.float()  # AdamW in half precision is unstable; train in fp32, cast back after
-    frozen, router_weights = _set_trainable(model)
+    frozen, routers = _set_trainable(model, config.train_routers)
+    router_weights = sum(p.numel() for p in routers)
     evaluator = TeacherAgreement(inputs.eval_examples, inputs.collator, task, kind,
                                  config.batch_size, Teacher(teacher_model, task, kind, {}),
                                  device)  # held-out: outputs only, no block states
     try:
         result = trainer.train(model, teacher, inputs.examples, evaluator, inputs.collator,
-                               task, kind, maps, _settings(config, inputs, maps, task),
+                               task, kind, maps,
+                               _settings(config, inputs, maps, task,
+                                         routers if config.train_routers else []),
                                extra=project, project=project)
     finally:
         for p in frozen:
-            p.requires_grad_(True)
+            p.requires_grad_(not config.train_routers)
+        for m in model.modules():
+            if isinstance(m, MoEFFN):
+                m.router_grad = False
     if dtype != next(model.parameters()).dtype:
         model.to(dtype)
     model.eval()
@@ -232,19 +247,24 @@ def _teacher(context: Context, device: torch.device) -> nn.Module:
     return teacher
 
 
-def _set_trainable(model: nn.Module) -> tuple[list[nn.Parameter], int]:
-    """Every parameter trains except MoE routers, which no gradient reaches (top-k
-    selection, unweighted sum). Returns the router parameters frozen here (to thaw
-    after) and the number of router weights left as they were."""
-    routers = {id(p): p for m in model.modules() if isinstance(m, MoEFFN)
-               for p in m.router.parameters()}
-    frozen = [p for p in routers.values() if p.requires_grad]
-    for p in frozen:
-        p.requires_grad_(False)
+def _set_trainable(model: nn.Module, train_routers: bool
+                   ) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """Every floating-point parameter trains. MoE routers train through their
+    straight-through gate when ``train_routers`` (their modules' ``router_grad`` set);
+    otherwise they are frozen, as no gradient would reach them. Returns the parameters
+    whose ``requires_grad`` must be put back after (routers frozen here, or similarity
+    routers' fixed centroids thawed here) and the router parameters."""
+    moes = [m for m in model.modules() if isinstance(m, MoEFFN)]
+    routers = {id(p): p for m in moes for p in m.router.parameters()}
+    restore = [p for p in routers.values() if p.requires_grad != train_routers]
     for p in model.parameters():
-        if id(p) not in routers and p.dtype.is_floating_point:
+        if id(p) in routers:
+            p.requires_grad_(train_routers)
+        elif p.dtype.is_floating_point:
             p.requires_grad_(True)
-    return frozen, sum(p.numel() for p in routers.values())
+    for m in moes:
+        m.router_grad = train_routers
+    return restore, list(routers.values())
 
 
 def planned_steps(config: RecoverConfig, inputs: Inputs) -> int:
@@ -257,8 +277,8 @@ def planned_steps(config: RecoverConfig, inputs: Inputs) -> int:
     return max(1, min(config.steps, math.ceil(config.tokens / max(per_step, 1.0))))
 
 
-def _settings(config: RecoverConfig, inputs: Inputs, maps: dict[str, list[int]], task: str
-              ) -> trainer.TrainSettings:
+def _settings(config: RecoverConfig, inputs: Inputs, maps: dict[str, list[int]], task: str,
+              routers: list[nn.Parameter] = ()) -> trainer.TrainSettings:
     identity = {k: v for k, v in config.to_dict().items() if k not in RESUME_FREE}
     identity |= {"data": inputs.data_fp, "maps": maps, "task": task}
     return trainer.TrainSettings(
@@ -271,6 +291,7 @@ def _settings(config: RecoverConfig, inputs: Inputs, maps: dict[str, list[int]],
         checkpoint_dir=Path(config.checkpoint_dir) if config.checkpoint_dir else None,
         resume=config.resume, keep_best=config.keep_best,
         identity=json.loads(json.dumps(identity)), max_tokens=config.tokens, label="recover",
+        own_lr={id(p): config.router_lr for p in routers},
     )
 
 
@@ -297,8 +318,12 @@ def _info(config: RecoverConfig, task: str, maps: dict[str, list[int]],
         "projection": None if project is None else {
             "from": project.width_in, "to": project.width_out, "blocks": len(project.proj),
             "weight_change": round(project.change(), 6)},
-        # MoE routers (after moefy) are not trained: no gradient reaches them
-        "router_weights_fixed": router_weights,
+        # MoE routers (after moefy): trained through the straight-through gate, or fixed
+        "routers": None if not router_weights else {
+            "weights": router_weights, "trained": config.train_routers,
+            "lr": config.router_lr if config.train_routers else None,
+            "gradient": "straight-through gate 1 + p - p.detach() on each selected expert"
+            if config.train_routers else None},
         "data": {"train": inputs.source, "train_examples": len(inputs.examples),
                  "eval_examples": len(inputs.eval_examples), "seq_len": config.seq_len},
         "steps_done": result.steps_done,
