@@ -276,8 +276,10 @@ class _FixedScores(nn.Module):
 @pytest.mark.parametrize("path", ["grouped", "dense"])
 def test_straight_through_gate_keeps_outputs_and_gives_the_router_its_gradient(
         gated, routing, path):
-    """``router_grad`` in training: the same outputs, and the score gradient is the
-    softmax Jacobian applied to g_e = <dL/dy, expert e's output> on selected experts."""
+    """``router_grad`` in training: the same outputs as the eval forward on any path,
+    the score gradient is the softmax Jacobian applied to g_e = <dL/dy, expert e's
+    output> for every expert (selected or not), and unselected experts' weights get no
+    gradient from the tokens that did not select them."""
     moe, _ = _random_moe(gated, E=8, k=3, routing=routing)
     x = torch.randn(40, 16)
     moe.dense_above = 0.0 if path == "dense" else 2.0
@@ -291,17 +293,21 @@ def test_straight_through_gate_keeps_outputs_and_gives_the_router_its_gradient(
     moe.train()
     moe.router_grad = True
     y = moe(x)
-    assert moe.last_path == path
-    assert torch.equal(y, ref)
+    assert moe.last_path == "dense"
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
     r = torch.randn_like(y)
     (y * r).sum().backward()
     with torch.no_grad():
         outs = torch.stack([moe._expert(e, x) for e in range(8)], 1)  # (N, E, d)
-        g = (outs * r[:, None]).sum(-1) * mask  # dL/dp on the selected experts
+        g = (outs * r[:, None]).sum(-1)  # dL/dp_e: every expert's output on the token
         p = scores.softmax(-1)
         expected = p * (g - (g * p).sum(-1, keepdim=True))
     torch.testing.assert_close(moe.router.scores.grad, expected, rtol=1e-4, atol=1e-5)
-    assert moe.w_in.grad is not None
+    # one token's loss: the experts it did not select get no gradient to their weights
+    moe.zero_grad(set_to_none=True)
+    (moe(x)[5] * r[5]).sum().backward()
+    grads = moe.w_in.grad.flatten(1).abs().sum(1)  # (E,)
+    assert (grads[mask[5]] > 0).all() and (grads[~mask[5]] == 0).all()
     moe.router_grad = False  # off: no gradient reaches the router
     moe.router.scores.grad = None
     (moe(x) * r).sum().backward()

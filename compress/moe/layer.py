@@ -252,17 +252,21 @@ class MoEFFN(nn.Module):
 
     def gates(self, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(mask, gate) for training the router: ``mask`` the experts selected as in
-        :meth:`route`, ``gate = mask * (1 + p - p.detach())`` with ``p`` the softmax of
-        the router's scores. Its value is exactly ``mask`` (the forward is unchanged: an
-        unweighted sum of the selected experts), its gradient ``d gate_e / d p_e = 1``
-        for a selected expert, so ``dL/dp_e`` is the dot product of the loss gradient
-        with that expert's output: a straight-through estimator (Bengio et al. 2013,
-        arXiv:1308.3432) over the softmax gate of switch-style MoE training (Fedus et
-        al. 2021, arXiv:2101.03961)."""
+        :meth:`route`; ``gate = mask + (p - p.detach())`` for every expert, ``p`` the
+        softmax of the router's scores. Its value is exactly ``mask`` (the forward is
+        unchanged: an unweighted sum of the selected experts), and ``d gate_e / d p_e =
+        1`` for every expert, selected or not, so ``dL/dp_e`` is the dot product of the
+        loss gradient with expert ``e``'s output on that token: the first-order change
+        in the loss from adding (or the negative of removing) that expert. The router is
+        pushed towards the experts that would lower the loss, at the boundary of its
+        top-k too, which a gradient through the selected experts alone cannot see (a
+        straight-through estimator, Bengio et al. 2013, arXiv:1308.3432, over the
+        softmax gate of MoE training, Fedus et al. 2021, arXiv:2101.03961). It needs
+        every expert's output, so a gated forward runs the dense path."""
         scores = self.router(x2)
         mask = self.select(scores.detach())
         p = scores.float().softmax(dim=-1)
-        gate = mask.to(p.dtype) * (1.0 + (p - p.detach()))  # exactly 1.0 in value
+        gate = mask.to(p.dtype) + (p - p.detach())  # exactly the mask in value
         return mask, gate.to(x2.dtype)
 
     # -- compute -------------------------------------------------------------
@@ -297,10 +301,8 @@ class MoEFFN(nn.Module):
             h = self.act(h)
         return torch.bmm(h, self.w_out.index_select(0, experts)).sum(0)  # (k, 1, d) -> (1, d)
 
-    def _grouped(self, x2: torch.Tensor, mask: torch.Tensor,
-                 gate: torch.Tensor | None = None) -> torch.Tensor:
-        """Tokens grouped by expert: per expert one gather, its matmuls, one scatter-add
-        (``gate`` (N, E): each output scaled by its token's gate, see :meth:`gates`)."""
+    def _grouped(self, x2: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Tokens grouped by expert: per expert one gather, its matmuls, one scatter-add."""
         N = x2.shape[0]
         pairs = mask.t().nonzero()  # (P, 2) rows (expert, token), sorted by expert
         tokens = pairs[:, 1]
@@ -309,14 +311,10 @@ class MoEFFN(nn.Module):
         start = 0
         for e, c in enumerate(counts):
             if c == N:  # every token: no gather, no scatter
-                out = self._expert(e, x2)
-                y += out if gate is None else out * gate[:, e : e + 1]
+                y += self._expert(e, x2)
             elif c:
                 tok = tokens[start : start + c]
-                out = self._expert(e, x2.index_select(0, tok))  # (c, d)
-                if gate is not None:
-                    out = out * gate[tok, e : e + 1]
-                y.index_add_(0, tok, out)
+                y.index_add_(0, tok, self._expert(e, x2.index_select(0, tok)))  # (c, d)
             start += c
         return y
 
@@ -420,11 +418,11 @@ class MoEFFN(nn.Module):
         N = x2.shape[0]
         pairs = N * self.top_k if self.routing == "topk" else int(mask.sum())
         path = self.path_for(N, pairs)
-        if gate is not None and path in ("single", "batched"):
-            path = "grouped"  # the gated paths: grouped and dense
+        if gate is not None:
+            path = "dense"  # the gate reads every expert's output
         self.last_path = path
         if gate is not None:
-            y = self._dense(x2, gate) if path == "dense" else self._grouped(x2, mask, gate)
+            y = self._dense(x2, gate)
         elif path == "single":
             y = self._single_token(x2, mask[0].nonzero().squeeze(1))
         elif path == "dense":

@@ -22,12 +22,13 @@ the map ``depth`` records in the config, else the identity where the depths agre
 an even spread. After ``moefy`` the experts and the routers train (MoEBERT trains both;
 ``train_routers=False`` keeps the routers as ``moefy`` fitted them). A token's experts
 are chosen by top-k (or a threshold) on the router's scores and their outputs are
-summed unweighted, which passes a router no gradient; during recovery each selected
-expert's output is multiplied by ``1 + p - p.detach()`` (``p`` the softmax of the
-router's scores: exactly 1 in value, so the forward and the saved model are
-unchanged), a straight-through gate whose gradient tells the router which of its
-choices helped (:meth:`compress.moe.layer.MoEFFN.gates`). Routers train at their own
-peak rate ``router_lr`` on the same schedule.
+summed unweighted, which passes a router no gradient; during recovery every expert's
+output is multiplied by ``mask + (p - p.detach())`` (``p`` the softmax of the router's
+scores: exactly the 0/1 selection in value, so the forward and the saved model are
+unchanged), a straight-through gate whose gradient gives each expert, selected or not,
+the first-order change in the loss from its output on that token
+(:meth:`compress.moe.layer.MoEFFN.gates`; the training forward computes every expert).
+Routers train at their own peak rate ``router_lr`` on the same schedule.
 
 The teacher comes from ``context.teacher`` (:class:`compress.context.Context`):
 ``eval.run`` sets it to reload the pipeline's model (nothing is loaded unless a step
@@ -322,7 +323,7 @@ def _info(config: RecoverConfig, task: str, maps: dict[str, list[int]],
         "routers": None if not router_weights else {
             "weights": router_weights, "trained": config.train_routers,
             "lr": config.router_lr if config.train_routers else None,
-            "gradient": "straight-through gate 1 + p - p.detach() on each selected expert"
+            "gradient": "straight-through gate mask + (p - p.detach()) on every expert"
             if config.train_routers else None},
         "data": {"train": inputs.source, "train_examples": len(inputs.examples),
                  "eval_examples": len(inputs.eval_examples), "seq_len": config.seq_len},
