@@ -75,3 +75,24 @@ def test_cpu_engines_smoke_run_records_paired_ratios_quality_and_bars(tmp_path):
     if res["decode_rounds_kept"]:
         assert {m["weights"] for m in res["must_show"]} == {"int4"}
         assert all(m["workload"] == "decode_ms_per_token" for m in res["must_show"])
+
+
+def test_moe_granularity_smoke_run_on_a_tiny_decoder(tmp_path):
+    spec = importlib.util.spec_from_file_location("moe_granularity", BENCH / "moe_granularity.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    from compress.tiny import tiny_model
+
+    model, tok = tiny_model("llama", num_hidden_layers=2)
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    out = tmp_path / "mg.json"
+    assert mod.main(["--model", str(tmp_path / "m"), "--blocks", "0,1", "--experts", "4,8",
+                     "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert [r["block"].rsplit(".", 1)[-1] for r in doc["blocks"]] == ["0", "1"]
+    for row in doc["blocks"]:
+        assert set(row["experts_oracle"]) == set(row["experts_learned"]) == {"4", "8"}
+        # a per-token choice of single neurons keeps more than one fixed half for all tokens
+        assert 0 <= row["neuron_oracle"] < row["static"] < 1.5
+    assert doc["calibration"]["tokens"] > 0 and doc["active_fraction"] == 0.5
