@@ -4,9 +4,9 @@ Tiny models throughout: recover after ``depth`` lowers the held-out KL to the te
 uses the block map ``depth`` recorded; a narrower student trains its width projection;
 the result has no hooks and reloads with ``from_pretrained``; no teacher is a one-line
 error; ``depth`` then ``recover`` runs through ``eval.run``'s pipeline and the report holds
-the recovery curve; ``moefy`` then ``recover`` trains the experts and the routers (or not the routers when
-told); and
-``distill`` picks its student's blocks by measured importance unless told to spread them.
+the recovery curve; ``moefy`` then ``recover`` trains the experts and the routers (the
+routers not when told); and ``distill`` picks its student's blocks by measured importance
+unless told to spread them.
 """
 
 from __future__ import annotations

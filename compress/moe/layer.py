@@ -417,16 +417,13 @@ class MoEFFN(nn.Module):
             self.tokens_seen += x2.shape[0]
         N = x2.shape[0]
         pairs = N * self.top_k if self.routing == "topk" else int(mask.sum())
-        path = self.path_for(N, pairs)
-        if gate is not None:
-            path = "dense"  # the gate reads every expert's output
+        # a gate reads every expert's output: the dense path
+        path = "dense" if gate is not None else self.path_for(N, pairs)
         self.last_path = path
-        if gate is not None:
-            y = self._dense(x2, gate)
-        elif path == "single":
+        if path == "single":
             y = self._single_token(x2, mask[0].nonzero().squeeze(1))
         elif path == "dense":
-            y = self._dense(x2, mask)
+            y = self._dense(x2, mask if gate is None else gate)
         elif path == "batched":
             y = self._batched(x2, mask)
         else:
