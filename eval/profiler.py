@@ -64,6 +64,7 @@ import torch.nn as nn
 from compress.errors import UserError, did_you_mean
 from compress.stats import own_counts, parameter_counts
 from compress.tasks import TASKS
+from eval import protocol
 from eval.benchmark import decoder_start_id, input_device
 from eval.machine import BusyMeter, cpu_info, quiet_reading
 from eval.paired import alternate, ratio_interval
@@ -282,11 +283,17 @@ class _Rounds:
     gen_tokens: int
 
 
+#: default (warm-up, timed forwards per shape, timed generations) per protocol
+#: (:mod:`eval.protocol`): lean halves full's timed rounds
+ROUNDS = {"full": (3, 10, GEN_ROUNDS), "lean": (2, 5, GEN_ROUNDS // 2), "quick": (1, 3, 2)}
+
+
 def _rounds(quick: bool, warmup, repeats, gen_repeats, gen_tokens: int) -> _Rounds:
+    w, r, g = ROUNDS[protocol.of(quick)]
     rounds = _Rounds(
-        warmup=(1 if quick else 3) if warmup is None else warmup,
-        repeats=(3 if quick else 10) if repeats is None else repeats,
-        gen_repeats=(2 if quick else GEN_ROUNDS) if gen_repeats is None else gen_repeats,
+        warmup=w if warmup is None else warmup,
+        repeats=r if repeats is None else repeats,
+        gen_repeats=g if gen_repeats is None else gen_repeats,
         gen_tokens=gen_tokens,
     )
     if min(rounds.repeats, rounds.gen_repeats, rounds.gen_tokens) < 1 or rounds.warmup < 0:
@@ -320,6 +327,7 @@ def _header(model, tokenizer, task: str, saved_dir, device, quick: bool, rounds:
         "torch_version": torch.__version__,
         "transformers_version": transformers.__version__,
         "quick": quick,
+        "protocol": protocol.of(quick),
         "warmup": rounds.warmup,
         "repeats": rounds.repeats,
         "gen_repeats": rounds.gen_repeats,

@@ -43,6 +43,7 @@ from compress.export import interchange_sizes
 from compress.models import check_model_name, load_model
 from compress.registry import get_recipe
 from compress.saving import save_model
+from eval import protocol as eval_protocol
 from eval.benchmark import run_benchmarks
 from eval.benchmark.reference import cached_reference, measure_reference, reference_key
 from eval.pipeline import parse_step, report_label, step_record
@@ -59,6 +60,7 @@ def run_pipeline(
     configs: list[RecipeConfig],
     *,
     quick: bool = False,
+    protocol: str = "full",
     reports_dir: str | Path = DEFAULT_REPORTS,
     task: str | None = None,
     threads: int | None = None,
@@ -75,36 +77,41 @@ def run_pipeline(
     report is still written; bad arguments raise :class:`UserError` before anything runs.
     ``calibration`` is the :class:`~compress.calibration.CalibrationSpec` every calibrating
     step reads (default: the suite's N x L); it joins the run key when a step calibrates.
+    ``protocol`` (:mod:`eval.protocol`): ``full`` (default) or ``lean``, the main job's
+    shorter benchmark and profile; ``quick`` wins over it.
     """
-    calibration = calibration if calibration is not None else CalibrationSpec()
-    stage = stage or (lambda name: log.info("stage: %s", name))
-    if threads is not None:
-        torch.set_num_threads(threads)
-    report = Report(model={"name": model_name}, pipeline=[step_record(c) for c in configs],
-                    quick=quick, calibration=run_key_part(configs, calibration))
-    report.environment = environment(threads)
-    t_start = time.perf_counter()
-    tmp_save = None if save_dir is not None else Path(tempfile.mkdtemp(prefix="compress-run-"))
-    out_dir = Path(save_dir) if save_dir is not None else tmp_save / "model"
-    try:
-        _run_stages(report, configs, out_dir, stage, model_name, task=task, threads=threads,
-                    quick=quick, calibration=calibration,
-                    load_kwargs={"device_map": device_map, "allow_pickle": allow_pickle,
-                                 "trust_remote_code": trust_remote_code})
-        report.status = "ok"
-    except UserError as exc:
-        report.status, report.error = "failed", str(exc)
-    except Exception as exc:  # noqa: BLE001 - recorded in the report, the sweep goes on
-        report.status = "failed"
-        report.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        report.traceback = traceback.format_exc()
-        log.error("run failed: %s", report.error)
-    finally:
-        if tmp_save is not None:
-            shutil.rmtree(tmp_save, ignore_errors=True)
-        report.wall_time_s = round(time.perf_counter() - t_start, 3)
-    path = report.write(reports_dir)
-    return path, report.to_dict()
+    protocol = "quick" if quick else eval_protocol.check(protocol)
+    with eval_protocol.use("full" if quick else protocol):
+        calibration = calibration if calibration is not None else CalibrationSpec()
+        stage = stage or (lambda name: log.info("stage: %s", name))
+        if threads is not None:
+            torch.set_num_threads(threads)
+        report = Report(model={"name": model_name}, pipeline=[step_record(c) for c in configs],
+                        quick=quick, protocol=protocol,
+                        calibration=run_key_part(configs, calibration))
+        report.environment = environment(threads)
+        t_start = time.perf_counter()
+        tmp_save = None if save_dir is not None else Path(tempfile.mkdtemp(prefix="compress-run-"))
+        out_dir = Path(save_dir) if save_dir is not None else tmp_save / "model"
+        try:
+            _run_stages(report, configs, out_dir, stage, model_name, task=task, threads=threads,
+                        quick=quick, calibration=calibration,
+                        load_kwargs={"device_map": device_map, "allow_pickle": allow_pickle,
+                                     "trust_remote_code": trust_remote_code})
+            report.status = "ok"
+        except UserError as exc:
+            report.status, report.error = "failed", str(exc)
+        except Exception as exc:  # noqa: BLE001 - recorded in the report, the sweep goes on
+            report.status = "failed"
+            report.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            report.traceback = traceback.format_exc()
+            log.error("run failed: %s", report.error)
+        finally:
+            if tmp_save is not None:
+                shutil.rmtree(tmp_save, ignore_errors=True)
+            report.wall_time_s = round(time.perf_counter() - t_start, 3)
+        path = report.write(reports_dir)
+        return path, report.to_dict()
 
 
 def _run_stages(
@@ -259,6 +266,13 @@ def build_parser(recipe_name: str | None) -> argparse.ArgumentParser:
         help="small benchmark and profile (smoke runs, not for comparisons)",
     )
     parser.add_argument(
+        "--protocol",
+        choices=["full", "lean"],
+        default="full",
+        help="benchmark and profile protocol: full (default, the reference) or lean (the "
+        "main job's: a third of the windows/examples, half the timed rounds; eval.protocol)",
+    )
+    parser.add_argument(
         "--reports",
         type=Path,
         default=DEFAULT_REPORTS,
@@ -294,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
             args.model,
             configs,
             quick=args.quick,
+            protocol=args.protocol,
             reports_dir=args.reports,
             task=args.task,
             threads=args.threads,

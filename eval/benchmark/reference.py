@@ -39,6 +39,7 @@ import torch.nn as nn
 from compress.cache import cache_dir
 from compress.errors import UserError
 from compress.fileio import atomic_write_bytes
+from eval import protocol
 from eval.benchmark.agreement import TAIL_SAMPLES, TOPK, DenseReference
 from eval.benchmark.samples import pack_samples, unpack_samples
 from eval.benchmark.suites import SUITES, _data_protocol, record_reference
@@ -89,7 +90,8 @@ def reference_key(model: nn.Module, tokenizer: Any, task: str, quick: bool) -> d
         "version": VERSION,
         "task": task,
         "quick": quick,
-        "settings": suite.quick if quick else suite.full,
+        **protocol.key_part(protocol.of(quick)),
+        "settings": suite.settings(quick),
         "topk": TOPK,
         "tail_samples": TAIL_SAMPLES,
         "data": [_data_protocol(c, s) for c, s in CORPORA.get(task, ())],

@@ -16,6 +16,7 @@ from sklearn.metrics import accuracy_score, f1_score
 
 from compress import data
 from compress.errors import UserError, did_you_mean
+from eval import protocol
 from eval.benchmark.agreement import Agreement, DenseReference
 from eval.benchmark.metrics import (
     Metric,
@@ -41,6 +42,15 @@ class Suite:
     quick: dict[str, Any]
     run: Callable[[nn.Module, Any, dict[str, Any], bool, Agreement], list[Metric]]
     description: str = ""
+    #: the main job's protocol (:mod:`eval.protocol`): the first items of ``full``'s
+    lean: dict[str, Any] | None = None
+
+    def settings(self, quick: bool) -> dict[str, Any]:
+        """The settings of the protocol in force (:func:`eval.protocol.of`)."""
+        name = protocol.of(quick)
+        if name == "quick":
+            return self.quick
+        return self.lean if name == "lean" and self.lean is not None else self.full
 
 
 def _data_protocol(corpus: str, split: str) -> dict[str, Any] | None:
@@ -64,6 +74,7 @@ def _protocol(corpus: str, split: str, quick: bool, **kw: Any) -> dict[str, Any]
         "split": split,
         **kw,
         "quick": quick,
+        "protocol": protocol.of(quick),
         "data": _data_protocol(corpus, split),
     }
 
@@ -257,6 +268,7 @@ SUITES: dict[str, Suite] = {
         # 24 windows x 512 tokens per corpus: about a minute per corpus for a 135M model on 2 cores
         full=dict(seq_len=512, stride=512, batch_size=4, max_windows=24),
         quick=dict(seq_len=256, stride=256, batch_size=4, max_windows=4),
+        lean=dict(seq_len=512, stride=512, batch_size=4, max_windows=8),
         run=_run_causal_lm,
         description="token-level perplexity on held-out Wikipedia and news text",
     ),
@@ -265,6 +277,7 @@ SUITES: dict[str, Suite] = {
         ("accuracy", "macro_f1", "similarity_spearman"),
         full=dict(n_test=2000, batch_size=32, max_len=128, doc_len=256),
         quick=dict(n_test=200, batch_size=32, max_len=128, doc_len=256),
+        lean=dict(n_test=1000, batch_size=32, max_len=128, doc_len=256),
         run=_run_classification,
         description="tweet sentiment (3 classes) and Lee document similarity",
     ),
@@ -273,6 +286,7 @@ SUITES: dict[str, Suite] = {
         ("similarity_spearman", "probe_accuracy"),
         full=dict(n_train=2000, n_test=2000, batch_size=32, max_len=128, doc_len=256),
         quick=dict(n_train=200, n_test=200, batch_size=32, max_len=128, doc_len=256),
+        lean=dict(n_train=1000, n_test=1000, batch_size=32, max_len=128, doc_len=256),
         run=_run_embedding,
         description="Lee document similarity and a linear sentiment probe",
     ),
@@ -283,6 +297,7 @@ SUITES: dict[str, Suite] = {
         # reference cached before this was scored differently: the key changes with it)
         full=dict(n_test=300, batch_size=16, max_len=256, targets="start fed"),
         quick=dict(n_test=32, batch_size=16, max_len=256, targets="start fed"),
+        lean=dict(n_test=100, batch_size=16, max_len=256, targets="start fed"),
         run=_run_seq2seq,
         description="punctuation and case restoration (greedy), teacher-forced perplexity",
     ),
@@ -342,7 +357,7 @@ def measure(
     if task not in SUITES:
         raise did_you_mean("task", task, SUITES)
     suite = SUITES[task]
-    settings = suite.quick if quick else suite.full
+    settings = suite.settings(quick)
     was_training = model.training if isinstance(model, nn.Module) else False
     if isinstance(model, nn.Module):
         model.eval()

@@ -146,8 +146,12 @@ def _short(v: Any) -> str:
 def run_key(
     model: str, pipeline: list[dict[str, Any]], quick: bool,
     calibration: dict[str, Any] | None = None, harness: str | None = None,
+    protocol: str = "full",
 ) -> str:
     """Stable hash of what determines a run's result.
+
+    ``protocol`` (:mod:`eval.protocol`) joins the key only when it is ``lean``: full and
+    quick runs keep the keys they always had.
 
     ``calibration`` (:func:`compress.calibration.run_key_part`) is given when a step
     calibrates; runs that do not calibrate keep the key they always had. ``harness``
@@ -160,6 +164,8 @@ def run_key(
         data["calibration"] = calibration
     if harness is not None:
         data["harness"] = harness
+    if protocol not in ("full", "quick"):
+        data["protocol"] = protocol
     canonical = json.dumps(data, sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
@@ -222,6 +228,8 @@ class Report:
     model: dict[str, Any]
     pipeline: list[dict[str, Any]]
     quick: bool = False
+    #: the measurement protocol (eval.protocol): full, lean or quick
+    protocol: str = "full"
     #: the calibration spec in the run key (None when no step calibrates); the drawn
     #: set's record (source, tokens, sha256) is in ``info["calibration"]``.
     calibration: dict[str, Any] | None = None
@@ -246,7 +254,7 @@ class Report:
     @property
     def key(self) -> str:
         return run_key(self.model["name"], self.pipeline, self.quick, self.calibration,
-                       self.harness)
+                       self.harness, self.protocol)
 
     @property
     def run_id(self) -> str:
@@ -259,6 +267,8 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         extra = {"harness": self.harness} if self.harness is not None else {}
+        if self.protocol not in ("full", "quick"):
+            extra["protocol"] = self.protocol
         if self.samples:
             extra["samples_file"] = samples_filename(self.filename)
         return {

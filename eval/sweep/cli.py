@@ -25,7 +25,7 @@ from eval.budget import family_of, parse_budget, pick, rich_table
 from eval.report import read_reports
 from eval.sweep.claims import held_elsewhere, parse_shard
 from eval.sweep.runner import (
-    Estimator,
+    estimator_for,
     existing_reports,
     fmt_seconds,
     run_sweep,
@@ -209,7 +209,7 @@ def _run_workers(argv: list[str], workers: int, console: Console) -> int:
 
 def _dry_run(sweep: Sweep, console: Console, retry_failed: bool) -> int:
     done = existing_reports(sweep.reports)
-    estimate = Estimator(done.values())
+    estimate = estimator_for(sweep, done)
     table = Table(
         title=f"sweep {sweep.name} ({sweep.path})", box=box.SIMPLE_HEAVY, title_justify="left"
     )

@@ -15,6 +15,7 @@ under a lock from what every sweep has finished.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -36,6 +37,7 @@ from rich.text import Text
 
 from compress.errors import UserError
 from compress.fileio import TMP_PREFIX, atomic_write_json
+from eval import protocol
 from eval.budget import family_of, primary_metric
 from eval.report import Report, read_reports, validate_report
 from eval.run import run_pipeline
@@ -80,12 +82,22 @@ def same_threads(report: dict[str, Any], threads: int | None) -> bool:
     return recorded is None or recorded == threads
 
 
+def _configs_key(configs: list[Any]) -> str:
+    return json.dumps(configs, sort_keys=True, default=str)
+
+
+#: the estimator's table of full runs' times scaled to the lean protocol
+LEAN_FROM_FULL = "lean (from full)"
+
+
 class Estimator:
     """Seconds a job will take, from the wall times of reports already written.
 
-    The mean of earlier ok runs of the same model, pipeline recipes and quick flag;
-    else of the same model and quick flag; else a guess (``default`` full, ``default_quick``
-    quick). :meth:`measured` says whether the estimate rests on a measurement.
+    The mean of earlier ok runs of the same model, configs and protocol
+    (:mod:`eval.protocol`); else of the same model, pipeline recipes and protocol; else of
+    the same model and protocol; at each level a lean job falls back on full runs' times
+    less what lean saves (:func:`eval.protocol.lean_saving`); else a guess (``default``
+    full, ``default_quick`` quick). :meth:`measured` says whether the estimate rests on a measurement.
     """
 
     def __init__(
@@ -93,6 +105,7 @@ class Estimator:
     ):
         self.by_pipe: dict[tuple, list[float]] = {}
         self.by_model: dict[tuple, list[float]] = {}
+        self.by_config: dict[tuple, list[float]] = {}
         self.default = default
         self.default_quick = default_quick
         for r in reports:
@@ -102,23 +115,50 @@ class Estimator:
         wall = report.get("wall_time_s")
         if not isinstance(wall, (int, float)) or report.get("status") != "ok":
             return
-        model, quick = report["model"]["name"], bool(report.get("quick"))
+        model, proto = report["model"]["name"], protocol.of_report(report)
         recipes = tuple(s.get("recipe") for s in report.get("pipeline", []))
-        self.by_pipe.setdefault((model, quick, recipes), []).append(float(wall))
-        self.by_model.setdefault((model, quick), []).append(float(wall))
+        configs = _configs_key([s.get("config") for s in report.get("pipeline", [])])
+        walls = [(proto, float(wall))]
+        if proto == "full":  # what the run would take with the lean protocol
+            walls.append((LEAN_FROM_FULL, float(wall) - protocol.lean_saving(report)))
+        for p, w in walls:
+            self.by_config.setdefault((model, p, configs), []).append(w)
+            self.by_pipe.setdefault((model, p, recipes), []).append(w)
+            self.by_model.setdefault((model, p), []).append(w)
+
+    @staticmethod
+    def _protocols(job: Job) -> tuple[str, ...]:
+        """The protocols whose times stand for ``job``'s: its own; for a lean job, then
+        full runs' times less the benchmark and profile time lean does not spend."""
+        if job.quick:
+            return ("quick",)
+        return (job.protocol, LEAN_FROM_FULL) if job.protocol == "lean" else (job.protocol,)
 
     def measured(self, job: Job) -> bool:
-        return (job.model, job.quick) in self.by_model
+        return any((job.model, p) in self.by_model for p in self._protocols(job))
 
     def __call__(self, job: Job) -> float:
+        configs = _configs_key([c.to_dict() for c in job.configs])
+        protos = self._protocols(job)
         for table, key in (
-            (self.by_pipe, (job.model, job.quick, job.recipes)),
-            (self.by_model, (job.model, job.quick)),
+            *((self.by_config, (job.model, p, configs)) for p in protos),
+            *((self.by_pipe, (job.model, p, job.recipes)) for p in protos),
+            *((self.by_model, (job.model, p)) for p in protos),
         ):
             values = table.get(key)
             if values:
                 return sum(values) / len(values)
         return self.default_quick if job.quick else self.default
+
+
+def estimator_for(sweep: Sweep, done: dict[str, dict[str, Any]]) -> Estimator:
+    """The sweep's estimator: its own reports' wall times, with the reference folder's
+    (``[defaults] reference``) standing in for runs this folder has not timed yet."""
+    known = list(done.values())
+    ref = sweep.reference
+    if ref is not None and ref.is_dir() and ref.resolve() != sweep.reports.resolve():
+        known = list(existing_reports(ref).values()) + known
+    return Estimator(known)
 
 
 def fmt_seconds(s: float) -> str:
@@ -163,7 +203,7 @@ class Runner:
         #: when each report found at the start was written: one written later was
         #: written by another sweep sharing the folder, and is not redone here.
         self.seen = {k: r.get("created") for k, r in self.done.items()}
-        self.estimate = Estimator(self.done.values())
+        self.estimate = estimator_for(sweep, self.done)
         self.outcome = Outcome()
         self.jobs: list[Job] = list(sweep.jobs)  # every job of the sweep, search runs included
         self.pending: list[Job] = []
@@ -302,6 +342,7 @@ class Runner:
                     model={"name": job.model},
                     pipeline=job.pipeline,
                     quick=job.quick,
+                    protocol="quick" if job.quick else job.protocol,
                     status="failed",
                     error=str(exc),
                     wall_time_s=0.0,
@@ -312,6 +353,7 @@ class Runner:
             job.model,
             list(job.configs),
             quick=job.quick,
+            protocol=job.protocol,
             reports_dir=self.sweep.reports,
             task=self.sweep.task,
             threads=self.sweep.threads,

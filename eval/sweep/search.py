@@ -83,7 +83,8 @@ def _job(sweep: Sweep, model: str, recipe: str, template: dict[str, Any], quick:
         check_pipeline([config])
     except UserError:
         return None
-    return Job(model, (config,), quick, origin=origin, calibration=sweep.calibration)
+    return Job(model, (config,), quick, origin=origin, calibration=sweep.calibration,
+               protocol=sweep.protocol)
 
 
 def search_jobs(

@@ -54,7 +54,7 @@ TOP_KEYS = (
 )
 
 
-DEFAULT_KEYS = ("quick", "threads", "calib_sequences", "calib_seq_len", "calib_seed", "reports",
+DEFAULT_KEYS = ("quick", "protocol", "reference", "threads", "calib_sequences", "calib_seq_len", "calib_seed", "reports",
                 "task")
 
 
@@ -82,6 +82,8 @@ class Job:
     origin: str = ""  # "runs[3]" or "search size=0.5"
     #: the sweep's CalibrationSpec; part of the key when a step calibrates.
     calibration: CalibrationSpec | None = None
+    #: the measurement protocol (eval.protocol) when not quick: full or lean
+    protocol: str = "full"
 
     @property
     def pipeline(self) -> list[dict[str, Any]]:
@@ -90,7 +92,8 @@ class Job:
     @property
     def key(self) -> str:
         spec = self.calibration if self.calibration is not None else CalibrationSpec()
-        return run_key(self.model, self.pipeline, self.quick, run_key_part(self.configs, spec))
+        return run_key(self.model, self.pipeline, self.quick, run_key_part(self.configs, spec),
+                       protocol="quick" if self.quick else self.protocol)
 
     @property
     def label(self) -> str:
@@ -123,6 +126,11 @@ class Sweep:
     shard: tuple[int, int] | None = None
     #: leave the budget search to another process (``--workers`` children).
     no_search: bool = False
+    #: the measurement protocol of its runs (eval.protocol; ``[defaults] protocol``)
+    protocol: str = "full"
+    #: the committed reports this sweep's numbers are checked against (eval.refcheck) and
+    #: whose wall times estimate runs it has not timed yet (``[defaults] reference``)
+    reference: Path | None = None
 
 
 def _where(path: Path, *parts: Any) -> str:
@@ -257,6 +265,7 @@ class _Header:
     calibration: CalibrationSpec
     defaults: dict[str, Any]
     search_probes: str = "quick"
+    protocol: str = "full"
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -339,7 +348,12 @@ def _header(
     calib = _calibration(path, defaults)
     for m in top_models:
         _check_model(m, _where(path, "models"))
-    return _Header(is_quick, top_models, runs, budgets, search_runs, thr, calib, defaults, probes)
+    proto = defaults.get("protocol", "full")
+    if proto not in ("full", "lean"):
+        raise UserError(f"{_where(path, 'defaults', 'protocol')}: expected 'full' or 'lean', "
+                        f"not {proto!r} (quick runs: --quick)")
+    return _Header(is_quick, top_models, runs, budgets, search_runs, thr, calib, defaults, probes,
+                   proto)
 
 
 def _check_model(name: str, where: str) -> None:
@@ -438,7 +452,8 @@ def load_sweep(
         if head.quick and run.get("skip_quick", False):
             continue
         for m, configs in _expand_run(run, steps, where, head, models, loaders):
-            job = Job(m, configs, head.quick, origin=f"runs[{i}]", calibration=head.calibration)
+            job = Job(m, configs, head.quick, origin=f"runs[{i}]", calibration=head.calibration,
+                      protocol=head.protocol)
             if job.key not in seen:
                 seen.add(job.key)
                 jobs.append(job)
@@ -460,4 +475,6 @@ def load_sweep(
         budgets=head.budgets,
         search_runs=head.search_runs,
         search_probes=head.search_probes,
+        protocol=head.protocol,
+        reference=Path(defaults["reference"]) if defaults.get("reference") else None,
     )

@@ -1,0 +1,182 @@
+"""``python -m eval.refcheck``: do this machine's numbers agree with the committed reference?
+
+    python -m eval.refcheck runs/main/reports --reference reports/
+
+The main job (``scripts/main.sh``) measures on the machine it runs on, into its own
+reports folder, with the lean protocol (:mod:`eval.protocol`); the committed reports are
+the reference it is checked against, not a cache. For every ok run of the folder, the
+reference run of the same model and the same pipeline configs (full protocol, not quick;
+the same calibration where the run calibrates) is looked up, and every number the two share
+is compared:
+
+* each benchmark metric with a 95% interval (quality and agreement with dense): *agrees*
+  when the two intervals overlap, or, where the reference was written before intervals,
+  when the reference value lies inside this run's interval; else *differs*;
+* the same-process latency ratio to dense at 1 x 128 (:func:`eval.budget.latency_ratio`'s
+  source), on the same rule with the ratios' bootstrap intervals.
+
+A run with no reference run says so. The verdicts go to the console and to
+``refcheck.json`` beside the folder; the command exits 0 whatever they are (a difference is a
+finding, not an error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from compress.errors import UserError, run_main
+from compress.fileio import atomic_write_json
+from eval import protocol
+from eval.report import dig, read_reports
+
+AGREES, DIFFERS = "agrees", "differs"
+
+
+def _configs(report: dict[str, Any]) -> list[Any]:
+    return [s.get("config") for s in report.get("pipeline", [])]
+
+
+def _identity(report: dict[str, Any]) -> tuple[str, str, str]:
+    """What must match for two runs to be the same run: model, configs, calibration."""
+    return (report["model"]["name"], json.dumps(_configs(report), sort_keys=True),
+            json.dumps(report.get("calibration"), sort_keys=True))
+
+
+def _interval(metric: dict[str, Any]) -> tuple[float, float] | None:
+    iv = metric.get("interval")
+    if isinstance(iv, dict) and isinstance(iv.get("low"), (int, float)) \
+            and isinstance(iv.get("high"), (int, float)):
+        return float(iv["low"]), float(iv["high"])
+    return None
+
+
+def verdict(value: float, iv: tuple[float, float] | None, ref_value: float,
+            ref_iv: tuple[float, float] | None) -> str | None:
+    """``agrees`` / ``differs`` on the module's rule; None where neither side has an interval.
+
+    >>> verdict(10.0, (9.0, 11.0), 10.5, (10.2, 10.8)), verdict(10.0, (9.0, 11.0), 12.0, None)
+    ('agrees', 'differs')
+    """
+    if iv is not None and ref_iv is not None:
+        return AGREES if iv[0] <= ref_iv[1] and ref_iv[0] <= iv[1] else DIFFERS
+    if iv is not None:
+        return AGREES if iv[0] <= ref_value <= iv[1] else DIFFERS
+    if ref_iv is not None:
+        return AGREES if ref_iv[0] <= value <= ref_iv[1] else DIFFERS
+    return None
+
+
+def _latency(report: dict[str, Any]) -> dict[str, Any] | None:
+    vs = dig(report.get("profile", {}), "latency_vs_dense", "1x128")
+    if not isinstance(vs, dict) or not isinstance(vs.get("ratio"), (int, float)):
+        return None
+    ci = vs.get("ci95") or []
+    iv = (float(ci[0]), float(ci[1])) if len(ci) == 2 and None not in ci else None
+    return {"value": float(vs["ratio"]), "interval": iv}
+
+
+def compare_run(run: dict[str, Any], ref: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per number ``run`` and its reference ``ref`` share (see the module rule)."""
+    rows = []
+    ref_metrics = {m["name"]: m for m in ref.get("metrics", [])}
+    for m in run.get("metrics", []):
+        r = ref_metrics.get(m["name"])
+        if r is None:
+            continue
+        iv, ref_iv = _interval(m), _interval(r)
+        v = verdict(float(m["value"]), iv, float(r["value"]), ref_iv)
+        if v is not None:
+            rows.append({"number": m["name"], "value": float(m["value"]), "interval": iv,
+                         "reference": float(r["value"]), "reference_interval": ref_iv,
+                         "verdict": v})
+    lat, ref_lat = _latency(run), _latency(ref)
+    if lat is not None and ref_lat is not None:
+        v = verdict(lat["value"], lat["interval"], ref_lat["value"], ref_lat["interval"])
+        if v is not None:
+            rows.append({"number": "latency_vs_dense 1x128", "value": lat["value"],
+                         "interval": lat["interval"], "reference": ref_lat["value"],
+                         "reference_interval": ref_lat["interval"], "verdict": v})
+    return rows
+
+
+def check(folder: Path, reference: Path) -> dict[str, Any]:
+    """The verdicts for every ok run of ``folder`` against ``reference`` (module docstring)."""
+    runs = [r for r in read_reports(folder) if r.get("status") == "ok" and not r.get("harness")]
+    if not runs:
+        raise UserError(f"{folder}: no ok reports to check; run the sweep first")
+    refs: dict[tuple, dict[str, Any]] = {}
+    for r in sorted(read_reports(reference), key=lambda r: r.get("created", "")):
+        if r.get("status") == "ok" and protocol.of_report(r) == "full" and not r.get("harness"):
+            refs[_identity(r)] = r  # the newest wins
+    out = []
+    for run in sorted(runs, key=lambda r: (r["model"]["name"], r.get("label", ""))):
+        ref = refs.get(_identity(run))
+        entry = {"model": run["model"]["name"], "run": run.get("label", ""),
+                 "protocol": protocol.of_report(run), "report": run.get("_path"),
+                 "reference_report": ref.get("_path") if ref else None,
+                 "numbers": compare_run(run, ref) if ref else []}
+        out.append(entry)
+    numbers = [n for e in out for n in e["numbers"]]
+    return {
+        "folder": str(folder), "reference": str(reference),
+        "rule": "intervals overlap (95%); a reference without an interval: its value inside "
+                "this run's interval",
+        "runs": out,
+        "summary": {"runs": len(out),
+                    "with_reference": sum(1 for e in out if e["reference_report"]),
+                    "numbers": len(numbers),
+                    AGREES: sum(1 for n in numbers if n["verdict"] == AGREES),
+                    DIFFERS: sum(1 for n in numbers if n["verdict"] == DIFFERS)},
+    }
+
+
+def _fmt(v: float, iv: tuple[float, float] | None) -> str:
+    return f"{v:.4g}" + (f" [{iv[0]:.4g}, {iv[1]:.4g}]" if iv else "")
+
+
+def render(result: dict[str, Any], console: Console) -> None:
+    table = Table(title=f"{result['folder']} against the reference {result['reference']}")
+    for col in ("model", "run", "number", "this machine", "reference", "verdict"):
+        table.add_column(col)
+    for e in result["runs"]:
+        if not e["reference_report"]:
+            table.add_row(e["model"], e["run"], "–", "", "", "[yellow]no reference run[/]")
+            continue
+        for n in e["numbers"]:
+            style = "green" if n["verdict"] == AGREES else "red"
+            table.add_row(e["model"], e["run"], n["number"], _fmt(n["value"], n["interval"]),
+                          _fmt(n["reference"], n["reference_interval"]),
+                          f"[{style}]{n['verdict']}[/]")
+    console.print(table)
+    s = result["summary"]
+    console.print(f"{s['with_reference']} of {s['runs']} runs have a reference run; of their "
+                  f"{s['numbers']} shared numbers, {s[AGREES]} agree with the reference within "
+                  f"their 95% intervals and {s[DIFFERS]} differ ({result['rule']}).")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m eval.refcheck", description=__doc__.split(
+        "\n\n")[0].strip())
+    parser.add_argument("folder", type=Path, help="the reports folder to check")
+    parser.add_argument("--reference", type=Path, default=Path("reports"),
+                        help="the committed reference reports (default: reports/)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="JSON verdicts (default: refcheck.json beside the folder)")
+    args = parser.parse_args(argv)
+    for p in (args.folder, args.reference):
+        if not p.is_dir():
+            raise UserError(f"{p} is not a folder of reports")
+    result = check(args.folder, args.reference)
+    atomic_write_json(args.out or args.folder.resolve().parent / "refcheck.json", result)
+    render(result, Console())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_main(main))
