@@ -34,6 +34,10 @@ from eval.sweep.spec import load_sweep
 
 MODELS = ("smollm2-135m", "minilm-l6-sentiment", "bert2bert-punct")
 
+#: the committed reference reports the lean job is checked against: the full protocol's
+#: and the lean protocol's own (a main job run on the reference machine)
+REFERENCES = ("reports", "reports/lean")
+
 #: wall seconds of the steps after the sweep on the idle 2-core reference machine
 #: (weight analysis of the three models, report.md with its plots, the table, the check)
 FIXED_SECONDS = {"analysis": 60.0, "report": 40.0, "compare": 10.0, "refcheck": 10.0}
@@ -94,8 +98,8 @@ def steps(layout: Layout, extra: list[str]) -> list[tuple[str, list[str]]]:
         ("compare", py + ["eval.compare", str(layout.reports)]),
     ]
     if layout.lean:
-        out.append(("refcheck", py + ["eval.refcheck", str(layout.reports), "--reference",
-                                      "reports"]))
+        refs = [a for p in REFERENCES if Path(p).is_dir() for a in ("--reference", p)]
+        out.append(("refcheck", py + ["eval.refcheck", str(layout.reports), *refs]))
     return out
 
 

@@ -1,13 +1,15 @@
 """``python -m eval.refcheck``: do this machine's numbers agree with the committed reference?
 
-    python -m eval.refcheck runs/main/reports --reference reports/
+    python -m eval.refcheck runs/main/reports --reference reports --reference reports/lean
 
 The main job (``scripts/main.sh``) measures on the machine it runs on, into its own
 reports folder, with the lean protocol (:mod:`eval.protocol`); the committed reports are
 the reference it is checked against, not a cache. For every ok run of the folder, the
-reference run of the same model and the same pipeline configs (full protocol, not quick;
-the same calibration where the run calibrates) is looked up, and every number the two share
-is compared:
+newest reference run of the same model and the same pipeline configs (the same calibration
+where the run calibrates) is looked up per protocol: the full protocol's (``reports/``: does
+the lean number estimate the full one?) and the lean protocol's (``reports/lean/``, the
+main job's own committed run: does this machine reproduce it on the same items?). Quick
+runs are never a reference. Every number a run shares with its reference is compared:
 
 * each benchmark metric with a 95% interval (quality and agreement with dense): *agrees*
   when the two intervals overlap, or, where the reference was written before intervals,
@@ -105,34 +107,47 @@ def compare_run(run: dict[str, Any], ref: dict[str, Any]) -> list[dict[str, Any]
     return rows
 
 
-def check(folder: Path, reference: Path) -> dict[str, Any]:
-    """The verdicts for every ok run of ``folder`` against ``reference`` (module docstring)."""
+def check(folder: Path, references: Path | list[Path]) -> dict[str, Any]:
+    """The verdicts for every ok run of ``folder`` against the runs of ``references``
+    (module docstring): per run, the newest reference run of each protocol (full, lean)."""
+    references = [references] if isinstance(references, Path) else list(references)
     runs = [r for r in read_reports(folder) if r.get("status") == "ok" and not r.get("harness")]
     if not runs:
         raise UserError(f"{folder}: no ok reports to check; run the sweep first")
-    refs: dict[tuple, dict[str, Any]] = {}
-    for r in sorted(read_reports(reference), key=lambda r: r.get("created", "")):
-        if r.get("status") == "ok" and protocol.of_report(r) == "full" and not r.get("harness"):
-            refs[_identity(r)] = r  # the newest wins
+    refs: dict[tuple, dict[str, dict[str, Any]]] = {}
+    for ref_folder in references:
+        for r in sorted(read_reports(ref_folder), key=lambda r: r.get("created", "")):
+            proto = protocol.of_report(r)
+            if r.get("status") == "ok" and proto != "quick" and not r.get("harness"):
+                refs.setdefault(_identity(r), {})[proto] = r  # the newest wins
     out = []
     for run in sorted(runs, key=lambda r: (r["model"]["name"], r.get("label", ""))):
-        ref = refs.get(_identity(run))
-        entry = {"model": run["model"]["name"], "run": run.get("label", ""),
-                 "protocol": protocol.of_report(run), "report": run.get("_path"),
-                 "reference_report": ref.get("_path") if ref else None,
-                 "numbers": compare_run(run, ref) if ref else []}
-        out.append(entry)
-    numbers = [n for e in out for n in e["numbers"]]
+        found = refs.get(_identity(run), {})
+        against = []
+        for proto in ("full", "lean"):
+            ref = found.get(proto)
+            if ref is not None:
+                against.append({"protocol": proto, "report": ref.get("_path"),
+                                "numbers": compare_run(run, ref)})
+        out.append({"model": run["model"]["name"], "run": run.get("label", ""),
+                    "protocol": protocol.of_report(run), "report": run.get("_path"),
+                    "against": against})
+    summary: dict[str, Any] = {"runs": len(out),
+                               "with_reference": sum(1 for e in out if e["against"])}
+    for proto in ("full", "lean"):
+        numbers = [n for e in out for a in e["against"] if a["protocol"] == proto
+                   for n in a["numbers"]]
+        summary[proto] = {"runs": sum(1 for e in out for a in e["against"]
+                                      if a["protocol"] == proto),
+                          "numbers": len(numbers),
+                          AGREES: sum(1 for n in numbers if n["verdict"] == AGREES),
+                          DIFFERS: sum(1 for n in numbers if n["verdict"] == DIFFERS)}
     return {
-        "folder": str(folder), "reference": str(reference),
+        "folder": str(folder), "references": [str(p) for p in references],
         "rule": "intervals overlap (95%); a reference without an interval: its value inside "
                 "this run's interval",
         "runs": out,
-        "summary": {"runs": len(out),
-                    "with_reference": sum(1 for e in out if e["reference_report"]),
-                    "numbers": len(numbers),
-                    AGREES: sum(1 for n in numbers if n["verdict"] == AGREES),
-                    DIFFERS: sum(1 for n in numbers if n["verdict"] == DIFFERS)},
+        "summary": summary,
     }
 
 
@@ -141,38 +156,49 @@ def _fmt(v: float, iv: tuple[float, float] | None) -> str:
 
 
 def render(result: dict[str, Any], console: Console) -> None:
-    table = Table(title=f"{result['folder']} against the reference {result['reference']}")
+    table = Table(title=f"{result['folder']} against {', '.join(result['references'])}")
     for col in ("model", "run", "number", "this machine", "reference", "verdict"):
         table.add_column(col)
     for e in result["runs"]:
-        if not e["reference_report"]:
+        if not e["against"]:
             table.add_row(e["model"], e["run"], "–", "", "", "[yellow]no reference run[/]")
             continue
-        for n in e["numbers"]:
-            style = "green" if n["verdict"] == AGREES else "red"
-            table.add_row(e["model"], e["run"], n["number"], _fmt(n["value"], n["interval"]),
-                          _fmt(n["reference"], n["reference_interval"]),
-                          f"[{style}]{n['verdict']}[/]")
+        for a in e["against"]:
+            for n in a["numbers"]:
+                style = "green" if n["verdict"] == AGREES else "red"
+                table.add_row(e["model"], e["run"], n["number"], _fmt(n["value"], n["interval"]),
+                              f"{_fmt(n['reference'], n['reference_interval'])} ({a['protocol']})",
+                              f"[{style}]{n['verdict']}[/]")
     console.print(table)
     s = result["summary"]
-    console.print(f"{s['with_reference']} of {s['runs']} runs have a reference run; of their "
-                  f"{s['numbers']} shared numbers, {s[AGREES]} agree with the reference within "
-                  f"their 95% intervals and {s[DIFFERS]} differ ({result['rule']}).")
+    console.print(f"{s['with_reference']} of {s['runs']} runs have a reference run.")
+    for proto in ("full", "lean"):
+        p = s[proto]
+        if p["runs"]:
+            console.print(f"Against the {proto}-protocol reference ({p['runs']} runs): of "
+                          f"{p['numbers']} shared numbers, {p[AGREES]} agree with the reference "
+                          f"within their 95% intervals and {p[DIFFERS]} differ.")
+    console.print(f"Rule: {result['rule']}.")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m eval.refcheck", description=__doc__.split(
         "\n\n")[0].strip())
     parser.add_argument("folder", type=Path, help="the reports folder to check")
-    parser.add_argument("--reference", type=Path, default=Path("reports"),
-                        help="the committed reference reports (default: reports/)")
+    parser.add_argument("--reference", type=Path, action="append", default=None,
+                        help="a folder of committed reference reports (repeatable; default: "
+                        "reports/ and, where it exists, reports/lean/)")
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON verdicts (default: refcheck.json beside the folder)")
     args = parser.parse_args(argv)
-    for p in (args.folder, args.reference):
+    references = args.reference or [p for p in (Path("reports"), Path("reports/lean"))
+                                    if p.is_dir()]
+    for p in (args.folder, *references):
         if not p.is_dir():
             raise UserError(f"{p} is not a folder of reports")
-    result = check(args.folder, args.reference)
+    if not references:
+        raise UserError("no reference folder: give --reference (e.g. reports/)")
+    result = check(args.folder, references)
     atomic_write_json(args.out or args.folder.resolve().parent / "refcheck.json", result)
     render(result, Console())
     return 0

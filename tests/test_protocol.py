@@ -105,7 +105,7 @@ def test_sweep_defaults_protocol_and_reference(tmp_path):
     (tmp_path / "t.toml").write_text(text)
     sweep = load_sweep(tmp_path / "t.toml")
     (job,) = sweep.jobs
-    assert sweep.protocol == job.protocol == "lean" and sweep.reference == tmp_path / "ref"
+    assert sweep.protocol == job.protocol == "lean" and sweep.reference == (tmp_path / "ref",)
     assert job.key == _report(name="smollm2-135m", proto="lean").to_dict()["key"]
     (tmp_path / "bad.toml").write_text(text.replace('"lean"', '"fast"'))
     with pytest.raises(UserError, match="protocol.*expected 'full' or 'lean'"):
@@ -116,7 +116,7 @@ def test_the_main_sweep_is_lean_and_every_model_has_every_family():
     from eval.budget import family_of
 
     sweep = load_sweep(ROOT / "recipes" / "main.toml")
-    assert sweep.protocol == "lean" and sweep.reference == Path("reports")
+    assert sweep.protocol == "lean" and Path("reports") in sweep.reference
     assert sweep.reports != Path("reports")  # its own folder: the reference is never a cache
     families = {}
     for job in sweep.jobs:
@@ -136,25 +136,31 @@ def test_verdict_rule():
 
 
 def test_refcheck_matches_runs_by_configs_and_says_what_agrees(tmp_path):
-    ref, out = tmp_path / "ref", tmp_path / "out"
-    ref.mkdir(), out.mkdir()
+    ref, lean_ref, out = tmp_path / "ref", tmp_path / "ref" / "lean", tmp_path / "out"
+    lean_ref.mkdir(parents=True), out.mkdir()
     _report(value=20.0, iv=(19.5, 20.5), latency=(1.0, (0.95, 1.05))).write(ref)
+    _report(value=20.3, iv=(19.0, 21.5), proto="lean").write(lean_ref)
     _report(recipe="magnitude", value=30.0, iv=(29.0, 31.0)).write(ref)
-    _report(recipe="magnitude", value=30.0, iv=(29.0, 31.0), proto="quick").write(ref)
+    _report(recipe="magnitude", value=40.0, iv=(38.0, 42.0), proto="quick").write(ref)
     _report(value=20.3, iv=(19.0, 21.5), proto="lean", latency=(1.02, (0.9, 1.1))).write(out)
     _report(recipe="magnitude", value=40.0, iv=(38.0, 42.0), proto="lean").write(out)
     _report(recipe="wanda", proto="lean").write(out)  # no reference run
-    result = check(out, ref)
+    result = check(out, [ref, lean_ref])
     by_run = {e["run"]: e for e in result["runs"]}
-    ident = {n["number"]: n["verdict"] for n in by_run["identity"]["numbers"]}
-    assert ident == {"ppl_wiki": AGREES, "latency_vs_dense 1x128": AGREES}
-    (mag,) = by_run["magnitude"]["numbers"]
-    assert mag["verdict"] == DIFFERS and mag["reference"] == 30.0
-    # the full reference run, not the quick one of the same configs
-    assert by_run["magnitude"]["reference_report"].endswith(_report(recipe="magnitude").filename)
-    assert by_run["wanda"]["reference_report"] is None and by_run["wanda"]["numbers"] == []
-    assert result["summary"] == {"runs": 3, "with_reference": 2, "numbers": 3, AGREES: 2,
-                                 DIFFERS: 1}
+    ident = {a["protocol"]: {n["number"]: n["verdict"] for n in a["numbers"]}
+             for a in by_run["identity"]["against"]}
+    assert ident == {"full": {"ppl_wiki": AGREES, "latency_vs_dense 1x128": AGREES},
+                     "lean": {"ppl_wiki": AGREES}}
+    # the full reference run, never the quick one of the same configs (which would agree)
+    (mag,) = by_run["magnitude"]["against"]
+    assert mag["protocol"] == "full" and mag["report"].endswith(
+        _report(recipe="magnitude").filename)
+    assert [n["verdict"] for n in mag["numbers"]] == [DIFFERS]
+    assert by_run["wanda"]["against"] == []
+    s = result["summary"]
+    assert (s["runs"], s["with_reference"]) == (3, 2)
+    assert s["full"] == {"runs": 2, "numbers": 3, AGREES: 2, DIFFERS: 1}
+    assert s["lean"] == {"runs": 1, "numbers": 1, AGREES: 1, DIFFERS: 0}
 
 
 def test_refcheck_cli_writes_its_json_beside_the_folder(tmp_path, capsys):

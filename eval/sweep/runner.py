@@ -155,9 +155,9 @@ def estimator_for(sweep: Sweep, done: dict[str, dict[str, Any]]) -> Estimator:
     """The sweep's estimator: its own reports' wall times, with the reference folder's
     (``[defaults] reference``) standing in for runs this folder has not timed yet."""
     known = list(done.values())
-    ref = sweep.reference
-    if ref is not None and ref.is_dir() and ref.resolve() != sweep.reports.resolve():
-        known = list(existing_reports(ref).values()) + known
+    for ref in sweep.reference:
+        if ref.is_dir() and ref.resolve() != sweep.reports.resolve():
+            known = list(existing_reports(ref).values()) + known
     return Estimator(known)
 
 

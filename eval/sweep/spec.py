@@ -128,9 +128,10 @@ class Sweep:
     no_search: bool = False
     #: the measurement protocol of its runs (eval.protocol; ``[defaults] protocol``)
     protocol: str = "full"
-    #: the committed reports this sweep's numbers are checked against (eval.refcheck) and
-    #: whose wall times estimate runs it has not timed yet (``[defaults] reference``)
-    reference: Path | None = None
+    #: the committed report folders this sweep's numbers are checked against
+    #: (eval.refcheck) and whose wall times estimate runs it has not timed yet
+    #: (``[defaults] reference``: a folder or a list of folders)
+    reference: tuple[Path, ...] = ()
 
 
 def _where(path: Path, *parts: Any) -> str:
@@ -144,6 +145,12 @@ def _check_keys(data: dict[str, Any], allowed: Iterable[str], where: str) -> Non
         if key not in allowed:
             err = did_you_mean("key", key, allowed)
             raise UserError(f"{where}: {err}")
+
+
+def _references(path: Path, value: Any) -> tuple[Path, ...]:
+    """``[defaults] reference``: one folder or a list of folders."""
+    value = [value] if isinstance(value, str) else value
+    return tuple(Path(p) for p in _as_list(value, _where(path, "defaults", "reference")))
 
 
 def _as_list(value: Any, where: str, kind: type | tuple[type, ...] = str) -> list[Any]:
@@ -476,5 +483,5 @@ def load_sweep(
         search_runs=head.search_runs,
         search_probes=head.search_probes,
         protocol=head.protocol,
-        reference=Path(defaults["reference"]) if defaults.get("reference") else None,
+        reference=_references(path, defaults.get("reference", [])),
     )
