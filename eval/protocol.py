@@ -4,7 +4,7 @@
   decoder's 24 x 512-token windows per corpus, 2,000 test tweets, 300 punctuation pairs,
   10 timed latency and generation rounds.
 * ``lean``: the main job's (``recipes/main.toml``): a third of the windows and examples
-  and half the timed rounds, the same splits and the same order (the first items of the
+  and about half the timed rounds, the same splits and the same order (the first items of the
   full protocol's), so a lean number is an estimate of the full one with a wider interval
   (every metric carries its 95% interval; :mod:`eval.refcheck` compares the two).
 * ``quick``: smoke runs (``--quick``), not for comparisons.

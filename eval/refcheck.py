@@ -200,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError("no reference folder: give --reference (e.g. reports/)")
     result = check(args.folder, references)
     atomic_write_json(args.out or args.folder.resolve().parent / "refcheck.json", result)
-    render(result, Console())
+    console = Console()
+    render(result, console if console.is_terminal else Console(width=170))
     return 0
 
 
