@@ -14,6 +14,8 @@ runs are never a reference. Every number a run shares with its reference is comp
 * each benchmark metric with a 95% interval (quality and agreement with dense): *agrees*
   when the two intervals overlap, or, where the reference was written before intervals,
   when the reference value lies inside this run's interval; else *differs*;
+* a metric whose protocol record differs in more than its size (windows, examples) is
+  *protocol changed*, not compared: the reference was measured another way;
 * the same-process latency ratio to dense at 1 x 128 (:func:`eval.budget.latency_ratio`'s
   source), on the same rule with the ratios' bootstrap intervals.
 
@@ -37,7 +39,12 @@ from compress.fileio import atomic_write_json
 from eval import protocol
 from eval.report import dig, read_reports
 
-AGREES, DIFFERS = "agrees", "differs"
+AGREES, DIFFERS, CHANGED = "agrees", "differs", "protocol changed"
+
+#: metric-protocol fields a lean run changes by design (how many items, which protocol):
+#: every other field (lengths, decoding, target scoring, data) must match for the two
+#: numbers to measure the same thing
+SIZE_FIELDS = frozenset({"n_examples", "n_test", "n_train", "max_windows", "quick", "protocol"})
 
 
 def _configs(report: dict[str, Any]) -> list[Any]:
@@ -83,8 +90,16 @@ def _latency(report: dict[str, Any]) -> dict[str, Any] | None:
     return {"value": float(vs["ratio"]), "interval": iv}
 
 
+def _measures(metric: dict[str, Any]) -> dict[str, Any]:
+    proto = metric.get("protocol")
+    return {k: v for k, v in proto.items() if k not in SIZE_FIELDS} \
+        if isinstance(proto, dict) else {}
+
+
 def compare_run(run: dict[str, Any], ref: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per number ``run`` and its reference ``ref`` share (see the module rule)."""
+    """One row per number ``run`` and its reference ``ref`` share (see the module rule);
+    a metric whose protocol differs in more than its size (:data:`SIZE_FIELDS`), e.g. a
+    reference written before the benchmark changed how it scores, is ``protocol changed``."""
     rows = []
     ref_metrics = {m["name"]: m for m in ref.get("metrics", [])}
     for m in run.get("metrics", []):
@@ -93,6 +108,8 @@ def compare_run(run: dict[str, Any], ref: dict[str, Any]) -> list[dict[str, Any]
             continue
         iv, ref_iv = _interval(m), _interval(r)
         v = verdict(float(m["value"]), iv, float(r["value"]), ref_iv)
+        if v is not None and _measures(m) != _measures(r):
+            v = CHANGED
         if v is not None:
             rows.append({"number": m["name"], "value": float(m["value"]), "interval": iv,
                          "reference": float(r["value"]), "reference_interval": ref_iv,
@@ -141,7 +158,8 @@ def check(folder: Path, references: Path | list[Path]) -> dict[str, Any]:
                                       if a["protocol"] == proto),
                           "numbers": len(numbers),
                           AGREES: sum(1 for n in numbers if n["verdict"] == AGREES),
-                          DIFFERS: sum(1 for n in numbers if n["verdict"] == DIFFERS)}
+                          DIFFERS: sum(1 for n in numbers if n["verdict"] == DIFFERS),
+                          CHANGED: sum(1 for n in numbers if n["verdict"] == CHANGED)}
     return {
         "folder": str(folder), "references": [str(p) for p in references],
         "rule": "intervals overlap (95%); a reference without an interval: its value inside "
@@ -165,7 +183,7 @@ def render(result: dict[str, Any], console: Console) -> None:
             continue
         for a in e["against"]:
             for n in a["numbers"]:
-                style = "green" if n["verdict"] == AGREES else "red"
+                style = {AGREES: "green", DIFFERS: "red"}.get(n["verdict"], "yellow")
                 table.add_row(e["model"], e["run"], n["number"], _fmt(n["value"], n["interval"]),
                               f"{_fmt(n['reference'], n['reference_interval'])} ({a['protocol']})",
                               f"[{style}]{n['verdict']}[/]")
@@ -177,7 +195,8 @@ def render(result: dict[str, Any], console: Console) -> None:
         if p["runs"]:
             console.print(f"Against the {proto}-protocol reference ({p['runs']} runs): of "
                           f"{p['numbers']} shared numbers, {p[AGREES]} agree with the reference "
-                          f"within their 95% intervals and {p[DIFFERS]} differ.")
+                          f"within their 95% intervals, {p[DIFFERS]} differ and {p[CHANGED]} "
+                          "were measured differently (the benchmark changed since).")
     console.print(f"Rule: {result['rule']}.")
 
 

@@ -13,7 +13,7 @@ from eval import protocol
 from eval.benchmark.suites import SUITES
 from eval.budget import comparable_runs
 from eval.profiler import ROUNDS
-from eval.refcheck import AGREES, DIFFERS, check, verdict
+from eval.refcheck import AGREES, CHANGED, DIFFERS, check, verdict
 from eval.report import Report, run_key
 from eval.sweep.runner import Estimator
 from eval.sweep.spec import Job, load_sweep
@@ -159,8 +159,23 @@ def test_refcheck_matches_runs_by_configs_and_says_what_agrees(tmp_path):
     assert by_run["wanda"]["against"] == []
     s = result["summary"]
     assert (s["runs"], s["with_reference"]) == (3, 2)
-    assert s["full"] == {"runs": 2, "numbers": 3, AGREES: 2, DIFFERS: 1}
-    assert s["lean"] == {"runs": 1, "numbers": 1, AGREES: 1, DIFFERS: 0}
+    assert s["full"] == {"runs": 2, "numbers": 3, AGREES: 2, DIFFERS: 1, CHANGED: 0}
+    assert s["lean"] == {"runs": 1, "numbers": 1, AGREES: 1, DIFFERS: 0, CHANGED: 0}
+
+
+def test_refcheck_does_not_compare_numbers_measured_another_way():
+    """Sizes may differ (that is what lean changes); a scoring change may not."""
+    from eval.refcheck import compare_run
+
+    def rep(**proto):
+        r = _report().to_dict()
+        r["metrics"][0]["protocol"] = {"corpus": "wiki", "seq_len": 512} | proto
+        return r
+
+    run = rep(max_windows=8, protocol="lean")
+    assert [n["verdict"] for n in compare_run(run, rep(max_windows=24))] == [AGREES]
+    assert [n["verdict"] for n in compare_run(run, rep(max_windows=24, seq_len=256))] == [
+        CHANGED]
 
 
 def test_refcheck_cli_writes_its_json_beside_the_folder(tmp_path, capsys):
