@@ -62,22 +62,3 @@ def key_part(protocol: str) -> dict[str, str]:
     unchanged), ``{"protocol": "lean"}`` for lean."""
     return {"protocol": protocol} if protocol not in ("full", "quick") else {}
 
-
-def lean_saving(report: dict[str, Any]) -> float:
-    """Seconds a full-protocol run would not spend under lean: the share of its benchmark
-    stage lean skips (fewer windows or examples of the task's suite) and of its profile
-    stage (fewer timed rounds). An estimate for time-left displays, not a measurement."""
-    from eval.benchmark.suites import SUITES
-    from eval.profiler import ROUNDS
-
-    stages = report.get("stage_times_s") or {}
-    task = (report.get("model") or {}).get("task")
-    suite = SUITES.get(task) if isinstance(task, str) else None
-    bench_share = 1.0
-    if suite is not None and suite.lean is not None:
-        sizes = [(suite.lean[k], v) for k, v in suite.full.items()
-                 if k in ("max_windows", "n_test") and v]
-        bench_share = sizes[0][0] / sizes[0][1] if sizes else 1.0
-    profile_share = ROUNDS["lean"][1] / ROUNDS["full"][1]
-    bench, prof = float(stages.get("benchmark") or 0.0), float(stages.get("profile") or 0.0)
-    return bench * (1.0 - bench_share) + prof * (1.0 - profile_share)

@@ -38,7 +38,9 @@ from rich.text import Text
 from compress.errors import UserError
 from compress.fileio import TMP_PREFIX, atomic_write_json
 from eval import protocol
+from eval.benchmark.suites import SUITES
 from eval.budget import family_of, primary_metric
+from eval.profiler import ROUNDS
 from eval.report import Report, read_reports, validate_report
 from eval.run import run_pipeline
 from eval.sweep.checks import check_pipeline, traits_of
@@ -96,7 +98,7 @@ class Estimator:
     The mean of earlier ok runs of the same model, configs and protocol
     (:mod:`eval.protocol`); else of the same model, pipeline recipes and protocol; else of
     the same model and protocol; at each level a lean job falls back on full runs' times
-    less what lean saves (:func:`eval.protocol.lean_saving`); else a guess (``default``
+    less what lean saves (:func:`lean_saving`); else a guess (``default``
     full, ``default_quick`` quick). :meth:`measured` says whether the estimate rests on a measurement.
     """
 
@@ -120,7 +122,7 @@ class Estimator:
         configs = _configs_key([s.get("config") for s in report.get("pipeline", [])])
         walls = [(proto, float(wall))]
         if proto == "full":  # what the run would take with the lean protocol
-            walls.append((LEAN_FROM_FULL, float(wall) - protocol.lean_saving(report)))
+            walls.append((LEAN_FROM_FULL, float(wall) - lean_saving(report)))
         for p, w in walls:
             self.by_config.setdefault((model, p, configs), []).append(w)
             self.by_pipe.setdefault((model, p, recipes), []).append(w)
@@ -149,6 +151,23 @@ class Estimator:
             if values:
                 return sum(values) / len(values)
         return self.default_quick if job.quick else self.default
+
+
+def lean_saving(report: dict[str, Any]) -> float:
+    """Seconds a full-protocol run would not spend under lean: the share of its benchmark
+    stage lean skips (fewer windows or examples of the task's suite) and of its profile
+    stage (fewer timed rounds). An estimate for time-left displays, not a measurement."""
+    stages = report.get("stage_times_s") or {}
+    task = (report.get("model") or {}).get("task")
+    suite = SUITES.get(task) if isinstance(task, str) else None
+    bench_share = 1.0
+    if suite is not None and suite.lean is not None:
+        sizes = [(suite.lean[k], v) for k, v in suite.full.items()
+                 if k in ("max_windows", "n_test") and v]
+        bench_share = sizes[0][0] / sizes[0][1] if sizes else 1.0
+    profile_share = ROUNDS["lean"][1] / ROUNDS["full"][1]
+    bench, prof = float(stages.get("benchmark") or 0.0), float(stages.get("profile") or 0.0)
+    return bench * (1.0 - bench_share) + prof * (1.0 - profile_share)
 
 
 def estimator_for(sweep: Sweep, done: dict[str, dict[str, Any]]) -> Estimator:
