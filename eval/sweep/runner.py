@@ -227,6 +227,7 @@ class Runner:
         self.jobs: list[Job] = list(sweep.jobs)  # every job of the sweep, search runs included
         self.pending: list[Job] = []
         self.current: tuple[Job, float] | None = None
+        self.batch_started = 0
 
     def remaining(self) -> float:
         total = sum(self.estimate(j) for j in self.pending)
@@ -291,6 +292,7 @@ class Runner:
         if not todo:
             return
         self.pending = list(todo)
+        self.batch_started = 0  # runs started in this call: the [i/total] counter
         progress = self._progress()
         with progress:
             overall = progress.add_task(title, total=len(todo), overall=True)
@@ -317,9 +319,11 @@ class Runner:
         if self.done_elsewhere(job):
             progress.advance(overall)
             return
-        i = self.outcome.ran + 1
+        self.batch_started += 1
+        i = self.batch_started
         self.current = (job, time.perf_counter())
-        desc = f"[{i}/{total}] {job.model} · {job.label}"
+        where = f"{job.origin}, " if job.origin.startswith("search") else ""
+        desc = f"[{where}{i}/{total}] {job.model} · {job.label}"
         task = progress.add_task(f"{desc} · starting", total=None, overall=False)
 
         def stage(name: str) -> None:
@@ -333,11 +337,12 @@ class Runner:
         wall = fmt_seconds(report.get("wall_time_s") or 0)
         if report["status"] == "ok":
             progress.console.print(
-                f"[green]ok[/] [{i}/{total}] {job.model} {job.label}: {_summary(report)} ({wall})"
+                f"[green]ok[/] [{where}{i}/{total}] {job.model} {job.label}: {_summary(report)} "
+                f"({wall})"
             )
         else:
             progress.console.print(
-                f"[red]failed[/] [{i}/{total}] {job.model} {job.label}: "
+                f"[red]failed[/] [{where}{i}/{total}] {job.model} {job.label}: "
                 f"{report.get('error')} ({wall})"
             )
 
