@@ -10,10 +10,11 @@ memory holds one stack's calibration activations rather than the whole model's
 (see :mod:`compress.pruning.calibration`). N:M patterns (``--pattern 2:4``) pick
 within each group of M inputs.
 
-On SmolLM2-135M (full protocol, dense ppl_wiki 19.99) 50% unstructured Wanda gives 45.2
-(2.26x) with the default 64 x 256 calibration tokens and 44.98 [39.23, 51.57] (2.25x) with
-four times as many, 128 x 512 (``reports/bench/wanda_calib_128x512/``): the calibration size
-is not what keeps it above the 1.42x the paper reports on OPT-125M.
+On SmolLM2-135M (full protocol, dense ppl_wiki 19.99) 50% unstructured Wanda gives
+45.08 (2.26x; ``reports/bench/method_quality_smollm2-135m.json``) with the default
+64 x 256 calibration tokens and 44.98 [39.23, 51.57] (2.25x) with four times as many,
+128 x 512 (``reports/bench/wanda_calib_128x512/``): the calibration size is not what
+keeps it above the 1.42x the paper reports on OPT-125M.
 
     python -m compress.recipes.wanda --model smollm2-135m --sparsity 0.5 --out out/w50
 """
