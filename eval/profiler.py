@@ -65,7 +65,7 @@ from compress.errors import UserError, did_you_mean
 from compress.stats import own_counts, parameter_counts
 from compress.tasks import TASKS
 from eval import protocol
-from eval.benchmark import decoder_start_id, input_device
+from eval.benchmark import decoder_start_id, input_device, max_positions
 from eval.machine import BusyMeter, cpu_info, quiet_reading
 from eval.paired import alternate, ratio_interval
 
@@ -196,22 +196,6 @@ def _token_stream(tokenizer: Any, n: int) -> torch.Tensor:
     return torch.tensor(ids * reps, dtype=torch.long)
 
 
-def _max_positions(model: nn.Module) -> int | None:
-    config = getattr(model, "config", None)
-    if config is None:
-        return None
-    from transformers import PretrainedConfig
-
-    # composite models (bert2bert) keep sizes in sub-configs
-    configs = [config] + [v for v in vars(config).values() if isinstance(v, PretrainedConfig)]
-    for cfg in configs:
-        for attr in ("max_position_embeddings", "n_positions"):
-            value = getattr(cfg, attr, None)
-            if isinstance(value, int):
-                return value
-    return None
-
-
 def _shape_inputs(model, tokenizer, task: str, batch: int, length: int, device) -> dict:
     stream = _token_stream(tokenizer, length + 7 * batch)
     ids = torch.stack([stream[7 * r : 7 * r + length] for r in range(batch)])  # (B, L)
@@ -303,7 +287,7 @@ def _rounds(quick: bool, warmup, repeats, gen_repeats, gen_tokens: int) -> _Roun
 
 
 def _check_shapes(model: nn.Module, shapes: Sequence[tuple[int, int]]) -> None:
-    limit = _max_positions(model)
+    limit = max_positions(model)
     for batch, length in shapes:
         if batch < 1 or length < 1:
             raise UserError(f"bad shape {(batch, length)}: batch and length must be at least 1")

@@ -257,3 +257,45 @@ def test_main_job_steps_and_whole_job_estimate(monkeypatch, capsys):
     monkeypatch.chdir(ROOT)
     assert mainjob.main(["--dry-run"]) == 0
     assert "estimate" in capsys.readouterr().out
+
+
+def test_lengths_fit_a_model_with_few_positions():
+    from eval.benchmark.suites import fit_to_positions
+
+    full = SUITES["causal-lm"].full
+    assert fit_to_positions(full, 8192) is full and fit_to_positions(full, None) is full
+    fitted = fit_to_positions(full, 256)
+    assert (fitted["seq_len"], fitted["stride"], fitted["fitted_to_positions"]) == (254, 254, 256)
+    assert fitted["max_windows"] == full["max_windows"]
+    cls = SUITES["classification"].full  # doc_len 256 needs two positions to spare
+    assert fit_to_positions(cls, 512) is cls
+    assert fit_to_positions(cls, 256)["doc_len"] == 254 and fit_to_positions(cls, 256)[
+        "max_len"] == cls["max_len"]
+
+
+@pytest.mark.parametrize("family,kw", [("gpt2", {}), ("roberta", {"classifier": True})])
+def test_a_model_with_256_positions_is_benchmarked_not_crashed(family, kw, tmp_path,
+                                                              monkeypatch):
+    """Learned absolute positions (gpt2) and offset positions (roberta) below the suite's
+    lengths: the benchmark fits its windows and texts and records it (was: IndexError)."""
+    from compress import make_config
+    from compress.tiny import tiny_model
+    from eval.run import run_pipeline
+
+    monkeypatch.setenv("COMPRESS_DENSE_CACHE", str(tmp_path / "dense"))
+    monkeypatch.setitem(SUITES["classification"].quick, "n_test", 32)
+    model, tok = tiny_model(family, **kw)
+    limit = getattr(model.config, "max_position_embeddings", None) or model.config.n_positions
+    assert limit == 256
+    model.config.architectures = [type(model).__name__]
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    try:
+        _, report = run_pipeline(str(tmp_path / "m"), [make_config("identity")], quick=True,
+                                 reports_dir=tmp_path / "r")
+    except Exception as exc:  # data files missing on this machine
+        pytest.skip(f"cannot run: {exc}")
+    assert report["status"] == "ok", report["error"]
+    fitted = [m["protocol"].get("fitted_to_positions") for m in report["metrics"]
+              if m["name"] in ("ppl_wiki", "similarity_spearman")]
+    assert fitted == [256]

@@ -400,3 +400,21 @@ def linear_probe_accuracy(
     return linear_probe_scores(
         model, tokenizer, train_texts, train_labels, test_texts, test_labels, **kwargs
     )["accuracy"]
+
+
+def max_positions(model: nn.Module) -> int | None:
+    """The model's position limit (``max_position_embeddings`` / ``n_positions``, sub-configs
+    of composite models included), or None where its config names none."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return None
+    from transformers import PretrainedConfig
+
+    # composite models (bert2bert) keep sizes in sub-configs
+    configs = [config] + [v for v in vars(config).values() if isinstance(v, PretrainedConfig)]
+    for cfg in configs:
+        for attr in ("max_position_embeddings", "n_positions"):
+            value = getattr(cfg, attr, None)
+            if isinstance(value, int):
+                return value
+    return None

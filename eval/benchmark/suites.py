@@ -21,6 +21,7 @@ from eval.benchmark.agreement import Agreement, DenseReference
 from eval.benchmark.metrics import (
     Metric,
     embed,
+    max_positions,
     pair_cosines,
     predict_logits,
     probe_predict,
@@ -304,6 +305,33 @@ SUITES: dict[str, Suite] = {
 }
 
 
+#: settings that are token lengths fed to the model's positions at once
+LENGTHS = ("seq_len", "max_len", "doc_len")
+
+
+def fit_to_positions(settings: dict[str, Any], limit: int | None) -> dict[str, Any]:
+    """``settings`` with every token length cut to what the model can position.
+
+    A model with fewer than two positions to spare beyond a length (a small GPT-2 has
+    learned absolute positions; RoBERTa's start at ``padding_idx + 1``) is measured on
+    windows and texts two short of its limit, and the settings record
+    ``fitted_to_positions``; every model whose limit covers the lengths (all the default
+    models) keeps them unchanged.
+
+    >>> fit_to_positions({"seq_len": 512, "stride": 512, "max_windows": 8}, 256)
+    {'seq_len': 254, 'stride': 254, 'max_windows': 8, 'fitted_to_positions': 256}
+    >>> fit_to_positions({"seq_len": 512, "stride": 512}, 8192)
+    {'seq_len': 512, 'stride': 512}
+    """
+    cap = max(limit - 2, 8) if limit is not None else None
+    if cap is None or all(settings.get(k, 0) <= cap for k in LENGTHS):
+        return settings
+    out = {k: min(v, cap) if k in LENGTHS else v for k, v in settings.items()}
+    if "stride" in out:
+        out["stride"] = min(out["stride"], out["seq_len"])
+    return out | {"fitted_to_positions": limit}
+
+
 def run_benchmarks(
     model: nn.Module,
     tokenizer: Any,
@@ -357,7 +385,7 @@ def measure(
     if task not in SUITES:
         raise did_you_mean("task", task, SUITES)
     suite = SUITES[task]
-    settings = suite.settings(quick)
+    settings = fit_to_positions(suite.settings(quick), max_positions(model))
     was_training = model.training if isinstance(model, nn.Module) else False
     if isinstance(model, nn.Module):
         model.eval()
@@ -367,5 +395,7 @@ def measure(
         if was_training:
             model.train()
     for m in metrics:
+        if "fitted_to_positions" in settings:
+            m.protocol["fitted_to_positions"] = settings["fitted_to_positions"]
         log.info("%s = %.4g (%s)", m.name, m.value, m.protocol.get("corpus"))
     return metrics
