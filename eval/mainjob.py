@@ -77,7 +77,7 @@ def zoo_left() -> float:
     return sum(zoo.ZOO[n].typical_seconds for n in todo)
 
 
-def sweep_left(layout: Layout, extra: list[str]) -> float:
+def sweep_left(layout: Layout) -> float:
     """Estimated seconds of the sweep's runs that have no ok report yet."""
     sweep = load_sweep(layout.sweep, reports=layout.reports)
     done = existing_reports(sweep.reports) if sweep.reports.is_dir() else {}
@@ -103,14 +103,14 @@ def steps(layout: Layout, extra: list[str]) -> list[tuple[str, list[str]]]:
     return out
 
 
-def left(layout: Layout, extra: list[str], after: int, names: list[str]) -> float:
+def left(layout: Layout, after: int, names: list[str]) -> float:
     """Seconds left for the steps from index ``after`` on."""
     total = 0.0
     for name in names[after:]:
         if name == "zoo":
             total += zoo_left()
         elif name == "sweep":
-            total += sweep_left(layout, extra)
+            total += sweep_left(layout)
         else:
             total += FIXED_SECONDS.get(name, 0.0)
     return total
@@ -132,13 +132,13 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     if args.dry_run:
         print(f"main job ({'full' if args.full else 'lean'}): {', '.join(names)}; "
-              f"estimate {fmt(left(layout, extra, 0, names))} "
-              f"(zoo {fmt(zoo_left())}, sweep {fmt(sweep_left(layout, extra))})")
+              f"estimate {fmt(left(layout, 0, names))} "
+              f"(zoo {fmt(zoo_left())}, sweep {fmt(sweep_left(layout))})")
         return 0
     layout.reports.mkdir(parents=True, exist_ok=True)
     for i, (name, cmd) in enumerate(plan):
         print(f"\n== main job: step {i + 1}/{len(plan)} {name} · {fmt(time.monotonic() - t0)} "
-              f"elapsed · about {fmt(left(layout, extra, i, names))} left", file=sys.stderr,
+              f"elapsed · about {fmt(left(layout, i, names))} left", file=sys.stderr,
               flush=True)
         code = subprocess.call(cmd)
         if code != 0 and not (name == "sweep" and code == 1):  # 1: some runs failed

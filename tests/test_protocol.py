@@ -248,11 +248,11 @@ def test_main_job_steps_and_whole_job_estimate(monkeypatch, capsys):
     assert mainjob.zoo_left() == expected  # minilm-l6 counted once, as a dependency
     monkeypatch.setattr(zoo, "is_built", lambda name: name != "bert2bert-punct")
     assert mainjob.zoo_left() == zoo.ZOO["bert2bert-punct"].typical_seconds
-    monkeypatch.setattr(mainjob, "sweep_left", lambda layout, extra: 600.0)
-    total = mainjob.left(mainjob.LEAN, [], 0, lean)
+    monkeypatch.setattr(mainjob, "sweep_left", lambda layout: 600.0)
+    total = mainjob.left(mainjob.LEAN, 0, lean)
     assert total == pytest.approx(zoo.ZOO["bert2bert-punct"].typical_seconds + 600.0
                                   + sum(mainjob.FIXED_SECONDS.values()))
-    assert mainjob.left(mainjob.LEAN, [], 2, lean) == pytest.approx(
+    assert mainjob.left(mainjob.LEAN, 2, lean) == pytest.approx(
         sum(mainjob.FIXED_SECONDS.values()))
     monkeypatch.chdir(ROOT)
     assert mainjob.main(["--dry-run"]) == 0

@@ -32,6 +32,7 @@ from typing import Any
 from compress.errors import UserError
 from compress.fileio import TMP_PREFIX, atomic_write_json
 from eval.machine import cpu_info
+from eval.protocol import key_part
 
 log = logging.getLogger(__name__)
 
@@ -164,8 +165,7 @@ def run_key(
         data["calibration"] = calibration
     if harness is not None:
         data["harness"] = harness
-    if protocol not in ("full", "quick"):
-        data["protocol"] = protocol
+    data |= key_part(protocol)
     canonical = json.dumps(data, sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
@@ -267,8 +267,7 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         extra = {"harness": self.harness} if self.harness is not None else {}
-        if self.protocol not in ("full", "quick"):
-            extra["protocol"] = self.protocol
+        extra |= key_part(self.protocol)
         if self.samples:
             extra["samples_file"] = samples_filename(self.filename)
         return {
