@@ -3,9 +3,11 @@
 * ``full``: the reference protocol (``recipes/default.toml``, the committed reports): the
   decoder's 24 x 512-token windows per corpus, 2,000 test tweets, 300 punctuation pairs,
   10 timed latency and generation rounds.
-* ``lean``: the main job's (``recipes/main.toml``): a third of the windows and examples
-  and about half the timed rounds, the same splits and the same order (the first items of the
-  full protocol's), so a lean number is an estimate of the full one with a wider interval
+* ``lean``: the main job's (``recipes/main.toml``): a subset of the full protocol's items
+  from the same splits (every third of its 24 evenly spaced perplexity windows, which
+  ``max_windows=8`` selects; the first 1,000 of 2,000 tweets; the first 100 of 300
+  sentences) and about half the timed rounds, so a lean number is an estimate of the full
+  one with a wider interval
   (every metric carries its 95% interval; :mod:`eval.refcheck` compares the two).
 * ``quick``: smoke runs (``--quick``), not for comparisons.
 

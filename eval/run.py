@@ -270,7 +270,8 @@ def build_parser(recipe_name: str | None) -> argparse.ArgumentParser:
         choices=["full", "lean"],
         default="full",
         help="benchmark and profile protocol: full (default, the reference) or lean (the "
-        "main job's: a third of the windows/examples, half the timed rounds; eval.protocol)",
+        "main job's: a third to a half of the windows and examples, about half the timed "
+        "rounds; eval.protocol)",
     )
     parser.add_argument(
         "--reports",

@@ -40,7 +40,7 @@ def _report(name="m", recipe="identity", value=20.0, iv=(19.0, 21.0), proto="ful
 
 
 def test_lean_settings_are_a_prefix_of_full_with_fewer_items():
-    """Lean measures the first items of the full protocol's, fewer of them, same lengths."""
+    """Lean measures fewer of the full protocol's items, at the same lengths."""
     for task, suite in SUITES.items():
         assert suite.lean is not None, task
         for k, v in suite.full.items():

@@ -43,7 +43,7 @@ class Suite:
     quick: dict[str, Any]
     run: Callable[[nn.Module, Any, dict[str, Any], bool, Agreement], list[Metric]]
     description: str = ""
-    #: the main job's protocol (:mod:`eval.protocol`): the first items of ``full``'s
+    #: the main job's protocol (:mod:`eval.protocol`): a subset of ``full``'s items
     lean: dict[str, Any] | None = None
 
     def settings(self, quick: bool) -> dict[str, Any]:
