@@ -18,7 +18,15 @@ measured for half of the FFN active, chosen five ways:
 * ``experts_learned``: the same partition, ``moefy``'s learned router (an MLP fitted on
   the fitting tokens) choosing the ``E/2`` experts;
 * ``shared_learned`` (``E = 16``): MoEBERT-style, the 4 experts' worth of neurons with the
-  largest mean output energy always on, 4 of the other 12 routed (learned router).
+  largest mean output energy always on, 4 of the other 12 routed (learned router);
+* ``neuron_lowrank`` (per rank ``r``): experts of one neuron chosen per token by a rank-``r``
+  predictor of the FFN's input projections (gate and up, or the one input projection),
+  Deja Vu-style contextual sparsity (Liu et al. 2023, arXiv:2310.17157). The predictor is
+  the activation-aware truncation ``x W^T V_r V_r^T``, ``V_r`` the top right singular
+  vectors of the projections' outputs on the fitting tokens; a neuron's score is its
+  predicted ``h_j^2 ||w_out_j||^2``. The predictor's weights ``r (d + k ff)`` count as
+  active: the neurons kept are ``(1/2 - router share) ff``, so every row is at the same
+  active parameters.
 
 The numbers say where MoEfication of a gated FFN loses its quality: if the per-token
 neuron oracle is far below the expert oracle, grouping neurons into experts is the
@@ -34,6 +42,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -76,7 +85,33 @@ def _learned(x, h_sub, E, tr, val, seed):
         return router(x[val]), energy[val]
 
 
-def measure_block(site, x: torch.Tensor, experts: list[int], seed: int = 0) -> dict:
+def _lowrank(dense, x, tr, val, ranks) -> dict[str, dict[str, float]]:
+    """``neuron_lowrank`` rows: held-out error at half active, predictor counted."""
+    with torch.no_grad():
+        W = dense.w_out.float()
+        ff, d = W.shape
+        projs = [dense.w_in] + ([dense.w_gate] if dense.gated else [])
+        biases = [dense.b_in] + ([dense.b_gate] if dense.gated else [])
+        Y = torch.cat([F.linear(x, w.float(), b) for w, b in zip(projs, biases, strict=True)],
+                      dim=1)
+        _, _, Vh = torch.linalg.svd(Y[tr], full_matrices=False)
+        h = _activations(dense, x)[val]
+        y = h @ W
+        out = {}
+        for r in ranks:
+            V = Vh[:r].T
+            parts = (Y[val] @ V @ V.T).split(ff, dim=1)
+            pred = dense.act(parts[1]) * parts[0] if dense.gated else dense.act(parts[0])
+            share = r * (d + len(projs) * ff) / (ff * d * (len(projs) + 1))
+            k = max(1, round((0.5 - share) * ff))
+            mask = _topk_mask(pred.pow(2) * W.pow(2).sum(1), k)
+            out[str(r)] = {"router_share": round(share, 4), "neurons_kept": k,
+                           "rel_error": _rel((h * mask) @ W, y)}
+        return out
+
+
+def measure_block(site, x: torch.Tensor, experts: list[int], seed: int = 0,
+                  ranks: tuple[int, ...] = (32, 64)) -> dict:
     dense = site.dense()
     tr, val = _split(x.shape[0], 0.2, seed + site.index)
     with torch.no_grad():
@@ -113,6 +148,7 @@ def measure_block(site, x: torch.Tensor, experts: list[int], seed: int = 0) -> d
         mask = _expand(_topk_mask(scores, E // 2 - shared), cols, ff, size, always)
         row["shared_learned"] = {"experts": E, "shared": shared,
                                  "rel_error": _rel((h[val] * mask) @ W, y)}
+    row["neuron_lowrank"] = _lowrank(dense, x, tr, val, ranks)
     return row
 
 
@@ -142,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         print(f"{row['block']}: static {row['static']}, neuron oracle {row['neuron_oracle']}, "
               f"experts oracle {row['experts_oracle']}, learned {row['experts_learned']}, "
-              f"shared {row['shared_learned']['rel_error']}", flush=True)
+              f"shared {row['shared_learned']['rel_error']}, low-rank neurons "
+              f"{ {r: v['rel_error'] for r, v in row['neuron_lowrank'].items()} }", flush=True)
 
     def mean(get):
         return round(sum(get(r) for r in rows) / len(rows), 4)
@@ -153,7 +190,9 @@ def main(argv: list[str] | None = None) -> int:
                   for E in experts},
                **{f"experts_learned_E{E}": mean(lambda r, E=E: r["experts_learned"][str(E)])
                   for E in experts},
-               "shared_learned_E16": mean(lambda r: r["shared_learned"]["rel_error"])}
+               "shared_learned_E16": mean(lambda r: r["shared_learned"]["rel_error"]),
+               **{f"neuron_lowrank_r{k}": mean(lambda r, k=k: r["neuron_lowrank"][k]["rel_error"])
+                  for k in rows[0]["neuron_lowrank"]}}
     print("mean over blocks:", summary)
     if not args.no_write:
         atomic_write_json(args.out, {

@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 G128 = {"granularity": "group", "group_size": 128}
 G64 = {"granularity": "group", "group_size": 64}
 ROW = {"granularity": "channel"}
+NOSCALE = {"scale_search": "none"}
 #: variant name -> (recipe, config values)
 QUANT: dict[str, tuple[str, dict[str, Any]]] = {
     "rtn4-g128": ("rtn", {"bits": 4, **G128}),
@@ -61,14 +62,20 @@ QUANT: dict[str, tuple[str, dict[str, Any]]] = {
     "hqq4-g64": ("hqq", {"bits": 4, **G64}),
     "rtn3-g64": ("rtn", {"bits": 3, **G64}),
     "hqq3-g64": ("hqq", {"bits": 3, **G64}),
-    "hqq4-g64-floatstart": ("hqq", {"bits": 4, "round_zero": False, **G64}),
-    "hqq3-g64-floatstart": ("hqq", {"bits": 3, "round_zero": False, **G64}),
+    # the float-zero start and the package's loop, measured without the step search
+    "hqq4-g64-floatstart": ("hqq", {"bits": 4, "round_zero": False, **NOSCALE, **G64}),
+    "hqq3-g64-floatstart": ("hqq", {"bits": 3, "round_zero": False, **NOSCALE, **G64}),
     # the hqq package's own default loop (constant beta, one early stop per matrix); it
     # starts from the float zero at 3 bits (its round_zero is on at 4 bits only)
-    "hqq4-g64-reference": ("hqq", {"bits": 4, "solver": "reference", **G64}),
-    "hqq3-g64-reference": ("hqq", {"bits": 3, "solver": "reference", **G64}),
+    "hqq4-g64-reference": ("hqq", {"bits": 4, "solver": "reference", **NOSCALE, **G64}),
+    "hqq3-g64-reference": ("hqq", {"bits": 3, "solver": "reference", **NOSCALE, **G64}),
+    # the step search off, and the package's absolute-offset version of it
+    "hqq4-g64-noscale": ("hqq", {"bits": 4, **NOSCALE, **G64}),
+    "hqq3-g64-noscale": ("hqq", {"bits": 3, **NOSCALE, **G64}),
+    "hqq4-g64-scaleref": ("hqq", {"bits": 4, "scale_search": "reference", **G64}),
+    "hqq3-g64-scaleref": ("hqq", {"bits": 3, "scale_search": "reference", **G64}),
     "hqq3-g64-reference-floatstart": ("hqq", {"bits": 3, "solver": "reference",
-                                             "round_zero": False, **G64}),
+                                             "round_zero": False, **NOSCALE, **G64}),
     "rtn4-g128-sym": ("rtn", {"bits": 4, "scheme": "sym", **G128}),
     "gptq4-g128-sym": ("gptq", {"bits": 4, "scheme": "sym", **G128}),
     "gptq4-g128-plain": ("gptq", {"bits": 4, "act_order": False, "true_sequential": False,

@@ -310,7 +310,8 @@ def test_hqq_solver_decreases_its_objective_and_matches_the_equations():
         spec = QuantSpec(bits, "asym", "group", 64, zero_point="float")
         units = w.reshape(-1, 64)
         for round_zero, start in ((True, "int"), (False, "float")):
-            out, scale, zero, facts = hqq_units(units, spec, round_zero=round_zero)
+            out, scale, zero, facts = hqq_units(units, spec, round_zero=round_zero,
+                                                scale_search="none")
             start_spec = QuantSpec(bits, "asym", "channel", zero_point=start)
             before = (units - fake_quantize(units, start_spec)).abs().mean(1)
             after = (units - out).abs().mean(1)
@@ -321,6 +322,9 @@ def test_hqq_solver_decreases_its_objective_and_matches_the_equations():
                                                              round_zero=round_zero),
                                            rtol=0, atol=1e-6)
             assert len(torch.unique(out[0])) <= 2**bits
+            # with the step search (the default) the l_1 error is lower still
+            searched, _, _, _ = hqq_units(units, spec, round_zero=round_zero)
+            assert (units - searched).abs().mean() <= after.mean() + 1e-6
         # on the matrix: better than min/max rounding on the integer-zero grid it starts from
         w_hat, _ = hqq_quantize(w, spec)
         rtn = fake_quantize(w, QuantSpec(bits, "asym", "group", 64))
@@ -356,10 +360,54 @@ def test_hqq_reference_solver_follows_the_packages_default_loop():
                 break
         z16 = zero.half().float()
         expected = s * (torch.clamp(torch.round(units / s + z16), 0, spec.qmax) - z16)
-        out, _, _, _ = hqq_units(units, spec, round_zero=round_zero, solver="reference")
+        out, _, _, _ = hqq_units(units, spec, round_zero=round_zero, solver="reference",
+                                 scale_search="none")
         torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="solver"):
         hqq_units(units, spec, solver="nope")
+
+
+def test_hqq_scale_search_follows_the_packages_grid_search():
+    """``search_scale``: hqq e0b1d00's ``update_scale_grid_search`` transcribed in the
+    package's convention (``scale`` is the inverse step, ``W_r = (W_q - zero) / scale``, codes
+    fixed by the start grid, 129 candidates), and the relative variant written per group."""
+    from compress.quant.grid import QuantSpec, scale_zero
+    from compress.quant.hqq import search_scale
+
+    g = torch.Generator().manual_seed(2)
+    w = torch.randn(6, 128, generator=g) * torch.linspace(0.01, 0.2, 6)[:, None]
+    w[:, 3] += 0.3
+    spec = QuantSpec(3, "asym", "group", 64, zero_point="float")
+    units = w.reshape(-1, 64)
+    s, zero = scale_zero(units, spec)
+    zero = torch.round(zero)
+    inv = 1.0 / s
+    wq = torch.clamp(torch.round(units * inv + zero), 0, spec.qmax)
+    n = 129
+    # the package: one absolute offset grid for every group
+    rng = inv.abs().mean() * 0.05
+    shifted = torch.linspace(-float(rng), float(rng), n)[:, None] + inv.view(1, -1)
+    err = torch.stack([(units - (wq - zero) / shifted[i][:, None]).abs().mean(1)
+                       for i in range(n)])
+    expected = 1.0 / shifted[err.argmin(0), torch.arange(units.shape[0])]
+    got = search_scale(units, s, zero, spec, "reference")
+    torch.testing.assert_close(got.view(-1), expected.half().float(), rtol=1e-3, atol=0)
+    # relative: each group's own +-5%
+    for i in range(units.shape[0]):
+        cands = [float(inv[i]) * (1 + t) for t in torch.linspace(-0.05, 0.05, n).tolist()]
+        errs = [float((units[i] - (wq[i] - zero[i]) / c).abs().mean()) for c in cands]
+        best = 1.0 / cands[min(range(n), key=errs.__getitem__)]
+        got = search_scale(units, s, zero, spec, "relative")
+        assert abs(float(got[i]) - best) <= 1e-3 * best
+    # the start is a candidate: with fixed codes no group's l_1 error grows
+    for mode in ("reference", "relative"):
+        new = search_scale(units, s, zero, spec, mode)
+        before = (units - (wq - zero) * s).abs().mean(1)
+        after = (units - (wq - zero) * new).abs().mean(1)
+        assert (after <= before * (1 + 1e-3)).all() and after.mean() < before.mean()
+    assert search_scale(units, s, zero, spec, "none") is s
+    with pytest.raises(ValueError, match="scale search"):
+        search_scale(units, s, zero, spec, "nope")
 
 
 # --- SmoothQuant -------------------------------------------------------------------------

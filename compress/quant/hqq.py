@@ -27,23 +27,35 @@ an integer (the reference's ``round_zero``, which its ``BaseQuantizeConfig`` tur
 4 bits only); here it is on at every width (``round_zero=False`` restores the float start).
 Starting from the float zero ``-min / s`` leaves the level nearest 0 off zero, so the many
 near-zero weights of a group all move the same way and their errors add up in the matmul
-instead of cancelling. SmolLM2-135M, ppl_wiki full protocol (dense 19.99;
-``reports/bench/method_quality_smollm2-135m.json``, variants ``hqq*-g64`` and
-``hqq*-g64-floatstart``): 3-bit g64 RTN 61.38, HQQ from the float zero 154.37, from the
-rounded zero 62.26 (still 2% more excess than RTN: the weight-space ``l_p`` objective does
-not track perplexity on this model, and 100 iterations instead of 20 did not change that
-on 8 windows); 4-bit g64 RTN 25.83, float start 25.57, rounded start 24.35.
+instead of cancelling.
 
-**The package's own solver does no better.** ``solver="reference"`` follows the ``hqq``
-package's default loop as of e0b1d00 (``optimize_weights_proximal_legacy``: constant
-``beta``, one early stop per matrix), checked against a direct transcription in
-``tests/test_methods.py``. On the same SmolLM2 protocol (variants ``hqq*-g64-reference*``
-of the JSON above) it loses to RTN at 3-bit g64 too. Nor is the cause SmolLM2's
-pre-rounded weights: on bert2bert-punct, whose weights were trained here in fp32, HQQ's
-chrF stays below RTN's at 3-bit g64, 69.57 against 70.59 (dense 82.80), and at 4-bit g64,
-80.53 against 80.78 (``reports/bench/method_quality_bert2bert-punct_avx2.json``).
-Against the suite's integer-zero min/max grid, HQQ's weight-space objective buys no
-quality at 3 bits on either model.
+**Step search.** Before the zero solver, each group's step is chosen among 129 candidates
+within 5% of its min/max step, codes held fixed, by the least mean ``|W - W_r|``
+(:func:`search_scale`): the package's ``scale_gridsearch`` option
+(``optimize_weights_proximal_v2``), except that the package offsets every group's inverse
+step by one absolute amount (5% of the matrix's mean), which moves groups of large weights
+by many times their own 5% and groups of small weights by almost nothing; here each group
+moves by its own relative amount (``scale_search="reference"`` is the package's).
+
+SmolLM2-135M, ppl_wiki full protocol (dense 19.99; ``reports/bench/method_quality_smollm2-135m.json``,
+one process, the same calibration record for every variant, though HQQ reads none):
+
+| g64 | RTN | HQQ, step search (default) | no search | package's search | float start, no search |
+|---|---|---|---|---|---|
+| 3-bit | 61.38 | **58.69** | 62.26 | 62.58 | 154.37 |
+| 4-bit | 25.83 | 25.23 | **24.35** | 25.18 | 25.57 |
+
+At 3 bits only the relative step search puts HQQ below RTN; without it the weight-space
+``l_p`` objective does not track perplexity (100 iterations instead of 20 changed nothing
+on 8 windows), and the package's own solver (``solver="reference"``: constant ``beta``,
+one early stop per matrix, checked against a direct transcription in
+``tests/test_methods.py``) gives 64.59. At 4 bits the search costs 0.9 ppl against no
+search on SmolLM2, whose weights already sit on a 4-bit grid of 32-column blocks
+(``eval.analyze`` finds it), while on bert2bert-punct (weights trained here in fp32) it
+lowers the teacher-forced perplexity at both widths
+(``reports/bench/method_quality_bert2bert-punct_avx2.json``, variants ``hqq*-g64`` and
+``hqq*-g64-noscale``). The chrF of greedy decoding there is noisier and does not
+agree (see the JSON).
 """
 
 from __future__ import annotations
@@ -60,12 +72,56 @@ def shrink_lp(x: torch.Tensor, beta: float, p: float) -> torch.Tensor:
 
 
 SOLVERS = ("group", "reference")
+#: how the step of each group is chosen before the zero-point solver (see search_scale)
+SCALE_SEARCHES = ("relative", "reference", "none")
+
+
+@torch.no_grad()
+def search_scale(
+    W: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, spec: QuantSpec, mode: str,
+    *, candidates: int = 129, span: float = 0.05,
+) -> torch.Tensor:
+    """Each row's step chosen among ``candidates`` around its min/max step, codes held fixed.
+
+    The ``hqq`` package's ``update_scale_grid_search`` (``opt_params["scale_gridsearch"]``
+    of ``optimize_weights_proximal_v2``, e0b1d00): the codes ``q`` of the start grid are
+    kept and each group's inverse step ``1/s`` is replaced by the candidate that minimises
+    the group's mean ``|W - (q - z) / c|``. The candidate set always contains the start
+    (an odd count, centred on it), so no group's ``l_1`` error grows.
+
+    ``mode="reference"``: the package's candidates, ``1/s + t`` for ``t`` evenly spaced in
+    ``[-span, span] * mean(1/s)`` over the whole matrix, one absolute offset for every
+    group. ``mode="relative"``: ``(1/s) (1 + t)`` for ``t`` in ``[-span, span]``, the same
+    relative change for every group whatever its magnitude (the package's absolute offset
+    moves a group with a large step by many times its own 5% and a group with a small step
+    by almost nothing). ``mode="none"`` returns ``scale`` unchanged. The result is rounded
+    to fp16, as stored.
+    """
+    if mode == "none":
+        return scale
+    if mode not in SCALE_SEARCHES:
+        raise ValueError(f"scale search {mode!r}: choose one of {', '.join(SCALE_SEARCHES)}")
+    q = torch.clamp(torch.round(W / scale + zero), spec.qmin, spec.qmax) - zero
+    inv = 1.0 / scale  # [n, 1]
+    offsets = torch.linspace(-span, span, candidates, dtype=W.dtype)
+    best_err = torch.full_like(inv, float("inf"))
+    best_inv = inv.clone()
+    for t in offsets:
+        cand = inv + t * inv.abs().mean() if mode == "reference" else inv * (1.0 + t)
+        cand = torch.where(cand.abs() < 1e-12, torch.full_like(cand, 1e-12), cand)
+        err = (W - q / cand).abs().mean(dim=1, keepdim=True)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best_inv = torch.where(better, cand, best_inv)
+    out = (1.0 / best_inv).to(torch.float16).float()
+    return torch.where(out > 0, out, scale)
 
 
 @torch.no_grad()
 def hqq_units(
     units: torch.Tensor, spec: QuantSpec, *, lp_norm: float = 0.7, beta: float = 10.0,
     kappa: float = 1.01, iters: int = 20, round_zero: bool = True, solver: str = "group",
+    scale_search: str = "relative",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
     """Optimise the zero point of every row of ``units`` (``[n_units, group]``).
 
@@ -75,7 +131,7 @@ def hqq_units(
     iterate; ``"reference"``: the ``hqq`` package's default solver as of e0b1d00
     (``optimize_weights_proximal_legacy``): constant ``beta``, and all groups stop together
     when the mean error over ``units`` stops falling, keeping the zero computed in that
-    last step.
+    last step. ``scale_search`` first moves each group's step (:func:`search_scale`).
     Returns (dequantized rows, fp16-rounded scale ``[n, 1]``, zero ``[n, 1]``, facts).
     """
     if solver not in SOLVERS:
@@ -84,6 +140,7 @@ def hqq_units(
     scale, zero = scale_zero(W, spec)  # float-zero asym grid: step s, zero -min/s
     if round_zero:
         zero = torch.round(zero)
+    scale = search_scale(W, scale, zero, spec, scale_search)
     lo, hi = spec.qmin, spec.qmax
 
     def dequant(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -61,6 +61,11 @@ class HQQConfig(RecipeConfig):
     solver: str = option("group", "group: beta grows by kappa and each group keeps its best "
                          "iterate; reference: the hqq package's default (constant beta, all "
                          "groups of a matrix stop together)", choices=("group", "reference"))
+    scale_search: str = option("relative", "choose each group's step before the zero solver, "
+                               "codes fixed, by the least mean |error|: relative (within 5% of "
+                               "its own step), reference (the hqq package's scale_gridsearch: "
+                               "one absolute offset for all groups) or none",
+                               choices=("relative", "reference", "none"))
     include_head: bool = option(False, "also quantize the LM head (tied embeddings change too)")
     embeddings: str = embeddings_option()
 
@@ -98,7 +103,8 @@ def hqq(model: nn.Module, config: HQQConfig, context: Context) -> nn.Module:
         W = weight_matrix(module).float()
         W_hat, facts = hqq_quantize(W, spec, lp_norm=config.lp_norm, beta=config.beta,
                                     kappa=config.kappa, iters=config.iters,
-                                    round_zero=config.round_zero, solver=config.solver)
+                                    round_zero=config.round_zero, solver=config.solver,
+                                    scale_search=config.scale_search)
         with torch.no_grad():
             set_weight_matrix(module, W_hat)
         before += facts["mean_abs_error_before"] * W.numel()
