@@ -299,3 +299,10 @@ def test_method_bench_table_reads_the_bench_json(tmp_path):
     assert "same 64 x 256 calibration tokens (16384 tokens of wiki+news, sha256 abc)" in text
     assert "| gptq4-g128 | gptq | 24 | 1.200x | 4.16 |  |" in text
     assert "awq3-g128" not in text
+    # a bench file whose variants read no calibration says so, with no "?" placeholders
+    del doc["calibration"]
+    (tmp_path / "bench" / "method_quality_m.json").write_text(json.dumps(doc))
+    w = Writer()
+    section_method_bench(w, tmp_path)
+    assert "one context, no variant here reads calibration data;" in w.text()
+    assert "?" not in w.text()

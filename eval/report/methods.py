@@ -39,11 +39,12 @@ def section_method_bench(w: Writer, reports_dir: Path) -> None:
         first = next(iter(results.values())).get("metric_protocols", {})
         w(f"### Every method on one calibration set: {doc.get('model')}")
         w()
+        data = ("so every calibrating method read the same "
+                f"{cal.get('sequences', '?')} x {cal.get('seq_len', '?')} calibration tokens "
+                f"({cal.get('tokens', '?')} tokens of {cal.get('source', '?')}, sha256 "
+                f"{cal.get('sha256', '?')})" if cal else "no variant here reads calibration data")
         w(
-            f"`bench/quant_quality.py` ({path.name}): one model load, one context, so every "
-            f"calibrating method read the same {cal.get('sequences', '?')} x "
-            f"{cal.get('seq_len', '?')} calibration tokens ({cal.get('tokens', '?')} tokens of "
-            f"{cal.get('source', '?')}, sha256 {cal.get('sha256', '?')}); "
+            f"`bench/quant_quality.py` ({path.name}): one model load, one context, {data}; "
             + ", ".join(f"{m}: {protocol_text(first.get(m))}" for m in metrics)
             + ". Weight-only formats are simulated (rounded weights in float)."
         )
