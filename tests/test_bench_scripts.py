@@ -100,3 +100,74 @@ def test_moe_granularity_smoke_run_on_a_tiny_decoder(tmp_path):
             assert low["neurons_kept"] < row["ff"] // 2 and low["rel_error"] >= 0
             assert low["router_share"] > 0
     assert doc["calibration"]["tokens"] > 0 and doc["active_fraction"] == 0.5
+
+
+#: the statistics class of locuslab/wanda's lib/layerwrapper.py (its running mean of the
+#: squared input norms per column), written out so the test needs no checkout
+_WRAPPED_GPT = '''
+import torch
+import torch.nn as nn
+class WrappedGPT:
+    def __init__(self, layer, layer_id=0, layer_name="none"):
+        self.layer = layer
+        self.columns = layer.weight.data.shape[1]
+        self.scaler_row = torch.zeros((self.columns), device=layer.weight.device)
+        self.nsamples = 0
+    def add_batch(self, inp, out):
+        if len(inp.shape) == 2:
+            inp = inp.unsqueeze(0)
+        tmp = inp.shape[0]
+        if isinstance(self.layer, nn.Linear):
+            if len(inp.shape) == 3:
+                inp = inp.reshape((-1, inp.shape[-1]))
+            inp = inp.t()
+        self.scaler_row *= self.nsamples / (self.nsamples + tmp)
+        self.nsamples += tmp
+        inp = inp.type(torch.float32)
+        self.scaler_row += torch.norm(inp, p=2, dim=1) ** 2 / self.nsamples
+'''
+
+
+def test_wanda_reference_loop_prunes_exactly_what_the_wanda_recipe_prunes():
+    import copy
+    import tempfile
+    import types
+
+    import torch
+
+    from compress import compress, make_config
+    from compress.calibration import CalibrationSpec, calibration_set
+    from compress.cli import build_context
+    from compress.models import load_model
+    from compress.tiny import tiny_model
+
+    spec = importlib.util.spec_from_file_location("wanda_reference", BENCH / "wanda_reference.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    wrapper = types.ModuleType("layerwrapper")
+    exec(_WRAPPED_GPT, wrapper.__dict__)  # noqa: S102
+
+    model, tok = tiny_model("llama", num_hidden_layers=2)
+    with tempfile.TemporaryDirectory() as d:
+        model.save_pretrained(d)
+        tok.save_pretrained(d)
+        loaded = load_model(d)
+    context = build_context(loaded, CalibrationSpec(8, 32))
+    ours = compress(copy.deepcopy(loaded.model), make_config("wanda", sparsity=0.5), context)
+    ref = copy.deepcopy(loaded.model).eval()
+    cal = calibration_set(context, ref)
+    mod.prune_wanda_reference(ref, [s.input_ids for s in cal.sequences], wrapper.WrappedGPT, 0.5)
+    pruned = 0
+    for (name, a), (_, b) in zip(ours.named_parameters(), ref.named_parameters(), strict=True):
+        if ".layers." in name and a.dim() == 2:
+            assert torch.equal(a == 0, b == 0), name
+            pruned += 1
+    assert pruned == 14  # 7 linears in each of the 2 blocks
+
+
+def test_wanda_reference_refuses_a_folder_that_is_not_the_repo(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("wanda_reference", BENCH / "wanda_reference.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--repo", str(tmp_path)]) == 2
+    assert "not a git checkout of locuslab/wanda" in capsys.readouterr().err
