@@ -104,10 +104,11 @@ def search_scale(
     q = torch.clamp(torch.round(W / scale + zero), spec.qmin, spec.qmax) - zero
     inv = 1.0 / scale  # [n, 1]
     offsets = torch.linspace(-span, span, candidates, dtype=W.dtype)
+    mean_inv = inv.abs().mean()
     best_err = torch.full_like(inv, float("inf"))
     best_inv = inv.clone()
     for t in offsets:
-        cand = inv + t * inv.abs().mean() if mode == "reference" else inv * (1.0 + t)
+        cand = inv + t * mean_inv if mode == "reference" else inv * (1.0 + t)
         cand = torch.where(cand.abs() < 1e-12, torch.full_like(cand, 1e-12), cand)
         err = (W - q / cand).abs().mean(dim=1, keepdim=True)
         better = err < best_err
@@ -140,8 +141,11 @@ def hqq_units(
     scale, zero = scale_zero(W, spec)  # float-zero asym grid: step s, zero -min/s
     if round_zero:
         zero = torch.round(zero)
-    scale = search_scale(W, scale, zero, spec, scale_search)
     lo, hi = spec.qmin, spec.qmax
+    # the facts' "before" is the min/max start grid, ahead of any step search
+    minmax_err = (W - scale * (torch.clamp(torch.round(W / scale + zero), lo, hi) - zero)).abs()
+    minmax_err = float(minmax_err.mean())
+    scale = search_scale(W, scale, zero, spec, scale_search)
 
     def dequant(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         q = torch.clamp(torch.round(W / scale + z), lo, hi)
@@ -176,7 +180,7 @@ def hqq_units(
     zero16 = best_zero.to(torch.float16).float()
     q = torch.clamp(torch.round(W / scale + zero16), lo, hi)
     out = scale * (q - zero16)
-    facts = {"mean_abs_error_before": float(start_err.mean()),
+    facts = {"mean_abs_error_before": minmax_err,
              "mean_abs_error_after": float((W - out).abs().mean())}
     return out, scale, zero16, facts
 
